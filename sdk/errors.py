@@ -1,0 +1,120 @@
+"""The one exception tree of covip. Every error names what was wrong and what to do.
+
+Catch :class:`CovipError` to handle everything covip raises on purpose::
+
+    CovipError
+    ├── ConfigError              a home directory or config file that cannot be used
+    ├── MissingExtraError        an optional dependency is not installed (message has the pip line);
+    │                            also an ImportError
+    ├── InputError               a bad argument from the caller; also a ValueError
+    │   └── ImageError           a photo that cannot be taken in
+    │       ├── EmptyImageError      zero-byte file or empty bytes
+    │       ├── NotAnImageError      bytes that are no image format Pillow knows
+    │       ├── TruncatedImageError  an image whose data ends early or is corrupt
+    │       └── ImageTooLargeError   more pixels than the decompression-bomb limit
+    ├── NotFoundError            a user, concept or photo that does not exist; also a LookupError
+    ├── ConflictError            a name that already exists, a merge into itself, ...
+    ├── StoreError               the on-disk memory cannot be read or written
+    │   ├── SchemaError          the database is newer than this covip, or a migration failed
+    │   ├── IndexCorruptError    a FAISS index file cannot be read (``covip verify --repair``)
+    │   └── BundleError          an export bundle that is not a covip bundle or is damaged
+    └── EmbedderError            an embedding model that cannot be built or loaded
+
+Errors raised before any write leave the memory unchanged; errors inside a write roll the
+whole write back (every write is one SQLite transaction plus atomic file renames).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CovipError",
+    "ConfigError",
+    "MissingExtraError",
+    "InputError",
+    "ImageError",
+    "EmptyImageError",
+    "NotAnImageError",
+    "TruncatedImageError",
+    "ImageTooLargeError",
+    "NotFoundError",
+    "ConflictError",
+    "StoreError",
+    "SchemaError",
+    "IndexCorruptError",
+    "BundleError",
+    "EmbedderError",
+]
+
+
+class CovipError(Exception):
+    """Base class of every error covip raises on purpose."""
+
+
+class ConfigError(CovipError):
+    """A home directory or config file that cannot be used."""
+
+
+class MissingExtraError(CovipError, ImportError):
+    """An optional dependency is missing; the message names the ``pip install`` line."""
+
+    def __init__(self, feature: str, extra: str, module: str) -> None:
+        self.feature, self.extra, self.module = feature, extra, module
+        super().__init__(
+            f"{feature} needs the Python package '{module}', which is not installed. "
+            f"Install it with: pip install 'covip[{extra}]'"
+        )
+
+
+class InputError(CovipError, ValueError):
+    """A bad argument from the caller."""
+
+
+class ImageError(InputError):
+    """A photo that cannot be taken in."""
+
+
+class EmptyImageError(ImageError):
+    """A zero-byte file or empty bytes."""
+
+
+class NotAnImageError(ImageError):
+    """Bytes that are no image format Pillow can read."""
+
+
+class TruncatedImageError(ImageError):
+    """An image whose data ends early or is corrupt."""
+
+
+class ImageTooLargeError(ImageError):
+    """More pixels than the decompression-bomb limit allows."""
+
+
+class NotFoundError(CovipError, LookupError):
+    """A user, concept or photo that does not exist."""
+
+    def __str__(self) -> str:  # LookupError would repr() a single argument
+        return str(self.args[0]) if self.args else ""
+
+
+class ConflictError(CovipError):
+    """A name that already exists, or an operation that contradicts the current state."""
+
+
+class StoreError(CovipError):
+    """The on-disk memory cannot be read or written."""
+
+
+class SchemaError(StoreError):
+    """The database schema is newer than this covip, or a migration failed."""
+
+
+class IndexCorruptError(StoreError):
+    """A FAISS index file cannot be read; ``covip verify --repair`` rebuilds it from SQLite."""
+
+
+class BundleError(StoreError):
+    """A memory bundle that is not a covip bundle, or is damaged."""
+
+
+class EmbedderError(CovipError):
+    """An embedding model that cannot be built or loaded."""

@@ -1,0 +1,145 @@
+"""Index plumbing of :class:`~covip.sdk.memory.memory.Memory`: load, catch up with SQLite, persist.
+
+Each (user, embedding model) has one in-memory :class:`VectorIndex`. It is caught up with SQLite when
+another connection has committed (``PRAGMA data_version``) and saved under a cross-process file lock
+after a final catch-up, so a stale writer can never put forgotten vectors back into the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from covip.sdk.errors import IndexCorruptError
+from covip.sdk.memory.files import file_lock
+from covip.sdk.memory.index import VectorIndex, read_sidecar
+from covip.sdk.memory.schema import utcnow
+
+if TYPE_CHECKING:
+    from covip.sdk.memory.memory import Memory
+
+log = logging.getLogger(__name__)
+
+__all__: list[str] = []
+
+
+@dataclass
+class _IndexEntry:
+    index: VectorIndex
+    data_version: int
+    count: int
+    max_id: int
+
+
+def _slug(model_id: str) -> str:
+    base = re.sub(r"[^A-Za-z0-9]+", "-", model_id).strip("-")[:60]
+    return f"{base}-{hashlib.sha1(model_id.encode()).hexdigest()[:8]}"
+
+
+class _IndexOps:
+    """Index operations of Memory (a mixin)."""
+
+    def _index_path(self: Memory, uid: int, model_id: str) -> Path:
+        return self.home / "index" / f"u{uid}-{_slug(model_id)}.faiss"
+
+    def _lock_path(self: Memory, uid: int, model_id: str) -> Path:
+        return self.home / "locks" / f"u{uid}-{_slug(model_id)}.lock"
+
+    def _entry(self: Memory, uid: int, model_id: str, dim: int) -> _IndexEntry:
+        """The in-memory index for (user, model), loaded from its file and caught up with SQLite."""
+        key = (uid, model_id)
+        entry = self._indexes.get(key)
+        if entry is None:
+            path = self._index_path(uid, model_id)
+            index = None
+            if path.exists():
+                try:
+                    index = VectorIndex.load(path, dim, self.config.index)
+                except IndexCorruptError as exc:
+                    log.warning("%s; rebuilding it from SQLite", exc)
+            entry = _IndexEntry(index or VectorIndex(dim, self.config.index), -1, -1, -1)
+            self._indexes[key] = entry
+            self._sync(key, entry, force=True)
+        elif self.store.data_version() != entry.data_version:
+            self._sync(key, entry)
+        return entry
+
+    def _sync(self: Memory, key: tuple[int, str], entry: _IndexEntry, *, force: bool = False) -> None:
+        """Make the index hold exactly SQLite's vectors for (user, model)."""
+        uid, model_id = key
+        entry.data_version = self.store.data_version()
+        count, max_id = self.store.embedding_stats(uid, model_id)
+        if not force and (count, max_id) == (entry.count, entry.max_id):
+            return
+        sql_ids = self.store.embedding_ids(uid, model_id)
+        idx_ids = entry.index.ids()
+        extra = np.setdiff1d(idx_ids, sql_ids, assume_unique=True)
+        missing = np.setdiff1d(sql_ids, idx_ids, assume_unique=True)
+        if len(extra):
+            entry.index.remove(extra)
+        if len(missing):
+            entry.index.add(missing, self.store.embedding_vectors(missing.tolist(), entry.index.dim))
+        entry.count, entry.max_id = count, max_id
+        if len(extra) or len(missing):
+            log.debug("index u%d/%s caught up: +%d -%d", uid, model_id, len(missing), len(extra))
+
+    def _index_added(self: Memory, uid: int, model_id: str, eid: int, vec: np.ndarray) -> None:
+        key = (uid, model_id)
+        entry = self._indexes.get(key)
+        if entry is None:
+            entry = self._entry(uid, model_id, int(vec.shape[0]))  # the sync picks up the new vector
+        else:
+            entry.index.add(np.array([eid]), vec[None, :])
+            entry.count += 1
+            entry.max_id = max(entry.max_id, eid)
+        if entry.index.needs_flush():
+            self._save_index(key, entry)
+
+    def _save_index(self: Memory, key: tuple[int, str], entry: _IndexEntry) -> None:
+        """Persist one index under its cross-process lock, after a last catch-up (never resurrects forgotten ids)."""
+        uid, model_id = key
+        with file_lock(self._lock_path(uid, model_id)):
+            self._sync(key, entry, force=True)
+            entry.index.save(self._index_path(uid, model_id), self.home / "tmp",
+                             meta={"user_id": uid, "model_id": model_id, "saved_at": utcnow()})
+
+    def flush(self: Memory) -> None:
+        """Write every index with unsaved changes now (close() does this too)."""
+        with self._lock:
+            self._check_open()
+            for key, entry in list(self._indexes.items()):
+                if entry.index.unsaved:
+                    self._save_index(key, entry)
+
+    def _catch_up_index_files(self: Memory) -> None:
+        """On open: bring index files that lag SQLite (e.g. after a crash) up to date; drop orphaned ones."""
+        live = set()
+        for g in self.store.embedding_groups():
+            key = (int(g["user_id"]), g["model_id"])
+            path = self._index_path(*key)
+            live.add(path.name)
+            side = read_sidecar(path)
+            if path.exists() and side and (side.get("count"), side.get("max_id")) == (g["count"], g["max_id"]):
+                continue
+            entry = self._entry(key[0], key[1], int(g["dim"]))
+            self._save_index(key, entry)
+        for path in (self.home / "index").glob("*.faiss"):
+            if path.name not in live:
+                side = read_sidecar(path) or {}
+                uid, mid = side.get("user_id"), side.get("model_id")
+                if uid is not None and mid is not None:
+                    with file_lock(self._lock_path(uid, mid)):
+                        if self.store.embedding_stats(uid, mid)[0] == 0:
+                            self._remove_index_files(uid, mid)
+
+    def _remove_index_files(self: Memory, uid: int, model_id: str) -> None:
+        path = self._index_path(uid, model_id)
+        for p in (path, path.with_suffix(".json")):
+            p.unlink(missing_ok=True)
+        self._indexes.pop((uid, model_id), None)

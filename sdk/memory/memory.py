@@ -1,0 +1,607 @@
+"""The memory facade: one home directory, SQLite as the source of truth, FAISS indexes derived from it.
+
+Usage::
+
+    from covip.sdk import Memory
+    with Memory.open("~/covip-home", embedder="tiny") as mem:
+        mem.add_user("ana")
+        mem.remember("ana", "bori.jpg", "User: This is Bori at the Han river.", concepts=["Bori"])
+        for hit in mem.search("ana", image="new.jpg", k=3):
+            print(hit.score, hit.concepts, hit.episodes[0].text)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covip.sdk.config import read_settings, resolve_home
+from covip.sdk.errors import ConflictError, InputError, NotFoundError
+from covip.sdk.imaging import Photo, load_photo
+from covip.sdk.memory.bundle import _BundleOps
+from covip.sdk.memory.config import MemoryConfig
+from covip.sdk.memory.files import atomic_write_bytes, sweep_dead_tmp
+from covip.sdk.memory.forget import _ForgetOps
+from covip.sdk.memory.indexing import _IndexEntry, _IndexOps
+from covip.sdk.memory.schema import utcnow
+from covip.sdk.memory.store import Store
+from covip.sdk.memory.types import (
+    CONCEPT_KINDS,
+    Concept,
+    HistoryItem,
+    Hit,
+    PhotoRecord,
+    Remembered,
+    User,
+)
+from covip.sdk.memory.validate import (
+    DialogueInput,
+    clean_dialogue,
+    clean_name,
+    clean_place,
+    clean_time,
+)
+from covip.sdk.memory.verify import _VerifyOps
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Memory", "PhotoInput", "DialogueInput"]
+
+PhotoInput = str | os.PathLike | bytes | Photo | Any  # PIL.Image.Image is accepted too
+DB_FILE = "memory.db"
+
+
+class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
+    """A user's on-device episodic memory. Open with :meth:`Memory.open`; close it (or use ``with``)."""
+
+    def __init__(self, config: MemoryConfig | None = None, *, embedder: Any = None) -> None:
+        self.config = config or MemoryConfig()
+        self.home = resolve_home(self.config.home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        for sub in ("photos", "index", "tmp", "locks"):
+            (self.home / sub).mkdir(exist_ok=True)
+        self.settings = read_settings(self.home)
+        self._embedder = embedder
+        self._owns_embedder = False
+        self._lock = threading.RLock()
+        self._indexes: dict[tuple[int, str], _IndexEntry] = {}
+        self.store = Store(self.home / DB_FILE, home=self.home, busy_timeout_s=self.config.busy_timeout_s,
+                           synchronous=self.config.synchronous)
+        self._closed = False
+        try:
+            sweep_dead_tmp(self.home / "tmp")
+            self._finish_pending_deletions()
+            self._catch_up_index_files()
+        except BaseException:
+            self.store.close()
+            raise
+
+    @classmethod
+    def open(cls, home: str | os.PathLike | None = None, *, embedder: Any = None,
+             config: MemoryConfig | None = None) -> Memory:
+        """Open (creating if needed) the memory in ``home``; ``embedder`` is an Embedder, a spec like "tiny",
+        or None to use the one chosen by ``covip init`` (built on first use)."""
+        if config is None:
+            config = MemoryConfig(home=resolve_home(home))
+        elif home is not None:
+            config.home = resolve_home(home)
+        return cls(config, embedder=embedder)
+
+    def __enter__(self) -> Memory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Persist unsaved index changes and close the database and the embedder (if we built it)."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                for key, entry in list(self._indexes.items()):
+                    if entry.index.unsaved:
+                        self._save_index(key, entry)
+            finally:
+                self._closed = True
+                self.store.close()
+                if self._owns_embedder and hasattr(self._embedder, "close"):
+                    self._embedder.close()
+
+    # ------------------------------------------------------------------ embedder
+    @property
+    def embedder(self) -> Any:
+        """The embedder used for photos (built lazily from the home's config when not given)."""
+        if self._embedder is None or isinstance(self._embedder, str):
+            from covip.sdk.config import DEFAULT_EMBEDDER
+            from covip.sdk.vision import make_embedder
+
+            spec = self._embedder or self.settings.get("embedder") or DEFAULT_EMBEDDER
+            if isinstance(spec, dict):
+                from covip.sdk.vision import EmbedderConfig
+
+                spec = EmbedderConfig(**spec)
+            self._embedder = make_embedder(spec)
+            self._owns_embedder = True
+        return self._embedder
+
+    # ------------------------------------------------------------------ users
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InputError("this memory is closed; open it again with Memory.open()")
+
+    def users(self) -> list[User]:
+        """All users, oldest first."""
+        with self._lock:
+            self._check_open()
+            return [self.store.to_user(r) for r in self.store.rows("SELECT * FROM users ORDER BY id")]
+
+    def add_user(self, name: str, *, exist_ok: bool = False) -> User:
+        """Create a user (the owner of a separate, isolated memory)."""
+        name = clean_name(name, "user name")
+        with self._lock:
+            self._check_open()
+            with self.store.write() as db:
+                row = self.store.one("SELECT * FROM users WHERE name = ?", [name])
+                if row is not None:
+                    if exist_ok:
+                        return self.store.to_user(row)
+                    raise ConflictError(f"user {name!r} already exists; pick another name")
+                uid = db["users"].insert({"name": name, "created_at": utcnow()}).last_pk
+                self.store.audit("add_user", uid, "user", uid)
+                return self.store.to_user(self.store.user_row(name))
+
+    def _uid(self, user: str) -> int:
+        return int(self.store.user_row(clean_name(user, "user name"))["id"])
+
+    # ------------------------------------------------------------------ concepts
+    def concepts(self, user: str) -> list[Concept]:
+        """The user's concepts plus those shared with them, by name."""
+        with self._lock:
+            self._check_open()
+            with self.store.read():
+                uid = self._uid(user)
+                rows = self.store.rows(
+                    "SELECT * FROM concepts WHERE user_id = ? OR id IN "
+                    "(SELECT concept_id FROM concept_shares WHERE user_id = ?) ORDER BY name COLLATE NOCASE",
+                    [uid, uid])
+                return [self.store.to_concept(r) for r in rows]
+
+    def _concept(self, uid: int, name: str) -> dict[str, Any]:
+        row = self.store.concept_row(uid, clean_name(name, "concept name"))
+        if row is None:
+            raise NotFoundError(f"user {self.store.user_name(uid)!r} has no concept named {name!r}; "
+                                "list them with `covip concepts --user USER`")
+        return row
+
+    def _ensure_concept(self, uid: int, name: str, kind: str = "other", notes: str = "") -> int:
+        row = self.store.concept_row(uid, name)
+        if row is not None:
+            return int(row["id"])
+        now = utcnow()
+        cid = self.store.db["concepts"].insert(
+            {"user_id": uid, "name": name, "kind": kind, "notes": notes, "created_at": now, "updated_at": now}
+        ).last_pk
+        self.store.audit("add_concept", uid, "concept", cid)
+        return int(cid)
+
+    @staticmethod
+    def _clean_kind(kind: str) -> str:
+        if kind not in CONCEPT_KINDS:
+            raise InputError(f"concept kind {kind!r} is not one of {', '.join(CONCEPT_KINDS)}")
+        return kind
+
+    def add_concept(self, user: str, name: str, *, kind: str = "other", notes: str = "") -> Concept:
+        """Create a named concept (person, pet, object, place, other) for a user."""
+        name = clean_name(name, "concept name")
+        kind = self._clean_kind(kind)
+        if not isinstance(notes, str):
+            raise InputError("notes must be text")
+        with self._lock:
+            self._check_open()
+            with self.store.write():
+                uid = self._uid(user)
+                if self.store.concept_row(uid, name) is not None:
+                    raise ConflictError(f"user {user!r} already has a concept named {name!r}")
+                cid = self._ensure_concept(uid, name, kind, notes)
+                return self.store.to_concept(self.store.one("SELECT * FROM concepts WHERE id = ?", [cid]))
+
+    def update_concept(self, user: str, name: str, *, kind: str | None = None,
+                       notes: str | None = None) -> Concept:
+        """Change a concept's kind or notes."""
+        with self._lock:
+            self._check_open()
+            with self.store.write() as db:
+                uid = self._uid(user)
+                row = self._concept(uid, name)
+                changes: dict[str, Any] = {"updated_at": utcnow()}
+                if kind is not None:
+                    changes["kind"] = self._clean_kind(kind)
+                if notes is not None:
+                    if not isinstance(notes, str):
+                        raise InputError("notes must be text")
+                    changes["notes"] = notes
+                db["concepts"].update(row["id"], changes)
+                self._invalidate_concept_captions(row["id"])
+                self.store.audit("update_concept", uid, "concept", row["id"])
+                return self.store.to_concept(self.store.one("SELECT * FROM concepts WHERE id = ?", [row["id"]]))
+
+    def rename_concept(self, user: str, old: str, new: str) -> Concept:
+        """Rename a concept; cached captions that used its photos are dropped."""
+        new = clean_name(new, "new concept name")
+        with self._lock:
+            self._check_open()
+            with self.store.write() as db:
+                uid = self._uid(user)
+                row = self._concept(uid, old)
+                other = self.store.concept_row(uid, new)
+                if other is not None and other["id"] != row["id"]:
+                    raise ConflictError(f"user {user!r} already has a concept named {new!r}; "
+                                        "use merge_concepts to combine them")
+                db["concepts"].update(row["id"], {"name": new, "updated_at": utcnow()})
+                self._invalidate_concept_captions(row["id"])
+                self.store.audit("rename_concept", uid, "concept", row["id"])
+                return self.store.to_concept(self.store.one("SELECT * FROM concepts WHERE id = ?", [row["id"]]))
+
+    def merge_concepts(self, user: str, sources: Sequence[str] | str, into: str) -> Concept:
+        """Fold ``sources`` into ``into``: their photos, episodes and shares move over; sources disappear."""
+        if isinstance(sources, str):
+            sources = [sources]
+        with self._lock:
+            self._check_open()
+            with self.store.write() as db:
+                uid = self._uid(user)
+                target = self._concept(uid, into)
+                src_rows = [self._concept(uid, s) for s in sources]
+                if not src_rows:
+                    raise InputError("merge_concepts needs at least one source concept")
+                for src in src_rows:
+                    if src["id"] == target["id"]:
+                        raise ConflictError(f"cannot merge concept {src['name']!r} into itself")
+                notes = [target["notes"]] if target["notes"] else []
+                for src in src_rows:
+                    sid, tid = src["id"], target["id"]
+                    self._invalidate_concept_captions(sid)
+                    for table, col in (("photo_concepts", "photo_id"), ("episode_concepts", "episode_id")):
+                        db.execute(f"INSERT OR IGNORE INTO {table} ({col}, concept_id) "
+                                   f"SELECT {col}, ? FROM {table} WHERE concept_id = ?", [tid, sid])
+                        db.execute(f"DELETE FROM {table} WHERE concept_id = ?", [sid])
+                    db.execute("INSERT OR IGNORE INTO concept_shares (concept_id, user_id, created_at) "
+                               "SELECT ?, user_id, created_at FROM concept_shares WHERE concept_id = ?", [tid, sid])
+                    db.execute("DELETE FROM concept_shares WHERE concept_id = ?", [sid])
+                    db.execute("DELETE FROM concepts WHERE id = ?", [sid])
+                    if src["notes"]:
+                        notes.append(src["notes"])
+                    self.store.audit("merge_concept", uid, "concept", tid, merged=sid)
+                db["concepts"].update(target["id"], {"notes": "\n".join(notes), "updated_at": utcnow()})
+                self._invalidate_concept_captions(target["id"])
+                return self.store.to_concept(self.store.one("SELECT * FROM concepts WHERE id = ?",
+                                                            [target["id"]]))
+
+    def share_concept(self, user: str, name: str, with_user: str) -> None:
+        """Let ``with_user`` see this concept's photos and the dialogues tied to it (nothing else)."""
+        with self._lock:
+            self._check_open()
+            with self.store.write() as db:
+                uid = self._uid(user)
+                other = self._uid(with_user)
+                if other == uid:
+                    raise ConflictError("a user cannot share a concept with themselves")
+                row = self._concept(uid, name)
+                db.execute("INSERT OR IGNORE INTO concept_shares (concept_id, user_id, created_at) VALUES (?,?,?)",
+                           [row["id"], other, utcnow()])
+                self.store.audit("share_concept", uid, "concept", row["id"], with_user=other)
+
+    def unshare_concept(self, user: str, name: str, with_user: str) -> None:
+        """Stop sharing a concept with ``with_user``."""
+        with self._lock:
+            self._check_open()
+            with self.store.write() as db:
+                uid = self._uid(user)
+                other = self._uid(with_user)
+                row = self._concept(uid, name)
+                db.execute("DELETE FROM concept_shares WHERE concept_id = ? AND user_id = ?", [row["id"], other])
+                self.store.audit("unshare_concept", uid, "concept", row["id"], with_user=other)
+
+    def _invalidate_concept_captions(self, concept_id: int) -> int:
+        photo_ids = [r[0] for r in self.store.db.execute(
+            "SELECT photo_id FROM photo_concepts WHERE concept_id = ?", [concept_id])]
+        return self.store.invalidate_captions_for_photos(photo_ids)
+
+    # ------------------------------------------------------------------ remember
+    def _photo_file(self, uid: int, photo: Photo) -> str:
+        return f"photos/u{uid}/{photo.sha256[:2]}/{photo.sha256}{photo.extension}"
+
+    def _check_embedding(self, embedding: Any, dim: int | None) -> np.ndarray:
+        vec = np.asarray(embedding, dtype=np.float32).reshape(-1)
+        if dim is not None and vec.shape[0] != dim:
+            raise InputError(f"embedding has {vec.shape[0]} dimensions; this model's vectors have {dim}")
+        if not np.all(np.isfinite(vec)):
+            raise InputError("embedding contains NaN or infinite values")
+        norm = float(np.linalg.norm(vec))
+        if norm == 0.0:
+            raise InputError("embedding is all zeros; it cannot be normalized")
+        return vec / norm
+
+    def _model_and_dim(self, model_id: str | None, embedding: Any) -> tuple[str, int | None]:
+        if model_id is not None:
+            model_id = clean_name(model_id, "model_id")
+            dim = None
+            if embedding is None:
+                raise InputError("model_id was given without an embedding; pass both, or neither")
+            return model_id, dim
+        emb = self.embedder
+        return emb.model_id, emb.dim
+
+    def remember(self, user: str, photo: PhotoInput, dialogue: DialogueInput = None,
+                 concepts: Iterable[str] = (), *, taken_at: datetime | str | None = None,
+                 place: str | None = None, embedding: Any = None, model_id: str | None = None) -> Remembered:
+        """Store a photo with the dialogue about it, tied to concepts (created as needed), a time and a place.
+
+        The same photo remembered again keeps one copy and gains another episode. Everything is one
+        transaction: on any error nothing is written. ``embedding`` + ``model_id`` skip the embedder.
+        """
+        with self._lock:
+            self._check_open()
+            user = clean_name(user, "user name")
+            if isinstance(concepts, str):
+                concepts = [concepts]
+            names: list[str] = []
+            for c in concepts:
+                name = clean_name(c, "concept name")
+                if name.lower() not in {n.lower() for n in names}:
+                    names.append(name)
+            turns = clean_dialogue(dialogue)
+            taken = clean_time(taken_at)
+            place = clean_place(place)
+            uid = self._uid(user)
+            pic = load_photo(photo, max_pixels=self.config.max_pixels)
+            mid, dim = self._model_and_dim(model_id, embedding)
+            existing = self.store.one("SELECT id FROM photos WHERE user_id = ? AND sha256 = ?", [uid, pic.sha256])
+            have_vec = existing is not None and self.store.scalar(
+                "SELECT id FROM embeddings WHERE photo_id = ? AND model_id = ?", [existing["id"], mid]) is not None
+            vec = None
+            if not have_vec:
+                if embedding is not None:
+                    vec = self._check_embedding(embedding, dim)
+                else:
+                    vec = self._check_embedding(self.embedder.embed_images([pic.image])[0], dim)
+            if taken is None and pic.taken_at is not None:
+                taken = pic.taken_at.isoformat()
+            created_file: Path | None = None
+            try:
+                with self.store.write() as db:
+                    row = self.store.one("SELECT * FROM photos WHERE user_id = ? AND sha256 = ?",
+                                         [uid, pic.sha256])
+                    new_photo = row is None
+                    if new_photo:
+                        stored = None
+                        if self.config.store_copies:
+                            stored = self._photo_file(uid, pic)
+                            dest = self.home / stored
+                            if not dest.exists():
+                                atomic_write_bytes(dest, pic.data, self.home / "tmp")
+                                created_file = dest
+                        pid = db["photos"].insert({
+                            "user_id": uid, "sha256": pic.sha256, "stored_path": stored,
+                            "source_path": str(pic.source_path.resolve()) if pic.source_path else None,
+                            "format": pic.format, "width": pic.width, "height": pic.height,
+                            "bytes": len(pic.data), "taken_at": taken,
+                            "gps_lat": pic.gps[0] if pic.gps else None, "gps_lon": pic.gps[1] if pic.gps else None,
+                            "place": place, "created_at": utcnow(),
+                        }).last_pk
+                        self.store.audit("remember_photo", uid, "photo", pid)
+                    else:
+                        pid = row["id"]
+                        self.store.invalidate_captions_for_photos([pid])
+                    eid = None
+                    if vec is not None and self.store.scalar(
+                            "SELECT id FROM embeddings WHERE photo_id = ? AND model_id = ?", [pid, mid]) is None:
+                        eid = db["embeddings"].insert({"user_id": uid, "photo_id": pid, "model_id": mid,
+                                                       "dim": int(vec.shape[0]), "vector": vec.tobytes()}).last_pk
+                    cids = [self._ensure_concept(uid, n) for n in names]
+                    for cid in cids:
+                        db.execute("INSERT OR IGNORE INTO photo_concepts (photo_id, concept_id) VALUES (?, ?)",
+                                   [pid, cid])
+                    self.store.invalidate_captions_for_photos([pid])
+                    episode = None
+                    if turns is not None:
+                        ep_id = db["episodes"].insert({
+                            "user_id": uid, "photo_id": pid, "dialogue": json.dumps(turns),
+                            "taken_at": taken, "place": place, "created_at": utcnow()}).last_pk
+                        for cid in cids:
+                            db.execute("INSERT INTO episode_concepts (episode_id, concept_id) VALUES (?, ?)",
+                                       [ep_id, cid])
+                        self.store.audit("remember_episode", uid, "episode", ep_id, photo=pid)
+                        episode = self.store.to_episode(self.store.one("SELECT * FROM episodes WHERE id = ?",
+                                                                       [ep_id]))
+                    record = self.store.photo(pid)
+            except BaseException:
+                if created_file is not None:
+                    created_file.unlink(missing_ok=True)
+                raise
+            if eid is not None:
+                self._index_added(uid, mid, int(eid), vec)
+            return Remembered(photo=record, episode=episode, new_photo=new_photo, embedding_id=eid)
+
+    # ------------------------------------------------------------------ search
+    def _query_vector(self, image: PhotoInput | None, embedding: Any, model_id: str | None) -> tuple[np.ndarray, str]:
+        if (image is None) == (embedding is None):
+            raise InputError("search needs exactly one of image= or embedding=")
+        if embedding is not None:
+            if model_id is None:
+                model_id, dim = self.embedder.model_id, self.embedder.dim
+            else:
+                dim = None
+            return self._check_embedding(embedding, dim), model_id
+        if model_id is not None and model_id != self.embedder.model_id:
+            raise InputError(f"model_id {model_id!r} differs from the embedder's ({self.embedder.model_id}); "
+                             "pass an embedding made with that model instead of an image")
+        pic = load_photo(image, max_pixels=self.config.max_pixels)
+        vec = self.embedder.embed_images([pic.image])[0]
+        return self._check_embedding(vec, self.embedder.dim), self.embedder.model_id
+
+    def search(self, user: str, image: PhotoInput | None = None, *, embedding: Any = None, k: int = 5,
+               model_id: str | None = None, include_shared: bool = True) -> list[Hit]:
+        """Top-``k`` remembered photos of ``user`` most similar to ``image`` (or ``embedding``), best first.
+
+        Only the user's own photos are searched, plus photos of concepts other users explicitly shared
+        with them (those hits carry only the shared concepts and the dialogues tied to them).
+        """
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise InputError(f"k must be a positive integer, not {k!r}")
+        with self._lock:
+            self._check_open()
+            uid = self._uid(user)
+            vec, mid = self._query_vector(image, embedding, model_id)
+            dim = int(vec.shape[0])
+            candidates: list[tuple[float, int, int, frozenset[int] | None]] = []  # score, eid, owner, concepts
+            groups = {(g["user_id"], g["model_id"]): g for g in self.store.embedding_groups()}
+            if (uid, mid) in groups:
+                self._check_dim(groups[(uid, mid)], dim)
+                scores, ids = self._entry(uid, mid, dim).index.search(vec[None, :], k)
+                candidates += [(float(s), int(i), uid, None) for s, i in zip(scores[0], ids[0]) if i >= 0]
+            if include_shared:
+                candidates += self._search_shared(uid, mid, vec, k, groups)
+            candidates.sort(key=lambda c: -c[0])
+            hits = []
+            with self.store.read():
+                for score, eid, owner, allowed in candidates[:k]:
+                    pid = self.store.scalar("SELECT photo_id FROM embeddings WHERE id = ?", [eid])
+                    if pid is None:
+                        continue  # forgotten by another process a moment ago
+                    hits.append(Hit(score=score, photo=self.store.photo(pid),
+                                    concepts=self.store.photo_concept_names(pid, allowed),
+                                    episodes=self.store.photo_episodes(pid, allowed),
+                                    shared=owner != uid))
+            return hits
+
+    @staticmethod
+    def _check_dim(group: dict[str, Any], dim: int) -> None:
+        if int(group["dim"]) != dim:
+            raise InputError(f"query vector has {dim} dimensions but this memory's vectors for model "
+                             f"{group['model_id']!r} have {group['dim']}")
+
+    def _search_shared(self, uid: int, mid: str, vec: np.ndarray, k: int,
+                       groups: dict) -> list[tuple[float, int, int, frozenset[int] | None]]:
+        rows = self.store.rows(
+            "SELECT c.user_id AS owner, c.id AS concept_id FROM concept_shares s "
+            "JOIN concepts c ON c.id = s.concept_id WHERE s.user_id = ?", [uid])
+        by_owner: dict[int, set[int]] = {}
+        for r in rows:
+            by_owner.setdefault(int(r["owner"]), set()).add(int(r["concept_id"]))
+        out = []
+        for owner, concept_ids in by_owner.items():
+            if (owner, mid) not in groups:
+                continue
+            self._check_dim(groups[(owner, mid)], int(vec.shape[0]))
+            marks = ",".join("?" * len(concept_ids))
+            allowed = [r[0] for r in self.store.db.execute(
+                f"SELECT DISTINCT e.id FROM embeddings e JOIN photo_concepts pc ON pc.photo_id = e.photo_id "
+                f"WHERE e.model_id = ? AND e.user_id = ? AND pc.concept_id IN ({marks})",
+                [mid, owner, *sorted(concept_ids)])]
+            if not allowed:
+                continue
+            scores, ids = self._entry(owner, mid, int(vec.shape[0])).index.search(
+                vec[None, :], k, allowed_ids=np.array(allowed, dtype=np.int64))
+            out += [(float(s), int(i), owner, frozenset(concept_ids)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+        return out
+
+    # ------------------------------------------------------------------ reading
+    def history(self, user: str, concept: str | None = None, *, limit: int | None = None) -> list[HistoryItem]:
+        """The user's dialogue episodes, newest first (by when the photo was taken, else when remembered)."""
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise InputError("limit must be a positive integer")
+        with self._lock:
+            self._check_open()
+            with self.store.read():
+                uid = self._uid(user)
+                if concept is None:
+                    rows = self.store.rows("SELECT * FROM episodes WHERE user_id = ? "
+                                           "ORDER BY coalesce(taken_at, created_at) DESC, id DESC", [uid])
+                else:
+                    row = self.store.concept_row(uid, clean_name(concept, "concept name"))
+                    if row is None:  # a concept shared with this user
+                        row = self.store.one(
+                            "SELECT c.* FROM concepts c JOIN concept_shares s ON s.concept_id = c.id "
+                            "WHERE s.user_id = ? AND c.name = ? COLLATE NOCASE", [uid, concept])
+                    if row is None:
+                        raise NotFoundError(f"user {user!r} has no concept named {concept!r}")
+                    rows = self.store.rows(
+                        "SELECT e.* FROM episodes e JOIN episode_concepts ec ON ec.episode_id = e.id "
+                        "WHERE ec.concept_id = ? ORDER BY coalesce(e.taken_at, e.created_at) DESC, e.id DESC",
+                        [row["id"]])
+                if limit is not None:
+                    rows = rows[:limit]
+                return [HistoryItem(episode=self.store.to_episode(r), photo=self.store.photo(r["photo_id"]))
+                        for r in rows]
+
+    def photos(self, user: str) -> list[PhotoRecord]:
+        """All of the user's remembered photos, oldest first."""
+        with self._lock:
+            self._check_open()
+            uid = self._uid(user)
+            return [self.store.to_photo(r) for r in
+                    self.store.rows("SELECT * FROM photos WHERE user_id = ? ORDER BY id", [uid])]
+
+    def find_photo(self, user: str, photo: PhotoInput | int) -> PhotoRecord:
+        """A remembered photo of ``user`` by id, or by content (path/bytes/image of the same file)."""
+        with self._lock:
+            self._check_open()
+            uid = self._uid(user)
+            if isinstance(photo, int) and not isinstance(photo, bool):
+                row = self.store.one("SELECT * FROM photos WHERE id = ? AND user_id = ?", [photo, uid])
+            else:
+                sha = load_photo(photo, max_pixels=self.config.max_pixels).sha256
+                row = self.store.one("SELECT * FROM photos WHERE sha256 = ? AND user_id = ?", [sha, uid])
+            if row is None:
+                raise NotFoundError(f"user {user!r} has no remembered photo matching {photo!r:.100}")
+            return self.store.to_photo(row)
+
+    # ------------------------------------------------------------------ caption cache (used by CAG)
+    def cached_caption(self, user: str, *, model_id: str, prompt_version: str, photo_sha256: str,
+                       context_ids: Sequence[int]) -> str | None:
+        """A cached caption for this (model, prompt version, photo, context photos), or None."""
+        with self._lock:
+            self._check_open()
+            uid = self._uid(user)
+            return self.store.scalar(
+                "SELECT caption FROM caption_cache WHERE user_id = ? AND model_id = ? AND prompt_version = ? "
+                "AND photo_sha256 = ? AND context_key = ?",
+                [uid, model_id, prompt_version, photo_sha256, _context_key(context_ids)])
+
+    def cache_caption(self, user: str, caption: str, *, model_id: str, prompt_version: str, photo_sha256: str,
+                      context_ids: Sequence[int]) -> None:
+        """Store a caption; it dies when any memory photo in ``context_ids`` is forgotten or edited."""
+        if not isinstance(caption, str):
+            raise InputError("caption must be text")
+        with self._lock:
+            self._check_open()
+            with self.store.write() as db:
+                uid = self._uid(user)
+                key = _context_key(context_ids)
+                db.execute("DELETE FROM caption_cache_items WHERE cache_id IN (SELECT id FROM caption_cache "
+                           "WHERE user_id = ? AND model_id = ? AND prompt_version = ? AND photo_sha256 = ? "
+                           "AND context_key = ?)", [uid, model_id, prompt_version, photo_sha256, key])
+                db.execute("DELETE FROM caption_cache WHERE user_id = ? AND model_id = ? AND prompt_version = ? "
+                           "AND photo_sha256 = ? AND context_key = ?",
+                           [uid, model_id, prompt_version, photo_sha256, key])
+                cid = db["caption_cache"].insert({
+                    "user_id": uid, "model_id": model_id, "prompt_version": prompt_version,
+                    "photo_sha256": photo_sha256, "context_key": key, "caption": caption,
+                    "created_at": utcnow()}).last_pk
+                for pid in sorted({int(p) for p in context_ids}):
+                    db.execute("INSERT INTO caption_cache_items (cache_id, photo_id) VALUES (?, ?)", [cid, pid])
+
+
+def _context_key(context_ids: Sequence[int]) -> str:
+    return ",".join(str(int(i)) for i in sorted({int(i) for i in context_ids}))
+
