@@ -74,18 +74,19 @@ class _IndexOps:
         """Make the index hold exactly SQLite's vectors for (user, model)."""
         uid, model_id = key
         entry.data_version = self.store.data_version()
-        count, max_id = self.store.embedding_stats(uid, model_id)
-        if not force and (count, max_id) == (entry.count, entry.max_id):
-            return
-        sql_ids = self.store.embedding_ids(uid, model_id)
-        idx_ids = entry.index.ids()
-        extra = np.setdiff1d(idx_ids, sql_ids, assume_unique=True)
-        missing = np.setdiff1d(sql_ids, idx_ids, assume_unique=True)
-        if len(extra):
-            entry.index.remove(extra)
-        if len(missing):
-            entry.index.add(missing, self.store.embedding_vectors(missing.tolist(), entry.index.dim))
-        entry.count, entry.max_id = count, max_id
+        with self.store.read():  # one snapshot: a concurrent forget cannot slip between ids and vectors
+            count, max_id = self.store.embedding_stats(uid, model_id)
+            if not force and (count, max_id) == (entry.count, entry.max_id):
+                return
+            sql_ids = self.store.embedding_ids(uid, model_id)
+            idx_ids = entry.index.ids()
+            extra = np.setdiff1d(idx_ids, sql_ids, assume_unique=True)
+            missing = np.setdiff1d(sql_ids, idx_ids, assume_unique=True)
+            if len(extra):
+                entry.index.remove(extra)
+            if len(missing):
+                entry.index.add(missing, self.store.embedding_vectors(missing.tolist(), entry.index.dim))
+            entry.count, entry.max_id = count, max_id
         if len(extra) or len(missing):
             log.debug("index u%d/%s caught up: +%d -%d", uid, model_id, len(missing), len(extra))
 
@@ -94,6 +95,10 @@ class _IndexOps:
         entry = self._indexes.get(key)
         if entry is None:
             entry = self._entry(uid, model_id, int(vec.shape[0]))  # the sync picks up the new vector
+        elif self.store.data_version() != entry.data_version:
+            # Another connection committed since the last catch-up: a blind add would leave its changes
+            # out while count/max_id looked current, so catch up from SQLite (that picks up eid too).
+            self._sync(key, entry)
         else:
             entry.index.add(np.array([eid]), vec[None, :])
             entry.count += 1
@@ -106,6 +111,9 @@ class _IndexOps:
         uid, model_id = key
         with file_lock(self._lock_path(uid, model_id)):
             self._sync(key, entry, force=True)
+            if entry.index.ntotal == 0:  # another connection forgot them all: no file (verify flags empty ones)
+                self._remove_index_files(uid, model_id)
+                return
             entry.index.save(self._index_path(uid, model_id), self.home / "tmp",
                              meta={"user_id": uid, "model_id": model_id, "saved_at": utcnow()})
 

@@ -528,7 +528,8 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
                     rows = self.store.rows("SELECT * FROM episodes WHERE user_id = ? "
                                            "ORDER BY coalesce(taken_at, created_at) DESC, id DESC", [uid])
                 else:
-                    row = self.store.concept_row(uid, clean_name(concept, "concept name"))
+                    concept = clean_name(concept, "concept name")
+                    row = self.store.concept_row(uid, concept)
                     if row is None:  # a concept shared with this user
                         row = self.store.one(
                             "SELECT c.* FROM concepts c JOIN concept_shares s ON s.concept_id = c.id "
