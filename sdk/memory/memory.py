@@ -403,8 +403,11 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
                         pid = row["id"]
                         self.store.invalidate_captions_for_photos([pid])
                     eid = None
-                    if vec is not None and self.store.scalar(
+                    if self.store.scalar(
                             "SELECT id FROM embeddings WHERE photo_id = ? AND model_id = ?", [pid, mid]) is None:
+                        if vec is None:  # another process forgot the photo after the check above (rare)
+                            raw = embedding if embedding is not None else self.embedder.embed_images([pic.image])[0]
+                            vec = self._check_embedding(raw, dim)
                         eid = db["embeddings"].insert({"user_id": uid, "photo_id": pid, "model_id": mid,
                                                        "dim": int(vec.shape[0]), "vector": vec.tobytes()}).last_pk
                     cids = [self._ensure_concept(uid, n) for n in names]

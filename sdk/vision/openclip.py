@@ -6,12 +6,13 @@ torch and open_clip are imported only when an :class:`OpenClipEmbedder` is built
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -404,8 +405,8 @@ def _build(
             if key in _random_models:
                 return _random_models[key]
     try:
-        with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
-            torch.manual_seed(config.seed)
+        with torch.random.fork_rng(devices=[]), _quiet_random_init_warning(weights.meaningless):
+            torch.manual_seed(config.seed)  # seed the init without disturbing the caller's RNG
             model, _, preprocess = open_clip.create_model_and_transforms(
                 weights.arch,
                 pretrained=weights.path,
@@ -437,6 +438,27 @@ def _build(
         with _lock:
             model, preprocess = _random_models.setdefault(key, (model, preprocess))
     return model, preprocess
+
+
+class _NoRandomInitWarning(logging.Filter):
+    """Drops open_clip's root-logger "No pretrained weights loaded" line: covip already warned, once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning(active: bool) -> Iterator[None]:
+    if not active:
+        yield
+        return
+    filt = _NoRandomInitWarning()
+    root = logging.getLogger()
+    root.addFilter(filt)
+    try:
+        yield
+    finally:
+        root.removeFilter(filt)
 
 
 def _output_dim(model: Any) -> int:
