@@ -1,20 +1,27 @@
-"""covip.sdk: the on-device runtime an app embeds: episodic memory, image intake, embeddings, CLI.
+"""covip.sdk: the on-device runtime an app embeds: episodic memory, embeddings, engines, CAG, CLI.
 
 Imports without torch; torch-backed pieces (open_clip embeddings) load when first built.
 """
 
+from covip.sdk.assistant import Assistant, AssistantConfig
+from covip.sdk.cag import Answer, CagConfig, CaptionResult
 from covip.sdk.config import default_home
+from covip.sdk.context import Context, ContextConfig, ContextItem
+from covip.sdk.engines import Engine, Generation, GenerationConfig, make_engine
 from covip.sdk.errors import (
     BundleError,
     ConfigError,
     ConflictError,
     CovipError,
+    DataError,
     EmbedderError,
     EmptyImageError,
+    EngineError,
     ImageError,
     ImageTooLargeError,
     IndexCorruptError,
     InputError,
+    JudgeError,
     MissingExtraError,
     NotAnImageError,
     NotFoundError,
@@ -41,6 +48,19 @@ from covip.sdk.memory import (
 from covip.sdk.vision import Embedder, EmbedderConfig, make_embedder
 
 __all__ = [
+    # personalized photo chat
+    "Assistant",
+    "AssistantConfig",
+    "Answer",
+    "CaptionResult",
+    "CagConfig",
+    "Context",
+    "ContextConfig",
+    "ContextItem",
+    "Engine",
+    "Generation",
+    "GenerationConfig",
+    "make_engine",
     # memory
     "Memory",
     "MemoryConfig",
@@ -79,4 +99,7 @@ __all__ = [
     "IndexCorruptError",
     "BundleError",
     "EmbedderError",
+    "EngineError",
+    "DataError",
+    "JudgeError",
 ]

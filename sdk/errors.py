@@ -7,18 +7,22 @@ Catch :class:`CovipError` to handle everything covip raises on purpose::
     ├── MissingExtraError        an optional dependency is not installed (message has the pip line);
     │                            also an ImportError
     ├── InputError               a bad argument from the caller; also a ValueError
-    │   └── ImageError           a photo that cannot be taken in
-    │       ├── EmptyImageError      zero-byte file or empty bytes
-    │       ├── NotAnImageError      bytes that are no image format Pillow knows
-    │       ├── TruncatedImageError  an image whose data ends early or is corrupt
-    │       └── ImageTooLargeError   more pixels than the decompression-bomb limit
+    │   ├── ImageError           a photo that cannot be taken in
+    │   │   ├── EmptyImageError      zero-byte file or empty bytes
+    │   │   ├── NotAnImageError      bytes that are no image format Pillow knows
+    │   │   ├── TruncatedImageError  an image whose data ends early or is corrupt
+    │   │   └── ImageTooLargeError   more pixels than the decompression-bomb limit
+    │   └── DataError            a training/evaluation sample or data file with a bad field
+    │                            (names the sample id and the field) or a missing image
     ├── NotFoundError            a user, concept or photo that does not exist; also a LookupError
     ├── ConflictError            a name that already exists, a merge into itself, ...
     ├── StoreError               the on-disk memory cannot be read or written
     │   ├── SchemaError          the database is newer than this covip, or a migration failed
     │   ├── IndexCorruptError    a FAISS index file cannot be read (``covip verify --repair``)
     │   └── BundleError          an export bundle that is not a covip bundle or is damaged
-    └── EmbedderError            an embedding model that cannot be built or loaded
+    ├── EmbedderError            an embedding model that cannot be built or loaded
+    ├── EngineError              an inference engine whose model cannot be loaded or run
+    └── JudgeError               a reward judge (HTTP server, local model) that cannot answer
 
 Errors raised before any write leave the memory unchanged; errors inside a write roll the
 whole write back (every write is one SQLite transaction plus atomic file renames).
@@ -43,6 +47,9 @@ __all__ = [
     "IndexCorruptError",
     "BundleError",
     "EmbedderError",
+    "EngineError",
+    "DataError",
+    "JudgeError",
 ]
 
 
@@ -118,3 +125,23 @@ class BundleError(StoreError):
 
 class EmbedderError(CovipError):
     """An embedding model that cannot be built or loaded."""
+
+
+class EngineError(CovipError):
+    """An inference engine whose model cannot be loaded or run."""
+
+
+class DataError(InputError):
+    """A training or evaluation sample (or data file) that cannot be used.
+
+    The message names the sample id and the bad field; :attr:`sample_id` and :attr:`field` carry
+    them (either may be None when the problem is with the file as a whole).
+    """
+
+    def __init__(self, message: str, *, sample_id: str | None = None, field: str | None = None) -> None:
+        self.sample_id, self.field = sample_id, field
+        super().__init__(message)
+
+
+class JudgeError(CovipError):
+    """A reward judge (an HTTP server or a local model) that cannot be reached, loaded or run."""

@@ -86,3 +86,30 @@ def home_fingerprint(home: Path) -> dict:
             if p.is_file():
                 files[str(p.relative_to(home))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return {"rows": rows, "files": files}
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf() -> tuple[Path, Path]:
+    """(text GGUF, mmproj GGUF) of the tiny Qwen3-VL, converted once with llama.cpp's own converter.
+
+    The converter comes from the llama-cpp-python sdist, downloaded once into ~/.cache/covip; the test
+    skips when that download is impossible (offline machine without the cached sdist).
+    """
+    from covip.sdk.models import build_tiny_vlm
+    from tests.gguf_fixtures import ConverterUnavailable, convert_tiny_to_gguf
+
+    try:
+        return convert_tiny_to_gguf(build_tiny_vlm("qwen3-vl"))
+    except ConverterUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir() -> Path:
+    """The tiny Qwen3-VL (real architecture, random weights, SmolLM2 tokenizer) as a save_pretrained dir.
+
+    Built once into ``$COVIP_CACHE`` (or the per-user cache) and reused by later sessions.
+    """
+    from covip.sdk.models import build_tiny_vlm
+
+    return build_tiny_vlm("qwen3-vl")

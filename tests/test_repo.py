@@ -40,3 +40,17 @@ def test_sdk_never_imports_training_or_export() -> None:
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "sdk").rglob("*.py")
                  if "covip.training" in p.read_text() or "covip.export" in p.read_text()]
     assert offenders == []
+
+
+def test_every_package_folder_is_in_the_distribution() -> None:
+    import tomllib
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(meta["packages"])
+    mapping = meta["package-dir"]
+    found = set()
+    for pkg_name, folder in mapping.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((pkg_name, *rel)))
+    assert found == listed  # a wheel would silently lack any package missing from the list

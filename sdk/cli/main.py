@@ -35,6 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "covip.sdk.cli.memory_cmds",
     "covip.sdk.cli.people_cmds",
     "covip.sdk.cli.bundle_cmds",
+    "covip.sdk.cli.chat_cmds",
 )
 """Modules whose ``register(group)`` adds commands to ``covip``, in help order."""
 
@@ -54,10 +55,12 @@ Exit codes: 0 ok, 1 verify found errors or another covip error, 2 bad input or u
 
 \b
 Example:
-  covip init --embedder ViT-B-32/laion2b_s34b_b79k
+  covip demo                     # the whole pipeline offline, on tiny random-weight models
+  covip init --embedder ViT-B-32/laion2b_s34b_b79k --model Qwen/Qwen3-VL-2B-Instruct
   covip user add ana
   covip remember bori.jpg --user ana --concept Bori --dialogue "User: This is Bori at the Han river."
   covip recall new.jpg --user ana -k 3
+  covip ask new.jpg "Who is this, and where did we last meet?" --user ana
 """
 
 
@@ -163,20 +166,36 @@ def setup_logging(verbose: int) -> Callable[[], None]:
 @click.version_option(package_name="covip", prog_name="covip")
 @click.pass_context
 def cli(ctx: click.Context, home: Path | None, verbose: int) -> None:
-    """covip: a personal assistant's on-device memory of photos, people, pets and places.
+    """covip: a personal photo assistant that remembers your people, pets, things and places.
 
-    Remember photos with the dialogues about them, recall similar ones, forget on request, and move
-    a user's memory between devices. Everything stays in one home directory on this machine. Run
-    `covip COMMAND --help` for each command's options and an example.
+    Remember photos with the dialogues about them; show a new photo and ask about it, and the answer
+    draws on your own history (caption first, then answer: Caption-Augmented Generation), with the
+    memories it used. Forget on request, move a memory between devices. Everything stays in one home
+    directory on this machine. Start with `covip demo`; run `covip COMMAND --help` for each command's
+    options and an example.
     """
     ctx.obj = CliState(home=home, verbose=verbose)
     ctx.call_on_close(setup_logging(verbose))
 
 
+PLUGIN_GROUP = "covip.cli"
+"""Entry-point group through which other covip packages (training, export) add their commands, so the SDK
+never imports them (a laptop install has no training code)."""
+
+
 def _register_all(group: click.Group) -> None:
-    """Import every module in COMMAND_MODULES and let it add its commands."""
+    """Import every module in COMMAND_MODULES and let it add its commands, then the installed plugins."""
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(group)
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        try:
+            register = ep.load()
+        except ImportError as exc:  # a plugin whose own dependencies are missing: leave it out, say why with -v
+            log.debug("covip command plugin %s not loaded: %s", ep.name, exc)
+            continue
+        register(group)
 
 
 _register_all(cli)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -39,25 +40,41 @@ __all__ = ["register"]
 @click.option("--pretrained", metavar="PATH_OR_TAG",
               help="open_clip pretrained tag, or a local weights file (stored as an absolute path); "
                    "overrides the tag in --embedder.")
-@click.option("--force", is_flag=True, help="Overwrite an existing config.json (the memory itself is kept).")
+@click.option("--model", "model", metavar="NAME|DIR",
+              help="The vision-language model `ask`, `caption` and `chat` use: a hub id such as "
+                   "Qwen/Qwen3-VL-2B-Instruct, a local HF model dir, an export dir with GGUF + mmproj files "
+                   "(llama.cpp), or 'tiny' (random weights, tests/offline only). With --force and no --model, "
+                   "the current one is kept.")
+@click.option("--force", is_flag=True, help="Overwrite an existing config.json (the memory itself is kept; "
+              "without --embedder the current embedder is kept).")
 @pass_state
-def init_cmd(state: CliState, spec: str, pretrained: str | None, force: bool) -> None:
-    """Create a memory home and choose its embedding model.
+def init_cmd(state: CliState, spec: str, pretrained: str | None, model: str | None, force: bool) -> None:
+    """Create a memory home and choose its embedding model and its vision-language model.
 
-    Writes config.json in the home (which embedder `remember` and `recall` use) and creates the
-    empty memory. An existing config is only replaced with --force; remembered photos are kept, but
-    photos embedded with a different model are not found by `recall` until remembered again.
+    Writes config.json in the home (which embedder `remember` and `recall` use, which model `ask`,
+    `caption` and `chat` use) and creates the empty memory. An existing config is only replaced
+    with --force; remembered photos are kept, but photos embedded with a different model are not
+    found by `recall` until remembered again.
 
     \b
     Example:
-      covip --home ~/covip init --embedder ViT-B-32/laion2b_s34b_b79k
-      covip init --embedder tiny          # random weights: for tests and offline demos
+      covip --home ~/covip init --embedder ViT-B-32/laion2b_s34b_b79k --model Qwen/Qwen3-VL-2B-Instruct
+      covip init --embedder tiny --model tiny     # random weights: for tests and offline demos
+      covip init --force --model ./export/qwen3-vl-2b-gguf   # switch the model, keep the embedder
     """
+    from click.core import ParameterSource
+
     from covip.sdk.config import read_settings, write_settings
     from covip.sdk.vision import parse_embedder_spec
 
     home = state.home_dir
     config = parse_embedder_spec(spec)
+    model_notes: list[str] = []
+    backend = None
+    if model is not None:
+        from covip.sdk.cli.chat_cmds import check_model_spec
+
+        model, backend, model_notes = check_model_spec(model)  # before anything is written
     if pretrained is not None:
         local = Path(pretrained).expanduser()
         config = config.with_overrides(pretrained=str(local.resolve()) if local.exists() else pretrained)
@@ -71,11 +88,27 @@ def init_cmd(state: CliState, spec: str, pretrained: str | None, force: bool) ->
         except ConfigError as exc:
             log.warning("replacing an unreadable config: %s", exc)
     previous = settings.get("embedder")
+    keep = (previous is not None and pretrained is None
+            and click.get_current_context().get_parameter_source("spec") is ParameterSource.DEFAULT)
+    if keep and isinstance(previous, dict):  # `init --force --model X` switches only the model
+        config = dataclasses.replace(config, model=previous.get("model", config.model),
+                                     pretrained=previous.get("pretrained"))
     settings["embedder"] = {"model": config.model, "pretrained": config.pretrained}
+    if model is not None:
+        settings["model"] = model
     write_settings(home, settings)
     mem = state.memory(create=True)
     label = config.model + (f"/{config.pretrained}" if config.pretrained else "")
     click.echo(f"initialized covip memory in {home} (embedder: {label})")
+    if model is not None:
+        click.echo(f"model: {model} (back end: {backend})")
+    elif settings.get("model"):
+        click.echo(f"model: {settings['model']} (kept)")
+    else:
+        click.echo("note: no model chosen yet; `ask`, `caption` and `chat` need one: add --model (e.g. "
+                   "`covip init --force --model Qwen/Qwen3-VL-2B-Instruct`) or pass --model to them", err=True)
+    for note in model_notes:
+        click.echo(f"notice: {note}", err=True)
     if config.is_tiny:
         click.echo("notice: the tiny embedder has random weights, so similarity scores are meaningless "
                    "(tests and offline demos only)", err=True)

@@ -1,0 +1,180 @@
+"""Caption-Augmented Generation: caption the photo in the user's context first, then answer with it.
+
+``caption()`` builds the personalized caption s ~ pi(. | x, c, p_s) and caches it in the memory (key:
+engine model id, prompt version, photo hash, ids of the context photos; any edit or forget of one of
+those memories drops the entry). ``ask()`` continues that chat with the question as the next user turn,
+so the caption pass is the answer pass's prefix and an engine with a KV cache does not re-read images.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from covip.sdk import prompts
+from covip.sdk.context import Context, ContextConfig, ContextItem, assemble
+from covip.sdk.engines.base import Generation, GenerationConfig
+from covip.sdk.imaging import Photo, load_photo
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CagConfig", "CaptionResult", "Answer", "CaptionAugmentedGenerator"]
+
+
+@dataclass
+class CagConfig:
+    """Sampling settings of the two passes and the caption-only switch."""
+
+    caption: GenerationConfig = field(
+        default_factory=lambda: GenerationConfig(max_new_tokens=512, temperature=0.0),
+        metadata={"help": "Caption pass (greedy by default, as the paper's evaluation)."})
+    answer: GenerationConfig = field(
+        default_factory=lambda: GenerationConfig(max_new_tokens=256, temperature=0.7, top_p=0.8, top_k=20,
+                                                 presence_penalty=1.5),
+        metadata={"help": "Answer pass (the authors sample at 0.7 / top-p 0.8 / top-k 20 / presence 1.5)."})
+    caption_only: bool = field(
+        default=False,
+        metadata={"help": "Weak devices: context items carry a cached plain caption of their photo instead of "
+                  "the image, so only the query image is encoded."})
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    caption: str
+    context: Context
+    cached: bool
+    generation: Generation | None
+    seconds: float
+
+    @property
+    def memories(self) -> tuple[ContextItem, ...]:
+        return self.context.items
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The answer with everything that explains it: caption, memories used, cache hit, timings."""
+
+    answer: str
+    caption: str | None
+    context: Context
+    caption_cached: bool
+    cag: bool
+    timings: dict[str, float]
+    tokens: dict[str, int]
+
+    @property
+    def memories(self) -> tuple[ContextItem, ...]:
+        return self.context.items
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"answer": self.answer, "caption": self.caption, "cag": self.cag,
+                "caption_cached": self.caption_cached, "abstained": self.context.abstained,
+                "abstain_reason": self.context.reason or None,
+                "memories": [m.to_dict() for m in self.memories], "timings": self.timings, "tokens": self.tokens}
+
+
+class CaptionAugmentedGenerator:
+    """Ties a memory, an embedder and an engine together for one user-facing question at a time."""
+
+    def __init__(self, memory: Any, engine: Any, *, context: ContextConfig | None = None,
+                 config: CagConfig | None = None) -> None:
+        self.memory = memory
+        self.engine = engine
+        self.context_config = context or ContextConfig()
+        self.config = config or CagConfig()
+
+    # -------------------------------------------------------------- context
+    def context_for(self, user: str, photo: Photo) -> Context:
+        """Search the user's memory with the photo and fit the context to the budget."""
+        embedder = self.memory.embedder
+        vec = embedder.embed_images([photo.image])[0]
+        image_tokens = None
+        if self.config.caption_only:
+            image_tokens = 0  # captions are counted as dialogue text below
+        return assemble(self.memory, user, vec, self.context_config, count_tokens=self.engine.count_tokens,
+                        model_id=embedder.model_id, image_tokens=image_tokens)
+
+    def _entries(self, user: str, context: Context) -> list[prompts.ContextEntry]:
+        entries = []
+        for item in context.items:
+            if self.config.caption_only:
+                entries.append(prompts.ContextEntry(dialogue=item.dialogue, caption=self._plain_caption(user, item)))
+            else:
+                entries.append(prompts.ContextEntry(dialogue=item.dialogue, image=load_photo(item.photo.path).image))
+        return entries
+
+    def _plain_caption(self, user: str, item: ContextItem) -> str:
+        """A non-personal description of a memory photo, made once and cached (caption-only mode)."""
+        key = {"model_id": self.engine.model_id,
+               "prompt_version": f"{prompts.PROMPT_VERSION}/describe/max{min(96, self.config.caption.max_new_tokens)}",
+               "photo_sha256": item.photo.sha256, "context_ids": [item.photo.id]}
+        owner = item.photo.owner
+        cached = self.memory.cached_caption(owner, **key)
+        if cached is not None:
+            return cached
+        gen = self.engine.generate(prompts.describe_messages(load_photo(item.photo.path).image),
+                                   GenerationConfig(max_new_tokens=min(96, self.config.caption.max_new_tokens)))
+        self.memory.cache_caption(owner, gen.text.strip(), **key)
+        return gen.text.strip()
+
+    # -------------------------------------------------------------- passes
+    def caption(self, user: str, photo: Any, *, on_token: Callable[[str], None] | None = None) -> CaptionResult:
+        """The personalized caption of ``photo`` for ``user`` (from the cache when nothing changed)."""
+        t0 = time.perf_counter()
+        pic = load_photo(photo, max_pixels=self.memory.config.max_pixels)
+        context = self.context_for(user, pic)
+        key = {"model_id": self.engine.model_id, "prompt_version": self._prompt_version(),
+               "photo_sha256": pic.sha256, "context_ids": context.photo_ids}
+        cached = self.memory.cached_caption(user, **key)
+        if cached is not None:
+            log.info("caption cache hit for photo %s", pic.sha256[:12])
+            if on_token is not None:
+                on_token(cached)
+            return CaptionResult(cached, context, True, None, time.perf_counter() - t0)
+        messages = prompts.caption_messages(self._entries(user, context), pic.image)
+        gen = self.engine.generate(messages, self.config.caption, on_token=on_token)
+        # kept exactly as generated (not stripped): the answer pass re-renders it, and the same text
+        # tokenizes back to the same ids, so the engine's KV cache of the caption pass is reused in full
+        caption = gen.text
+        self.memory.cache_caption(user, caption, **key)
+        return CaptionResult(caption, context, False, gen, time.perf_counter() - t0)
+
+    def _prompt_version(self) -> str:
+        """Prompt version plus what else shapes the caption (mode, length cap, sampling), for the cache key."""
+        cap = self.config.caption
+        return (f"{prompts.PROMPT_VERSION}{'/caption-only' if self.config.caption_only else ''}"
+                f"/max{cap.max_new_tokens}/t{cap.temperature:g}")
+
+    def ask(self, user: str, photo: Any, question: str, *, cag: bool = True,
+            on_token: Callable[[str], None] | None = None) -> Answer:
+        """Answer ``question`` about ``photo`` from the user's memories; ``cag=False`` asks directly."""
+        pic = load_photo(photo, max_pixels=self.memory.config.max_pixels)
+        t0 = time.perf_counter()
+        tokens: dict[str, int] = {}
+        timings: dict[str, float] = {}
+        if cag:
+            cap = self.caption(user, pic)
+            timings["caption_s"] = cap.seconds
+            if cap.generation is not None:
+                tokens.update(caption_prompt=cap.generation.prompt_tokens,
+                              caption_cached=cap.generation.cached_tokens,
+                              caption_completion=cap.generation.completion_tokens)
+            messages = prompts.answer_messages(self._entries(user, cap.context), pic.image, cap.caption, question)
+            context, caption, cached = cap.context, cap.caption, cap.cached
+        else:
+            context = self.context_for(user, pic)
+            messages = prompts.direct_messages(self._entries(user, context), pic.image, question)
+            caption, cached = None, False
+        t1 = time.perf_counter()
+        gen = self.engine.generate(messages, self.config.answer, on_token=on_token)
+        timings.update(answer_s=time.perf_counter() - t1, total_s=time.perf_counter() - t0,
+                       answer_prefill_s=gen.prefill_s, answer_decode_s=gen.decode_s)
+        tokens.update(answer_prompt=gen.prompt_tokens, answer_cached=gen.cached_tokens,
+                      answer_completion=gen.completion_tokens)
+        return Answer(answer=gen.text.strip(), caption=caption.strip() if caption is not None else None,
+                      context=context, caption_cached=cached, cag=cag,
+                      timings={k: round(v, 4) for k, v in timings.items()}, tokens=tokens)

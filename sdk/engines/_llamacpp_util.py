@@ -1,0 +1,187 @@
+"""Helpers of the llama.cpp engine: native log routing, library loading, file checks, prompt items, stops."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from covip.sdk.errors import EngineError
+
+logger = logging.getLogger("covip.sdk.engines.llamacpp")
+native_logger = logging.getLogger("covip.sdk.engines.llamacpp.native")
+
+_GGUF_MAGIC = b"GGUF"
+
+
+# ----------------------------------------------------------------------------- native side
+
+
+_lib_lock = threading.Lock()
+_lib: dict[str, Any] = {}
+_native_errors: deque[tuple[int, str]] = deque(maxlen=16)  # (serial number, line)
+_log_state: dict[str, Any] = {"line": "", "level": logging.DEBUG, "verbose_engines": 0, "n_errors": 0}
+_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+
+
+def _on_native_log(level: int, text: bytes | None, _user_data: Any) -> None:
+    """ggml log callback: assemble lines, remember errors, hand them to Python logging."""
+    try:
+        piece = (text or b"").decode("utf-8", errors="replace")
+        if level != 5:  # GGML_LOG_LEVEL_CONT continues the previous line at its level
+            if _log_state["line"]:
+                _emit_native_line(_log_state["line"], _log_state["level"])
+                _log_state["line"] = ""
+            _log_state["level"] = _LEVELS.get(level, logging.DEBUG)
+        buf = _log_state["line"] + piece
+        *lines, rest = buf.split("\n")
+        _log_state["line"] = rest
+        for line in lines:
+            _emit_native_line(line, _log_state["level"])
+    except Exception:  # never let an exception cross the C boundary
+        pass
+
+
+def _emit_native_line(line: str, level: int) -> None:
+    line = line.rstrip()
+    if not line:
+        return
+    if level >= logging.ERROR:
+        _native_errors.append((_log_state["n_errors"], line))
+        _log_state["n_errors"] += 1
+    native_logger.log(level if _log_state["verbose_engines"] > 0 else logging.DEBUG, "%s", line)
+
+
+def set_verbose(delta: int) -> None:
+    """Count engines that want native messages at their own level (+1 on open, -1 on close)."""
+    _log_state["verbose_engines"] = max(0, _log_state["verbose_engines"] + delta)
+
+
+def _native() -> tuple[Any, Any]:
+    """(llama_cpp.llama_cpp, llama_cpp.mtmd_cpp), imported once with logging routed and the backend up."""
+    with _lib_lock:
+        if not _lib:
+            try:
+                import llama_cpp  # noqa: F401  (its package import installs a stderr logger we replace)
+                import llama_cpp.llama_cpp as llama
+            except ImportError as exc:
+                raise EngineError(
+                    f"the llama.cpp engine needs the Python package llama-cpp-python, which cannot be "
+                    f"imported ({exc}); install it with: pip install llama-cpp-python"
+                ) from exc
+            try:
+                import llama_cpp.mtmd_cpp as mtmd
+            except Exception as exc:  # a build without libmtmd: text-only GGUFs still work
+                logger.debug("libmtmd is not available: %s", exc)
+                mtmd = None
+            callback = llama.llama_log_callback(_on_native_log)
+            llama.llama_log_set(callback, ctypes.c_void_p(0))
+            if mtmd is not None:
+                mtmd.mtmd_log_set(callback, ctypes.c_void_p(0))
+                mtmd.mtmd_helper_log_set(callback, ctypes.c_void_p(0))
+            llama.llama_backend_init()
+            _lib.update(llama=llama, mtmd=mtmd, callback=callback)  # the callback must stay alive
+        return _lib["llama"], _lib["mtmd"]
+
+
+def _error_mark() -> int:
+    """A mark to pass to :func:`_last_native_error` later."""
+    return int(_log_state["n_errors"])
+
+
+def _last_native_error(since: int) -> str:
+    """The (last few) native error lines logged after ``since`` = an earlier :func:`_error_mark`, joined."""
+    lines = [line for n, line in list(_native_errors) if n >= since]
+    return "; ".join(lines[-4:])
+
+
+def _check_gguf(path: Path, what: str) -> Path:
+    """Fail early and clearly for a missing, unreadable or non-GGUF file."""
+    if not path.exists():
+        raise EngineError(f"{what} '{path}' does not exist; check the path (it is relative to {Path.cwd()})")
+    if path.is_dir():
+        raise EngineError(f"{what} '{path}' is a directory; pass the .gguf file inside it")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise EngineError(f"{what} '{path}' cannot be read ({exc})") from exc
+    if head != _GGUF_MAGIC:
+        raise EngineError(
+            f"{what} '{path}' is not a GGUF file (it starts with {head!r}, not b'GGUF'); convert the model "
+            "with llama.cpp's convert_hf_to_gguf.py or `covip export`"
+        )
+    return path
+
+
+# ----------------------------------------------------------------------------- prompt items
+
+
+@dataclass
+class _Media:
+    """One image chunk of a prompt: compared by key, counted in tokens, advancing ``n_pos`` positions."""
+
+    key: tuple[str, int]
+    n_tokens: int
+    n_pos: int = field(compare=False)
+    chunk_index: int = field(compare=False)
+
+
+_Item = int | _Media  # a text token id, or a whole image chunk
+
+
+def _item_tokens(item: _Item) -> int:
+    return item.n_tokens if isinstance(item, _Media) else 1
+
+
+def _item_pos(item: _Item) -> int:
+    return item.n_pos if isinstance(item, _Media) else 1
+
+
+def _same(a: _Item, b: _Item) -> bool:
+    if isinstance(a, _Media) or isinstance(b, _Media):
+        return isinstance(a, _Media) and isinstance(b, _Media) and a == b
+    return a == b
+
+
+class _StopFilter:
+    """Cuts text at the first stop string and holds back any tail that may begin one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.longest = max((len(s) for s in self.stops), default=0)
+        self.text = ""
+        self.emitted = 0
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        """Add decoded text; return what can be shown now."""
+        start = max(0, len(self.text) - self.longest + 1)
+        self.text += piece
+        if self.stops:
+            hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+            if hits:
+                self.text = self.text[: min(hits)]
+                self.stopped = True
+                return self.flush()
+        safe = len(self.text) - self._held_back()
+        out = self.text[self.emitted: safe] if safe > self.emitted else ""
+        self.emitted = max(self.emitted, safe)
+        return out
+
+    def flush(self) -> str:
+        out = self.text[self.emitted:]
+        self.emitted = len(self.text)
+        return out
+
+    def _held_back(self) -> int:
+        for n in range(min(self.longest - 1, len(self.text)), 0, -1):
+            tail = self.text[-n:]
+            if any(s.startswith(tail) for s in self.stops):
+                return n
+        return 0

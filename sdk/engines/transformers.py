@@ -1,0 +1,667 @@
+"""Hugging Face transformers back end: any VLM with a chat template (Qwen3-VL first, Qwen2.5-VL too).
+
+torch and transformers are imported only when a :class:`TransformersEngine` is built, so importing this
+module (and ``covip.sdk.engines``) works on a machine without torch.
+
+The engine runs its own decode loop (prefill, then one forward per token over a ``DynamicCache``) so it
+can time prefill and decode separately, stream text, apply stop strings, and keep the KV cache of its
+last call for the next one:
+
+* After a call, the engine remembers the token ids whose keys/values are in the cache: the prompt plus
+  every generated token except the last one (the last sampled token was never run through the model),
+  and which photo sits in each image span.
+* The next call tokenizes its whole prompt, finds the longest common prefix with those ids (image spans
+  count as equal only when the same photo is in them, and a prefix never ends inside an image), crops the
+  cache to it and prefills only the rest. Images inside the reused prefix are not encoded again.
+* Qwen-style processors: each photo's pixel tensors are kept from the last call, so the answer pass does
+  not preprocess its photos again either (checked once per engine against the processor's own output).
+* Qwen's multimodal RoPE: the 3-D positions of the whole new prompt are computed from its token ids and
+  image grids (they depend only on the tokens before each position, so the reused prefix keeps the
+  positions it was computed with); the suffix gets its slice, and decoding continues at
+  ``index + rope_delta`` on all three axes.
+
+``Generation.cached_tokens`` is the length of that reused prefix, ``prompt_tokens`` the tokens prefilled
+now; their sum is always the full prompt length. When call 2 continues call 1 (call 1's messages, then
+call 1's text as the assistant turn, then a new user turn) and call 1's text tokenizes back to the same
+ids, ``cached_tokens == call1.total_prompt_tokens + call1.completion_tokens - 1``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from PIL import Image
+
+from covip.sdk._extras import require
+from covip.sdk.engines._hf_util import (
+    _auto_model_class,
+    _image_spans,
+    _make_generator,
+    _pick_device,
+    _pick_dtype,
+    _quiet_progress,
+    _resolve_model,
+    _same_tensors,
+    _set_pixels,
+    _take_image,
+)
+from covip.sdk.engines.base import Generation, GenerationConfig, Message, check_messages
+from covip.sdk.errors import CovipError, EngineError, InputError
+
+__all__ = ["TransformersEngine", "TransformersEngineConfig"]
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class TransformersEngineConfig:
+    """Which Hugging Face VLM to load and how to run it (every field has a ``help`` text for CLIs)."""
+
+    model: str = field(
+        default="tiny",
+        metadata={
+            "help": "A hub id (e.g. 'Qwen/Qwen3-VL-2B-Instruct'), a local directory written by "
+            "save_pretrained, or a built-in tiny random-weight model: 'tiny' (= 'tiny-qwen3-vl') or "
+            "'tiny-qwen2.5-vl', whose text is meaningless (tests, offline runs)."
+        },
+    )
+    device: str = field(
+        default="auto",
+        metadata={"help": "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'."},
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "'auto' (bfloat16 on cuda, float32 on cpu and mps), 'float32', 'bfloat16' or 'float16'."
+        },
+    )
+    min_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Override the image processor's minimum pixels per image (None keeps the model's)."},
+    )
+    max_pixels: int | None = field(
+        default=None,
+        metadata={
+            "help": "Override the image processor's maximum pixels per image (None keeps the model's); "
+            "fewer pixels means fewer image tokens and a faster prefill."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow model repositories to run their own Python code (only for models you trust)."},
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={"help": "'sdpa', 'eager', 'flash_attention_2', ... (None lets transformers choose)."},
+    )
+
+    def __post_init__(self) -> None:
+        """Reject values that would only fail later, deep inside transformers."""
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise InputError(f"TransformersEngineConfig.model must be a non-empty string, got {self.model!r}")
+        device, _, index = self.device.partition(":") if isinstance(self.device, str) else (None, "", "")
+        if device not in ("auto", "cpu", "cuda", "mps") or (index and not (device == "cuda" and index.isdigit())):
+            raise InputError(
+                f"TransformersEngineConfig.device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', "
+                f"got {self.device!r}"
+            )
+        if self.dtype not in _DTYPES:
+            raise InputError(f"TransformersEngineConfig.dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        for name in ("min_pixels", "max_pixels"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InputError(f"TransformersEngineConfig.{name} must be a positive integer or None, got {value!r}")
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise InputError("TransformersEngineConfig.min_pixels must not exceed max_pixels")
+
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        """Map each field name to its help text (for CLI options and docs)."""
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+    def with_overrides(self, **overrides: Any) -> TransformersEngineConfig:
+        """A copy with the given fields replaced (unknown names raise InputError)."""
+        known = {f.name for f in fields(self)}
+        bad = sorted(set(overrides) - known)
+        if bad:
+            raise InputError(f"unknown TransformersEngineConfig field(s) {bad}; known: {sorted(known)}")
+        return replace(self, **overrides) if overrides else self
+
+
+@dataclass
+class _Prompt:
+    """One call's tokenized prompt with its images."""
+
+    ids: list[int]
+    spans: list[tuple[int, int, str]]  # (start, end) of each image's placeholder tokens, and the photo's key
+    tensors: dict[str, Any]  # processor output (input_ids, pixel_values, image_grid_thw, ...)
+
+
+class TransformersEngine:
+    """An :class:`~covip.sdk.engines.Engine` backed by a Hugging Face image-text-to-text model."""
+
+    def __init__(self, config: TransformersEngineConfig | None = None, **overrides: Any) -> None:
+        """Load the model named by ``config`` (default: the tiny Qwen3-VL); raise EngineError if it cannot."""
+        self.config = (config or TransformersEngineConfig()).with_overrides(**overrides)
+        self._torch = torch = require("torch", feature="the transformers engine", extra="torch")
+        self._tf = require("transformers", feature="the transformers engine", extra="torch")
+        self.device = _pick_device(torch, self.config.device)
+        self.dtype = _pick_dtype(torch, self.config.dtype, self.device)
+        logger.info("transformers engine: device %s (asked %r), dtype %s (asked %r)", self.device,
+                    self.config.device, str(self.dtype).removeprefix("torch."), self.config.dtype)
+        source, self.model_id, marker = _resolve_model(self.config.model)
+        self.meaningless: bool = marker is not None
+        if self.meaningless:
+            logger.warning(
+                "model %s has random weights: the text it writes is meaningless (use it for tests and "
+                "offline runs only; pick e.g. Qwen/Qwen3-VL-2B-Instruct for real answers)", self.model_id,
+            )
+        self.processor, self.model = self._load(source)
+        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        self._setup_model_specifics()
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+        self._closed = False
+        self.last: Generation | None = None
+        self._reset_cache()
+        logger.info("transformers engine %s ready on %s", self.model_id, self.device)
+
+    def __repr__(self) -> str:
+        """Show model id, device and dtype."""
+        return f"TransformersEngine(model_id={self.model_id!r}, device={self.device!r}, dtype={self.dtype})"
+
+    # ------------------------------------------------------------------ public API
+
+    def generate(self, messages: Sequence[Message], config: GenerationConfig | None = None, *,
+                 on_token: Callable[[str], None] | None = None) -> Generation:
+        """Generate the assistant's next turn; ``on_token`` receives text pieces as they are decoded."""
+        pieces = self._run(messages, config)
+        try:
+            for piece in pieces:
+                if on_token is not None:
+                    on_token(piece)
+        finally:
+            pieces.close()  # also when on_token raised: releases the engine at once
+        assert self.last is not None
+        return self.last
+
+    def stream(self, messages: Sequence[Message], config: GenerationConfig | None = None) -> Iterator[str]:
+        """Yield text pieces as they are decoded (the final :class:`Generation` is ``self.last``).
+
+        The engine is busy until the iterator is exhausted or closed; a stream left open blocks other
+        threads' calls, and the same thread's next call raises EngineError.
+        """
+        yield from self._run(messages, config)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` costs with this model's tokenizer (no special tokens added)."""
+        self._check_open()
+        if not isinstance(text, str):
+            raise InputError(f"count_tokens needs a string, got {type(text).__name__}")
+        return len(self.tokenizer.encode(text, add_special_tokens=False)) if text else 0
+
+    def prompt_token_ids(self, messages: Sequence[Message]) -> list[int]:
+        """The token ids a call with ``messages`` would put in front of its answer (the full prompt)."""
+        self._check_open()
+        return list(self._tokenize(check_messages(messages)).ids)
+
+    def reset_cache(self) -> None:
+        """Forget the KV cache of the last call (the next call prefills its whole prompt)."""
+        with self._lock:
+            self._reset_cache()
+
+    @property
+    def cached_token_ids(self) -> list[int]:
+        """The token ids whose keys/values the engine holds for reuse by the next call."""
+        return list(self._ids)
+
+    def close(self) -> None:
+        """Drop the model, the processor and the KV cache, and free cached GPU memory."""
+        if self._closed:
+            return
+        with self._lock:
+            self._closed = True
+            self._reset_cache()
+            self.model = None
+            self.processor = self.tokenizer = None
+        if self.device.startswith("cuda"):
+            self._torch.cuda.empty_cache()
+
+    def __enter__(self) -> TransformersEngine:
+        """Use the engine in a ``with`` block that closes it."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Close the engine at the end of a ``with`` block."""
+        self.close()
+
+    # ------------------------------------------------------------------ loading
+
+    def _load(self, source: str) -> tuple[Any, Any]:
+        tf, cfg = self._tf, self.config
+        common: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+        try:
+            processor = tf.AutoProcessor.from_pretrained(source, **common)
+            kwargs = dict(common, dtype=self.dtype)
+            if cfg.attn_implementation:
+                kwargs["attn_implementation"] = cfg.attn_implementation
+            with _quiet_progress(tf):
+                model = _auto_model_class(tf, source, common).from_pretrained(source, **kwargs)
+        except (OSError, ValueError, KeyError, ImportError) as exc:
+            if isinstance(exc, CovipError):
+                raise
+            raise EngineError(
+                f"cannot load the model {cfg.model!r} ({type(exc).__name__}: {str(exc)[:400]}); give a hub id "
+                "that is downloaded or reachable, a directory written by save_pretrained, or 'tiny'"
+            ) from exc
+        model = model.to(self.device).eval()
+        if getattr(processor, "tokenizer", None) is None or getattr(processor, "chat_template", None) is None:
+            raise EngineError(f"the model {cfg.model!r} has no processor with a tokenizer and a chat template")
+        ip = getattr(processor, "image_processor", None)
+        if ip is not None and (cfg.min_pixels or cfg.max_pixels):
+            _set_pixels(ip, cfg.min_pixels, cfg.max_pixels)
+        return processor, model
+
+    def _setup_model_specifics(self) -> None:
+        model, tok = self.model, self.tokenizer
+        mcfg = model.config
+        self._image_token_id = getattr(mcfg, "image_token_id", None)
+        if self._image_token_id is None:
+            self._image_token_id = getattr(mcfg, "image_token_index", None)
+        if self._image_token_id is None and getattr(self.processor, "image_token", None):
+            self._image_token_id = tok.convert_tokens_to_ids(self.processor.image_token)
+        inner = getattr(model, "model", model)
+        self._rope_index = getattr(inner, "get_rope_index", None) or getattr(model, "get_rope_index", None)
+        self._rope_params = set(inspect.signature(self._rope_index).parameters) if self._rope_index else set()
+        forward_params = set(inspect.signature(model.forward).parameters)
+        self._cache_kw = "cache" if "cache" in forward_params else "past_key_values"
+        self._keep_kw = "logits_to_keep" if "logits_to_keep" in forward_params else None
+        eos: set[int] = set()
+        gen_eos = getattr(model.generation_config, "eos_token_id", None)
+        for value in (gen_eos, tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")):
+            if isinstance(value, int):
+                eos.add(value)
+            elif isinstance(value, (list, tuple)):
+                eos.update(v for v in value if isinstance(v, int))
+        eos.discard(getattr(tok, "unk_token_id", None))
+        self._eos = eos
+        self._forward_params = forward_params
+        self._vocab = len(tok)  # logits past the tokenizer's vocabulary are padding rows
+        self._fast_images: bool | None = None  # None: not yet checked against the processor
+        self._dynamic_layer = getattr(importlib.import_module("transformers.cache_utils"), "DynamicLayer", None)
+
+    # ------------------------------------------------------------------ the decode loop
+
+    def _run(self, messages: Sequence[Message], config: GenerationConfig | None) -> Iterator[str]:
+        self._check_open()
+        config = config or GenerationConfig()
+        if not isinstance(config, GenerationConfig):
+            raise InputError(f"config must be a GenerationConfig, got {type(config).__name__}")
+        msgs = check_messages(messages)
+        me = threading.get_ident()
+        if self._owner == me:
+            raise EngineError("this thread is still consuming a stream() of this engine; finish or close it "
+                              "before starting another call")
+        with self._lock:
+            self._owner = me
+            try:
+                yield from self._run_locked(msgs, config)
+            except (GeneratorExit, InputError):  # a stream closed early (the cache holds exactly the tokens
+                raise  # run so far), or bad input caught before the cache was touched
+            except BaseException:
+                # the cache may hold a half-written step: never reuse it
+                self._reset_cache()
+                raise
+            finally:
+                self._owner = None
+
+    def _run_locked(self, msgs: list[Message], config: GenerationConfig) -> Iterator[str]:
+        torch = self._torch
+        t0 = time.perf_counter()
+        prompt = self._tokenize(msgs)
+        n_prompt = len(prompt.ids)
+        reuse = self._reusable_prefix(prompt)
+        if reuse == 0 or self._cache is None:
+            self._cache = self._new_cache()
+            reuse = 0
+        elif reuse < len(self._ids):
+            self._cache.crop(reuse - len(self._ids))
+        self._ids = self._ids[:reuse]
+        self._spans = [s for s in self._spans if s[1] <= reuse]
+
+        gen_ids: list[int] = []
+        state = _TextState(self.tokenizer, config.stop)
+        finish = "cancelled"
+        decode_start = None
+        try:
+            with torch.inference_mode():  # never held across a yield: the caller's code runs outside it
+                positions, delta = self._positions(prompt)
+                self._delta = delta
+                logits = self._prefill(prompt, reuse, positions)
+            self._ids = list(prompt.ids)
+            self._spans = list(prompt.spans)
+            generator = _make_generator(torch, config)
+            prefill_s = time.perf_counter() - t0
+            decode_start = time.perf_counter()
+            while True:
+                with torch.inference_mode():
+                    token = self._select(logits, gen_ids, config, generator)
+                gen_ids.append(token)
+                if token in self._eos:
+                    finish = "stop"
+                    break
+                piece, stopped = state.push(token)
+                if piece:
+                    yield piece
+                if stopped:
+                    finish = "stop"
+                    break
+                if len(gen_ids) >= config.max_new_tokens:
+                    finish = "length"
+                    break
+                with torch.inference_mode():
+                    logits = self._step(token)
+                self._ids.append(token)
+            tail = state.flush()
+            if tail:
+                yield tail
+        finally:
+            if decode_start is None:
+                prefill_s, decode_s = time.perf_counter() - t0, 0.0
+            else:
+                decode_s = time.perf_counter() - decode_start
+            self.last = Generation(
+                text=state.text,
+                prompt_tokens=n_prompt - reuse,
+                completion_tokens=len(gen_ids),
+                cached_tokens=reuse,
+                prefill_s=prefill_s,
+                decode_s=decode_s,
+                finish_reason=finish,
+            )
+        logger.debug("generated %d tokens (%s); prompt %d (%d cached); prefill %.3f s, decode %.3f s",
+                     len(gen_ids), finish, n_prompt, reuse, prefill_s, decode_s)
+
+    def _tokenize(self, msgs: list[Message]) -> _Prompt:
+        """Render the chat template, take in the photos, and run the processor on text + images."""
+        template_msgs: list[dict[str, Any]] = []
+        images: list[Image.Image] = []
+        keys: list[str] = []
+        for msg in msgs:
+            content = msg["content"]
+            if isinstance(content, str):
+                template_msgs.append({"role": msg["role"], "content": content})
+                continue
+            parts = []
+            for part in content:
+                if part["type"] == "image":
+                    img, key = _take_image(part["image"])
+                    images.append(img)
+                    keys.append(key)
+                    parts.append({"type": "image"})
+                else:
+                    parts.append({"type": "text", "text": part["text"]})
+            template_msgs.append({"role": msg["role"], "content": parts})
+        try:
+            text = self.processor.apply_chat_template(template_msgs, tokenize=False, add_generation_prompt=True)
+            tensors = self._process(text, images, keys)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InputError(f"the model's processor rejected these messages ({exc})") from exc
+        ids = tensors["input_ids"][0].tolist()
+        spans = _image_spans(ids, self._image_token_id) if images else []
+        if len(spans) != len(images):
+            raise EngineError(
+                f"found {len(spans)} image placeholder runs for {len(images)} images in the rendered prompt; "
+                "this model's chat template or processor is not supported by the prefix cache"
+            )
+        return _Prompt(ids, [(s, e, k) for (s, e), k in zip(spans, keys)], tensors)
+
+    def _process(self, text: str, images: list[Image.Image], keys: list[str]) -> dict[str, Any]:
+        """The processor's tensors for one prompt; Qwen-style processors reuse the last call's image tensors."""
+        fast = None
+        if images and self._fast_images is not False:
+            fast = self._process_fast(text, images, keys)
+        if fast is not None and self._fast_images:
+            return fast
+        kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
+        if images:
+            kwargs["images"] = images
+        full = dict(self.processor(**kwargs))
+        if fast is not None:  # first use: the fast path must give exactly what the processor gives
+            self._fast_images = _same_tensors(self._torch, fast, full)
+            if not self._fast_images:
+                self._image_memo = {}
+                logger.info("per-image preprocessing cache disabled: it differs from %s's output",
+                            type(self.processor).__name__)
+        return full
+
+    def _process_fast(self, text: str, images: list[Image.Image], keys: list[str]) -> dict[str, Any] | None:
+        """Qwen-style processing with per-image memo: placeholder k becomes grid_k.prod() / merge**2 tokens."""
+        torch, proc = self._torch, self.processor
+        ip = getattr(proc, "image_processor", None)
+        token = getattr(proc, "image_token", None)
+        merge = getattr(ip, "merge_size", None)
+        if ip is None or not token or not merge or "image_grid_thw" not in getattr(ip, "model_input_names", ()):
+            self._fast_images = False
+            return None
+        pieces = text.split(token)
+        if len(pieces) - 1 != len(images):
+            return None
+        memo: dict[str, tuple[Any, Any]] = {}
+        for img, key in zip(images, keys):
+            if key not in memo:
+                hit = self._image_memo.get(key)
+                if hit is None:
+                    out = ip(images=[img], return_tensors="pt")
+                    hit = (out["pixel_values"], out["image_grid_thw"])
+                memo[key] = hit
+        self._image_memo = memo  # only the latest call's photos stay
+        grids = [memo[k][1] for k in keys]
+        expanded = pieces[0]
+        for grid, piece in zip(grids, pieces[1:]):
+            expanded += token * (int(grid.prod()) // merge**2) + piece
+        out = dict(self.tokenizer([expanded], return_tensors="pt"))
+        out.pop("token_type_ids", None)
+        if getattr(proc, "return_mm_token_type_ids", False):
+            ids = out["input_ids"]
+            types = torch.zeros_like(ids)
+            types[ids == self._image_token_id] = 1
+            video = getattr(proc, "video_token_id", None)
+            if video is not None:
+                types[ids == video] = 2
+            out["mm_token_type_ids"] = types
+        out["pixel_values"] = torch.cat([memo[k][0] for k in keys], dim=0)
+        out["image_grid_thw"] = torch.cat(grids, dim=0)
+        return out
+
+    def _reusable_prefix(self, prompt: _Prompt) -> int:
+        """Length of the cached prefix the new prompt can reuse (0 = prefill everything)."""
+        if self._cache is None or not self._ids:
+            return 0
+        limit = min(len(self._ids), len(prompt.ids) - 1)  # prefill at least one token to get logits
+        n = 0
+        old, new = self._ids, prompt.ids
+        while n < limit and old[n] == new[n]:
+            n += 1
+        cached_keys = {start: key for start, _, key in self._spans}
+        for start, end, key in prompt.spans:
+            if start >= n:
+                break
+            if end > n or cached_keys.get(start) != key:  # a prefix never ends inside an image
+                n = start
+                break
+        if n < len(self._ids) and not self._croppable():
+            return 0
+        return n
+
+    def _croppable(self) -> bool:
+        layers = getattr(self._cache, "layers", None)
+        if layers is None or self._dynamic_layer is None:
+            return True
+        return all(type(layer) is self._dynamic_layer for layer in layers)
+
+    def _positions(self, prompt: _Prompt) -> tuple[Any, int]:
+        """(position ids for the whole prompt or None, the RoPE delta for tokens after it)."""
+        torch = self._torch
+        n = len(prompt.ids)
+        if self._rope_index is None:
+            return None, 0
+        text_pos = torch.arange(n, device=self.device).view(1, 1, n)
+        if not prompt.spans:
+            return text_pos.expand(4, 1, n), 0
+        t = prompt.tensors
+        kwargs: dict[str, Any] = {}
+        for name in ("image_grid_thw", "mm_token_type_ids", "attention_mask"):
+            if name in self._rope_params and t.get(name) is not None:
+                kwargs[name] = t[name].to(self.device)
+        pos, delta = self._rope_index(t["input_ids"].to(self.device), **kwargs)
+        delta_val = int(delta.reshape(-1)[0].item()) if hasattr(delta, "reshape") else int(delta)
+        return torch.cat([text_pos, pos.to(self.device)], dim=0), delta_val
+
+    def _prefill(self, prompt: _Prompt, start: int, positions: Any) -> Any:
+        """Run the uncached part of the prompt (with the pixels of the images in it); return last logits."""
+        torch = self._torch
+        t = prompt.tensors
+        ids = t["input_ids"][:, start:].to(self.device)
+        kwargs: dict[str, Any] = {
+            "input_ids": ids,
+            "attention_mask": torch.ones(1, len(prompt.ids), dtype=torch.long, device=self.device),
+            self._cache_kw: self._cache,
+            "use_cache": True,
+        }
+        if positions is not None:
+            kwargs["position_ids"] = positions[:, :, start:]
+        if self._keep_kw:
+            kwargs[self._keep_kw] = 1
+        new_images = [i for i, (s, _, _) in enumerate(prompt.spans) if s >= start]
+        if new_images:
+            grid = t.get("image_grid_thw")
+            pixels = t["pixel_values"]
+            if grid is not None and len(new_images) < len(prompt.spans):
+                rows = [int(g.prod()) for g in grid]
+                first = new_images[0]
+                pixels = pixels[sum(rows[:first]):]
+                grid = grid[first:]
+            kwargs["pixel_values"] = pixels.to(self.device, self.dtype)
+            if grid is not None:
+                kwargs["image_grid_thw"] = grid.to(self.device)
+            if t.get("mm_token_type_ids") is not None and "mm_token_type_ids" in self._forward_params:
+                kwargs["mm_token_type_ids"] = t["mm_token_type_ids"][:, start:].to(self.device)
+        out = self.model(**kwargs)
+        return out.logits[0, -1]
+
+    def _step(self, token: int) -> Any:
+        """Run one generated token through the model; return its logits."""
+        torch = self._torch
+        pos = len(self._ids)
+        kwargs: dict[str, Any] = {
+            "input_ids": torch.tensor([[token]], device=self.device),
+            "attention_mask": torch.ones(1, pos + 1, dtype=torch.long, device=self.device),
+            self._cache_kw: self._cache,
+            "use_cache": True,
+        }
+        if self._rope_index is not None:
+            p = torch.tensor([pos, pos + self._delta, pos + self._delta, pos + self._delta], device=self.device)
+            kwargs["position_ids"] = p.view(4, 1, 1)
+        out = self.model(**kwargs)
+        return out.logits[0, -1]
+
+    def _select(self, logits: Any, gen_ids: list[int], config: GenerationConfig, generator: Any) -> int:
+        torch = self._torch
+        logits = logits.float()
+        if logits.shape[-1] > self._vocab:
+            logits = logits[: self._vocab]
+        if config.presence_penalty and gen_ids:
+            seen = torch.tensor(sorted(set(gen_ids)), device=logits.device)
+            logits = logits.clone()
+            logits[seen] -= config.presence_penalty
+        if config.temperature == 0:
+            return int(torch.argmax(logits).item())
+        logits = logits.cpu() / config.temperature
+        if config.top_k and config.top_k < logits.shape[-1]:
+            values, index = torch.topk(logits, config.top_k)  # sorted, most likely first
+        else:
+            values, index = logits, None
+        probs = torch.softmax(values, dim=-1)
+        if config.top_p < 1.0:
+            if index is None:
+                probs, index = torch.sort(probs, descending=True)
+            cum = torch.cumsum(probs, dim=-1)
+            keep = int(torch.searchsorted(cum, torch.tensor([config.top_p]))[0].item()) + 1
+            probs, index = probs[:keep], index[:keep]  # the smallest set whose mass reaches top_p
+        cum = torch.cumsum(probs.double(), dim=-1)
+        u = torch.rand((), generator=generator, dtype=torch.float64) * cum[-1]
+        pick = min(int(torch.searchsorted(cum, u.reshape(1), right=True)[0].item()), cum.shape[0] - 1)
+        return int(index[pick].item()) if index is not None else pick
+
+    # ------------------------------------------------------------------ helpers
+
+    def _new_cache(self) -> Any:
+        return self._tf.DynamicCache(config=self.model.config)
+
+    def _reset_cache(self) -> None:
+        self._image_memo: dict[str, tuple[Any, Any]] = {}
+        self._cache = None
+        self._ids: list[int] = []
+        self._spans: list[tuple[int, int, str]] = []
+        self._delta = 0
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineError(f"engine {self.model_id} is closed; build a new TransformersEngine")
+
+
+class _TextState:
+    """Incremental detokenization with stop strings: emits only text that can no longer change."""
+
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...]) -> None:
+        self._tok = tokenizer
+        self._stop = tuple(s for s in stop if s)
+        self._ids: list[int] = []
+        self._emitted = 0
+        self.text = ""
+
+    def push(self, token: int) -> tuple[str, bool]:
+        """Add a token; return (new safe text, whether a stop string ended the text)."""
+        self._ids.append(token)
+        full = self._tok.decode(self._ids, skip_special_tokens=True)
+        if self._stop:
+            hits = [i for i in (full.find(s) for s in self._stop) if i >= 0]
+            if hits:
+                self.text = full[: min(hits)]
+                return self._take(len(self.text)), True
+        self.text = full
+        safe = len(full)
+        if full.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+            safe = len(full.rstrip("\ufffd"))
+        for s in self._stop:  # hold back a tail that may be the start of a stop string
+            for k in range(min(len(s) - 1, len(full)), 0, -1):
+                if full.endswith(s[:k]):
+                    safe = min(safe, len(full) - k)
+                    break
+        return self._take(safe), False
+
+    def flush(self) -> str:
+        """The rest of the text at the end of generation."""
+        return self._take(len(self.text))
+
+    def _take(self, upto: int) -> str:
+        if upto <= self._emitted:
+            return ""
+        piece = self.text[self._emitted : upto]
+        self._emitted = upto
+        return piece
+
+
+# ----------------------------------------------------------------------------- module helpers
