@@ -83,6 +83,10 @@ class Engine(Protocol):
         """Tokens ``text`` costs with this engine's tokenizer (for context budgets)."""
         ...
 
+    def reset(self) -> None:
+        """Drop the KV state kept from the last call (the next call prefills everything)."""
+        ...
+
     def close(self) -> None:
         ...
 

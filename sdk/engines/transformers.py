@@ -216,7 +216,7 @@ class TransformersEngine:
         self._check_open()
         return list(self._tokenize(check_messages(messages)).ids)
 
-    def reset_cache(self) -> None:
+    def reset(self) -> None:
         """Forget the KV cache of the last call (the next call prefills its whole prompt)."""
         with self._lock:
             self._reset_cache()

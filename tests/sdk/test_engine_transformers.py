@@ -35,9 +35,9 @@ def fresh(tiny_vlm_dir):
 
 
 def answer_fresh(eng: TransformersEngine, messages, config=GREEDY):
-    eng.reset_cache()
+    eng.reset()
     gen = eng.generate(messages, config)
-    eng.reset_cache()
+    eng.reset()
     return gen
 
 
@@ -119,7 +119,7 @@ def test_max_new_tokens_and_stop_strings(engine) -> None:
     stop = words[len(words) // 2]
     expected = full.text[: full.text.find(stop)]
     pieces: list[str] = []
-    engine.reset_cache()
+    engine.reset()
     gen = engine.generate(messages, GenerationConfig(max_new_tokens=20, stop=("\x00never", stop)),
                           on_token=pieces.append)
     assert gen.finish_reason == "stop"
@@ -130,7 +130,7 @@ def test_max_new_tokens_and_stop_strings(engine) -> None:
 
 def test_stream_pieces_join_to_the_text(engine) -> None:
     messages = caption_messages(2)
-    engine.reset_cache()
+    engine.reset()
     import torch
 
     pieces = []
@@ -174,7 +174,7 @@ def test_count_tokens(engine) -> None:
 
 
 def test_cag_answer_pass_reuses_the_caption_pass(engine, fresh, monkeypatch) -> None:
-    engine.reset_cache()
+    engine.reset()
     call1 = caption_messages(2)
     cap = engine.generate(call1, GREEDY)
     assert cap.cached_tokens == 0 and cap.prompt_tokens == len(engine.prompt_token_ids(call1))
@@ -205,7 +205,7 @@ def test_cag_answer_pass_reuses_the_caption_pass(engine, fresh, monkeypatch) -> 
 
 def test_exact_prefix_accounting(engine, fresh) -> None:
     """Call 2 continues call 1 with a fixed assistant turn: cached = call 1's tokens, prefilled = the rest."""
-    engine.reset_cache()
+    engine.reset()
     call1 = caption_messages(1)
     first = engine.generate(call1, GenerationConfig(max_new_tokens=1))
     assert first.completion_tokens == 1
@@ -223,7 +223,7 @@ def test_exact_prefix_accounting(engine, fresh) -> None:
 
 
 def test_new_image_after_the_cached_prefix(engine, fresh) -> None:
-    engine.reset_cache()
+    engine.reset()
     a = [user(draw_photo(0), "Dialogue one")]
     b = [user(draw_photo(0), "Dialogue one", draw_photo(1), "And now?")]
     engine.generate(a, GREEDY)
@@ -233,7 +233,7 @@ def test_new_image_after_the_cached_prefix(engine, fresh) -> None:
 
 
 def test_a_different_photo_is_not_reused(engine, fresh) -> None:
-    engine.reset_cache()
+    engine.reset()
     first = [user(draw_photo(0), "What is this?")]
     other = [user(draw_photo(5), "What is this?")]  # same size: identical token ids, different pixels
     assert engine.prompt_token_ids(first) == engine.prompt_token_ids(other)

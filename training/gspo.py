@@ -1,0 +1,433 @@
+"""GSPO post-training of a personalized VLM on CoViP's verifiable rewards (trl ``GRPOTrainer``).
+
+:func:`train_gspo` runs one training job described by a :class:`~covip.training.gspo_config.GspoConfig`
+(a YAML file: ``load_config("qwen3vl-8b-paper")``):
+
+1. data: the config's covip Sample JSONL (synthesized on the fly when ``data.synthesize_if_missing``) ->
+   a ``datasets.Dataset`` whose prompts come from :mod:`covip.sdk.prompts` (:mod:`.gspo_data`);
+2. model: ``AutoModelForImageTextToText`` + ``AutoProcessor``; the vision tower is frozen; LoRA (peft)
+   on the language model's linear layers only. The target regex is checked before training: the matched
+   module names are listed, and the run stops with an error when the regex matches nothing or anything
+   under the vision tower (and, after wrapping, when any trainable parameter is not a LoRA parameter
+   outside the vision tower). ``lora.enabled: false`` trains every non-vision weight instead;
+3. reward: :class:`~covip.training.rewards.CoViPReward` (dispatch by sample type: r_vis, r_caps with the
+   configured judge + degeneration / over-length penalty, yes/no) wrapped by
+   :class:`~covip.training.gspo_logging.LoggedReward`;
+4. trl: ``GRPOConfig(importance_sampling_level="sequence", epsilon=3e-4, epsilon_high=4e-4, beta=0.0,
+   loss_type="grpo", ...)`` = GSPO (see :mod:`.gspo_config` for when it differs from GRPO);
+5. outputs under ``run.output_dir``: ``checkpoint-N/`` (every ``run.save_steps``; resume with
+   ``run.resume_from_checkpoint``), ``adapter/`` (LoRA adapter + processor), ``merged/`` (base + LoRA
+   merged with ``merge_and_unload``, plus the processor: what the export package takes),
+   ``logs/metrics.jsonl``, ``logs/samples.jsonl``, ``logs/tensorboard/``, ``config.yaml``, ``result.json``.
+
+Multi-GPU: ``accelerate launch --config_file training/accelerate/zero2.yaml -m covip.training.cli train gspo
+--config qwen3vl-8b-paper`` (every process runs this function; only the main one writes the outputs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from covip.sdk._extras import require
+from covip.sdk.errors import InputError
+from covip.training.gspo_config import GspoConfig, load_config
+
+__all__ = [
+    "GspoResult",
+    "train_gspo",
+    "load_policy",
+    "vision_prefixes",
+    "is_vision_module",
+    "lora_target_modules",
+    "check_lora_targets",
+    "make_judge_from_config",
+    "grpo_args",
+]
+
+log = logging.getLogger(__name__)
+
+PROVENANCE_FILE = "covip_gspo.json"
+
+
+@dataclass
+class GspoResult:
+    """What :func:`train_gspo` produced (paths are None for outputs that were not written)."""
+
+    output_dir: Path
+    adapter_dir: Path | None
+    merged_dir: Path | None
+    metrics_path: Path
+    samples_path: Path | None
+    tensorboard_dir: Path | None
+    config_path: Path
+    global_step: int
+    epoch: float | None
+    runtime_s: float
+    n_samples: int
+    lora_modules: list[str] = field(default_factory=list)
+    trainable_parameters: int = 0
+    reward_history: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (paths as strings)."""
+        out: dict[str, Any] = {}
+        for key, value in self.__dict__.items():
+            out[key] = str(value) if isinstance(value, Path) else value
+        out["lora_modules"] = len(self.lora_modules)
+        return out
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def is_vision_module(name: str, vision_names: Sequence[str]) -> bool:
+    """True when a dotted module/parameter name lies in the vision tower (a component in ``vision_names``)."""
+    return any(part in vision_names for part in name.split("."))
+
+
+def vision_prefixes(model: Any, vision_names: Sequence[str]) -> list[str]:
+    """The outermost modules of the vision tower(s) (e.g. ``['model.visual']``)."""
+    found = [n for n, _ in model.named_modules() if n and n.split(".")[-1] in vision_names]
+    return [n for n in found if not any(n != o and n.startswith(o + ".") for o in found)]
+
+
+def lora_target_modules(model: Any, regex: str) -> list[str]:
+    """Names of the modules peft would adapt for ``target_modules=regex`` (``re.fullmatch``, as peft does)."""
+    pattern = re.compile(regex)
+    return [n for n, _ in model.named_modules() if n and pattern.fullmatch(n)]
+
+
+def check_lora_targets(model: Any, regex: str, vision_names: Sequence[str]) -> list[str]:
+    """The matched module names; raise InputError if none, any is in the vision tower, or any is not Linear."""
+    import torch
+
+    matched = lora_target_modules(model, regex)
+    if not matched:
+        raise InputError(f"the LoRA target regex {regex!r} matches no module of this model; "
+                         "check lora.target_regex against model.named_modules()")
+    bad = [n for n in matched if is_vision_module(n, vision_names)]
+    if bad:
+        raise InputError(f"the LoRA target regex {regex!r} matches {len(bad)} vision-tower module(s), e.g. "
+                         f"{bad[:3]}; LoRA must adapt the language model only (fix lora.target_regex)")
+    modules = dict(model.named_modules())
+    not_linear = [n for n in matched if not isinstance(modules[n], torch.nn.Linear)]
+    if not_linear:
+        raise InputError(f"the LoRA target regex {regex!r} matches non-Linear modules, e.g. {not_linear[:3]}")
+    return matched
+
+
+def _set_pixels(image_processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:
+    if not (min_pixels or max_pixels):
+        return
+    size = dict(getattr(image_processor, "size", None) or {})
+    if not ("shortest_edge" in size or "longest_edge" in size or hasattr(image_processor, "min_pixels")):
+        raise InputError(f"model.min_pixels/max_pixels cannot be set on {type(image_processor).__name__}; "
+                         "leave them null")
+    for key, attr, value in (("shortest_edge", "min_pixels", min_pixels), ("longest_edge", "max_pixels", max_pixels)):
+        if value:
+            size[key] = value
+            if hasattr(image_processor, attr):
+                setattr(image_processor, attr, value)
+    image_processor.size = size
+
+
+def _resolve_source(name: str) -> tuple[str, Path | None]:
+    """(what from_pretrained gets, the local directory when there is one)."""
+    from covip.sdk.models import build_tiny_vlm
+    from covip.sdk.models.tiny import resolve_tiny_name
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path), path
+    if resolve_tiny_name(name) is not None:
+        built = build_tiny_vlm(resolve_tiny_name(name))
+        return str(built), built
+    return name, None
+
+
+def load_policy(config: GspoConfig) -> tuple[Any, Any, Path | None]:
+    """(model, processor, local model dir or None) for ``config.model``, vision tower frozen."""
+    torch = require("torch", feature="GSPO training", extra="train")
+    tf = require("transformers", feature="GSPO training", extra="train")
+    m = config.model
+    source, local = _resolve_source(m.name_or_path)
+    dtype = {"auto": torch.bfloat16 if config.run.bf16 else torch.float32, "float32": torch.float32,
+             "bfloat16": torch.bfloat16, "float16": torch.float16}[m.dtype]
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": m.trust_remote_code}
+    if m.attn_implementation:
+        kwargs["attn_implementation"] = m.attn_implementation
+    try:
+        processor = tf.AutoProcessor.from_pretrained(source, trust_remote_code=m.trust_remote_code)
+        model = tf.AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"cannot load the model {m.name_or_path!r} ({type(exc).__name__}: {str(exc)[:300]}); "
+                         "give a hub id, a save_pretrained directory or 'tiny'") from exc
+    if getattr(processor, "tokenizer", None) is None:
+        raise InputError(f"the model {m.name_or_path!r} has no processor with a tokenizer (not a VLM?)")
+    ip = getattr(processor, "image_processor", None)
+    if ip is not None:
+        _set_pixels(ip, m.min_pixels, m.max_pixels)
+    return model, processor, local
+
+
+def _apply_finetuning(model: Any, config: GspoConfig) -> tuple[Any, list[str]]:
+    """Freeze the vision tower; wrap with LoRA (checked) or leave every other weight trainable."""
+    lo = config.lora
+    names = tuple(lo.vision_module_names)
+    towers = vision_prefixes(model, names)
+    if not towers:
+        raise InputError(f"found no vision tower in {type(model).__name__} (looked for modules named {list(names)}); "
+                         "set lora.vision_module_names")
+    log.info("vision tower(s): %s", ", ".join(towers))
+    if not lo.enabled:
+        for name, param in model.named_parameters():
+            param.requires_grad_(not (lo.freeze_vision and is_vision_module(name, names)))
+        return model, []
+    from peft import LoraConfig, get_peft_model
+
+    matched = check_lora_targets(model, lo.target_regex, names)
+    log.info("LoRA targets %d modules (none in the vision tower), e.g. %s", len(matched), matched[:4])
+    for param in model.parameters():
+        param.requires_grad_(False)
+    peft_config = LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=lo.target_regex,
+                             bias="none")
+    model = get_peft_model(model, peft_config)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    wrong = [n for n in trainable if "lora_" not in n or is_vision_module(n, names)]
+    if wrong or not trainable:
+        raise InputError(f"after wrapping with LoRA, trainable parameters outside the language-model adapters: "
+                         f"{wrong[:3] or 'none trainable at all'}")
+    return model, matched
+
+
+# ----------------------------------------------------------------------------- reward
+
+
+def make_judge_from_config(config: GspoConfig) -> Any:
+    """The judge of ``config.judge`` (sampling settings + options applied; 'lexical' takes none)."""
+    from covip.training.judges import make_judge
+
+    j = config.judge
+    if j.spec.strip() == "lexical":
+        if j.options:
+            raise InputError(f"config key 'judge.options': the lexical judge takes no options, got {sorted(j.options)}")
+        return make_judge("lexical")
+    return make_judge(j.spec, temperature=j.temperature, top_p=j.top_p, top_k=j.top_k, **j.options)
+
+
+# ----------------------------------------------------------------------------- trl arguments
+
+
+def grpo_args(config: GspoConfig, output_dir: Path) -> Any:
+    """The trl ``GRPOConfig`` of a run (GSPO settings from ``config.gspo``, runtime from ``config.run``)."""
+    from trl import GRPOConfig
+
+    g, r = config.gspo, config.run
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir), seed=r.seed, bf16=r.bf16, fp16=False, use_cpu=r.use_cpu,
+        learning_rate=g.learning_rate, lr_scheduler_type=g.lr_scheduler_type, warmup_steps=g.warmup_steps,
+        weight_decay=g.weight_decay, max_grad_norm=g.max_grad_norm, num_train_epochs=g.num_train_epochs,
+        max_steps=g.max_steps, per_device_train_batch_size=g.per_device_train_batch_size,
+        gradient_accumulation_steps=g.gradient_accumulation_steps, steps_per_generation=g.steps_per_generation,
+        num_iterations=g.num_iterations, num_generations=g.num_generations,
+        max_completion_length=g.max_completion_length, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
+        beta=g.beta, epsilon=g.epsilon, epsilon_high=g.epsilon_high,
+        importance_sampling_level=g.importance_sampling_level, loss_type=g.loss_type,
+        scale_rewards=g.scale_rewards, mask_truncated_completions=g.mask_truncated_completions,
+        use_vllm=g.use_vllm, vllm_mode=g.vllm_mode, vllm_gpu_memory_utilization=g.vllm_gpu_memory_utilization,
+        vllm_tensor_parallel_size=g.vllm_tensor_parallel_size,
+        gradient_checkpointing=config.model.gradient_checkpointing,
+        logging_steps=r.logging_steps, save_strategy="steps" if r.save_steps else "no",
+        save_steps=r.save_steps or 500, save_total_limit=r.save_total_limit,
+        report_to=list(r.report_to) or "none", disable_tqdm=not r.progress,
+        remove_unused_columns=False, dataloader_num_workers=0, log_completions=False,
+    )
+    if g.vllm_server_base_url:
+        kwargs["vllm_server_base_url"] = g.vllm_server_base_url
+    kwargs.update(g.extra_args)
+    try:
+        return GRPOConfig(**kwargs)
+    except TypeError as exc:
+        raise InputError(f"config key 'gspo.extra_args': {exc}") from None
+    except ValueError as exc:
+        raise InputError(f"trl rejected the GSPO settings: {exc}") from None
+
+
+def _resume_target(config: GspoConfig, output_dir: Path) -> str | bool | None:
+    value = config.run.resume_from_checkpoint
+    if value is None or value is False:
+        return None
+    if value is True:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if last is None:
+            raise InputError(f"run.resume_from_checkpoint is true but {output_dir} holds no checkpoint-N folder "
+                             "(start without --resume)")
+        return last
+    path = Path(str(value)).expanduser()
+    if not path.is_dir():
+        raise InputError(f"config key 'run.resume_from_checkpoint': {path} is not a checkpoint folder")
+    return str(path)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def train_gspo(config: GspoConfig | str | Path, *, train_dataset: Any = None,
+               reward_funcs: Sequence[Callable[..., list[float]]] | None = None,
+               callbacks: Sequence[Any] | None = None) -> GspoResult:
+    """Run GSPO training as ``config`` says (a GspoConfig, a bundled config name or a YAML path).
+
+    ``train_dataset`` (a ``datasets.Dataset`` with a conversational ``prompt`` column, optional ``images``)
+    replaces the config's data; ``reward_funcs`` (trl reward functions) replace the CoViP reward and
+    judge; ``callbacks`` are extra ``TrainerCallback`` objects. Returns a :class:`GspoResult`.
+    """
+    start = time.time()
+    if not isinstance(config, GspoConfig):
+        config = load_config(config)
+    torch = require("torch", feature="GSPO training", extra="train")
+    require("trl", feature="GSPO training", extra="train")
+    require("peft", feature="GSPO training", extra="train")
+    require("datasets", feature="GSPO training", extra="train")
+    threads = torch.get_num_threads()
+    if config.run.torch_threads:
+        torch.set_num_threads(config.run.torch_threads)
+    try:
+        return _train(config, train_dataset, reward_funcs, callbacks, start)
+    finally:
+        torch.set_num_threads(threads)  # a library call leaves the process as it found it
+
+
+def _train(config: GspoConfig, train_dataset: Any, reward_funcs: Sequence[Callable[..., list[float]]] | None,
+           callbacks: Sequence[Any] | None, start: float) -> GspoResult:
+    from trl import GRPOTrainer
+
+    from covip.training.gspo_logging import LoggedReward, MetricsCallback
+
+    out = Path(config.run.output_dir).expanduser().resolve()
+    config.check_batch(int(os.environ.get("WORLD_SIZE", "1")))
+    resume = _resume_target(config, out)
+    args = grpo_args(config, out)
+    main = args.process_index == 0
+    logs_dir = out / "logs"
+    if main:
+        logs_dir.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+
+    n_samples = len(train_dataset) if train_dataset is not None else 0
+    if train_dataset is None:
+        from covip.training.gspo_data import build_dataset, load_training_samples
+
+        with args.main_process_first(desc="covip training data"):
+            samples = load_training_samples(config.data, out, progress=config.run.progress and main)
+        train_dataset = build_dataset(samples, seed=config.data.seed,
+                                      verification_question=config.data.verification_question,
+                                      default_name=config.data.verification_default_name)
+        n_samples = len(samples)
+    log.info("GSPO on %d prompts x %d completions", n_samples, config.gspo.num_generations)
+
+    model, processor, local_dir = load_policy(config)
+    model, lora_modules = _apply_finetuning(model, config)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    samples_path = None
+    judge = None
+    if reward_funcs is None:
+        from covip.training.rewards import CoViPReward
+
+        needs_judge = "caption" in config.data.sample_types
+        judge = make_judge_from_config(config) if needs_judge else None
+        reward = CoViPReward(judge, max_completion_tokens=config.gspo.max_completion_length,
+                             tokenizer=processor.tokenizer)
+        if config.run.log_samples:
+            samples_path = logs_dir / ("samples.jsonl" if main else f"samples.rank{args.process_index}.jsonl")
+        reward_funcs = [LoggedReward(reward, samples_path)]
+    metrics_path = logs_dir / "metrics.jsonl"
+    tb_dir = logs_dir / "tensorboard" if config.run.tensorboard else None
+    if resume is None:  # a fresh run does not append to an earlier run's logs
+        for stale in (metrics_path if main else None, samples_path):
+            if stale is not None and stale.exists():
+                stale.unlink()
+    metrics = MetricsCallback(metrics_path, tb_dir)
+
+    trainer = GRPOTrainer(model=model, reward_funcs=list(reward_funcs), args=args, train_dataset=train_dataset,
+                          processing_class=processor, callbacks=[metrics, *(callbacks or [])])
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    finally:
+        metrics.close()
+        if judge is not None and hasattr(judge, "close"):
+            judge.close()
+
+    adapter_dir = merged_dir = None
+    if lora_modules and config.run.save_adapter:
+        adapter_dir = out / "adapter"
+        trainer.save_model(str(adapter_dir))  # the adapter only (peft), every process takes part
+        if main:
+            processor.save_pretrained(str(adapter_dir))
+    trainer.accelerator.wait_for_everyone()
+    if config.run.merge:
+        merged_dir = out / "merged"
+        if main:
+            _save_merged(trainer.accelerator.unwrap_model(trainer.model), processor, merged_dir, config,
+                         local_dir, trainer.state.global_step)
+        trainer.accelerator.wait_for_everyone()
+
+    result = GspoResult(
+        output_dir=out, adapter_dir=adapter_dir, merged_dir=merged_dir, metrics_path=metrics_path,
+        samples_path=samples_path, tensorboard_dir=tb_dir, config_path=out / "config.yaml",
+        global_step=trainer.state.global_step, epoch=trainer.state.epoch, runtime_s=round(time.time() - start, 2),
+        n_samples=n_samples, lora_modules=lora_modules, trainable_parameters=n_trainable,
+        reward_history=metrics.reward_history(),
+    )
+    if main:
+        (out / "result.json").write_text(json.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n")
+    return result
+
+
+def _save_merged(model: Any, processor: Any, merged_dir: Path, config: GspoConfig, local_dir: Path | None,
+                 step: int) -> None:
+    """Merge LoRA into the base weights (peft ``merge_and_unload``) and save model + processor."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    model.config.use_cache = True  # training turns the KV cache off; an inference checkpoint wants it
+    if merged_dir.exists():
+        shutil.rmtree(merged_dir)
+    model.save_pretrained(str(merged_dir))
+    processor.save_pretrained(str(merged_dir))
+    info = {"base_model": config.model.name_or_path, "config": config.name, "config_source": config.source,
+            "global_step": step, "lora": None if not config.lora.enabled else
+            {"r": config.lora.r, "alpha": config.lora.alpha, "target_regex": config.lora.target_regex},
+            "merged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (merged_dir / PROVENANCE_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    _carry_tiny_marker(local_dir, merged_dir)
+    log.info("merged checkpoint written to %s", merged_dir)
+
+
+def _carry_tiny_marker(base_dir: Path | None, merged_dir: Path) -> None:
+    """A tiny base model's 'random weights' marker goes with its merged child, under a new identity."""
+    from covip.sdk.models import TINY_MARKER, read_tiny_marker
+
+    marker = read_tiny_marker(base_dir) if base_dir is not None else None
+    if marker is None:
+        return
+    digest = hashlib.sha256()
+    for weights in sorted(merged_dir.glob("*.safetensors")):
+        digest.update(weights.read_bytes())
+    marker = dict(marker, name=f"{marker.get('name', 'tiny')}-gspo", build_sha256=digest.hexdigest(),
+                  derived_from=marker.get("build_sha256"),
+                  note="A GSPO-tuned tiny random-weight model: everything it writes is meaningless.")
+    (merged_dir / TINY_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
