@@ -30,25 +30,28 @@ def tmp_path(tmp_dir: Path, suffix: str = ".part") -> Path:
     return tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}{suffix}"
 
 
-def atomic_replace(tmp: Path, dest: Path) -> None:
-    """fsync ``tmp``, rename it over ``dest`` and fsync the directory: readers see old or new, never half."""
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def atomic_replace(tmp: Path, dest: Path, *, durable: bool = True) -> None:
+    """Rename ``tmp`` over ``dest`` (readers see old or new, never half); ``durable`` fsyncs the file before
+    and the directory after, so the rename also survives power loss, not only a process crash."""
+    if durable:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, dest)
-    fsync_dir(dest.parent)
+    if durable:
+        fsync_dir(dest.parent)
 
 
-def atomic_write_bytes(dest: Path, data: bytes, tmp_dir: Path) -> None:
-    """Write ``data`` to ``dest`` atomically (temp file in ``tmp_dir`` on the same filesystem, fsync, rename)."""
+def atomic_write_bytes(dest: Path, data: bytes, tmp_dir: Path, *, durable: bool = True) -> None:
+    """Write ``data`` to ``dest`` atomically (temp file in ``tmp_dir`` on the same filesystem, rename)."""
     tmp = tmp_path(tmp_dir)
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
-        atomic_replace(tmp, dest)
+        atomic_replace(tmp, dest, durable=durable)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

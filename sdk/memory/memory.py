@@ -388,7 +388,10 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
                             stored = self._photo_file(uid, pic)
                             dest = self.home / stored
                             if not dest.exists():
-                                atomic_write_bytes(dest, pic.data, self.home / "tmp")
+                                # fsync only when SQLite does (synchronous=FULL): with NORMAL a power cut
+                                # can drop the commit anyway, and both survive a process crash
+                                atomic_write_bytes(dest, pic.data, self.home / "tmp",
+                                                   durable=self.config.synchronous != "NORMAL")
                                 created_file = dest
                         pid = db["photos"].insert({
                             "user_id": uid, "sha256": pic.sha256, "stored_path": stored,
@@ -467,13 +470,13 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
             vec, mid = self._query_vector(image, embedding, model_id)
             dim = int(vec.shape[0])
             candidates: list[tuple[float, int, int, frozenset[int] | None]] = []  # score, eid, owner, concepts
-            groups = {(g["user_id"], g["model_id"]): g for g in self.store.embedding_groups()}
-            if (uid, mid) in groups:
-                self._check_dim(groups[(uid, mid)], dim)
+            own_dim = self.store.embedding_dim(uid, mid)
+            if own_dim is not None:
+                self._check_dim(mid, own_dim, dim)
                 scores, ids = self._entry(uid, mid, dim).index.search(vec[None, :], k)
                 candidates += [(float(s), int(i), uid, None) for s, i in zip(scores[0], ids[0]) if i >= 0]
             if include_shared:
-                candidates += self._search_shared(uid, mid, vec, k, groups)
+                candidates += self._search_shared(uid, mid, vec, k)
             candidates.sort(key=lambda c: -c[0])
             hits = []
             with self.store.read():
@@ -488,13 +491,13 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
             return hits
 
     @staticmethod
-    def _check_dim(group: dict[str, Any], dim: int) -> None:
-        if int(group["dim"]) != dim:
+    def _check_dim(model_id: str, stored: int, dim: int) -> None:
+        if int(stored) != dim:
             raise InputError(f"query vector has {dim} dimensions but this memory's vectors for model "
-                             f"{group['model_id']!r} have {group['dim']}")
+                             f"{model_id!r} have {stored}")
 
-    def _search_shared(self, uid: int, mid: str, vec: np.ndarray, k: int,
-                       groups: dict) -> list[tuple[float, int, int, frozenset[int] | None]]:
+    def _search_shared(self, uid: int, mid: str, vec: np.ndarray,
+                       k: int) -> list[tuple[float, int, int, frozenset[int] | None]]:
         rows = self.store.rows(
             "SELECT c.user_id AS owner, c.id AS concept_id FROM concept_shares s "
             "JOIN concepts c ON c.id = s.concept_id WHERE s.user_id = ?", [uid])
@@ -503,9 +506,10 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
             by_owner.setdefault(int(r["owner"]), set()).add(int(r["concept_id"]))
         out = []
         for owner, concept_ids in by_owner.items():
-            if (owner, mid) not in groups:
+            owner_dim = self.store.embedding_dim(owner, mid)
+            if owner_dim is None:
                 continue
-            self._check_dim(groups[(owner, mid)], int(vec.shape[0]))
+            self._check_dim(mid, owner_dim, int(vec.shape[0]))
             marks = ",".join("?" * len(concept_ids))
             allowed = [r[0] for r in self.store.db.execute(
                 f"SELECT DISTINCT e.id FROM embeddings e JOIN photo_concepts pc ON pc.photo_id = e.photo_id "

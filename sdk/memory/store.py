@@ -204,9 +204,17 @@ class Store:
         return int(row[0]), int(row[1])
 
     def embedding_groups(self) -> list[dict[str, Any]]:
-        """Every (user, model) that has vectors, with dim, count and max id."""
-        return self.rows("SELECT user_id, model_id, max(dim) AS dim, count(*) AS count, max(id) AS max_id "
-                         "FROM embeddings GROUP BY user_id, model_id")
+        """Every (user, model) that has vectors, with dim, count and max id (reads only the index)."""
+        groups = self.rows("SELECT user_id, model_id, count(*) AS count, max(id) AS max_id "
+                           "FROM embeddings GROUP BY user_id, model_id")
+        for g in groups:
+            g["dim"] = self.embedding_dim(g["user_id"], g["model_id"])
+        return groups
+
+    def embedding_dim(self, user_id: int, model_id: str) -> int | None:
+        """Vector length of one user's vectors for one model (None when there are none): one row read."""
+        return self.scalar("SELECT dim FROM embeddings WHERE user_id = ? AND model_id = ? LIMIT 1",
+                           [user_id, model_id])
 
     # ---------------------------------------------------------------- caption cache invalidation
     def invalidate_captions_for_photos(self, photo_ids: Iterable[int]) -> int:
