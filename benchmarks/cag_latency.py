@@ -10,7 +10,8 @@ Usage::
 Writes ``<out>/cag_latency.json`` and ``<out>/cag_latency.png`` and prints a table plus side-by-side ratios.
 
 Targets (issue): cold CAG costs no second image prefill (the answer pass reuses the caption pass's KV cache,
-images included); warm CAG (cached caption) wall time <= 1.1 x the direct answer.
+images included); warm CAG (cached caption) wall time <= 1.1 x the direct answer (met by restoring the KV
+snapshot of the caption pass, covip.sdk.cag.KvSnapshots).
 
 Design (also recorded in the JSON under "design")
 ------------------------------------------------
@@ -33,23 +34,24 @@ Generation
 Modes (every mode goes through covip.sdk.cag.CaptionAugmentedGenerator.ask, which Assistant.ask wraps)
     direct             ask(cag=False): context + query image + question, one pass.
     cag_cold           ask(cag=True) with no cached caption (the memory is wrapped so cached_caption() misses):
-                       caption pass, then the answer pass continues the same chat and reuses its KV cache.
+                       caption pass, then the answer pass continues the same chat and reuses its KV cache;
+                       the caption pass's KV state is snapshotted (Engine.snapshot) into the KvSnapshots store
+                       shared with cag_warm.
     cag_cold_no_kv     the same, but the engine is wrapped so its KV cache is reset before *every* call: the
                        answer pass prefills everything again, images included (baseline that shows what KV
                        reuse saves).
-    cag_warm           ask(cag=True) with the caption cached in memory (from an earlier cold run): only the
-                       answer pass runs; it prefills context + query + instruction + caption + question.
-    cag_warm_followup  extra: right after cag_warm, a second question about the same photo (cached caption, KV
-                       cache still holding the previous answer pass): prefills only the new question. This is
-                       what a saved/restored KV state of the caption pass would give a warm answer pass.
-    Before every mode except cag_warm_followup the engine's KV cache is reset (Engine.reset()), so
-    each mode starts as a new request would and no mode borrows another mode's prefix.
+    cag_warm           ask(cag=True) with the caption cached in memory and a KV snapshot of its caption pass in
+                       the store (both from an earlier cold run): the snapshot is restored (Engine.restore), then
+                       only the answer pass runs and prefills the end of the caption turn + the question.
+    cag_warm_no_snapshot  the same with CagConfig(kv_snapshot_mb=0) (the behaviour before snapshots): the answer
+                       pass prefills context + query + instruction + caption + question.
+    Before every mode the engine's KV cache is reset (Engine.reset()), so each mode starts as a new request
+    would and no mode borrows another mode's prefix (cag_warm brings its own state back by restoring it).
 Procedure
-    Per engine: one unmeasured warm-up cycle (all modes on the first photo: lazy initialisation, and it fills
-    the caption cache), then --reps repetitions x --photos query photos; within a (rep, photo) cycle the order
-    of direct / cag_cold / cag_cold_no_kv / cag_warm is shuffled (fixed seed) and cag_warm_followup follows
-    cag_warm. llama.cpp runs first (fast), then transformers; a --budget-minutes deadline stops repetitions
-    early (recorded).
+    Per engine: one unmeasured warm-up cycle (a cold CAG run per photo fills the caption cache and the snapshot
+    store, then all modes on the first photo), then --reps repetitions x --photos query photos; within a
+    (rep, photo) cycle the order of the modes is shuffled (fixed seed). llama.cpp runs first (fast), then
+    transformers; a --budget-minutes deadline stops repetitions early (recorded).
 Metrics (per run; summaries are medians over runs, p25/p75 of wall time)
     wall_s          end-to-end ask() time (context search with the embedder, photo loading, caption cache
                     lookup/store, the engine passes).
@@ -67,6 +69,8 @@ Metrics (per run; summaries are medians over runs, p25/p75 of wall time)
     caption_pass_tokens_reprefilled  (cold CAG) tokens the caption pass left in the KV cache (its prompt + all
                     generated tokens but the last) that the answer pass prefilled again because the re-tokenized
                     caption did not match the generated ids.
+    kv_snapshot_s, kv_restore_s, kv_restored  Answer.timings / tokens: time to snapshot the caption pass (cold)
+                    and to restore it (warm; part of other_s), tokens the restored state holds.
     The machine is shared (2 cores, other jobs): load averages are recorded per engine and per cycle.
 Threads
     OMP_WAIT_POLICY=PASSIVE is set before torch loads (unless the environment sets it; --omp-wait-policy
@@ -98,12 +102,9 @@ _OMP_DEFAULT = os.environ.get("OMP_WAIT_POLICY")
 
 
 def _omp_policy_from_argv(argv: list[str]) -> str:
-    for i, arg in enumerate(argv):
-        if arg.startswith("--omp-wait-policy="):
-            return arg.split("=", 1)[1]
-        if arg == "--omp-wait-policy" and i + 1 < len(argv):
-            return argv[i + 1]
-    return "passive"
+    joined = [a.split("=", 1)[1] for a in argv if a.startswith("--omp-wait-policy=")]
+    spaced = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--omp-wait-policy"]
+    return (joined + spaced + ["passive"])[0]
 
 
 if _omp_policy_from_argv(sys.argv[1:]) == "passive":
@@ -112,32 +113,21 @@ if str(REPO) not in sys.path:  # tests.gguf_fixtures (llama.cpp's converter) liv
     sys.path.insert(0, str(REPO))
 
 from covip.sdk import Memory, prompts  # noqa: E402
-from covip.sdk.cag import CagConfig, CaptionAugmentedGenerator  # noqa: E402
+from covip.sdk.cag import CagConfig, CaptionAugmentedGenerator, KvSnapshots  # noqa: E402
 from covip.sdk.context import ContextConfig  # noqa: E402
 from covip.sdk.demo import DEMO_CONCEPTS, DemoConcept, draw_concept  # noqa: E402
 from covip.sdk.engines.base import GenerationConfig  # noqa: E402
 
 perf = time.perf_counter
 USER = "bench"
-MODES = ("direct", "cag_cold", "cag_cold_no_kv", "cag_warm", "cag_warm_followup")
-LABELS = {
-    "direct": "direct (no CAG)",
-    "cag_cold": "CAG cold",
-    "cag_cold_no_kv": "CAG cold, no KV reuse",
-    "cag_warm": "CAG warm (cached caption)",
-    "cag_warm_followup": "CAG warm follow-up (KV hot)",
-}
-SHORT = {
-    "direct": "direct",
-    "cag_cold": "CAG cold",
-    "cag_cold_no_kv": "CAG cold\nno KV reuse",
-    "cag_warm": "CAG warm",
-    "cag_warm_followup": "CAG warm\nfollow-up",
-}
+MODES = ("direct", "cag_cold", "cag_cold_no_kv", "cag_warm", "cag_warm_no_snapshot")
+LABELS = {"direct": "direct (no CAG)", "cag_cold": "CAG cold", "cag_cold_no_kv": "CAG cold, no KV reuse",
+          "cag_warm": "CAG warm (KV snapshot)", "cag_warm_no_snapshot": "CAG warm, no snapshot"}
+SHORT = {"direct": "direct", "cag_cold": "CAG cold", "cag_cold_no_kv": "CAG cold\nno KV reuse",
+         "cag_warm": "CAG warm\n(KV snapshot)", "cag_warm_no_snapshot": "CAG warm\nno snapshot"}
 ENGINE_LABELS = {"transformers": "transformers (tiny Qwen3-VL, CPU)",
                  "llamacpp": "llama.cpp (tiny Qwen3-VL GGUF f32 + mmproj, CPU)"}
 QUESTION = "Who is this, and where did I last see them?"
-FOLLOWUP = "What was I doing the last time I saw them?"
 TARGET_WARM_RATIO = 1.1
 EXTRA_CONCEPT = DemoConcept("Dad", "person", (40, 130, 70), "person", (
     ("User: Dad fixing the fence at the cabin in Gapyeong, in his green jacket.", "2024-09-14T11:00", "Gapyeong"),
@@ -167,7 +157,7 @@ def jsonable(obj: Any) -> Any:
 RUN_COLUMNS = ("mode", "rep", "photo_index", "photo", "order", "wall_s", "prefill_s", "decode_s", "engine_s", "other_s",
                "prefill_tokens", "cached_tokens", "decode_tokens", "image_tokens_prefilled",
                "answer_image_tokens_prefilled", "caption_cached", "n_memories", "caption_pass_kv_tokens",
-               "caption_pass_tokens_reprefilled")
+               "caption_pass_tokens_reprefilled", "kv_snapshot_s", "kv_restore_s", "kv_restored")
 PASS_COLUMNS = ("prompt_tokens_total", "prefill_tokens", "cached_tokens", "decode_tokens", "prefill_s", "decode_s",
                 "image_tokens_in_prompt", "image_tokens_prefilled", "finish_reason")
 
@@ -185,37 +175,20 @@ def compact_runs(runs: list[dict]) -> dict:
 
 
 def write_json(path: Path, data: dict) -> None:
-    data = dict(data, engines={name: dict(res, runs=compact_runs(res["runs"])) if isinstance(res.get("runs"), list)
-                               else res for name, res in data.get("engines", {}).items()})
+    """The results as JSON, each run table with one row per line (indent=1 alone puts every value on a line)."""
+    engines, tables = {}, []
+    for name, res in data.get("engines", {}).items():
+        if isinstance(res.get("runs"), list):
+            table = jsonable(compact_runs(res["runs"]))
+            tables.append(table["rows"])
+            res = dict(res, runs={"columns": table["columns"], "rows": f"\0ROWS{len(tables) - 1}\0"})
+        engines[name] = res
+    text = json.dumps(jsonable(dict(data, engines=engines)), indent=1)
+    for i, rows in enumerate(tables):
+        text = text.replace(json.dumps(f"\0ROWS{i}\0"), "[\n" + ",\n".join("  " + json.dumps(r) for r in rows) + "\n ]")
     tmp = path.with_suffix(".json.part")
-    text = json.dumps(jsonable(data), indent=1)
-    # one line per run row
-    text = _collapse_rows(text)
     tmp.write_text(text + "\n")
     os.replace(tmp, path)
-
-
-def _collapse_rows(text: str) -> str:
-    """Re-dump every "rows" table with one row per line (indent=1 puts every value on its own line)."""
-    data = json.loads(text)
-    marker = "\u0000ROWS{}\u0000"
-    tables = []
-
-    def strip(obj):
-        if isinstance(obj, dict):
-            if set(obj) == {"columns", "rows"}:
-                tables.append(obj["rows"])
-                return {"columns": obj["columns"], "rows": marker.format(len(tables) - 1)}
-            return {k: strip(v) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [strip(v) for v in obj]
-        return obj
-
-    out = json.dumps(strip(data), indent=1)
-    for i, rows in enumerate(tables):
-        body = "[\n" + ",\n".join("  " + json.dumps(r) for r in rows) + "\n ]"
-        out = out.replace(json.dumps(marker.format(i)), body)
-    return out
 
 
 def median(values: list[float]) -> float | None:
@@ -233,29 +206,25 @@ def quantile(values: list[float], q: float) -> float | None:
 
 
 def machine_info() -> dict:
+    import importlib.metadata as md
+
     import torch
 
-    cpu_model = None
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
+        cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                          if line.startswith("model name")), None)
     except OSError:
-        pass
-    commit = None
+        cpu_model = None
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=REPO).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
-        pass
+        commit = None
     versions = {}
     for pkg in ("torch", "transformers", "llama-cpp-python", "open_clip_torch", "matplotlib"):
         try:
-            import importlib.metadata as md
-
             versions[pkg] = md.version(pkg)
-        except Exception:  # noqa: BLE001 - optional packages
+        except md.PackageNotFoundError:
             versions[pkg] = None
     return {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -303,8 +272,8 @@ class Probe:
         self.calls.append((messages, gen))
         return gen
 
-    def count_tokens(self, text: str) -> int:
-        return self.engine.count_tokens(text)
+    def __getattr__(self, name: str) -> Any:  # count_tokens, snapshot, restore
+        return getattr(self.engine, name)
 
 
 def reset_kv(engine: Any) -> None:
@@ -403,29 +372,34 @@ class EngineBench:
         ctx = ContextConfig(k=args.k, similarity_floor=-1.0, image_tokens=args.image_tokens)
         cfg = CagConfig(caption=GenerationConfig(max_new_tokens=args.caption_tokens, temperature=0.0),
                         answer=GenerationConfig(max_new_tokens=args.answer_tokens, temperature=0.0))
-        self.warm_cag = CaptionAugmentedGenerator(mem, self.probe, context=ctx, config=cfg)
-        self.cold_cag = CaptionAugmentedGenerator(ColdMemory(mem), self.probe, context=ctx, config=cfg)
+        store = KvSnapshots(cfg.kv_snapshot_mb << 20)  # the cold runs' snapshots serve the warm runs
+        self.cags = {"direct": CaptionAugmentedGenerator(mem, self.probe, context=ctx, config=cfg),
+                     "cag_cold": CaptionAugmentedGenerator(ColdMemory(mem), self.probe, context=ctx, config=cfg,
+                                                           kv_snapshots=store),
+                     "cag_warm": CaptionAugmentedGenerator(mem, self.probe, context=ctx, config=cfg, kv_snapshots=store),
+                     "cag_warm_no_snapshot": CaptionAugmentedGenerator(
+                         mem, self.probe, context=ctx, config=CagConfig(cfg.caption, cfg.answer, kv_snapshot_mb=0))}
+        self.cags["cag_cold_no_kv"] = self.cags["cag_cold"]
         self._layouts: dict[tuple, tuple[int, list[tuple[int, int]]]] = {}
 
     def run_mode(self, mode: str, photo: Path) -> dict:
-        if mode != "cag_warm_followup":
-            reset_kv(self.engine)
+        reset_kv(self.engine)
         self.probe.reuse = mode != "cag_cold_no_kv"
         self.probe.calls = []
-        cag = self.cold_cag if mode in ("cag_cold", "cag_cold_no_kv") else self.warm_cag
-        question = FOLLOWUP if mode == "cag_warm_followup" else QUESTION
         t0 = perf()
-        ans = cag.ask(USER, photo, question, cag=mode != "direct")
+        ans = self.cags[mode].ask(USER, photo, QUESTION, cag=mode != "direct")
         wall = perf() - t0
         self.probe.reuse = True
-        expect_cached = mode in ("cag_warm", "cag_warm_followup")
+        expect_cached = mode.startswith("cag_warm")
         problems = []
         if mode != "direct" and ans.caption_cached != expect_cached:
             problems.append(f"caption_cached={ans.caption_cached}, expected {expect_cached}")
-        calls = list(self.probe.calls)
+        if ("kv_restored" in ans.tokens) != (mode == "cag_warm"):
+            problems.append(f"kv_restored={ans.tokens.get('kv_restored')} in mode {mode}")
         return {"mode": mode, "wall_s": wall, "caption_cached": ans.caption_cached,
-                "n_memories": len(ans.memories), "answer_tokens_reported": dict(ans.tokens),
-                "_calls": calls, "problems": problems, "photo": photo.name}
+                "n_memories": len(ans.memories), "kv_restored": ans.tokens.get("kv_restored"),
+                "kv_snapshot_s": ans.timings.get("kv_snapshot_s"), "kv_restore_s": ans.timings.get("kv_restore_s"),
+                "_calls": list(self.probe.calls), "problems": problems, "photo": photo.name}
 
     def finish(self, run: dict) -> dict:
         """Add token/timing totals and the image-token accounting (runs the tokenizer; outside the timing)."""
@@ -485,10 +459,10 @@ def run_engine(name: str, mem: Memory, photos: list[Path], reps: int, args, dead
     cycles: list[dict] = []
     rng = random.Random(args.seed)
     try:
-        # warm-up cycle (unmeasured): lazy initialisation, fills the caption cache for the first photo
-        t_warm = perf()
+        # warm-up cycle (unmeasured): lazy initialisation; every photo needs a cached caption and a KV snapshot
+        t_warm = perf()  # of its caption pass before its first cag_warm
         for photo in photos:
-            bench.run_mode("cag_cold", photo)  # every photo needs a cached caption before its first cag_warm
+            bench.run_mode("cag_cold", photo)
         for mode in MODES:
             bench.finish(bench.run_mode(mode, photos[0]))
         info["warmup_s"] = perf() - t_warm
@@ -498,19 +472,13 @@ def run_engine(name: str, mem: Memory, photos: list[Path], reps: int, args, dead
                 if perf() > deadline:
                     stopped = f"stopped at rep {rep}, photo {pi}: --budget-minutes reached"
                     break
-                order = ["direct", "cag_cold", "cag_cold_no_kv", "cag_warm"]
-                rng.shuffle(order)
-                order.insert(order.index("cag_warm") + 1, "cag_warm_followup")
-                cycle_runs = []
+                order = rng.sample(MODES, len(MODES))
                 t_cycle = perf()
-                for pos, mode in enumerate(order):
-                    run = bench.run_mode(mode, photo)
-                    run.update(rep=rep, photo_index=pi, order=pos)
-                    cycle_runs.append(run)
+                cycle_runs = [dict(bench.run_mode(mode, photo), rep=rep, photo_index=pi, order=pos)
+                              for pos, mode in enumerate(order)]
                 cycle = {"rep": rep, "photo_index": pi, "order": order, "seconds": perf() - t_cycle,
                          "loadavg": loadavg()}
-                for run in cycle_runs:
-                    runs.append(bench.finish(run))
+                runs.extend(bench.finish(run) for run in cycle_runs)
                 cycles.append(cycle)
                 wall = {r["mode"]: round(r["wall_s"], 3) for r in cycle_runs}
                 print(f"  [{name}] rep {rep} photo {pi} ({photo.name}) wall s: {wall} load {cycle['loadavg']}",
@@ -528,7 +496,8 @@ def run_engine(name: str, mem: Memory, photos: list[Path], reps: int, args, dead
 
 # ------------------------------------------------------------------------------------------------ summaries
 SUM_FIELDS = ("wall_s", "prefill_s", "decode_s", "engine_s", "other_s", "prefill_tokens", "cached_tokens",
-              "decode_tokens", "image_tokens_prefilled", "answer_image_tokens_prefilled")
+              "decode_tokens", "image_tokens_prefilled", "answer_image_tokens_prefilled", "kv_snapshot_s",
+              "kv_restore_s", "kv_restored")
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -591,7 +560,6 @@ def ratios(runs: list[dict], summary: dict) -> dict:
 def targets_and_notes(name: str, res: dict) -> tuple[dict, list[str]]:
     s, rt, info = res["summary"], res["ratios"], res["engine"]
     cold, nokv, warm, direct = s.get("cag_cold"), s.get("cag_cold_no_kv"), s.get("cag_warm"), s.get("direct")
-    fol = s.get("cag_warm_followup")
     t: dict[str, Any] = {}
     notes: list[str] = []
     if cold:
@@ -630,66 +598,74 @@ def targets_and_notes(name: str, res: dict) -> tuple[dict, list[str]]:
                 "with whitespace merges with the template's 'assistant\\n' token, so the prefix ends before "
                 "the caption). Images sit before that point, so they are never re-encoded.")
     if warm and direct:
-        r = rt["cag_warm/direct"]
+        r, nosnap = rt["cag_warm/direct"], s.get("cag_warm_no_snapshot")
+        rn = rt.get("cag_warm_no_snapshot/direct", {})
         met = r["wall_s_ratio_of_medians"] <= TARGET_WARM_RATIO
+        warm_runs = [x for x in res["runs"] if x["mode"] == "cag_warm"]
         t["warm_cag_wall_le_1.1x_direct"] = {
             "met": met, "target": TARGET_WARM_RATIO,
             "wall_ratio_of_medians": r["wall_s_ratio_of_medians"],
             "wall_paired_median_ratio": r["wall_s_paired_median_ratio"],
             "engine_time_ratio_of_medians": r["engine_s_ratio_of_medians"],
+            "runs": len(warm_runs), "runs_with_snapshot_restored": sum(x["kv_restored"] is not None for x in warm_runs),
             "prefill_tokens_warm": warm["prefill_tokens"], "prefill_tokens_direct": direct["prefill_tokens"],
             "decode_tokens_warm": warm["decode_tokens"], "decode_tokens_direct": direct["decode_tokens"],
-            "followup_wall_ratio_of_medians": rt.get("cag_warm_followup/direct", {}).get("wall_s_ratio_of_medians"),
+            "kv_restored_tokens_median": warm["kv_restored"], "kv_restore_s_median": warm["kv_restore_s"],
+            "kv_snapshot_s_median_in_cold_runs": cold["kv_snapshot_s"] if cold else None,
+            "no_snapshot_wall_ratio_of_medians": rn.get("wall_s_ratio_of_medians"),
+            "no_snapshot_wall_paired_median_ratio": rn.get("wall_s_paired_median_ratio"),
+            "no_snapshot_prefill_tokens": nosnap["prefill_tokens"] if nosnap else None,
         }
-        extra = warm["prefill_tokens"] - direct["prefill_tokens"]
-        cap_tokens = int(cold["caption"]["decode_tokens"]) if cold else None
-        w_tok = 1000 * warm["answer"]["decode_s"] / max(1, warm["answer"]["decode_tokens"])
-        d_tok = 1000 * direct["answer"]["decode_s"] / max(1, direct["answer"]["decode_tokens"])
-        d_wall = warm["wall_s"] - direct["wall_s"]
-        d_pre = warm["prefill_s"] - direct["prefill_s"]
-        d_dec = warm["decode_s"] - direct["decode_s"]
-        d_oth = warm["other_s"] - direct["other_s"]
-        t["warm_cag_wall_le_1.1x_direct"].update(
-            extra_prefill_tokens=extra, delta_wall_s=d_wall, delta_prefill_s=d_pre, delta_decode_s=d_dec,
-            delta_other_s=d_oth, answer_decode_ms_per_token_warm=w_tok, answer_decode_ms_per_token_direct=d_tok)
-        why = (f"{name}: warm CAG prefills {warm['prefill_tokens']:.0f} tokens vs direct {direct['prefill_tokens']:.0f} "
-               f"(+{extra:.0f}: the {info['instruction_tokens']}-token caption instruction, the ~{cap_tokens}-token "
-               f"caption and the turn markers); both decode {warm['decode_tokens']:.0f} tokens. Wall "
-               f"{warm['wall_s'] * 1000:.1f} vs {direct['wall_s'] * 1000:.1f} ms = {r['wall_s_ratio_of_medians']:.2f}x "
-               f"(paired {r['wall_s_paired_median_ratio']:.2f}x; engine time {r['engine_s_ratio_of_medians']:.2f}x). "
-               f"Of the medians' +{d_wall * 1000:.1f} ms: prefill {d_pre * 1000:+.1f} ms, decode {d_dec * 1000:+.1f} ms "
-               f"({w_tok:.2f} vs {d_tok:.2f} ms per answer token: every decode step attends over a "
-               f"{warm['prefill_tokens'] / max(1, direct['prefill_tokens']):.1f}x longer KV cache), other "
-               f"(context search, photo loading, rendering) {d_oth * 1000:+.1f} ms.")
-        if met:
-            notes.append(why + f" Target <= {TARGET_WARM_RATIO}x met: on this engine the per-token decode and fixed "
-                         "per-call costs dominate, so the extra prefill (and the longer KV) add little.")
-        else:
-            notes.append(why + f" Target <= {TARGET_WARM_RATIO}x missed: the warm answer pass starts from an empty KV "
-                         "cache (a new request), prefills the instruction and the caption on top of everything "
-                         "direct prefills, and decodes over the longer context; a tiny model's pass is so cheap "
-                         "that these extra tokens are a large share of it (see fix_proposals).")
-        if fol:
-            notes.append(f"{name}: the follow-up mode (warm caption, KV still holding the previous answer pass) "
-                         f"prefills {fol['prefill_tokens']:.0f} tokens and takes {fol['wall_s']:.3f} s "
-                         f"({rt['cag_warm_followup/direct']['wall_s_ratio_of_medians']:.2f}x direct): "
-                         "this is what a warm answer pass would cost if the engine could restore the caption "
-                         "pass's KV state.")
+        t["warm_cag_wall_le_1.1x_direct"].update(_deltas(warm, direct))
+        d = _deltas(warm, direct)
+        notes.append(
+            f"{name}: warm CAG restores the caption pass's KV snapshot ({warm['kv_restored']:.0f} tokens, "
+            f"{warm['kv_restore_s'] * 1000:.2f} ms; taking it cost the cold run "
+            f"{(cold or {}).get('kv_snapshot_s', 0) * 1000:.2f} ms) and prefills {warm['prefill_tokens']:.0f} tokens "
+            f"(the end of the caption turn, the question, and caption tokens that re-tokenize differently) vs direct "
+            f"{direct['prefill_tokens']:.0f}. Wall {warm['wall_s'] * 1000:.1f} vs {direct['wall_s'] * 1000:.1f} ms = "
+            f"{r['wall_s_ratio_of_medians']:.2f}x (paired {r['wall_s_paired_median_ratio']:.2f}x; engine time "
+            f"{r['engine_s_ratio_of_medians']:.2f}x); {_delta_text(d)}. Target <= {TARGET_WARM_RATIO}x "
+            + ("met." if met else "missed."))
+        if nosnap:
+            dn = _deltas(nosnap, direct)
+            notes.append(
+                f"{name}: without the snapshot (CagConfig(kv_snapshot_mb=0), the behaviour before) warm CAG prefills "
+                f"{nosnap['prefill_tokens']:.0f} tokens (+{dn['extra_prefill_tokens']:.0f} vs direct: the "
+                f"{info['instruction_tokens']}-token caption instruction, the ~{int(cold['caption']['decode_tokens']) if cold else '?'}"
+                f"-token caption and the turn markers) and takes {nosnap['wall_s'] * 1000:.1f} ms = "
+                f"{rn['wall_s_ratio_of_medians']:.2f}x direct (paired {rn['wall_s_paired_median_ratio']:.2f}x); "
+                f"{_delta_text(dn)}.")
     return t, notes
 
 
+def _deltas(mode: dict, direct: dict) -> dict:
+    """Where a mode's median wall time differs from direct's (s), and its decode cost per answer token (ms)."""
+    return {"extra_prefill_tokens": mode["prefill_tokens"] - direct["prefill_tokens"],
+            "delta_wall_s": mode["wall_s"] - direct["wall_s"], "delta_prefill_s": mode["prefill_s"] - direct["prefill_s"],
+            "delta_decode_s": mode["decode_s"] - direct["decode_s"], "delta_other_s": mode["other_s"] - direct["other_s"],
+            "answer_decode_ms_per_token": 1000 * mode["answer"]["decode_s"] / max(1, mode["answer"]["decode_tokens"]),
+            "answer_decode_ms_per_token_direct":
+                1000 * direct["answer"]["decode_s"] / max(1, direct["answer"]["decode_tokens"])}
+
+
+def _delta_text(d: dict) -> str:
+    return (f"of the medians' {d['delta_wall_s'] * 1000:+.1f} ms: prefill {d['delta_prefill_s'] * 1000:+.1f}, decode "
+            f"{d['delta_decode_s'] * 1000:+.1f} ({d['answer_decode_ms_per_token']:.2f} vs "
+            f"{d['answer_decode_ms_per_token_direct']:.2f} ms per answer token: decode attends over the longer "
+            f"KV cache), other (context search, photos, rendering, restore) {d['delta_other_s'] * 1000:+.1f} ms")
+
+
 FIX_PROPOSALS = [
-    "Save the KV state at the end of the caption pass (llama.cpp: llama_state_seq_get_data / set_data of "
-    "sequence 0, or a prompt-cache file; transformers: a copy of the DynamicCache cropped to the caption "
-    "prefix) keyed by the caption cache key (model id, prompt version, photo sha256, context photo ids), "
-    "and restore it in the warm answer pass, so it prefills only the caption-turn end and the question "
-    "(the cag_warm_followup mode measures that cost). Bounded by an LRU in RAM or on disk; the caption cache's "
-    "invalidation (forget/edit of a context photo) must drop the state too.",
-    "Or make the warm answer pass shorter: once the caption exists, answer from a caption-only chat "
-    "(context dialogues + caption + question, without re-sending the images and the long caption "
-    "instruction); this changes the prompt the model was trained on, so it needs an accuracy check.",
-    "Keep the engine's KV across requests for the most recent photo(s) (no reset between a user's requests): "
-    "a second question about the same photo is then a cache hit without any new code.",
+    "Done: the KV state at the end of the caption pass is snapshotted (llama.cpp: llama_state_seq_get_data of "
+    "sequence 0; transformers: a deep copy of the DynamicCache) into covip.sdk.cag.KvSnapshots, an LRU in RAM "
+    "bounded by CagConfig.kv_snapshot_mb and keyed by the caption cache key (user, model id, prompt version, "
+    "photo sha256, context photo ids); a warm ask restores it, and a caption cache miss drops it.",
+    "Next, for longer contexts: decode of the warm answer pass still attends over the whole caption prompt; a "
+    "caption-only answer chat (context dialogues + caption + question, no images, no caption instruction) "
+    "would shorten it, but changes the prompt the model was trained on, so it needs an accuracy check.",
+    "Snapshots are lost with the process: persisting them (llama_state_seq_save_file, torch.save) would make "
+    "the first warm ask after a restart fast too, at the cost of disk space.",
 ]
 
 
@@ -715,16 +691,12 @@ def print_table(results: dict) -> None:
     print("\nRatios (ratio of medians | paired median):")
     for name, res in results["engines"].items():
         for key, r in res["ratios"].items():
-            if key.endswith("/direct"):
-                print(f"  {name:<12} {key:<26} wall {r['wall_s_ratio_of_medians']:.2f} | "
-                      f"{r['wall_s_paired_median_ratio']:.2f}   engine {r['engine_s_ratio_of_medians']:.2f}   "
-                      f"prefill tokens {r['prefill_tokens_ratio_of_medians']:.2f}")
-            else:
-                print(f"  {name:<12} {key:<26} wall {r['wall_s_ratio_of_medians']:.2f} | "
-                      f"{r['wall_s_paired_median_ratio']:.2f}   answer pass saves "
-                      f"{r['answer_pass_prefill_tokens_saved']:.0f} prefill tokens "
-                      f"({r['answer_pass_image_tokens_saved']:.0f} image), "
-                      f"{r['answer_pass_prefill_s_saved'] * 1000:.1f} ms prefill")
+            rest = (f"engine {r['engine_s_ratio_of_medians']:.2f}   prefill tokens "
+                    f"{r['prefill_tokens_ratio_of_medians']:.2f}" if key.endswith("/direct") else
+                    f"answer pass saves {r['answer_pass_prefill_tokens_saved']:.0f} prefill tokens "
+                    f"({r['answer_pass_image_tokens_saved']:.0f} image), {r['answer_pass_prefill_s_saved'] * 1000:.1f} ms")
+            print(f"  {name:<12} {key:<30} wall {r['wall_s_ratio_of_medians']:.2f} | "
+                  f"{r['wall_s_paired_median_ratio']:.2f}   {rest}")
     print("\nTargets:")
     for name, res in results["engines"].items():
         for key, t in res["targets"].items():
@@ -732,6 +704,10 @@ def print_table(results: dict) -> None:
     print("\nNotes:")
     for note in results["notes"]:
         print(f"  - {note}")
+
+
+def _passes_s(ms: dict) -> float:
+    return sum((ms.get(p) or {}).get(f"{ph}_s", 0.0) for p in ("caption", "answer") for ph in ("prefill", "decode"))
 
 
 def plot(results: dict, path: Path) -> None:
@@ -754,17 +730,9 @@ def plot(results: dict, path: Path) -> None:
         ax = axes[0, col]
         bottoms = [0.0] * len(modes)
         for seg, color in seg_colors.items():
-            vals = []
-            for m in modes:
-                ms = s[m]
-                if seg == "other (search, photos, cache)":
-                    v = max(0.0, ms["wall_s"] - sum(
-                        (ms.get(p) or {}).get(ph, 0.0) for p in ("caption", "answer") for ph in ("prefill_s",
-                                                                                                  "decode_s")))
-                else:
-                    p, ph = seg.split()
-                    v = (ms.get(p) or {}).get(f"{ph}_s", 0.0)
-                vals.append(v)
+            p, _, ph = seg.partition(" ")
+            vals = [max(0.0, s[m]["wall_s"] - _passes_s(s[m])) if p == "other" else (s[m].get(p) or {}).get(f"{ph}_s", 0.0)
+                    for m in modes]
             ax.bar(x, vals, 0.6, bottom=bottoms, color=color, edgecolor="white", lw=0.5)
             bottoms = [b + v for b, v in zip(bottoms, vals)]
         direct = s["direct"]["wall_s"]
@@ -851,6 +819,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--plot-only", action="store_true", help="redraw <out>/cag_latency.png from the JSON, run nothing")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--workdir", type=Path, default=None, help="where the temporary memory home goes")
+    # --quick: added for `covip bench --quick` (issue 6); a short run, same modes; explicit options still win
+    p.add_argument("--quick", action="store_true",
+                   help="a short run (~1-2 min): --reps 2 --llamacpp-reps 3 --photos 2 --budget-minutes 3")
+    if p.parse_known_args(argv)[0].quick:
+        p.set_defaults(reps=2, llamacpp_reps=3, photos=2, budget_minutes=3.0)
     return p.parse_args(argv)
 
 
@@ -873,7 +846,7 @@ def main(argv=None) -> int:
     results: dict[str, Any] = {
         "meta": meta,
         "design": {"doc": __doc__.split('Design (also recorded in the JSON under "design")')[1].strip(),
-                   "modes": LABELS, "question": QUESTION, "followup_question": FOLLOWUP,
+                   "modes": LABELS, "question": QUESTION,
                    "targets": {"cold_cag": "the answer pass prefills no image tokens (second image prefill = 0)",
                                "warm_cag": f"wall time <= {TARGET_WARM_RATIO} x direct (ratio of medians)"}},
         "engines": {}, "notes": [], "fix_proposals": FIX_PROPOSALS,

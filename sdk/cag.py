@@ -4,24 +4,35 @@
 engine model id, prompt version, photo hash, ids of the context photos; any edit or forget of one of
 those memories drops the entry). ``ask()`` continues that chat with the question as the next user turn,
 so the caption pass is the answer pass's prefix and an engine with a KV cache does not re-read images.
+
+KV snapshots: right after a caption pass the engine's KV state is snapshotted (:meth:`Engine.snapshot`) into
+:class:`KvSnapshots`, an in-memory LRU bounded by ``CagConfig.kv_snapshot_mb`` and keyed like the caption
+cache. When a later ``ask()`` finds the caption in the cache, the snapshot is restored before the answer
+pass, which then prefills only the end of the caption turn and the question instead of the context images,
+the instruction and the caption (the engine's KV may hold anything else by then). A snapshot is used only
+while the caption cache holds the caption it was made with: a cache miss for its key drops it.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from covip.sdk import prompts
 from covip.sdk.context import Context, ContextConfig, ContextItem, assemble
-from covip.sdk.engines.base import Generation, GenerationConfig
+from covip.sdk.engines.base import EngineState, Generation, GenerationConfig
+from covip.sdk.errors import EngineError, InputError
 from covip.sdk.imaging import Photo, load_photo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CagConfig", "CaptionResult", "Answer", "CaptionAugmentedGenerator"]
+__all__ = ["CagConfig", "CaptionResult", "Answer", "CaptionAugmentedGenerator", "KvSnapshots"]
+_MIB = 1 << 20
 
 
 @dataclass
@@ -39,6 +50,17 @@ class CagConfig:
         default=False,
         metadata={"help": "Weak devices: context items carry a cached plain caption of their photo instead of "
                   "the image, so only the query image is encoded."})
+    kv_snapshot_mb: int = field(
+        default=256,
+        metadata={"help": "Memory (MiB) for the engine's KV state at the end of recent caption passes, kept in "
+                  "RAM (GPU memory for a transformers engine on a GPU), least recently used dropped first. "
+                  "A warm ask (caption from the cache) restores it, so the answer pass prefills only the "
+                  "question instead of the images, instruction and caption again. 0 disables."})
+
+    def __post_init__(self) -> None:
+        mb = self.kv_snapshot_mb
+        if isinstance(mb, bool) or not isinstance(mb, int) or mb < 0:
+            raise InputError(f"CagConfig.kv_snapshot_mb must be an integer >= 0 (0 disables), got {mb!r}")
 
 
 @dataclass(frozen=True)
@@ -77,15 +99,92 @@ class Answer:
                 "memories": [m.to_dict() for m in self.memories], "timings": self.timings, "tokens": self.tokens}
 
 
+SnapshotKey = tuple[str, str, str, str, tuple[int, ...]]  # user, model id, prompt version, photo sha256, context
+
+
+class KvSnapshots:
+    """Engine KV snapshots of caption passes in memory, least recently used dropped past ``max_bytes``.
+
+    Each entry holds the caption its pass produced; :meth:`get` returns the snapshot only for that same
+    caption (a different cached caption drops it). Thread-safe; one store may be shared by several
+    generators on the same engine. ``max_bytes=0`` keeps nothing.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise InputError(f"max_bytes must be an integer >= 0, got {max_bytes!r}")
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[SnapshotKey, tuple[str, EngineState]] = OrderedDict()
+        self._nbytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the stored snapshots hold (their ``EngineState.nbytes``)."""
+        return self._nbytes
+
+    def get(self, key: SnapshotKey, caption: str) -> EngineState | None:
+        """The snapshot stored for ``key`` if it was made with ``caption`` (then most recently used)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry[0] != caption:
+                self._pop(key)
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: SnapshotKey, caption: str, state: EngineState) -> bool:
+        """Store a snapshot (replacing ``key``'s), evicting the least recently used; False if it cannot fit."""
+        with self._lock:
+            self._pop(key)
+            if state.nbytes > self.max_bytes:
+                return False
+            while self._entries and self._nbytes + state.nbytes > self.max_bytes:
+                self._pop(next(iter(self._entries)))
+            self._entries[key] = (caption, state)
+            self._nbytes += state.nbytes
+            return True
+
+    def discard(self, key: SnapshotKey) -> None:
+        with self._lock:
+            self._pop(key)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._nbytes = 0
+
+    def _pop(self, key: SnapshotKey) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._nbytes -= entry[1].nbytes
+
+
 class CaptionAugmentedGenerator:
-    """Ties a memory, an embedder and an engine together for one user-facing question at a time."""
+    """Ties a memory, an embedder and an engine together for one user-facing question at a time.
+
+    ``kv_snapshots``: a :class:`KvSnapshots` to use (e.g. shared with another generator on the same
+    engine); by default a private one of ``config.kv_snapshot_mb`` MiB. Engines without ``snapshot()`` /
+    ``restore()`` simply run without snapshots.
+    """
 
     def __init__(self, memory: Any, engine: Any, *, context: ContextConfig | None = None,
-                 config: CagConfig | None = None) -> None:
+                 config: CagConfig | None = None, kv_snapshots: KvSnapshots | None = None) -> None:
         self.memory = memory
         self.engine = engine
         self.context_config = context or ContextConfig()
         self.config = config or CagConfig()
+        if kv_snapshots is None:
+            kv_snapshots = KvSnapshots(self.config.kv_snapshot_mb * _MIB)
+        self.kv_snapshots = kv_snapshots
 
     # -------------------------------------------------------------- context
     def context_for(self, user: str, photo: Photo) -> Context:
@@ -124,24 +223,64 @@ class CaptionAugmentedGenerator:
     # -------------------------------------------------------------- passes
     def caption(self, user: str, photo: Any, *, on_token: Callable[[str], None] | None = None) -> CaptionResult:
         """The personalized caption of ``photo`` for ``user`` (from the cache when nothing changed)."""
-        t0 = time.perf_counter()
         pic = load_photo(photo, max_pixels=self.memory.config.max_pixels)
+        return self._caption(user, pic, on_token)[0]
+
+    def _caption(self, user: str, pic: Photo, on_token: Callable[[str], None] | None,
+                 timings: dict[str, float] | None = None) -> tuple[CaptionResult, SnapshotKey]:
+        """The caption and its KV snapshot key; a generated caption's pass is snapshotted at once."""
+        t0 = time.perf_counter()
         context = self.context_for(user, pic)
         key = {"model_id": self.engine.model_id, "prompt_version": self._prompt_version(),
                "photo_sha256": pic.sha256, "context_ids": context.photo_ids}
+        skey: SnapshotKey = (user, key["model_id"], key["prompt_version"], pic.sha256,
+                             tuple(sorted({int(i) for i in context.photo_ids})))
         cached = self.memory.cached_caption(user, **key)
         if cached is not None:
             log.info("caption cache hit for photo %s", pic.sha256[:12])
             if on_token is not None:
                 on_token(cached)
-            return CaptionResult(cached, context, True, None, time.perf_counter() - t0)
+            return CaptionResult(cached, context, True, None, time.perf_counter() - t0), skey
+        self.kv_snapshots.discard(skey)  # its caption is gone from the cache (or never was there)
         messages = prompts.caption_messages(self._entries(user, context), pic.image)
         gen = self.engine.generate(messages, self.config.caption, on_token=on_token)
         # kept exactly as generated (not stripped): the answer pass re-renders it, and the same text
         # tokenizes back to the same ids, so the engine's KV cache of the caption pass is reused in full
         caption = gen.text
+        self._snapshot(skey, caption, timings)  # before anything else runs on the engine
         self.memory.cache_caption(user, caption, **key)
-        return CaptionResult(caption, context, False, gen, time.perf_counter() - t0)
+        return CaptionResult(caption, context, False, gen, time.perf_counter() - t0), skey
+
+    def _snapshot(self, skey: SnapshotKey, caption: str, timings: dict[str, float] | None) -> None:
+        snapshot = getattr(self.engine, "snapshot", None)
+        if self.kv_snapshots.max_bytes <= 0 or not callable(snapshot):
+            return
+        t0 = time.perf_counter()
+        try:
+            state = snapshot()
+        except EngineError as exc:
+            log.info("no KV snapshot of the caption pass: %s", exc)
+            return
+        if not self.kv_snapshots.put(skey, caption, state):
+            log.info("KV snapshot of %d bytes exceeds kv_snapshot_mb; not kept", state.nbytes)
+        if timings is not None:
+            timings["kv_snapshot_s"] = time.perf_counter() - t0
+
+    def _restore(self, skey: SnapshotKey, caption: str, timings: dict[str, float], tokens: dict[str, int]) -> None:
+        """Put the caption pass's KV state back into the engine, when a snapshot of it is stored."""
+        restore = getattr(self.engine, "restore", None)
+        state = self.kv_snapshots.get(skey, caption) if callable(restore) else None
+        if state is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            restore(state)
+        except EngineError as exc:  # e.g. a store shared with another engine instance
+            log.info("KV snapshot not restored: %s", exc)
+            self.kv_snapshots.discard(skey)
+            return
+        timings["kv_restore_s"] = time.perf_counter() - t0
+        tokens["kv_restored"] = state.n_tokens
 
     def _prompt_version(self) -> str:
         """Prompt version plus what else shapes the caption (mode, length cap, sampling), for the cache key."""
@@ -157,13 +296,15 @@ class CaptionAugmentedGenerator:
         tokens: dict[str, int] = {}
         timings: dict[str, float] = {}
         if cag:
-            cap = self.caption(user, pic)
+            cap, skey = self._caption(user, pic, None, timings)
             timings["caption_s"] = cap.seconds
             if cap.generation is not None:
                 tokens.update(caption_prompt=cap.generation.prompt_tokens,
                               caption_cached=cap.generation.cached_tokens,
                               caption_completion=cap.generation.completion_tokens)
             messages = prompts.answer_messages(self._entries(user, cap.context), pic.image, cap.caption, question)
+            if cap.cached:  # after _entries(), which may run describe passes (caption-only mode)
+                self._restore(skey, cap.caption, timings, tokens)
             context, caption, cached = cap.context, cap.caption, cap.cached
         else:
             context = self.context_for(user, pic)

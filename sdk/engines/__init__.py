@@ -5,13 +5,14 @@ Importing this package never imports torch or transformers; an engine loads them
 
 from __future__ import annotations
 
-from covip.sdk.engines.base import Engine, Generation, GenerationConfig, Message
+from covip.sdk.engines.base import Engine, EngineState, Generation, GenerationConfig, Message
 from covip.sdk.engines.factory import describe_model_spec, make_engine
 from covip.sdk.engines.llamacpp import LlamaCppEngine, LlamaCppEngineConfig
 from covip.sdk.engines.transformers import TransformersEngine, TransformersEngineConfig
 
 __all__ = [
     "Engine",
+    "EngineState",
     "Generation",
     "GenerationConfig",
     "Message",

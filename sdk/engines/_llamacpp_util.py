@@ -185,3 +185,28 @@ class _StopFilter:
             if any(s.startswith(tail) for s in self.stops):
                 return n
         return 0
+
+
+def make_sampler(llama: Any, vocab: Any, cfg: Any, default_seed: int | None) -> Any:
+    """A llama.cpp sampler chain for ``cfg``: greedy, or temperature -> top-k -> top-p -> seeded draw."""
+    chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
+    add = llama.llama_sampler_chain_add
+    if cfg.presence_penalty:
+        # only generated tokens are accepted into the chain, so only they are penalized (as in vLLM)
+        add(chain, llama.llama_sampler_init_penalties(
+            llama.llama_vocab_n_tokens(vocab), cfg.max_new_tokens, 1.0, 0.0, float(cfg.presence_penalty)))
+    if cfg.temperature == 0:
+        add(chain, llama.llama_sampler_init_greedy())
+        return chain
+    # the order of transformers' logits processors: temperature, top-k, top-p
+    add(chain, llama.llama_sampler_init_temp(float(cfg.temperature)))
+    if cfg.top_k > 0:
+        add(chain, llama.llama_sampler_init_top_k(int(cfg.top_k)))
+    if cfg.top_p < 1.0:
+        add(chain, llama.llama_sampler_init_top_p(float(cfg.top_p), 1))
+    seed = cfg.seed if cfg.seed is not None else default_seed
+    seed = 0xFFFFFFFF if seed is None else int(seed) & 0xFFFFFFFF  # LLAMA_DEFAULT_SEED = random
+    if seed == 0xFFFFFFFF and (cfg.seed is not None or default_seed is not None):
+        seed = 0xFFFFFFFE  # keep an explicit seed deterministic
+    add(chain, llama.llama_sampler_init_dist(seed))
+    return chain

@@ -11,6 +11,12 @@ Messages are the usual chat structure with image parts::
 Prefix reuse: an engine keeps the KV state of its last call. When the next call's prompt extends the
 previous prompt plus its completion (the CAG answer pass continues the caption pass), only the new tokens
 are prefilled; :class:`Generation` reports ``cached_tokens`` (reused) and ``prompt_tokens`` (prefilled now).
+
+Snapshots: ``state = engine.snapshot()`` copies that KV state (and the engine's record of which tokens and
+images it holds) into an opaque :class:`EngineState`; ``engine.restore(state)`` later puts it back, whatever
+ran in between, so the engine behaves exactly as right after the snapshotted call: a call that extends it
+prefills only the new tokens and answers what a fresh engine answers. CAG snapshots the end of the caption
+pass and restores it when the caption comes from the cache (see :mod:`covip.sdk.cag`).
 """
 
 from __future__ import annotations
@@ -19,9 +25,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from covip.sdk.errors import InputError
+from covip.sdk.errors import EngineError, InputError
 
-__all__ = ["Message", "GenerationConfig", "Generation", "Engine", "check_messages", "iter_images"]
+__all__ = ["Message", "GenerationConfig", "Generation", "EngineState", "Engine", "check_messages", "iter_images"]
 
 Message = dict[str, Any]
 
@@ -63,6 +69,23 @@ class Generation:
         return self.prompt_tokens + self.cached_tokens
 
 
+@dataclass(frozen=True, eq=False)
+class EngineState:
+    """An engine's KV cache plus its bookkeeping of what the cache holds, as :meth:`Engine.snapshot` took it.
+
+    Opaque: only the engine instance that made it can restore it (another one raises EngineError). It is
+    never changed by later calls, so it can be restored any number of times. ``nbytes`` is the memory it
+    keeps alive (KV tensors or bytes, plus kept image tensors; on a GPU engine that is GPU memory), for
+    callers that bound a collection of states; ``n_tokens`` the prompt tokens the KV cache holds.
+    """
+
+    model_id: str
+    n_tokens: int
+    nbytes: int
+    owner: object = field(repr=False)  # a token unique to the engine instance that made it
+    data: Any = field(repr=False)  # engine-specific payload
+
+
 @runtime_checkable
 class Engine(Protocol):
     """A chat VLM behind one call. ``meaningless`` is True for random-weight test models."""
@@ -85,6 +108,14 @@ class Engine(Protocol):
 
     def reset(self) -> None:
         """Drop the KV state kept from the last call (the next call prefills everything)."""
+        ...
+
+    def snapshot(self) -> EngineState:
+        """A copy of the KV state kept from the last call (see :class:`EngineState`)."""
+        ...
+
+    def restore(self, state: EngineState) -> None:
+        """Replace the KV state with ``state`` (EngineError if another engine made it)."""
         ...
 
     def close(self) -> None:
@@ -115,6 +146,17 @@ def check_messages(messages: Sequence[Message]) -> list[Message]:
                              "or {'type': 'image', 'image': ...}")
         out.append(msg)
     return out
+
+
+def state_data(state: Any, owner: object, model_id: str) -> Any:
+    """The payload of ``state`` if the engine identified by ``owner`` made it; else EngineError."""
+    if not isinstance(state, EngineState):
+        raise EngineError(f"restore() needs an EngineState from snapshot(), got {type(state).__name__}")
+    if state.owner is not owner:
+        where = "an engine of another model" if state.model_id != model_id else "another engine instance"
+        raise EngineError(f"this EngineState was made by {where} ({state.model_id}); a state can only be "
+                          f"restored on the engine that made it ({model_id})")
+    return state.data
 
 
 def iter_images(messages: Sequence[Message]) -> Iterator[Any]:

@@ -12,6 +12,10 @@ it across calls (see :mod:`covip.sdk.engines.base`):
   sequences (token by token; an image is kept only whole), removes the rest with
   ``llama_memory_seq_rm`` and prefills only what follows. The CAG answer pass, whose prompt is the caption
   pass's prompt + the caption + a new user turn, therefore re-reads neither the images nor the caption.
+* ``snapshot()`` copies sequence 0 of the KV cache out with ``llama_state_seq_get_data`` (cells, positions,
+  M-RoPE extras, keys and values) into a private buffer, with the item list and positions; ``restore()``
+  clears the cache, loads that buffer back with ``llama_state_seq_set_data`` and takes the item list, so a
+  later call reuses the restored prefix as it would have right after the snapshotted call.
 * Where the template renders the end of the assistant turn differently from what was generated (the
   end-of-turn token is sampled but never fed back; a re-tokenized caption may split differently), the
   prefix simply ends there and the difference is prefilled, so the result is always the same as a run
@@ -29,6 +33,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import ctypes
+import dataclasses
 import hashlib
 import json
 import logging
@@ -52,9 +57,17 @@ from covip.sdk.engines._llamacpp_util import (
     _native,
     _same,
     _StopFilter,
+    make_sampler,
     set_verbose,
 )
-from covip.sdk.engines.base import Generation, GenerationConfig, Message, check_messages
+from covip.sdk.engines.base import (
+    EngineState,
+    Generation,
+    GenerationConfig,
+    Message,
+    check_messages,
+    state_data,
+)
 from covip.sdk.errors import EngineError, InputError
 
 __all__ = ["LlamaCppEngineConfig", "LlamaCppEngine"]
@@ -119,6 +132,16 @@ class LlamaCppEngineConfig:
             raise InputError("chat_template must be a non-empty Jinja2 template string or None")
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    """What :meth:`LlamaCppEngine.snapshot` keeps: sequence 0's state bytes and the items they hold."""
+
+    buffer: Any  # ctypes c_uint8 array written by llama_state_seq_get_data (None = empty cache)
+    size: int
+    items: tuple[_Item, ...]
+    pos: tuple[int, ...]
+
+
 # ----------------------------------------------------------------------------- the engine
 
 
@@ -146,6 +169,7 @@ class LlamaCppEngine:
         self._close_requested = False
         self._cache_items: list[_Item] = []  # what the KV cache of sequence 0 holds, in order
         self._cache_pos: list[int] = []  # the position of each cached item
+        self._state_owner = object()  # identifies the EngineStates this instance made
 
         model_path = _check_gguf(Path(os.fspath(config.model_path)).expanduser(), "model file")
         mmproj_path = None
@@ -324,6 +348,51 @@ class LlamaCppEngine:
         with self._lock:
             self._check_open()
             self._clear_cache()
+
+    def snapshot(self) -> EngineState:
+        """A copy of the KV cache (sequence 0) and of what it holds, for :meth:`restore`.
+
+        ``nbytes`` is the size of llama.cpp's serialized state (host memory). Raises EngineError while this
+        thread is generating (an unfinished stream).
+        """
+        if self._busy_thread == threading.get_ident():
+            raise EngineError("cannot snapshot the cache while this thread is generating (an unfinished stream?)")
+        with self._lock:
+            self._check_open()
+            llama = self._llama
+            items = tuple(dataclasses.replace(i) if isinstance(i, _Media) else i for i in self._cache_items)
+            buffer, size = None, 0
+            if items:
+                cap = int(llama.llama_state_seq_get_size(self._ctx, 0))
+                buffer = (ctypes.c_uint8 * cap)()
+                size = int(llama.llama_state_seq_get_data(self._ctx, buffer, cap, 0))
+                if size == 0:
+                    raise EngineError("llama.cpp could not copy the KV state (llama_state_seq_get_data returned 0)")
+            data = _Snapshot(buffer=buffer, size=size, items=items, pos=tuple(self._cache_pos))
+            return EngineState(model_id=self.model_id, n_tokens=sum(_item_tokens(i) for i in items), nbytes=size,
+                               owner=self._state_owner, data=data)
+
+    def restore(self, state: EngineState) -> None:
+        """Make the cache hold ``state`` (from this engine's :meth:`snapshot`), as right after that call.
+
+        EngineError for a state another engine made, or when llama.cpp cannot load it (the cache is then
+        empty).
+        """
+        if self._busy_thread == threading.get_ident():
+            raise EngineError("cannot restore the cache while this thread is generating (an unfinished stream?)")
+        with self._lock:
+            self._check_open()
+            data: _Snapshot = state_data(state, self._state_owner, self.model_id)
+            self._clear_cache()
+            if data.buffer is None:
+                return
+            mark = _error_mark()
+            if not self._llama.llama_state_seq_set_data(self._ctx, data.buffer, data.size, 0):
+                self._clear_cache()
+                reason = _last_native_error(mark) or "llama_state_seq_set_data returned 0"
+                raise EngineError(f"llama.cpp could not load the KV state ({reason})")
+            self._cache_items = [dataclasses.replace(i) if isinstance(i, _Media) else i for i in data.items]
+            self._cache_pos = list(data.pos)
 
     @property
     def cached_tokens(self) -> int:
@@ -701,28 +770,7 @@ class LlamaCppEngine:
     # -- sampling
 
     def _make_sampler(self, cfg: GenerationConfig) -> Any:
-        llama = self._llama
-        chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
-        add = llama.llama_sampler_chain_add
-        if cfg.presence_penalty:
-            # only generated tokens are accepted into the chain, so only they are penalized (as in vLLM)
-            add(chain, llama.llama_sampler_init_penalties(
-                llama.llama_vocab_n_tokens(self._vocab), cfg.max_new_tokens, 1.0, 0.0, float(cfg.presence_penalty)))
-        if cfg.temperature == 0:
-            add(chain, llama.llama_sampler_init_greedy())
-            return chain
-        # the order of transformers' logits processors: temperature, top-k, top-p
-        add(chain, llama.llama_sampler_init_temp(float(cfg.temperature)))
-        if cfg.top_k > 0:
-            add(chain, llama.llama_sampler_init_top_k(int(cfg.top_k)))
-        if cfg.top_p < 1.0:
-            add(chain, llama.llama_sampler_init_top_p(float(cfg.top_p), 1))
-        seed = cfg.seed if cfg.seed is not None else self.config.seed
-        seed = 0xFFFFFFFF if seed is None else int(seed) & 0xFFFFFFFF  # LLAMA_DEFAULT_SEED = random
-        if seed == 0xFFFFFFFF and (cfg.seed is not None or self.config.seed is not None):
-            seed = 0xFFFFFFFE  # keep an explicit seed deterministic
-        add(chain, llama.llama_sampler_init_dist(seed))
-        return chain
+        return make_sampler(self._llama, self._vocab, cfg, self.config.seed)
 
     def _piece(self, token: int, *, special: bool = False) -> bytes:
         llama = self._llama

@@ -20,6 +20,10 @@ last call for the next one:
   positions it was computed with); the suffix gets its slice, and decoding continues at
   ``index + rope_delta`` on all three axes.
 
+``snapshot()`` deep-copies the ``DynamicCache`` (its tensors are cloned, so crops and appends of later calls
+never reach the copy) together with the token ids, image spans, photo pixel tensors and RoPE delta;
+``restore()`` installs another deep copy of it, so one snapshot can be restored any number of times.
+
 ``Generation.cached_tokens`` is the length of that reused prefix, ``prompt_tokens`` the tokens prefilled
 now; their sum is always the full prompt length. When call 2 continues call 1 (call 1's messages, then
 call 1's text as the assistant turn, then a new user turn) and call 1's text tokenizes back to the same
@@ -28,6 +32,7 @@ ids, ``cached_tokens == call1.total_prompt_tokens + call1.completion_tokens - 1`
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import logging
@@ -53,7 +58,14 @@ from covip.sdk.engines._hf_util import (
     _set_pixels,
     _take_image,
 )
-from covip.sdk.engines.base import Generation, GenerationConfig, Message, check_messages
+from covip.sdk.engines.base import (
+    EngineState,
+    Generation,
+    GenerationConfig,
+    Message,
+    check_messages,
+    state_data,
+)
 from covip.sdk.errors import CovipError, EngineError, InputError
 
 __all__ = ["TransformersEngine", "TransformersEngineConfig"]
@@ -148,6 +160,17 @@ class _Prompt:
     tensors: dict[str, Any]  # processor output (input_ids, pixel_values, image_grid_thw, ...)
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    """What :meth:`TransformersEngine.snapshot` keeps: a private copy of the cache and its bookkeeping."""
+
+    cache: Any  # a DynamicCache no live call uses (None = empty)
+    ids: tuple[int, ...]
+    spans: tuple[tuple[int, int, str], ...]
+    delta: int
+    image_memo: dict[str, tuple[Any, Any]]  # photo key -> (pixel_values, image_grid_thw), never mutated
+
+
 class TransformersEngine:
     """An :class:`~covip.sdk.engines.Engine` backed by a Hugging Face image-text-to-text model."""
 
@@ -172,6 +195,7 @@ class TransformersEngine:
         self._setup_model_specifics()
         self._lock = threading.Lock()
         self._owner: int | None = None
+        self._state_owner = object()  # identifies the EngineStates this instance made
         self._closed = False
         self.last: Generation | None = None
         self._reset_cache()
@@ -220,6 +244,38 @@ class TransformersEngine:
         """Forget the KV cache of the last call (the next call prefills its whole prompt)."""
         with self._lock:
             self._reset_cache()
+
+    def snapshot(self) -> EngineState:
+        """A copy of the KV cache and what it holds (token ids, photos, RoPE delta), for :meth:`restore`.
+
+        The copy lives on the engine's device; ``nbytes`` counts its key/value tensors and the photos' pixel
+        tensors it keeps. Raises EngineError while this thread is consuming a :meth:`stream`.
+        """
+        self._check_open()
+        self._check_not_streaming("snapshot()")
+        with self._lock:
+            self._check_open()
+            data = _Snapshot(cache=self._copy_cache(self._cache), ids=tuple(self._ids), spans=tuple(self._spans),
+                             delta=self._delta, image_memo=dict(self._image_memo))
+            nbytes = _tensor_bytes(data.cache) + sum(_tensor_bytes(v) for v in data.image_memo.values())
+            return EngineState(model_id=self.model_id, n_tokens=len(data.ids), nbytes=nbytes,
+                               owner=self._state_owner, data=data)
+
+    def restore(self, state: EngineState) -> None:
+        """Make the engine hold ``state`` (from this engine's :meth:`snapshot`), as right after that call.
+
+        The next call reuses its longest common prefix with the restored tokens, exactly as it would have
+        right after the snapshotted call. EngineError for a state another engine made.
+        """
+        self._check_open()
+        data: _Snapshot = state_data(state, self._state_owner, self.model_id)
+        self._check_not_streaming("restore()")
+        with self._lock:
+            self._check_open()
+            cache = self._copy_cache(data.cache)  # the snapshot stays untouched by the calls that follow
+            self._reset_cache()
+            self._cache, self._ids, self._spans, self._delta = cache, list(data.ids), list(data.spans), data.delta
+            self._image_memo = dict(data.image_memo)
 
     @property
     def cached_token_ids(self) -> list[int]:
@@ -610,6 +666,21 @@ class TransformersEngine:
     def _new_cache(self) -> Any:
         return self._tf.DynamicCache(config=self.model.config)
 
+    def _copy_cache(self, cache: Any) -> Any:
+        """A deep copy of a cache (tensors cloned); None stays None."""
+        if cache is None:
+            return None
+        try:
+            with self._torch.inference_mode():  # the copies are inference tensors, like the engine's own
+                return copy.deepcopy(cache)
+        except Exception as exc:  # e.g. an offloading cache holding CUDA streams
+            raise EngineError(f"cannot copy this model's KV cache ({type(cache).__name__}: {exc})") from exc
+
+    def _check_not_streaming(self, what: str) -> None:
+        if self._owner == threading.get_ident():
+            raise EngineError(f"this thread is still consuming a stream() of this engine; finish or close it "
+                              f"before {what}")
+
     def _reset_cache(self) -> None:
         self._image_memo: dict[str, tuple[Any, Any]] = {}
         self._cache = None
@@ -665,3 +736,18 @@ class _TextState:
 
 
 # ----------------------------------------------------------------------------- module helpers
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a cache (its layers' tensor attributes) or in a tuple of tensors."""
+    if obj is None:
+        return 0
+    if isinstance(obj, (tuple, list)):
+        return sum(_tensor_bytes(x) for x in obj)
+    if hasattr(obj, "nbytes") and hasattr(obj, "data_ptr"):  # a tensor
+        return int(obj.nbytes)
+    layers = getattr(obj, "layers", None)
+    if layers is not None:
+        return sum(_tensor_bytes(v) for layer in layers for v in vars(layer).values()
+                   if hasattr(v, "nbytes") and hasattr(v, "data_ptr"))
+    return 0

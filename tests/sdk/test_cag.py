@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from covip.sdk import Memory
 from covip.sdk.assistant import Assistant, AssistantConfig
-from covip.sdk.cag import CagConfig
+from covip.sdk.cag import CagConfig, CaptionAugmentedGenerator, KvSnapshots
 from covip.sdk.context import ContextConfig
-from covip.sdk.engines.base import GenerationConfig
+from covip.sdk.engines.base import EngineState, GenerationConfig
+from covip.sdk.errors import EngineError, InputError
 from tests.conftest import draw_photo
 
 
@@ -26,6 +29,13 @@ class CountingEngine:
 
     def count_tokens(self, text: str) -> int:
         return self.engine.count_tokens(text)
+
+    def snapshot(self):
+        return self.engine.snapshot()
+
+    def restore(self, state) -> None:
+        self.calls.append("restore")
+        self.engine.restore(state)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +72,8 @@ def test_second_ask_is_a_cache_hit_without_a_caption_call(bot) -> None:
     assert len(engine.calls) == 2  # caption pass + answer pass
     second = assistant.ask("ana", photo, "Who is this?")
     assert second.caption_cached and second.caption == first.caption
-    assert len(engine.calls) == 3  # only the answer pass ran
+    assert len(engine.calls) == 4  # only the answer pass ran, after restoring the caption pass's KV snapshot
+    assert engine.calls[2] == "restore" and second.answer == first.answer
     assert second.memories[0].photo.id == first.memories[0].photo.id
     assert "caption_s" in second.timings and second.tokens["answer_prompt"] > 0
 
@@ -123,3 +134,103 @@ def test_streaming_yields_pieces_then_the_answer(bot) -> None:
     *pieces, final = out
     assert all(isinstance(p, str) for p in pieces)
     assert "".join(pieces).strip() == final.answer
+
+
+# ----------------------------------------------------------------------------- KV snapshots
+
+
+@pytest.fixture(scope="module", params=["transformers", "llamacpp"])
+def any_engine(request):
+    """The tiny Qwen3-VL on both engines (llama.cpp: converted to GGUF + mmproj once per session)."""
+    if request.param == "transformers":
+        yield request.getfixturevalue("tiny_engine")
+        return
+    from covip.sdk.engines.llamacpp import LlamaCppEngine, LlamaCppEngineConfig
+
+    model, mmproj = request.getfixturevalue("tiny_gguf")
+    with LlamaCppEngine(LlamaCppEngineConfig(model_path=model, mmproj_path=mmproj, n_ctx=4096)) as engine:
+        yield engine
+
+
+def test_warm_ask_restores_the_caption_pass_snapshot(home, tiny_embedder, any_engine) -> None:
+    memory = Memory.open(home, embedder=tiny_embedder)
+    memory.add_user("ana")
+    memory.remember("ana", draw_photo(3, 96), "User: my blue bike.", ["bike"])
+    memory.remember("ana", draw_photo(4, 96), "User: Mom at the lake.", ["Mom"])
+    ctx = ContextConfig(k=2, similarity_floor=-1.0, image_tokens=16)
+    question = "What is this?"
+    cag = CaptionAugmentedGenerator(memory, any_engine, context=ctx, config=GREEDY)
+    cold = cag.ask("ana", draw_photo(3, 96), question)
+    assert not cold.caption_cached and len(cag.kv_snapshots) == 1 and "kv_snapshot_s" in cold.timings
+    cag.ask("ana", draw_photo(5, 96), question)  # another photo: the engine's KV now holds its passes
+    assert len(cag.kv_snapshots) == 2
+
+    warm = cag.ask("ana", draw_photo(3, 96), question)
+    t, c = warm.tokens, cold.tokens
+    assert warm.caption_cached and "caption_prompt" not in t
+    caption_pass_kv = c["caption_prompt"] + c["caption_cached"] + c["caption_completion"] - 1
+    assert t["kv_restored"] == caption_pass_kv and "kv_restore_s" in warm.timings
+    # the restored caption pass is reused exactly as the cold answer pass reused it, images included
+    assert t["answer_cached"] == c["answer_cached"] >= c["caption_prompt"] + c["caption_cached"]
+    assert t["answer_prompt"] == c["answer_prompt"]
+    question_tokens = any_engine.count_tokens(question)
+    # prefilled: the question and turn markers, plus any caption tokens that re-tokenize differently
+    assert question_tokens < t["answer_prompt"] <= question_tokens + 12 + c["caption_completion"]
+    if t["answer_cached"] == caption_pass_kv:  # the caption tokenized back as generated: nothing else
+        assert t["answer_prompt"] <= question_tokens + 12
+
+    # the path without snapshots (engine KV reset, caption from the cache) answers the same, prefilling all
+    plain = CaptionAugmentedGenerator(memory, any_engine, context=ctx, config=replace(GREEDY, kv_snapshot_mb=0))
+    any_engine.reset()
+    ref = plain.ask("ana", draw_photo(3, 96), question)
+    assert ref.caption_cached and ref.tokens["answer_cached"] == 0 and "kv_restored" not in ref.tokens
+    assert ref.tokens["answer_prompt"] == t["answer_prompt"] + t["answer_cached"]
+    assert warm.answer == ref.answer == cold.answer
+    assert len(plain.kv_snapshots) == 0
+    memory.close()
+
+
+def test_snapshots_follow_the_caption_cache(bot, monkeypatch) -> None:
+    assistant, engine = bot
+    photo = draw_photo(1, 64)
+    store = assistant.cag.kv_snapshots
+    first = assistant.caption("ana", photo)  # caption() alone snapshots its pass too
+    assert not first.cached and len(store) == 1 and 0 < store.nbytes <= store.max_bytes
+    # editing a used memory empties the caption cache under the same key: the miss drops the snapshot
+    assistant.memory.rename_concept("ana", first.memories[0].concepts[0], "Renamed")
+
+    def refuse():
+        raise EngineError("no snapshot this time")
+
+    monkeypatch.setattr(engine, "snapshot", refuse)
+    again = assistant.caption("ana", photo)
+    assert not again.cached and again.context.photo_ids == first.context.photo_ids
+    assert len(store) == 0 and store.nbytes == 0
+    monkeypatch.undo()
+
+    # a snapshot stored with another caption than the cached one is dropped, never restored
+    other = draw_photo(2, 64)
+    assert not assistant.caption("ana", other).cached and len(store) == 1
+    [(key, (caption, state))] = list(store._entries.items())
+    store.put(key, caption + " (older)", state)
+    restores = engine.calls.count("restore")
+    assert assistant.ask("ana", other, "Who?").caption_cached
+    assert engine.calls.count("restore") == restores and len(store) == 0
+
+
+def test_kv_snapshots_lru_and_budget() -> None:
+    def state(n: int) -> EngineState:
+        return EngineState(model_id="m", n_tokens=n, nbytes=n, owner=None, data=None)
+
+    store = KvSnapshots(100)
+    assert store.put(("u", "m", "v", "a", ()), "A", state(40)) and store.put(("u", "m", "v", "b", ()), "B", state(40))
+    assert store.get(("u", "m", "v", "a", ()), "A") is not None  # a is now the most recently used
+    assert store.put(("u", "m", "v", "c", ()), "C", state(40))  # evicts b
+    assert ("u", "m", "v", "b", ()) not in store and len(store) == 2 and store.nbytes == 80
+    assert not store.put(("u", "m", "v", "d", ()), "D", state(101))  # larger than the whole budget
+    assert store.get(("u", "m", "v", "a", ()), "other caption") is None and len(store) == 1
+    store.clear()
+    assert len(store) == 0 and store.nbytes == 0
+    assert not KvSnapshots(0).put(("u", "m", "v", "a", ()), "A", state(1))
+    with pytest.raises(InputError):
+        CagConfig(kv_snapshot_mb=-1)

@@ -216,6 +216,56 @@ def test_vlm_images_are_keyed_by_pixels(vlm, tmp_path):
     assert other.prompt_tokens > 9
 
 
+def test_vlm_snapshot_restore_continues_like_a_fresh_engine(vlm, vlm_config):
+    a, b = draw_photo(31), draw_photo(32)
+    gen = GenerationConfig(max_new_tokens=10)
+    vlm.reset()
+    caption = vlm.generate(_caption_prompt(a, b), gen)
+    state = vlm.snapshot()
+    assert state.model_id == vlm.model_id and state.n_tokens == vlm.cached_tokens > 0 and state.nbytes > 0
+    assert state.n_tokens == caption.total_prompt_tokens + caption.completion_tokens - 1
+    vlm.generate(_caption_prompt(draw_photo(33), b), gen)  # the KV now holds another chat
+    vlm.restore(state)
+    assert vlm.cached_tokens == state.n_tokens
+    answer_msgs = _caption_prompt(a, b) + [{"role": "assistant", "content": caption.text},
+                                           {"role": "user", "content": "Where did I last see the mug?"}]
+    answer = vlm.generate(answer_msgs, gen)
+    assert answer.cached_tokens >= caption.total_prompt_tokens  # neither image is read again
+    fresh = _fresh(vlm_config, answer_msgs, gen)
+    assert answer.text == fresh.text and answer.completion_tokens == fresh.completion_tokens
+    # the state is untouched by what ran after restore(): it restores again, to the same result
+    vlm.restore(state)
+    again = vlm.generate(answer_msgs, gen)
+    assert (again.text, again.cached_tokens) == (answer.text, answer.cached_tokens)
+
+
+def test_vlm_empty_and_foreign_states(vlm, vlm_config):
+    vlm.reset()
+    empty = vlm.snapshot()
+    assert empty.n_tokens == 0 and empty.nbytes == 0
+    vlm.generate(_caption_prompt(draw_photo(1), draw_photo(2)), GenerationConfig(max_new_tokens=2))
+    vlm.restore(empty)
+    assert vlm.cached_tokens == 0
+    state = vlm.snapshot()
+    assert state.n_tokens == 0
+    vlm.generate(_caption_prompt(draw_photo(1), draw_photo(2)), GenerationConfig(max_new_tokens=2))
+    state = vlm.snapshot()
+    with LlamaCppEngine(vlm_config) as other:
+        with pytest.raises(EngineError, match="another engine"):
+            other.restore(state)
+    with pytest.raises(EngineError, match="EngineState"):
+        vlm.restore(object())  # type: ignore[arg-type]
+    stream = vlm.stream([{"role": "user", "content": "Hello"}], GenerationConfig(max_new_tokens=4))
+    next(stream)
+    with pytest.raises(EngineError, match="generating"):
+        vlm.snapshot()
+    with pytest.raises(EngineError, match="generating"):
+        vlm.restore(state)
+    stream.close()
+    vlm.restore(state)
+    assert vlm.cached_tokens == state.n_tokens
+
+
 # ----------------------------------------------------------------------------- bad files
 
 

@@ -250,6 +250,63 @@ def test_unrelated_prompt_resets(engine) -> None:
     assert gen.cached_tokens == 1  # only <|im_start|> is shared
 
 
+# ----------------------------------------------------------------------------- KV snapshots
+
+
+def test_snapshot_restore_continues_like_a_fresh_engine(engine, fresh, monkeypatch) -> None:
+    engine.reset()
+    call1 = caption_messages(2)
+    cap = engine.generate(call1, GREEDY)
+    held = engine.cached_token_ids
+    state = engine.snapshot()
+    assert state.model_id == engine.model_id and state.n_tokens == len(held) and state.nbytes > 0
+    engine.generate([user(draw_photo(7), "Something else entirely.")], GREEDY)  # the KV holds another chat
+    assert engine.cached_token_ids != held
+    engine.restore(state)
+    assert engine.cached_token_ids == held
+
+    call2 = call1 + [{"role": "assistant", "content": cap.text}, {"role": "user", "content": "Where was it?"}]
+    ids2 = engine.prompt_token_ids(call2)
+    common = 0
+    while common < len(held) and held[common] == ids2[common]:
+        common += 1
+    encoded = []
+    real = engine.model.model.get_image_features
+    monkeypatch.setattr(engine.model.model, "get_image_features",
+                        lambda pv, *a, **k: encoded.append(pv.shape) or real(pv, *a, **k))
+    ans = engine.generate(call2, GREEDY)
+    assert encoded == []  # the restored photos were not encoded again
+    assert ans.cached_tokens == common >= cap.total_prompt_tokens
+    assert ans.prompt_tokens == len(ids2) - common
+    assert ans.text == answer_fresh(fresh, call2).text
+    # the state is untouched by what ran after restore(): it restores again, to the same result
+    engine.restore(state)
+    again = engine.generate(call2, GREEDY)
+    assert (again.text, again.cached_tokens) == (ans.text, ans.cached_tokens)
+
+
+def test_empty_and_foreign_states(engine, fresh) -> None:
+    engine.reset()
+    empty = engine.snapshot()
+    assert empty.n_tokens == 0
+    engine.generate(caption_messages(1), GREEDY)
+    engine.restore(empty)
+    assert engine.cached_token_ids == []
+    assert engine.generate(caption_messages(1), GREEDY).cached_tokens == 0
+    state = engine.snapshot()
+    with pytest.raises(EngineError, match="another engine"):
+        fresh.restore(state)  # same model, another instance
+    with pytest.raises(EngineError, match="EngineState"):
+        engine.restore("not a state")  # type: ignore[arg-type]
+    stream = engine.stream(caption_messages(1), GREEDY)
+    next(stream)
+    with pytest.raises(EngineError, match="stream"):
+        engine.snapshot()
+    with pytest.raises(EngineError, match="stream"):
+        engine.restore(state)
+    stream.close()
+
+
 # ----------------------------------------------------------------------------- other models, errors
 
 
