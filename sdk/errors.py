@@ -22,7 +22,9 @@ Catch :class:`CovipError` to handle everything covip raises on purpose::
     │   └── BundleError          an export bundle that is not a covip bundle or is damaged
     ├── EmbedderError            an embedding model that cannot be built or loaded
     ├── EngineError              an inference engine whose model cannot be loaded or run
-    └── JudgeError               a reward judge (HTTP server, local model) that cannot answer
+    ├── JudgeError               a reward judge (HTTP server, local model) that cannot answer
+    └── ExportError              a model export (GGUF/ONNX) that cannot be built or verified, or an
+                                 export directory whose manifest or files are missing or damaged
 
 Errors raised before any write leave the memory unchanged; errors inside a write roll the
 whole write back (every write is one SQLite transaction plus atomic file renames).
@@ -50,6 +52,7 @@ __all__ = [
     "EngineError",
     "DataError",
     "JudgeError",
+    "ExportError",
 ]
 
 
@@ -145,3 +148,8 @@ class DataError(InputError):
 
 class JudgeError(CovipError):
     """A reward judge (an HTTP server or a local model) that cannot be reached, loaded or run."""
+
+
+class ExportError(CovipError):
+    """A model export (merge, GGUF/ONNX conversion, quantization, parity check) that cannot be built or
+    verified, or an export directory whose manifest or files are missing, damaged or mismatched."""

@@ -84,6 +84,10 @@ def check_model_spec(spec: str) -> tuple[str, str, list[str]]:
             if importlib.util.find_spec("llama_cpp") is None:
                 notes.append("the llama.cpp back end needs the Python package llama-cpp-python, which is not "
                              "installed: pip install llama-cpp-python")
+        elif backend == "onnx":
+            if importlib.util.find_spec("onnxruntime") is None:
+                notes.append("the ONNX back end needs onnxruntime, which is not installed: "
+                             "pip install 'covip[onnx]'")
         elif path.is_dir():
             if not (path / "config.json").is_file():
                 raise InputError(f"{path} is neither a model directory written by save_pretrained (it has no "

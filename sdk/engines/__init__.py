@@ -8,6 +8,7 @@ from __future__ import annotations
 from covip.sdk.engines.base import Engine, EngineState, Generation, GenerationConfig, Message
 from covip.sdk.engines.factory import describe_model_spec, make_engine
 from covip.sdk.engines.llamacpp import LlamaCppEngine, LlamaCppEngineConfig
+from covip.sdk.engines.onnx import OnnxEngine, OnnxEngineConfig
 from covip.sdk.engines.transformers import TransformersEngine, TransformersEngineConfig
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "TransformersEngineConfig",
     "LlamaCppEngine",
     "LlamaCppEngineConfig",
+    "OnnxEngine",
+    "OnnxEngineConfig",
     "make_engine",
     "describe_model_spec",
 ]

@@ -1,0 +1,302 @@
+"""GGUF export end to end on the tiny Qwen3-VL and Qwen2.5-VL: LoRA merge -> convert -> quantize -> manifest
+-> parity with the HF model -> the SDK opens the export by its manifest and answers a CAG question.
+
+Each model is exported once per module (a LoRA adapter made directly with peft on the tiny model, with
+non-zero B so the merge changes the weights): Qwen3-VL through the ``covip export gguf`` CLI, Qwen2.5-VL
+through :func:`covip.export.gguf.export_gguf`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("torch")
+pytest.importorskip("peft")
+pytest.importorskip("llama_cpp")
+pytest.importorskip("gguf")
+
+from covip.export.converter import ConverterUnavailable, converter_dir  # noqa: E402
+from covip.export.manifest import MANIFEST_NAME, add_files, write_manifest  # noqa: E402
+from covip.sdk.errors import EngineError, ExportError  # noqa: E402
+from covip.sdk.export_manifest import read_manifest  # noqa: E402
+from tests.conftest import draw_photo  # noqa: E402
+
+LORA_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+QUANTS = "f32,q8_0,q4_0,q4_k_m"
+LORA_B_SCALE = 0.05  # changes every greedy token of the base, keeps logits in a realistic range
+
+
+def _cli():
+    from covip.export.cli import register
+    from covip.sdk.cli.main import cli
+
+    if "export" not in cli.commands:
+        register(cli)
+    return cli
+
+
+@pytest.fixture(scope="module")
+def converter():
+    try:
+        return converter_dir()
+    except ConverterUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+def make_adapter(kind: str, out: Path) -> tuple[Path, Path]:
+    """(tiny base dir, LoRA adapter dir) with random, clearly non-zero LoRA weights."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from covip.sdk.models import build_tiny_vlm
+
+    base = build_tiny_vlm(kind)
+    model = AutoModelForImageTextToText.from_pretrained(str(base), dtype=torch.float32)
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS,
+                                                  init_lora_weights=False))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * LORA_B_SCALE)
+    peft_model.save_pretrained(str(out))
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base)
+    return base, out
+
+
+@pytest.fixture(scope="module")
+def qwen3(tmp_path_factory, converter):
+    """Qwen3-VL exported through the CLI: (base, adapter, export dir, CLI JSON result)."""
+    root = tmp_path_factory.mktemp("qwen3")
+    base, adapter = make_adapter("qwen3-vl", root / "adapter")
+    out = root / "export"
+    res = CliRunner().invoke(_cli(), ["export", "gguf", str(adapter), "--out", str(out), "--quant", QUANTS,
+                                      "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return base, adapter, out, json.loads(res.stdout)
+
+
+@pytest.fixture(scope="module")
+def qwen25(tmp_path_factory, converter):
+    """Qwen2.5-VL exported through the Python API: (base, adapter, export dir, result)."""
+    from covip.export.gguf import export_gguf
+
+    root = tmp_path_factory.mktemp("qwen25")
+    base, adapter = make_adapter("qwen2.5-vl", root / "adapter")
+    result = export_gguf(adapter, root / "export", quants=QUANTS, progress=False)
+    return base, adapter, root / "export", result.to_dict()
+
+
+@pytest.fixture(params=["qwen3", "qwen25"])
+def exported(request):
+    return request.getfixturevalue(request.param)
+
+
+def test_export_writes_manifest_quants_and_passes_parity(exported) -> None:
+    base, adapter, out, result = exported
+    m = read_manifest(out)  # sha256 of every file checked
+    assert m.kind == "gguf" and m.meaningless is True
+    assert {(f.kind, f.quant) for f in m.files} == {("gguf-text", "f32"), ("gguf-text", "q8_0"),
+                                                    ("gguf-text", "q4_0"), ("gguf-mmproj", "f16")}
+    assert m.source["adapter"] == str(adapter) and m.source["merged"] is True and m.source["base"] == str(base)
+    assert m.llama_cpp_version and m.covip_version and m.prompt_version.startswith("covip-prompts")
+    assert "<|im_start|>" in (m.chat_template or "")
+    assert (out / "covip_tiny.json").is_file()
+    assert not list(out.parent.glob(".export.tmp-*"))  # the build folder is gone
+
+    # q4_k_m cannot be made on a model whose rows are 64 wide: skipped, with the reason
+    assert "256" in result["skipped"]["q4_k_m"] and "q4_0" in result["skipped"]["q4_k_m"]
+
+    report = result["verify"]
+    assert report["parity_ok"] and report["passed"], report
+    files = {f["quant"]: f for f in report["files"]}
+    f32 = files["f32"]
+    assert f32["greedy_equal"] and f32["top1_agreement"] == 1.0
+    assert {c["case"] for c in f32["cases"]} == {"text", "image"}
+    assert all(c["prompt_match"] and c["positions"] >= 8 for c in f32["cases"])
+    assert f32["max_abs_diff"] < 0.05
+    assert files["q8_0"]["top1_agreement"] >= 0.75
+    assert files["q4_0"]["top1_agreement"] >= 0.5
+    assert 0 < files["q4_0"]["size_ratio"] < files["q8_0"]["size_ratio"] < 0.5
+
+
+def test_verify_command_against_the_adapter_and_against_the_base(qwen3) -> None:
+    base, adapter, out, _ = qwen3
+    ok = CliRunner().invoke(_cli(), ["export", "verify", str(out), "--against", str(adapter), "--quant", "f32",
+                                     "--tokens", "8", "--json"], catch_exceptions=False)
+    assert ok.exit_code == 0, ok.output
+    data = json.loads(ok.stdout)
+    assert data["parity_ok"] and [f["quant"] for f in data["files"]] == ["f32"]
+    # the base model without the LoRA answers differently: the merge took effect, and a mismatch fails loudly
+    bad = CliRunner().invoke(_cli(), ["export", "verify", str(out), "--against", str(base), "--quant", "f32",
+                                      "--tokens", "8"], catch_exceptions=False)
+    assert bad.exit_code == 1
+    assert "greedy tokens DIFFER" in bad.stdout and "parity: FAILED" in bad.stdout
+
+
+def test_export_fails_loudly_and_writes_nothing_when_parity_fails(tmp_path, qwen25, monkeypatch) -> None:
+    import covip.export.verify as verify_mod
+    from covip.export.gguf import export_gguf
+
+    base, adapter, _, _ = qwen25
+    real = verify_mod.verify_export
+    # compare the export of the adapter with the base model: the f32 file cannot match it
+    monkeypatch.setattr(verify_mod, "verify_export", lambda d, against, **kw: real(d, base, **kw))
+    out = tmp_path / "export"
+    with pytest.raises(ExportError, match="(?s)parity check failed.*greedy tokens DIFFER"):
+        export_gguf(adapter, out, quants="f16", outtype="f16", progress=False)
+    assert not out.exists() and not list(tmp_path.glob(".export.tmp-*"))
+
+
+def test_make_engine_opens_the_export_by_manifest_and_answers_cag(exported, home, tiny_embedder) -> None:
+    from covip.sdk import Memory
+    from covip.sdk.assistant import Assistant, AssistantConfig
+    from covip.sdk.cag import CagConfig
+    from covip.sdk.context import ContextConfig
+    from covip.sdk.engines import describe_model_spec, make_engine
+    from covip.sdk.engines.base import GenerationConfig
+    from covip.sdk.engines.llamacpp import LlamaCppEngine
+
+    _, _, out, _ = exported
+    assert describe_model_spec(str(out)) == "llama.cpp"
+    with make_engine(str(out), quant="q4_0", n_ctx=2048) as eng:
+        assert eng.model_path.name == "model-q4_0.gguf"
+    with pytest.raises(ExportError, match="no text GGUF of quant 'q4_k_m'.*f32, q8_0, q4_0"):
+        make_engine(str(out), quant="q4_k_m")
+    engine = make_engine(str(out), n_ctx=4096)  # default: the most faithful quant
+    assert isinstance(engine, LlamaCppEngine) and engine.model_path.name == "model-f32.gguf"
+    assert engine.multimodal and engine.meaningless
+
+    memory = Memory.open(home, embedder=tiny_embedder)
+    cag = CagConfig(caption=GenerationConfig(max_new_tokens=12), answer=GenerationConfig(max_new_tokens=8))
+    cfg = AssistantConfig(home=home, context=ContextConfig(k=2, similarity_floor=-1.0, image_tokens=16), cag=cag)
+    try:
+        with Assistant(cfg, memory=memory, engine=engine) as assistant:
+            memory.add_user("ana")
+            memory.remember("ana", draw_photo(1, 64), "User: Bori at the Han river.", ["Bori"], place="Han river")
+            memory.remember("ana", draw_photo(2, 64), "User: Mom at her birthday dinner.", ["Mom"])
+            answer = assistant.ask("ana", draw_photo(1, 64), "Who is this?")
+            assert answer.cag and answer.caption and answer.answer
+            assert answer.memories and answer.tokens["answer_prompt"] > 0
+            assert assistant.meaningless
+            again = assistant.ask("ana", draw_photo(1, 64), "Who is this?")
+            assert again.caption_cached and again.answer == answer.answer
+    finally:
+        engine.close()
+        memory.close()
+
+
+def test_damaged_exports_give_clear_errors(tmp_path, qwen3, qwen25) -> None:
+    from covip.sdk.engines import make_engine
+
+    src = qwen3[2]
+    # a truncated text GGUF: the manifest's size check names it; without checks llama.cpp refuses it
+    trunc = tmp_path / "truncated"
+    shutil.copytree(src, trunc)
+    gguf = trunc / "model-f32.gguf"
+    with open(gguf, "r+b") as fh:
+        fh.truncate(gguf.stat().st_size // 2)
+    with pytest.raises(ExportError, match=r"model-f32.gguf.*bytes.*truncated"):
+        read_manifest(trunc, verify="size")
+    with pytest.raises(ExportError, match="truncated"):
+        make_engine(str(trunc))
+    with pytest.raises(EngineError, match="cannot load the model file"):
+        make_engine(str(trunc), verify="none")
+
+    # a manifest whose hash does not match the file
+    bad_hash = tmp_path / "bad-hash"
+    shutil.copytree(src, bad_hash)
+    data = json.loads((bad_hash / MANIFEST_NAME).read_text())
+    entry = next(f for f in data["files"] if f["quant"] == "q8_0")
+    entry["sha256"] = "0" * 64
+    (bad_hash / MANIFEST_NAME).write_text(json.dumps(data))
+    with pytest.raises(ExportError, match=r"model-q8_0.gguf.*sha256.*corrupted or replaced"):
+        read_manifest(bad_hash)
+    read_manifest(bad_hash, verify="size")  # the fast mode checks sizes only
+    with pytest.raises(ExportError, match="model-q8_0.gguf.*sha256"):
+        make_engine(str(bad_hash), quant="q8_0")
+    # a manifest that is not JSON / not ours
+    (bad_hash / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(ExportError, match="cannot be read as JSON"):
+        read_manifest(bad_hash)
+    (bad_hash / MANIFEST_NAME).write_text(json.dumps({"format": "other", "version": 1, "files": []}))
+    with pytest.raises(ExportError, match="format is 'other'"):
+        read_manifest(bad_hash)
+
+    # the mmproj of the other tiny model: the hash says it was replaced; re-hashed, the pair check says why
+    wrong = tmp_path / "wrong-mmproj"
+    shutil.copytree(src, wrong)
+    shutil.copyfile(qwen25[2] / "mmproj-f16.gguf", wrong / "mmproj-f16.gguf")
+    with pytest.raises(ExportError, match="mmproj-f16.gguf"):
+        make_engine(str(wrong))
+    m = read_manifest(wrong, verify="none")
+    write_manifest(wrong, add_files(m, wrong, [("mmproj-f16.gguf", "gguf-mmproj", "f16")]))
+    with pytest.raises(EngineError, match="qwen2.5vl_merger projector.*qwen3vl.*different models"):
+        make_engine(str(wrong))
+
+
+def test_converter_offline_message(tmp_path, monkeypatch) -> None:
+    from covip.export.converter import _find_tarball, llama_cpp_version, sdist_cache_dir
+
+    real_cache = sdist_cache_dir()
+    tarball = _find_tarball(real_cache, llama_cpp_version()) or _find_tarball(real_cache.parent, llama_cpp_version())
+    monkeypatch.setenv("COVIP_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    version = llama_cpp_version()
+    with pytest.raises(ConverterUnavailable) as info:
+        converter_dir()
+    msg = str(info.value)
+    assert f"pip download --no-deps --no-binary :all: llama-cpp-python=={version} -d DIR" in msg
+    assert "--converter-dir" in msg and str(tmp_path / "empty-cache") in msg
+    with pytest.raises(ConverterUnavailable, match="holds neither"):
+        converter_dir(tmp_path)
+    if tarball is None:
+        pytest.skip("no cached llama-cpp-python sdist to try --converter-dir with")
+    given = tmp_path / "downloaded"
+    given.mkdir()
+    (given / tarball.name).symlink_to(tarball)
+    conv = converter_dir(given)  # what a user does offline with a downloaded sdist
+    assert (conv / "convert_hf_to_gguf.py").is_file() and (conv / "gguf-py").is_dir()
+    assert str(tmp_path / "empty-cache") in str(conv)
+
+
+@pytest.mark.slow
+def test_q4_k_m_on_a_model_with_256_wide_rows(tmp_path, converter) -> None:
+    """A tiny Qwen3-VL widened to 256 (every weight row a multiple of 256): q4_k_m is made, not skipped."""
+    import gguf as gguf_py
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    from covip.export.gguf import export_gguf
+    from covip.sdk.models import build_tiny_vlm
+
+    tiny = build_tiny_vlm("qwen3-vl")
+    cfg = AutoConfig.from_pretrained(str(tiny))
+    tc = cfg.text_config
+    tc.hidden_size, tc.intermediate_size, tc.num_attention_heads, tc.num_key_value_heads = 256, 512, 16, 16
+    cfg.vision_config.out_hidden_size = 256
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(cfg, dtype=torch.float32)
+    wide = tmp_path / "wide"
+    model.save_pretrained(str(wide))
+    AutoProcessor.from_pretrained(str(tiny)).save_pretrained(str(wide))
+    marker = json.loads((tiny / "covip_tiny.json").read_text())
+    (wide / "covip_tiny.json").write_text(json.dumps(dict(marker, name="tiny-qwen3-vl-wide")))
+
+    result = export_gguf(wide, tmp_path / "export", quants="f16,q8_0,q4_k_m", progress=False)
+    assert result.skipped == {}
+    files = {f.quant: f for f in result.manifest.files if f.kind == "gguf-text"}
+    assert set(files) == {"f16", "q8_0", "q4_k_m"}
+    types = {t.tensor_type.name for t in gguf_py.GGUFReader(str(tmp_path / "export" / "model-q4_k_m.gguf")).tensors}
+    assert "Q4_K" in types
+    assert files["q4_k_m"].bytes < files["q8_0"].bytes < files["f16"].bytes
+    report = {f.quant: f for f in result.verify.files}
+    assert result.verify.parity_ok and report["q4_k_m"].top1_agreement >= 0.5
