@@ -113,3 +113,13 @@ def tiny_vlm_dir() -> Path:
     from covip.sdk.models import build_tiny_vlm
 
     return build_tiny_vlm("qwen3-vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_vlm_dir: Path):
+    """The tiny VLM as a loaded engine, shared by the session (an Assistant given ``engine=`` never closes it)."""
+    from covip.sdk.engines.factory import make_engine
+
+    engine = make_engine("tiny")
+    yield engine
+    engine.close()

@@ -36,6 +36,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "covip.sdk.cli.people_cmds",
     "covip.sdk.cli.bundle_cmds",
     "covip.sdk.cli.chat_cmds",
+    "covip.sdk.cli.serve_cmds",
 )
 """Modules whose ``register(group)`` adds commands to ``covip``, in help order."""
 

@@ -1,0 +1,318 @@
+"""The FastAPI application of ``covip serve``: access guard, body limit, error bodies, the page, the routes.
+
+Every error is ``{"error": {"message", "type", "code"}}`` (OpenAI's shape): covip's input errors are 400,
+a photo over the pixel limit or a body over the size limit 413, unknown users/photos/concepts 404,
+conflicts 409, a missing or wrong token 401, a request past the time limit 504.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from covip.sdk.errors import (
+    BundleError,
+    ConflictError,
+    CovipError,
+    ImageTooLargeError,
+    InputError,
+    MissingExtraError,
+    NotFoundError,
+)
+from covip.sdk.server.config import ServeConfig, is_loopback
+from covip.sdk.server.work import RequestTimeout, Runner
+
+log = logging.getLogger(__name__)
+
+__all__ = ["create_app", "ServerState", "STATIC_DIR", "ERROR_RESPONSES"]
+
+STATIC_DIR = Path(__file__).with_name("static")
+PUBLIC_PATHS = ("/", "/favicon.ico")
+"""Reachable without the token: the page itself (static files, no data). Everything under /v1 needs it."""
+
+_ERROR_SCHEMA = {"application/json": {"schema": {"type": "object", "properties": {"error": {
+    "type": "object", "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                                     "code": {"type": ["string", "null"]}}}}}}}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"description": text, "content": _ERROR_SCHEMA} for code, text in (
+        (400, "Bad input (the message says what and how to fix it)"), (401, "Missing or wrong API token"),
+        (404, "No such user, photo or concept"), (409, "Conflict with the memory's state"),
+        (413, "Body over --max-body-mb, or a photo over the pixel limit"), (504, "Past --timeout-s"))}
+
+_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
+    (ImageTooLargeError, 413, "request_too_large"),
+    (InputError, 400, "invalid_request_error"),
+    (BundleError, 400, "invalid_request_error"),
+    (NotFoundError, 404, "not_found_error"),
+    (ConflictError, 409, "conflict_error"),
+    (MissingExtraError, 501, "server_error"),
+    (CovipError, 500, "server_error"),
+)
+_HTTP_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error",
+               413: "request_too_large", 415: "invalid_request_error", 422: "invalid_request_error",
+               504: "timeout_error"}
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
+                               "style-src 'self'; script-src 'self'; object-src 'none'; frame-ancestors 'none'; "
+                               "base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+
+
+class BodyTooLarge(HTTPException):
+    """A body past --max-body-mb (a FastAPI HTTPException, so body parsing does not turn it into a 400)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than the server's limit of {limit / 2**20:g} MiB "
+                              "(covip serve --max-body-mb); send a smaller photo or raise the limit")
+
+
+def error_body(message: str, type_: str, code: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "code": code, **extra}}
+
+
+def error_response(status: int, message: str, type_: str, code: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, type_, code), status_code=status, headers=headers)
+
+
+def covip_status(exc: BaseException) -> tuple[int, str]:
+    for cls, status, type_ in _STATUS:
+        if isinstance(exc, cls):
+            return status, type_
+    return 500, "server_error"
+
+
+class ServerState:
+    """What the routes share: the assistant (one model instance), the config, the runner."""
+
+    def __init__(self, assistant: Any, config: ServeConfig) -> None:
+        self.assistant = assistant
+        self.config = config
+        self.memory = assistant.memory
+        self.runner = Runner(getattr(assistant, "_lock", None) or _fallback_lock(), timeout_s=config.timeout_s,
+                             workers=config.workers)
+        self.model_name = config.model_name or str(getattr(assistant.engine, "model_id", "covip"))
+        self.started = int(time.time())
+        self.roots = (Path(self.memory.home).resolve(), *config.allowed_dirs)
+        # a request's max_tokens may shorten the answer pass, never lengthen it past this
+        self.answer_limit = int(assistant.cag.config.answer.max_new_tokens)
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.memory.config.max_pixels)
+
+
+def _fallback_lock() -> Any:
+    import threading
+
+    return threading.Lock()
+
+
+# ---------------------------------------------------------------------------------------------- guard
+class Guard:
+    """Pure ASGI middleware in front of everything: Host and Origin checks, the token, the body limit."""
+
+    def __init__(self, app: Any, config: ServeConfig) -> None:
+        self.app = app
+        self.config = config
+        self.token = config.token.encode() if config.token else None
+        self.limit = config.max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        refusal = self._refusal(scope, headers)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.strip().isdigit():
+                await error_response(400, "the Content-Length header is not a number",
+                                     "invalid_request_error")(scope, receive, send)
+                return
+            if int(length) > self.limit:  # refused before a byte of the body is read
+                exc = BodyTooLarge(self.limit)
+                await error_response(413, exc.detail, "request_too_large",
+                                     headers={"Connection": "close"})(scope, receive, send)
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:  # a chunked body with no Content-Length
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge as exc:
+            if started:
+                raise
+            await error_response(413, str(exc.detail), "request_too_large",
+                                 headers={"Connection": "close"})(scope, receive, send)
+
+    def _refusal(self, scope: dict, headers: Headers) -> JSONResponse | None:
+        host = headers.get("host", "")
+        if not self.token and self.config.loopback and not _loopback_host(host):
+            # DNS rebinding: a web page whose name resolves to 127.0.0.1 must not reach the memory
+            return error_response(403, f"host {host!r} is not this machine; without an API token the server "
+                                       "only answers requests addressed to 127.0.0.1 or localhost",
+                                  "permission_error")
+        origin = headers.get("origin")
+        if origin is not None and not _same_origin(origin, host):
+            # another web site's page (CSRF): browsers send its Origin; other HTTP clients send none
+            return error_response(403, f"requests from web pages of another origin ({origin:.100}) are refused; "
+                                       "call the API from your app's backend or from this server's own page",
+                                  "permission_error")
+        path = scope.get("path", "")
+        if self.token is None or path in PUBLIC_PATHS or path.startswith("/static/"):
+            return None
+        auth = headers.get("authorization", "")
+        scheme, _, given = auth.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token):
+            what = "no API token was sent" if not auth else "the API token is wrong"
+            return error_response(401, f"{what}; send the header 'Authorization: Bearer <token>' with the token "
+                                       "covip serve was started with (--token or COVIP_API_TOKEN)",
+                                  "authentication_error", headers={"WWW-Authenticate": "Bearer"})
+        return None
+
+
+def _split_host(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _loopback_host(host: str) -> bool:
+    return bool(host) and is_loopback(_split_host(host))
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    from urllib.parse import urlparse
+
+    try:
+        parsed = urlparse(origin)
+        return parsed.scheme in ("http", "https") and parsed.netloc.lower() == host.strip().lower()
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------- the app
+def create_app(assistant: Any, config: ServeConfig | None = None) -> FastAPI:
+    """The ASGI app serving ``assistant`` (its one model instance is shared by all requests)."""
+    from covip.sdk.server.api_memory import router as memory_router
+    from covip.sdk.server.api_openai import router as openai_router
+
+    config = config or ServeConfig()
+    state = ServerState(assistant, config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        state.runner.close()
+
+    app = FastAPI(title="covip", version=_version(), docs_url=None, redoc_url=None,  # their pages load CDNs
+                  lifespan=lifespan,
+                  description="Personalized photo chat on this device: an OpenAI-compatible chat endpoint "
+                              "answering from the user's own photo memories, and the memory itself. "
+                              "Errors are {\"error\": {\"message\", \"type\", \"code\"}}.")
+    app.state.covip = state
+    app.add_middleware(Guard, config=config)
+    _install_error_handlers(app)
+    app.include_router(openai_router)
+    app.include_router(memory_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=_PAGE_HEADERS)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
+
+    @app.get("/v1/health", tags=["server"], responses=ERROR_RESPONSES)
+    async def health() -> dict[str, Any]:
+        """Whether the server is up, with the model it serves."""
+        return {"status": "ok", "model": state.model_name, "meaningless": bool(assistant.meaningless)}
+
+    @app.get("/v1/verify", tags=["memory"], responses=ERROR_RESPONSES)
+    async def verify(deep: bool = False) -> dict[str, Any]:
+        """Check the memory's database, photo files and index files (``deep`` also re-hashes photos)."""
+        report = await state.runner.run(lambda _: state.memory.verify(deep=deep), what="verifying the memory")
+        return {"ok": report.ok, "errors": report.errors, "warnings": report.warnings, "checked": report.checked}
+
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(CovipError)
+    async def covip_error(request: Request, exc: CovipError) -> JSONResponse:
+        status, type_ = covip_status(exc)
+        if status >= 500:
+            log.error("%s %s failed: %s", request.method, request.url.path, exc)
+        return error_response(status, str(exc), type_, type(exc).__name__)
+
+    @app.exception_handler(RequestTimeout)
+    async def timeout(request: Request, exc: RequestTimeout) -> JSONResponse:
+        return error_response(504, str(exc), "timeout_error", "RequestTimeout")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors()[:5]:
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        return error_response(400, "invalid request: " + "; ".join(problems), "invalid_request_error",
+                              "validation_error")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such endpoint: {request.method} {request.url.path} (GET /openapi.json lists them)"
+        return error_response(exc.status_code, message, _HTTP_TYPES.get(exc.status_code, "server_error"),
+                              headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return error_response(500, f"internal error ({type(exc).__name__}); the server log has the details",
+                              "server_error")
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("covip")
+    except metadata.PackageNotFoundError:
+        return "0"

@@ -1,0 +1,68 @@
+"""Every script in examples/ runs offline on the tiny models, as a subprocess with a temporary home, and prints
+what it promises. The scripts start together (each mostly waits on imports), then each test checks one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+pytest.importorskip("open_clip")
+pytest.importorskip("transformers")
+
+EXPECTED = {
+    "quickstart": ["remembered 3 photos for ana", "answer:", "caption:", "memories used:", "similarity",
+                   "This is Bori, my white jindo"],
+    "bring_your_own_model": ["with the transformers back end", "model: ", "answer: ", "memories used: ['Bori']",
+                             "prompt tokens reused"],
+    "openai_client": ["started covip serve at http://127.0.0.1:", "remembered photo 1 for ana", "answer: ",
+                      "caption: ", "memories used: [(1, ['Bori'], 'User: This is Bori at the Han river.')]",
+                      "streamed: "],
+    "privacy": ["files holding her data: ['memory.db-wal', 'photos/",
+                "files under the home still holding her dialogue or photo: none", "users left: []",
+                "imported back: {'user': 'ana'", "ana's dialogue again: User: Bori's vet is Dr. Kim", "verify: ok"],
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, tiny_vlm_dir: Path) -> dict[str, subprocess.Popen]:
+    """Start every example at once (each in its own temporary home and TMPDIR)."""
+    procs = {}
+    for name in EXPECTED:
+        tmp = tmp_path_factory.mktemp(name)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp), "COVIP_HOME": str(tmp / "unused"),
+               "PYTHONUNBUFFERED": "1"}
+        env.pop("COVIP_API_TOKEN", None)
+        args = ["--home", str(tmp / "home")]
+        if name == "bring_your_own_model":
+            args.insert(0, str(tiny_vlm_dir))  # a local save_pretrained directory, as a user's own model
+        procs[name] = subprocess.Popen([sys.executable, str(EXAMPLES / f"{name}.py"), *args], cwd=tmp, env=env,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    yield procs
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_runs_offline(runs: dict[str, subprocess.Popen], name: str) -> None:
+    try:
+        out, err = runs[name].communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        runs[name].kill()
+        pytest.fail(f"examples/{name}.py did not finish in 300 s")
+    assert runs[name].returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
+    assert "Traceback" not in err, err
+    for needle in EXPECTED[name]:
+        assert needle in out, f"{needle!r} not in the output of examples/{name}.py:\n{out}"
+
+
+def test_every_example_is_tested() -> None:
+    scripts = {p.stem for p in EXAMPLES.glob("*.py")} - {"memory_walkthrough"}  # that one predates this test
+    assert scripts == set(EXPECTED)
