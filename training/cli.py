@@ -97,7 +97,12 @@ def gspo(config_name: str, output_dir: Path | None, resume: bool, max_steps: int
 @train.command("configs")
 @click.option("--json", "as_json", is_flag=True, help="Print name -> path as JSON.")
 def configs(as_json: bool) -> None:
-    """List the bundled GSPO configs (use a name with `covip train gspo --config NAME`)."""
+    """List the bundled GSPO configs (use a name with `covip train gspo --config NAME`).
+
+    \b
+    Example:
+      covip train configs
+    """
     from covip.training.gspo_config import bundled_configs, load_config
 
     found = bundled_configs()

@@ -57,6 +57,9 @@ def _mix(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tup
 @click.option("--similarity", type=click.Choice(["clip", "attributes"]), default=None,
               help="How distractors are chosen: CLIP embedding similarity or attribute overlap. [default: clip]")
 @click.option("--embedder", default=None, help="Embedder spec for --similarity clip. [default: tiny]")
+@click.option("--n-downstream", type=int, default=None,
+              help="Also write downstream_{lsd,lar,itr}.jsonl with N samples each (covip eval downstream). "
+                   "[default: 0]")
 @click.option("--force", is_flag=True, help="Replace an earlier synthetic dataset in --out.")
 @click.option("--progress/--no-progress", default=None, help="Show a progress bar (default: on a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")

@@ -37,6 +37,8 @@ Output folder (written into a temporary sibling and renamed into place, so it is
     capeval_test.json                  the test caption samples in the authors' CapEval layout
     testset.jsonl                      the same samples in the authors' test-set JSONL layout
     train_official.json                the train samples in the authors' training-JSON layout
+    downstream_{lsd,lar,itr}.jsonl     (``n_downstream > 0``) downstream diagnostic samples from the test
+                                       concepts' facts (:mod:`.downstream`; query scenes in images/downstream/)
     concepts.json                      the world: looks, facts, dialogues, questions, split
     manifest.json                      config, counts and similarity statistics
 
@@ -61,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from covip.sdk.errors import InputError
+from covip.training.data.downstream import DEFAULT_QUESTIONS, TASKS, DownstreamSample, write_downstream
 from covip.training.data.loaders import (
     capeval_entry_from_sample,
     write_capeval,
@@ -69,17 +72,26 @@ from covip.training.data.loaders import (
 )
 from covip.training.data.render import png_bytes, render_memory, render_reference, render_scene
 from covip.training.data.schema import MCQA, SAMPLE_TYPES, Sample, atomic_write_text, write_jsonl
-from covip.training.data.world import Concept, Look, attribute_similarity, make_concepts
+from covip.training.data.world import (
+    CODE_WORDS,
+    Concept,
+    Look,
+    attribute_similarity,
+    make_concepts,
+    planted_instruction,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SynthConfig", "SynthReport", "synthesize", "concept_similarity", "SIMILARITIES", "OUTPUT_FILES"]
+__all__ = ["SynthConfig", "SynthReport", "synthesize", "concept_similarity", "SIMILARITIES", "OUTPUT_FILES",
+           "DOWNSTREAM_FILES"]
 
 SIMILARITIES = ("clip", "attributes")
 OUTPUT_FILES = {
     "train": "train.jsonl", "test": "test.jsonl", "capeval": "capeval_test.json", "testset": "testset.jsonl",
     "train_official": "train_official.json", "concepts": "concepts.json", "manifest": "manifest.json",
 }
+DOWNSTREAM_FILES = {f"downstream_{task}": f"downstream_{task}.jsonl" for task in TASKS}
 _MANIFEST_KIND = "covip-synth"
 
 
@@ -105,10 +117,12 @@ class SynthConfig:
     embedder: str = field(default="tiny", metadata=_help("Embedder spec for similarity='clip'."))
     distractor_slack: int = field(
         default=2, metadata=_help("Distractors are drawn from the needed+slack most similar candidates."))
+    n_downstream: int = field(
+        default=0, metadata=_help("Downstream samples per task (LSD, LAR, ITR) from the test concepts; 0 = none."))
 
     def __post_init__(self) -> None:
         ints = ("n_concepts", "n_train", "n_test", "max_present", "context_size", "image_size", "seed",
-                "distractor_slack")
+                "distractor_slack", "n_downstream")
         for name in ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -116,7 +130,7 @@ class SynthConfig:
         for name in ("n_concepts", "max_present", "context_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"SynthConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("n_train", "n_test", "distractor_slack"):
+        for name in ("n_train", "n_test", "distractor_slack", "n_downstream"):
             if getattr(self, name) < 0:
                 raise InputError(f"SynthConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.image_size < 32:
@@ -276,6 +290,27 @@ class _Builder:
                       dialogues=[concept.dialogue], concept_names=[concept.name], answer="yes" if yes else "no",
                       split=self.split, meta=meta)
 
+    def downstream(self, index: int) -> list[DownstreamSample]:
+        """One LSD, one LAR and one ITR sample sharing a context and a query scene of one concept."""
+        cfg = self.config
+        target = self.rng.choice(self.members)
+        context = [target, *self._distractors([target], cfg.context_size - 1)]
+        self.rng.shuffle(context)
+        j = context.index(target)
+        concept = self.concepts[target]
+        query = self._query(f"ds-{index:05d}", [target])
+        images = tuple(self.concept_paths[c] for c in context)
+        dialogues = [self.concepts[c].dialogue for c in context]
+        code = self.rng.choice(CODE_WORDS)
+        planted = list(dialogues)
+        planted[j] = f"{dialogues[j]}\n{planted_instruction(concept.name, code, self.rng)}"
+        meta = {"target_index": j, "target_concept_id": concept.id,
+                "concept_ids": [self.concepts[c].id for c in context]}
+        answers = {"lsd": concept.facts.place, "lar": concept.facts.action, "itr": code}
+        return [DownstreamSample(f"{task}-{index:05d}", task, images,
+                                 tuple(planted if task == "itr" else dialogues), query, DEFAULT_QUESTIONS[task],
+                                 (answers[task],), meta) for task in TASKS]
+
 
 def _with_index(qa: MCQA, j: int) -> MCQA:
     return MCQA(qa.id, qa.question, dict(qa.options), qa.correct, j, qa.fact_answer)
@@ -321,9 +356,10 @@ def synthesize(config: SynthConfig, out_dir: str | Path, *, embedder: Any = None
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is an ordinary folder
     try:
-        for sub in ("images/concepts", "images/train", "images/test"):
+        subs = ["images/concepts", "images/train", "images/test"] + ["images/downstream"] * bool(config.n_downstream)
+        for sub in subs:
             (tmp / sub).mkdir(parents=True, exist_ok=True)
-        total = len(concepts) + config.n_train + config.n_test
+        total = len(concepts) + config.n_train + config.n_test + config.n_downstream
         bar = tqdm(total=total, desc="covip data synth", unit="item",
                    disable=None if progress is None else not progress)
         concept_paths: dict[int, str] = {}
@@ -346,14 +382,25 @@ def synthesize(config: SynthConfig, out_dir: str | Path, *, embedder: Any = None
                     bar.update(1)
             samples[split] = out
             scores += builder.scores
+        downstream: dict[str, list[DownstreamSample]] = {task: [] for task in TASKS}
+        if config.n_downstream:
+            builder = _Builder("downstream", members["test"], concepts, sim, config, tmp, concept_paths)
+            for i in range(config.n_downstream):
+                for sample in builder.downstream(i):
+                    downstream[sample.task].append(sample)
+                bar.update(1)
+            for task, items in downstream.items():
+                write_downstream(tmp / DOWNSTREAM_FILES[f"downstream_{task}"], items)
         bar.close()
         split_of = {concepts[i].id: s for s, idx in members.items() for i in idx}
         _write_outputs(tmp, config, concepts, split_of, samples)
         mean_d = float(np.mean([s[0] for s in scores])) if scores else float("nan")
         mean_r = float(np.mean([s[1] for s in scores])) if scores else float("nan")
         report = SynthReport(
-            out_dir=out_dir, files=dict(OUTPUT_FILES), concepts={k: len(v) for k, v in members.items()},
-            counts=counts, n_images=len(concepts) + config.n_train + config.n_test, similarity=config.similarity,
+            out_dir=out_dir, files={**OUTPUT_FILES, **(DOWNSTREAM_FILES if config.n_downstream else {})},
+            concepts={k: len(v) for k, v in members.items()}, counts=counts,
+            n_images=len(concepts) + config.n_train + config.n_test + config.n_downstream,
+            similarity=config.similarity,
             mean_distractor_similarity=round(mean_d, 6), mean_random_similarity=round(mean_r, 6), elapsed_s=0.0)
         manifest = {"kind": _MANIFEST_KIND, "config": config.to_dict(),
                     **{k: v for k, v in report.to_dict().items() if k not in ("out_dir", "elapsed_s")}}

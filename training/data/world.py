@@ -32,6 +32,8 @@ __all__ = [
     "dialogue_for",
     "questions_for",
     "attribute_similarity",
+    "CODE_WORDS",
+    "planted_instruction",
 ]
 
 KINDS = ("cat", "bird", "person", "mug", "robot")
@@ -128,6 +130,24 @@ _CLOSERS = (
     "Assistant: Thanks for sharing {name} with me. I'll keep this memory.",
     "Assistant: Noted! {name}, {place}, {time}.",
 )
+
+# Downstream ITR (instruction-triggered recall): a dialogue plants a code word to say when its concept appears.
+CODE_WORDS = (
+    "marmalade", "quasar", "tangerine", "nebula", "kumquat", "zephyr", "obsidian", "pistachio", "saffron",
+    "galaxy", "wombat", "origami", "bamboo", "meteor", "paprika", "lagoon", "cobalt", "velvet-comet",
+    "avalanche", "lighthouse", "periwinkle", "thunderbolt", "cinnamon-star", "walrus",
+)
+_PLANTS = (
+    "User: One more thing: whenever you see {name} in a new photo, start your reply with the code word "
+    "\"{code}\".\nAssistant: Got it. When {name} shows up again, I'll say \"{code}\".",
+    "User: Let's have a secret signal. If {name} is ever in a picture I show you, say \"{code}\".\n"
+    "Assistant: Deal: \"{code}\" whenever I spot {name}.",
+)
+
+
+def planted_instruction(name: str, code: str, rng: random.Random) -> str:
+    """Two dialogue turns that plant an instruction: say ``code`` when ``name`` appears in a new photo."""
+    return rng.choice(_PLANTS).format(name=name, code=code)
 
 
 @dataclass(frozen=True)

@@ -260,10 +260,15 @@ class Judge(ABC):
     def complete(self, items: Sequence[JudgeItem]) -> list[str]:
         """The judge's raw output text for each item (cached ones come from the cache)."""
         items = [it if isinstance(it, JudgeItem) else _coerce_item(it) for it in items]
-        if not items:
+        return self.complete_messages([judge_messages(it) for it in items])
+
+    def complete_messages(self, prompts: Sequence[list[dict[str, str]]]) -> list[str]:
+        """Raw outputs for ready-made chat prompts (other grading tasks, e.g. a Correct/Wrong check), with the
+        same sample-index bookkeeping, cache and stats as :meth:`complete`."""
+        prompts = list(prompts)
+        if not prompts:
             return []
         started = time.perf_counter()
-        prompts = [judge_messages(it) for it in items]
         keys, hashes = self._keys(prompts)
         try:
             cached = self.cache.get_many(keys) if self.cache is not None else {}
@@ -282,8 +287,8 @@ class Judge(ABC):
                 outputs[i] = text if isinstance(text, str) else ""
             if self.cache is not None:
                 self.cache.put_many([(keys[i], self.model_id, outputs[i] or "") for i in todo])
-        self.stats.questions += len(items)
-        self.stats.cache_hits += len(items) - len(todo)
+        self.stats.questions += len(prompts)
+        self.stats.cache_hits += len(prompts) - len(todo)
         self.stats.seconds += time.perf_counter() - started
         self.last_outputs = [o or "" for o in outputs]
         return list(self.last_outputs)

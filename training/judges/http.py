@@ -120,10 +120,10 @@ class HttpJudge(Judge):
         return {"temperature": c.temperature, "top_p": c.top_p, "top_k": c.top_k, "min_p": c.min_p,
                 "max_tokens": c.max_tokens}
 
-    def complete(self, items: Sequence[Any]) -> list[str]:
-        if items and self._model is None:
+    def complete_messages(self, prompts: Sequence[Any]) -> list[str]:
+        if prompts and self._model is None:
             _ = self.model  # resolve before the cache keys are computed (they name the model)
-        return super().complete(items)
+        return super().complete_messages(prompts)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -1,0 +1,187 @@
+"""Downstream diagnostic tasks (LSD, LAR, ITR): the sample type, the authors' field names, read and written.
+
+COVIP_FACTS.md, "Downstream diagnostic tasks": each sample is a user context (past images, each with its
+dialogue), a query image showing one of the context's concepts, a question and a reference answer:
+
+=====  ======================================================================  ===============================
+task   question (our wording; a record's own ``question`` wins)                reference ``answer``
+=====  ======================================================================  ===============================
+lsd    where did I last see the one in the new image? (answer in ``\\boxed{}``)  the place (token-set F1)
+lar    what was I doing the last time I told you about it?                     the action (judged Correct/Wrong)
+itr    what do you see in the new image? (the context planted an instruction:  the code word (must appear)
+       say a code word when this concept appears)
+=====  ======================================================================  ===============================
+
+File layout (JSON list or JSONL, one record per sample), the authors' field names:
+
+==========================  =========================================================================
+field                       meaning
+==========================  =========================================================================
+``images_context``          the context image paths, in context order (relative to ``image_root``,
+                            default the file's folder)
+``dialogues_context``       one dialogue per context image: a list, or an ordered mapping whose values
+                            are the dialogues (as the authors' test-set JSONL stores them)
+``query_image``             the query image path
+``answer``                  the reference answer: a string, or a list of accepted strings
+``question``                (optional) the question; default :data:`DEFAULT_QUESTIONS` of the task
+``id``, ``task``, ``meta``  (optional) the sample id (default ``<file stem>-<index>``), the task name
+                            (must match the task asked for when present), free provenance
+==========================  =========================================================================
+
+The synthetic generator (:func:`covip.training.data.synth.synthesize` with ``n_downstream > 0``) writes
+``downstream_lsd.jsonl``, ``downstream_lar.jsonl`` and ``downstream_itr.jsonl`` in this layout, built from
+its world's facts (:func:`covip.training.data.world.planted_instruction` for ITR).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from covip.sdk.errors import DataError
+from covip.training.data.schema import atomic_write_text, resolve_image_path
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TASKS", "DEFAULT_QUESTIONS", "DownstreamSample", "load_downstream", "write_downstream",
+           "downstream_record"]
+
+TASKS = ("lsd", "lar", "itr")
+DEFAULT_QUESTIONS = {
+    "lsd": "Where did I last see the one in the new image? Give the place inside \\boxed{}.",
+    "lar": "What was I doing the last time I told you about the one in the new image?",
+    "itr": "What do you see in the new image?",
+}
+
+
+def _fail(sample_id: str, fld: str, problem: str) -> DataError:
+    return DataError(f"sample {sample_id!r}: field {fld!r}: {problem}", sample_id=sample_id, field=fld)
+
+
+@dataclass(frozen=True)
+class DownstreamSample:
+    """One downstream sample (paths as stored, or resolved by :func:`load_downstream`)."""
+
+    id: str
+    task: str
+    context_images: tuple[str, ...]
+    dialogues: tuple[str, ...]
+    query_image: str
+    question: str
+    answers: tuple[str, ...]
+    """Accepted reference answers (usually one)."""
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def answer(self) -> str:
+        """The first reference answer."""
+        return self.answers[0]
+
+
+def _strings(value: Any, sid: str, fld: str) -> list[str]:
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
+        raise _fail(sid, fld, f"must be a non-empty list of strings, got {value!r:.80}")
+    for i, v in enumerate(value):
+        if not isinstance(v, str) or not v.strip():
+            raise _fail(sid, f"{fld}[{i}]", f"must be a non-empty string, got {v!r:.80}")
+    return list(value)
+
+
+def record_to_downstream(record: Any, *, task: str, default_id: str) -> DownstreamSample:
+    """One record in the authors' field names -> :class:`DownstreamSample` (paths as written)."""
+    if task not in TASKS:
+        raise DataError(f"downstream task must be one of {list(TASKS)}, got {task!r}")
+    if not isinstance(record, Mapping):
+        raise DataError(f"sample {default_id!r}: a record must be a JSON object, got {type(record).__name__}",
+                        sample_id=default_id)
+    rid = record.get("id")
+    sid = rid if isinstance(rid, str) and rid.strip() else default_id
+    rtask = record.get("task")
+    if rtask is not None and str(rtask).lower() != task:
+        raise _fail(sid, "task", f"is {rtask!r} but the file is read as {task!r}")
+    for key in ("images_context", "dialogues_context", "query_image", "answer"):
+        if key not in record:
+            raise _fail(sid, key, "is missing")
+    images = _strings(record["images_context"], sid, "images_context")
+    dialogues = _strings(record["dialogues_context"], sid, "dialogues_context")
+    if len(dialogues) != len(images):
+        raise _fail(sid, "dialogues_context", f"has {len(dialogues)} dialogues for {len(images)} context images")
+    query = record["query_image"]
+    if not isinstance(query, str) or not query.strip():
+        raise _fail(sid, "query_image", f"must be an image path, got {query!r:.80}")
+    answer = record["answer"]
+    answers = [answer] if isinstance(answer, str) else answer
+    answers = _strings(answers, sid, "answer")
+    question = record.get("question") or DEFAULT_QUESTIONS[task]
+    if not isinstance(question, str):
+        raise _fail(sid, "question", f"must be a string, got {question!r:.80}")
+    meta = record.get("meta") or {}
+    if not isinstance(meta, Mapping):
+        raise _fail(sid, "meta", f"must be an object, got {type(meta).__name__}")
+    return DownstreamSample(sid, task, tuple(images), tuple(dialogues), query, question.strip(),
+                            tuple(a.strip() for a in answers), dict(meta))
+
+
+def _records(path: Path) -> list[Any]:
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            return list(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    out = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    return out
+
+
+def load_downstream(path: str | Path, task: str, *, image_root: str | Path | None = None,
+                    check_images: bool = True, on_error: str = "raise") -> list[DownstreamSample]:
+    """A downstream file (JSON list or JSONL, the authors' field names) with image paths resolved."""
+    if on_error not in ("raise", "skip"):
+        raise DataError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    path = Path(path)
+    root = Path(image_root) if image_root is not None else path.parent
+    out: list[DownstreamSample] = []
+    seen: set[str] = set()
+    for index, record in enumerate(_records(path)):
+        try:
+            s = record_to_downstream(record, task=task, default_id=f"{path.stem}-{index}")
+            if s.id in seen:
+                raise _fail(s.id, "id", "is used by more than one sample")
+            paths = [str(resolve_image_path(p, root, sample_id=s.id, index=i, check=check_images))
+                     for i, p in enumerate((*s.context_images, s.query_image))]
+        except DataError as exc:
+            if on_error == "raise":
+                raise
+            log.warning("skipping record %d: %s", index, exc)
+            continue
+        seen.add(s.id)
+        out.append(DownstreamSample(s.id, s.task, tuple(paths[:-1]), s.dialogues, paths[-1], s.question,
+                                    s.answers, s.meta))
+    return out
+
+
+def downstream_record(sample: DownstreamSample) -> dict[str, Any]:
+    """A sample in the authors' field names (plus id, task, question, meta)."""
+    return {"id": sample.id, "task": sample.task, "images_context": list(sample.context_images),
+            "dialogues_context": list(sample.dialogues), "query_image": sample.query_image,
+            "question": sample.question,
+            "answer": sample.answers[0] if len(sample.answers) == 1 else list(sample.answers),
+            "meta": dict(sample.meta)}
+
+
+def write_downstream(path: str | Path, samples: Sequence[DownstreamSample]) -> Path:
+    """Write samples as JSONL in the authors' field names (atomically)."""
+    lines = [json.dumps(downstream_record(s), ensure_ascii=False, sort_keys=True) for s in samples]
+    return atomic_write_text(path, "".join(line + "\n" for line in lines))

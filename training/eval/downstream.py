@@ -1,0 +1,320 @@
+"""Downstream diagnostic tasks with and without CAG: LSD, LAR, ITR (COVIP_FACTS.md, "Downstream").
+
+Each sample (:mod:`covip.training.data.downstream`: the authors' field names) is answered by an engine in
+the sample's own context (no memory search), in one or both modes:
+
+* ``cag``: Caption-Augmented Generation. The caption pass (greedy, ``caption_tokens``) with
+  :func:`covip.sdk.prompts.caption_messages`, then the answer pass continuing that chat
+  (:func:`covip.sdk.prompts.answer_messages`: the caption as the assistant's turn, the question next).
+* ``no_cag``: the question asked directly (:func:`covip.sdk.prompts.direct_messages`).
+
+The answer pass samples as the authors' downstream code does (temperature 0.7, top-p 0.8, top-k 20,
+presence penalty 1.5: :class:`covip.sdk.cag.CagConfig`) with a seed derived from the sample id and mode,
+so a run is repeatable; ``greedy=True`` decodes it greedily instead.
+
+Metrics (one number per sample, averaged over samples):
+
+* **LSD** (last-seen detection): token-set F1 between the place in the answer's first ``\\boxed{}`` (the
+  whole answer when it has no box; the box rate is reported) and the reference place. Tokens: lowercase,
+  every non-alphanumeric character a space, the articles a/an/the dropped; sets, so repeats do not count.
+  Several accepted references: the best F1.
+* **LAR** (last-action recall): a judge says Correct or Wrong against the reference action. An LLM judge
+  (``http://...``, ``gguf:``, ``hf:``) gets :data:`LAR_JUDGE_SYSTEM` + the question, reference and answer
+  and replies ``\\boxed{Correct}`` or ``\\boxed{Wrong}`` (unparsable = Wrong). The ``lexical`` judge (valid
+  for templated synthetic data only) says Correct when every content word of the reference action (its
+  tokens minus a few function words such as "my", "the", "to") occurs among the answer's tokens.
+* **ITR** (instruction-triggered recall): 1 when the answer contains the planted code word (whole words,
+  after the same normalization), else 0.
+
+Outputs in ``out``: ``answers_<task>.jsonl`` (resumable raw answers and captions keyed by sample id and
+mode), ``scored_<task>.jsonl`` (per sample and mode: the score and, for LAR, the judge's output),
+``downstream_<task>.json`` and ``downstream_<task>.png`` (with vs without CAG).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import textwrap
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from covip.sdk import prompts
+from covip.sdk.errors import InputError
+from covip.training.data.downstream import TASKS, DownstreamSample, load_downstream
+from covip.training.eval.common import JsonlStore, run_meta, write_json, write_jsonl
+from covip.training.rewards import parse_boxed
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MODES", "METRICS", "tokens", "token_set_f1", "lsd_score", "itr_score", "lar_lexical_correct",
+           "lar_judge_messages", "parse_verdict", "DownstreamResult", "run_downstream", "answer_sample"]
+
+MODES = ("cag", "no_cag")
+MODE_LABELS = {"cag": "with CAG", "no_cag": "without CAG"}
+METRICS = {"lsd": "token-set F1 of the boxed place", "lar": "judged Correct (share)",
+           "itr": "code word present (share)"}
+DEFAULT_CAPTION_TOKENS = 1024
+DEFAULT_ANSWER_TOKENS = 256
+_ARTICLES = frozenset({"a", "an", "the"})
+_FUNCTION_WORDS = _ARTICLES | frozenset({"my", "to", "of", "on", "in", "at", "and", "for", "with", "by", "i", "was",
+                                         "some", "up"})
+LAR_JUDGE_SYSTEM = (
+    "You check a personal assistant's answer against a reference answer. Judge the meaning, not the wording: "
+    "an answer that states the same activity as the reference, in any words, is correct; an answer that "
+    "states a different activity, several activities as guesses, or none, is wrong."
+)
+_LAR_USER = ("Question: {question}\nReference answer: {reference}\nAssistant's answer: {answer}\n\n"
+             "Is the assistant's answer correct? Reply with \\boxed{{Correct}} or \\boxed{{Wrong}}.")
+
+
+def tokens(text: str, drop: frozenset[str] = _ARTICLES) -> list[str]:
+    """Lowercased alphanumeric tokens of ``text`` without the words in ``drop``."""
+    return [t for t in re.sub(r"[^0-9a-z]+", " ", str(text).lower()).split() if t not in drop]
+
+
+def token_set_f1(prediction: str, reference: str) -> float:
+    """F1 between the token sets of ``prediction`` and ``reference`` (0 when either is empty)."""
+    p, g = set(tokens(prediction)), set(tokens(reference))
+    hits = len(p & g)
+    if not hits:
+        return 0.0
+    precision, recall = hits / len(p), hits / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def lsd_score(answer: str, references: Sequence[str]) -> tuple[float, bool]:
+    """(best token-set F1 of the boxed place against the references, whether the answer had a box)."""
+    boxed = parse_boxed(answer)
+    predicted = boxed if boxed is not None else answer
+    return max(token_set_f1(predicted, ref) for ref in references), boxed is not None
+
+
+def _contains(text: str, phrase: str) -> bool:
+    needle = " ".join(tokens(phrase, frozenset()))
+    return bool(needle) and f" {needle} " in f" {' '.join(tokens(text, frozenset()))} "
+
+
+def itr_score(answer: str, references: Sequence[str]) -> bool:
+    """True when the answer contains one of the code words (whole words, normalized)."""
+    return any(_contains(answer, ref) for ref in references)
+
+
+def lar_lexical_correct(answer: str, references: Sequence[str]) -> bool:
+    """The lexical LAR rule: every content word of a reference action occurs among the answer's tokens."""
+    have = set(tokens(answer, frozenset()))
+    for ref in references:
+        need = set(tokens(ref, _FUNCTION_WORDS)) or set(tokens(ref, frozenset()))
+        if need and need <= have:
+            return True
+    return False
+
+
+def lar_judge_messages(question: str, reference: str, answer: str) -> list[dict[str, str]]:
+    """The Correct/Wrong chat an LLM judge gets for one LAR answer."""
+    user = _LAR_USER.format(question=question.strip(), reference=reference.strip(), answer=answer.strip() or "(empty)")
+    return [{"role": "system", "content": LAR_JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def parse_verdict(text: str | None) -> bool:
+    """True for ``\\boxed{Correct}``; Wrong, both, or unparsable output are False."""
+    content = parse_boxed(text)
+    if content is None:
+        return False
+    words = set(tokens(content, frozenset()))
+    return "correct" in words and not words & {"wrong", "incorrect", "not"}
+
+
+def _entries(sample: DownstreamSample) -> list[prompts.ContextEntry]:
+    return [prompts.ContextEntry(dialogue=d, image=img) for d, img in zip(sample.dialogues, sample.context_images)]
+
+
+def _seed(sample_id: str, mode: str, base: int) -> int:
+    return int(hashlib.sha256(f"{base}:{sample_id}:{mode}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+def answer_sample(engine: Any, sample: DownstreamSample, mode: str, *, caption_config: Any,
+                  answer_config: Any) -> dict[str, Any]:
+    """Answer one sample in one mode: ``{"answer", "caption", tokens and timings}``."""
+    entries = _entries(sample)
+    t0 = time.perf_counter()
+    caption = None
+    info: dict[str, Any] = {}
+    if mode == "cag":
+        cap = engine.generate(prompts.caption_messages(entries, sample.query_image), caption_config)
+        caption = cap.text  # kept as generated: the answer pass then continues the caption pass's KV cache
+        info["caption_tokens"] = cap.completion_tokens
+        messages = prompts.answer_messages(entries, sample.query_image, caption, sample.question)
+    elif mode == "no_cag":
+        messages = prompts.direct_messages(entries, sample.query_image, sample.question)
+    else:
+        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
+    gen = engine.generate(messages, answer_config)
+    info.update(answer_tokens=gen.completion_tokens, answer_cached_tokens=gen.cached_tokens,
+                seconds=round(time.perf_counter() - t0, 3))
+    return {"answer": gen.text.strip(), "caption": None if caption is None else caption.strip(), **info}
+
+
+@dataclass
+class DownstreamResult:
+    """What :func:`run_downstream` measured and wrote."""
+
+    task: str
+    scores: dict[str, dict[str, Any]]
+    """Per mode: ``score`` (mean over samples), ``n`` and task extras (LSD ``boxed_rate``)."""
+    report: dict[str, Any]
+    files: dict[str, str] = field(default_factory=dict)
+
+    def table(self) -> str:
+        modes = list(self.scores)
+        lines = [self.report.get("title", ""), f"metric: {METRICS[self.task]}",
+                 f"{'samples':>8}" + "".join(f" {MODE_LABELS[m]:>12}" for m in modes),
+                 f"{self.scores[modes[0]]['n']:>8}" + "".join(f" {self.scores[m]['score']:>12.3f}" for m in modes)]
+        if self.task == "lsd":
+            lines.append("boxed answers: " + ", ".join(f"{MODE_LABELS[m]} {self.scores[m]['boxed_rate']:.0%}"
+                                                       for m in modes))
+        return "\n".join(line for line in lines if line)
+
+
+def _grade(task: str, rows: list[dict[str, Any]], judge: Any) -> None:
+    """Add ``score`` (and judge fields) to each answer row in place."""
+    if task == "lsd":
+        for r in rows:
+            r["score"], r["boxed"] = lsd_score(r["answer"], r["references"])
+            r["score"] = round(r["score"], 6)
+    elif task == "itr":
+        for r in rows:
+            r["score"] = float(itr_score(r["answer"], r["references"]))
+    else:
+        from covip.training.judges import LexicalJudge
+
+        if isinstance(judge, LexicalJudge):
+            for r in rows:
+                r["score"] = float(lar_lexical_correct(r["answer"], r["references"]))
+                r["judge"] = "lexical"
+            return
+        prompts_ = [lar_judge_messages(r["question"], r["references"][0], r["answer"]) for r in rows]
+        outputs = judge.complete_messages(prompts_) if prompts_ else []
+        for r, out in zip(rows, outputs, strict=True):
+            r["judge_output"] = out
+            r["score"] = float(parse_verdict(out))
+
+
+def _plot(task: str, scores: Mapping[str, Mapping[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    modes = list(scores)
+    bars = ax.bar([MODE_LABELS[m] for m in modes], [scores[m]["score"] for m in modes],
+                  color=["tab:blue" if m == "cag" else "tab:gray" for m in modes])
+    ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel(METRICS[task])
+    ax.set_title(textwrap.fill(title, 70), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_downstream(task: str, data: str | Path, *, out: str | Path, model: Any, judge: Any = None,
+                   modes: Sequence[str] = ("cag",), image_root: str | Path | None = None, limit: int | None = None,
+                   caption_tokens: int = DEFAULT_CAPTION_TOKENS, answer_tokens: int = DEFAULT_ANSWER_TOKENS,
+                   greedy: bool = False, seed: int = 0, engine_options: Mapping[str, Any] | None = None,
+                   judge_options: Mapping[str, Any] | None = None, progress: bool | None = None) -> DownstreamResult:
+    """Answer a downstream task file in the given modes and score it (see the module doc)."""
+    from tqdm.auto import tqdm
+
+    from covip.sdk.cag import CagConfig
+    from covip.sdk.engines.base import GenerationConfig
+
+    started = time.perf_counter()
+    if task not in TASKS:
+        raise InputError(f"--task must be one of {list(TASKS)}, got {task!r}")
+    modes = [m for m in MODES if m in set(modes)]
+    if not modes:
+        raise InputError(f"modes must be among {MODES}")
+    if task == "lar" and judge is None:
+        raise InputError("LAR is graded by a judge: pass --judge ('lexical' for the synthetic data, an LLM judge "
+                         "such as 'http://host:8000/v1' otherwise)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = load_downstream(data, task, image_root=image_root)[:limit]
+    if not samples:
+        raise InputError(f"{data}: no {task} samples")
+    from covip.sdk.engines.factory import make_engine
+    from covip.training.judges import Judge, make_judge
+
+    the_judge = None
+    if task == "lar":
+        if isinstance(judge, Judge):
+            the_judge = judge
+        else:
+            opts = dict(judge_options or {})
+            if str(judge).strip() != "lexical":
+                opts.setdefault("cache_path", str(out / "judge_cache.sqlite"))
+            the_judge = make_judge(judge, **opts)
+    caption_config = GenerationConfig(max_new_tokens=caption_tokens, temperature=0.0)
+    answer_base = replace(CagConfig().answer, max_new_tokens=answer_tokens)
+    if greedy:
+        answer_base = GenerationConfig(max_new_tokens=answer_tokens, temperature=0.0)
+    files = {"answers": str(out / f"answers_{task}.jsonl"), "scored": str(out / f"scored_{task}.jsonl"),
+             "json": str(out / f"downstream_{task}.json"), "png": str(out / f"downstream_{task}.png")}
+    engine = None
+    try:
+        engine = make_engine(model, **dict(engine_options or {})) if isinstance(model, str) else model
+        expect = {"model": engine.model_id, "prompt_version": prompts.PROMPT_VERSION,
+                  "caption_tokens": caption_tokens, "answer_tokens": answer_tokens, "greedy": greedy, "seed": seed}
+        store = JsonlStore(files["answers"], key="key", expect=expect)
+        jobs = [(s, m) for s in samples for m in modes]
+        todo = [(s, m) for s, m in jobs if f"{s.id}|{m}" not in store]
+        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"{task} answers", unit="answer",
+                   disable=None if progress is None else not progress)
+        try:
+            for s, m in todo:
+                cfg = answer_base if greedy else replace(answer_base, seed=_seed(s.id, m, seed))
+                res = answer_sample(engine, s, m, caption_config=caption_config, answer_config=cfg)
+                store.add({"key": f"{s.id}|{m}", "id": s.id, "mode": m, **expect, **res})
+                bar.update(1)
+        finally:
+            bar.close()
+        rows = [{"id": s.id, "mode": m, "question": s.question, "references": list(s.answers),
+                 "answer": store.get(f"{s.id}|{m}")["answer"]} for s, m in jobs]  # type: ignore[index]
+        _grade(task, rows, the_judge)
+        judge_id = getattr(the_judge, "model_id", None) if the_judge is not None else None
+        judge_stats = the_judge.stats.as_dict() if the_judge is not None else None
+    finally:
+        if the_judge is not None and not isinstance(judge, Judge):
+            the_judge.close()
+        if isinstance(model, str) and engine is not None:
+            engine.close()
+    write_jsonl(files["scored"], rows)
+    scores: dict[str, dict[str, Any]] = {}
+    for m in modes:
+        mine = [r for r in rows if r["mode"] == m]
+        scores[m] = {"score": round(sum(r["score"] for r in mine) / len(mine), 6), "n": len(mine)}
+        if task == "lsd":
+            scores[m]["boxed_rate"] = round(sum(r["boxed"] for r in mine) / len(mine), 6)
+    title = f"{task.upper()}: {Path(data).name}, {len(samples)} samples; model {engine.model_id}" + (
+        f"; judge {judge_id}" if judge_id else "")
+    report: dict[str, Any] = {
+        "kind": "covip-eval-downstream", "title": title, "task": task, "metric": METRICS[task], "data": str(data),
+        "model": engine.model_id, "meaningless_model": bool(getattr(engine, "meaningless", False)),
+        "judge": judge_id, "judge_stats": judge_stats, "modes": modes, "scores": scores,
+        "cag_minus_no_cag": round(scores["cag"]["score"] - scores["no_cag"]["score"], 6) if len(modes) == 2 else None,
+        "generation": {"caption": {"max_new_tokens": caption_tokens, "temperature": 0.0},
+                       "answer": {k: getattr(answer_base, k) for k in ("max_new_tokens", "temperature", "top_p",
+                                                                       "top_k", "presence_penalty")},
+                       "seed": None if greedy else seed},
+        "prompt_version": prompts.PROMPT_VERSION, "n_samples": len(samples),
+        "files": files, "meta": run_meta(), "elapsed_s": round(time.perf_counter() - started, 3),
+    }
+    _plot(task, scores, Path(files["png"]), title)
+    write_json(files["json"], report)
+    return DownstreamResult(task, scores, report, files)
