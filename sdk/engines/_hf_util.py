@@ -23,25 +23,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 logger = logging.getLogger("covip.sdk.engines.transformers")
 
 
-def _pick_device(torch: Any, requested: str) -> str:
-    """Resolve 'auto' to cuda, then mps, else cpu; refuse an explicit device that is not there."""
-    mps = getattr(torch.backends, "mps", None)
-    mps_ok = bool(mps is not None and mps.is_available())
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if mps_ok else "cpu"
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise EngineError(f"device {requested!r} was requested but torch sees no CUDA GPU; use 'cpu' or 'auto'")
-        index = requested.partition(":")[2]
-        if index and int(index) >= torch.cuda.device_count():
-            raise EngineError(f"device {requested!r} does not exist: torch sees {torch.cuda.device_count()} GPU(s)")
-    if requested == "mps" and not mps_ok:
-        raise EngineError("device 'mps' was requested but torch sees no Apple GPU; use 'cpu' or 'auto'")
-    return requested
-
-
 def _pick_dtype(torch: Any, requested: str, device: str) -> Any:
     if requested == "auto":
         if device.startswith("cuda"):

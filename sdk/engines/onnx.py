@@ -35,12 +35,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from covip.sdk._config import ConfigMixin
 from covip.sdk._extras import require
 from covip.sdk.engines._onnx_util import (
     ImageSpec,
@@ -74,7 +75,7 @@ _ONNX_FORMAT = 1
 
 
 @dataclass(frozen=True)
-class OnnxEngineConfig:
+class OnnxEngineConfig(ConfigMixin):
     """Which ONNX export to open and how to run it (every field has a ``help`` text for CLIs)."""
 
     export_dir: str | os.PathLike[str] = field(
@@ -105,19 +106,6 @@ class OnnxEngineConfig:
             raise InputError(f"OnnxEngineConfig.threads must be a positive integer or None, got {self.threads!r}")
         if self.verify not in _VERIFY:
             raise InputError(f"OnnxEngineConfig.verify must be one of {_VERIFY}, got {self.verify!r}")
-
-    @classmethod
-    def field_help(cls) -> dict[str, str]:
-        """Map each field name to its help text (for CLI options and docs)."""
-        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
-
-    def with_overrides(self, **overrides: Any) -> OnnxEngineConfig:
-        """A copy with the given fields replaced (unknown names raise InputError)."""
-        known = {f.name for f in fields(self)}
-        bad = sorted(set(overrides) - known)
-        if bad:
-            raise InputError(f"unknown OnnxEngineConfig field(s) {bad}; known: {sorted(known)}")
-        return replace(self, **overrides) if overrides else self
 
 
 @dataclass

@@ -40,17 +40,17 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
+from covip.sdk._config import ConfigMixin, pick_device
 from covip.sdk._extras import require
 from covip.sdk.engines._hf_util import (
     _auto_model_class,
     _image_spans,
     _make_generator,
-    _pick_device,
     _pick_dtype,
     _quiet_progress,
     _resolve_model,
@@ -77,7 +77,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
-class TransformersEngineConfig:
+class TransformersEngineConfig(ConfigMixin):
     """Which Hugging Face VLM to load and how to run it (every field has a ``help`` text for CLIs)."""
 
     model: str = field(
@@ -137,19 +137,6 @@ class TransformersEngineConfig:
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
             raise InputError("TransformersEngineConfig.min_pixels must not exceed max_pixels")
 
-    @classmethod
-    def field_help(cls) -> dict[str, str]:
-        """Map each field name to its help text (for CLI options and docs)."""
-        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
-
-    def with_overrides(self, **overrides: Any) -> TransformersEngineConfig:
-        """A copy with the given fields replaced (unknown names raise InputError)."""
-        known = {f.name for f in fields(self)}
-        bad = sorted(set(overrides) - known)
-        if bad:
-            raise InputError(f"unknown TransformersEngineConfig field(s) {bad}; known: {sorted(known)}")
-        return replace(self, **overrides) if overrides else self
-
 
 @dataclass
 class _Prompt:
@@ -179,7 +166,7 @@ class TransformersEngine:
         self.config = (config or TransformersEngineConfig()).with_overrides(**overrides)
         self._torch = torch = require("torch", feature="the transformers engine", extra="torch")
         self._tf = require("transformers", feature="the transformers engine", extra="torch")
-        self.device = _pick_device(torch, self.config.device)
+        self.device = pick_device(torch, self.config.device, EngineError)
         self.dtype = _pick_dtype(torch, self.config.dtype, self.device)
         logger.info("transformers engine: device %s (asked %r), dtype %s (asked %r)", self.device,
                     self.config.device, str(self.dtype).removeprefix("torch."), self.config.dtype)

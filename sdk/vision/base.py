@@ -9,6 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from covip.sdk._config import ConfigMixin
 from covip.sdk.errors import InputError
 from covip.sdk.imaging import Photo
 
@@ -53,7 +54,7 @@ class Embedder(Protocol):
 
 
 @dataclass(frozen=True)
-class EmbedderConfig:
+class EmbedderConfig(ConfigMixin):
     """Which embedding model to build and how to run it (every field has a ``help`` text for CLIs)."""
 
     model: str = field(
@@ -111,11 +112,6 @@ class EmbedderConfig:
             raise InputError(
                 f"EmbedderConfig.device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}"
             )
-
-    @classmethod
-    def field_help(cls) -> dict[str, str]:
-        """Map each field name to its help text (for CLI options and docs)."""
-        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
 
     def with_overrides(self, **overrides: Any) -> EmbedderConfig:
         """Copy with the given fields replaced; ``None`` values mean 'not given' and are skipped."""

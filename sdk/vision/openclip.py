@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
+from covip.sdk._config import pick_device
 from covip.sdk._extras import require
 from covip.sdk.errors import EmbedderError, InputError
 from covip.sdk.imaging import Photo, to_rgb
@@ -67,7 +68,7 @@ class OpenClipEmbedder:
         self.config = (config or EmbedderConfig()).with_overrides(**overrides)
         self._open_clip = require("open_clip", feature="CLIP embeddings", extra="torch")
         self._torch = require("torch", feature="CLIP embeddings", extra="torch")
-        self.device = _pick_device(self._torch, self.config.device)
+        self.device = pick_device(self._torch, self.config.device, EmbedderError)
         weights = _resolve_weights(self._open_clip, self.config)
         if weights.meaningless:
             logger.warning(
@@ -150,29 +151,6 @@ class OpenClipEmbedder:
 
 
 # ----------------------------------------------------------------------------- building
-
-
-def _pick_device(torch: ModuleType, requested: str) -> str:
-    """Resolve 'auto' to cuda, then mps, else cpu; refuse an explicit device that is not there."""
-    mps = getattr(torch.backends, "mps", None)
-    mps_ok = bool(mps is not None and mps.is_available())
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if mps_ok else "cpu"
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise EmbedderError(
-                f"device {requested!r} was requested but torch sees no CUDA GPU; use device='cpu' or 'auto'"
-            )
-        index = requested.partition(":")[2]
-        if index and int(index) >= torch.cuda.device_count():
-            raise EmbedderError(
-                f"device {requested!r} does not exist: torch sees {torch.cuda.device_count()} CUDA GPU(s)"
-            )
-    if requested == "mps" and not mps_ok:
-        raise EmbedderError("device 'mps' was requested but torch sees no Apple GPU; use 'cpu' or 'auto'")
-    return requested
 
 
 def _register_tiny(open_clip: ModuleType) -> None:

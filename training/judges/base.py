@@ -28,10 +28,11 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from covip.sdk._config import ConfigMixin
 from covip.sdk.errors import InputError, JudgeError
 from covip.training.rewards import OPTION_LETTERS, judge_letter
 
@@ -142,23 +143,6 @@ def judge_messages(item: JudgeItem) -> list[dict[str, str]]:
     user = _USER_TEMPLATE.format(caption=item.caption.strip() or "(empty)", question=q.question.strip(),
                                  options=options)
     return [{"role": "system", "content": JUDGE_SYSTEM_PROMPT}, {"role": "user", "content": user}]
-
-
-class ConfigMixin:
-    """``field_help()`` and ``with_overrides()`` for the judge config dataclasses."""
-
-    @classmethod
-    def field_help(cls) -> dict[str, str]:
-        """Map each field name to its help text (for CLI options and docs)."""
-        return {f.name: f.metadata.get("help", "") for f in fields(cls)}  # type: ignore[arg-type]
-
-    def with_overrides(self, **overrides: Any) -> Any:
-        """A copy with the given fields replaced (unknown names raise InputError)."""
-        known = {f.name for f in fields(self)}  # type: ignore[arg-type]
-        bad = sorted(set(overrides) - known)
-        if bad:
-            raise InputError(f"unknown {type(self).__name__} field(s) {bad}; known: {sorted(known)}")
-        return replace(self, **overrides) if overrides else self  # type: ignore[type-var]
 
 
 def check_sampling(owner: str, temperature: float, top_p: float, top_k: int | None, max_tokens: int) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from covip.sdk._config import pick_device
 from covip.sdk._extras import require
 from covip.sdk.errors import CovipError, InputError, JudgeError
 from covip.training.judges.base import ConfigMixin, Judge, check_sampling
@@ -159,7 +160,7 @@ class TransformersJudge(Judge):
         self._torch = require("torch", feature="the transformers judge", extra="train")
         self._tf = require("transformers", feature="the transformers judge", extra="train")
         source = self._resolve(config.model)
-        self.device = self._pick_device(config.device)
+        self.device = pick_device(self._torch, config.device, JudgeError)
         self.tokenizer, self.model = self._load(source)
         super().__init__(cache_path=config.cache_path, seed=config.seed)
         self.model_id = f"hf:{config.model}"
@@ -182,17 +183,6 @@ class TransformersJudge(Judge):
         if name is not None and not path.is_dir():
             return str(build_tiny_vlm(name))
         return str(path) if path.is_dir() else model
-
-    def _pick_device(self, requested: str) -> str:
-        torch = self._torch
-        if requested == "auto":
-            if torch.cuda.is_available():
-                return "cuda"
-            mps = getattr(torch.backends, "mps", None)
-            return "mps" if mps is not None and mps.is_available() else "cpu"
-        if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise JudgeError(f"device {requested!r} was requested but torch sees no CUDA GPU")
-        return requested
 
     def _load(self, source: str) -> tuple[Any, Any]:
         tf, torch, c = self._tf, self._torch, self.config

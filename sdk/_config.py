@@ -1,0 +1,46 @@
+"""Shared pieces of covip's config dataclasses and torch device choice (one copy, used everywhere)."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from typing import Any
+
+from covip.sdk.errors import CovipError, InputError
+
+__all__ = ["ConfigMixin", "pick_device"]
+
+
+class ConfigMixin:
+    """``field_help()`` and ``with_overrides()`` for config dataclasses (help text lives in field metadata)."""
+
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        """Map each field name to its help text (for CLI options and docs)."""
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}  # type: ignore[arg-type]
+
+    def with_overrides(self, **overrides: Any) -> Any:
+        """A copy with the given fields replaced (unknown names raise InputError)."""
+        known = {f.name for f in fields(self)}  # type: ignore[arg-type]
+        bad = sorted(set(overrides) - known)
+        if bad:
+            raise InputError(f"unknown {type(self).__name__} field(s) {bad}; known: {sorted(known)}")
+        return replace(self, **overrides) if overrides else self  # type: ignore[type-var]
+
+
+def pick_device(torch: Any, requested: str, error: type[CovipError]) -> str:
+    """Resolve 'auto' to cuda, then mps, else cpu; refuse an explicit device that is not there (``error``)."""
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = bool(mps is not None and mps.is_available())
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if mps_ok else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise error(f"device {requested!r} was requested but torch sees no CUDA GPU; use 'cpu' or 'auto'")
+        index = requested.partition(":")[2]
+        if index and int(index) >= torch.cuda.device_count():
+            raise error(f"device {requested!r} does not exist: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    if requested == "mps" and not mps_ok:
+        raise error("device 'mps' was requested but torch sees no Apple GPU; use 'cpu' or 'auto'")
+    return requested
