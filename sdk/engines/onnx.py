@@ -34,7 +34,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ import numpy as np
 
 from covip.sdk._config import ConfigMixin
 from covip.sdk._extras import require
+from covip.sdk.engines._loop import TokenLoopEngine
 from covip.sdk.engines._onnx_util import (
     ImageSpec,
     TokenizerAdapter,
@@ -124,7 +125,7 @@ class _Snapshot:
     features: dict[str, tuple[np.ndarray, np.ndarray | None]]
 
 
-class OnnxEngine:
+class OnnxEngine(TokenLoopEngine):
     """An :class:`~covip.sdk.engines.Engine` over an ONNX export (vision + embeddings + decoder with KV cache).
 
     ``OnnxEngine(OnnxEngineConfig(export_dir=...))`` or ``OnnxEngine("path/to/export")``. Calls are
@@ -310,48 +311,9 @@ class OnnxEngine:
         state = "closed" if self._closed else f"{getattr(self, 'provider', '?')}"
         return f"OnnxEngine({getattr(self, 'model_id', self.config.export_dir)!r}, {state})"
 
-    def generate(self, messages: Sequence[Message], config: GenerationConfig | None = None, *,
-                 on_token: Callable[[str], None] | None = None) -> Generation:
-        """Generate the assistant's next turn; ``on_token`` receives text pieces as they are decoded."""
-        pieces = self._run(messages, config)
-        try:
-            for piece in pieces:
-                if on_token is not None:
-                    on_token(piece)
-        finally:
-            pieces.close()
-        assert self.last is not None
-        return self.last
-
-    def stream(self, messages: Sequence[Message], config: GenerationConfig | None = None) -> Iterator[str]:
-        """Yield text pieces as they are decoded (the final :class:`Generation` is ``self.last``)."""
-        yield from self._run(messages, config)
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens ``text`` costs with this model's tokenizer (no special tokens added)."""
-        self._check_open()
-        if not isinstance(text, str):
-            raise InputError(f"count_tokens needs a string, got {type(text).__name__}")
-        return len(self.tokenizer.encode(text, add_special_tokens=False)) if text else 0
-
-    def prompt_token_ids(self, messages: Sequence[Message]) -> list[int]:
-        """The token ids a call with ``messages`` would put in front of its answer (the full prompt)."""
-        self._check_open()
-        return list(self._tokenize(check_messages(messages)).ids)
-
-    @property
-    def cached_token_ids(self) -> list[int]:
-        """The token ids whose keys/values the engine holds for reuse by the next call."""
-        return list(self._ids)
-
     @property
     def multimodal(self) -> bool:
         return "vision" in self._sessions
-
-    def reset(self) -> None:
-        """Forget the KV cache of the last call (the next call prefills its whole prompt)."""
-        with self._lock:
-            self._reset_cache()
 
     def snapshot(self) -> EngineState:
         """The KV cache and what it holds (token ids, photos, RoPE delta), for :meth:`restore`."""
@@ -390,12 +352,6 @@ class OnnxEngine:
             self._reset_cache()
             self._sessions.clear()
 
-    def __enter__(self) -> OnnxEngine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __del__(self) -> None:
         try:
             self.close()
@@ -404,34 +360,10 @@ class OnnxEngine:
 
     # ------------------------------------------------------------------ the decode loop
 
-    def _run(self, messages: Sequence[Message], config: GenerationConfig | None) -> Iterator[str]:
-        self._check_open()
-        config = config or GenerationConfig()
-        if not isinstance(config, GenerationConfig):
-            raise InputError(f"config must be a GenerationConfig, got {type(config).__name__}")
-        msgs = check_messages(messages)
-        return self._guarded(msgs, config)
-
-    def _guarded(self, msgs: list[Message], config: GenerationConfig) -> Iterator[str]:
-        me = threading.get_ident()
-        if self._owner == me:
-            raise EngineError("this thread is still consuming a stream() of this engine; finish or close it "
-                              "before starting another call")
-        with self._lock:
-            self._check_open()
-            self._owner = me
-            try:
-                yield from self._run_locked(msgs, config)
-            except (GeneratorExit, InputError):
-                raise
-            except BaseException:
-                self._reset_cache()  # a failed run may have left the cache half-updated
-                raise
-            finally:
-                self._owner = None
-                if self._closed:
-                    self._reset_cache()
-                    self._sessions.clear()
+    def _after_run(self) -> None:
+        if self._closed:  # closed from on_token or inside an open stream: release the sessions now
+            self._reset_cache()
+            self._sessions.clear()
 
     def _run_locked(self, msgs: list[Message], config: GenerationConfig) -> Iterator[str]:
         from covip.sdk.engines.transformers import _TextState
@@ -674,15 +606,6 @@ class OnnxEngine:
         self._spans: list[tuple[int, int, str]] = []
         self._delta = 0
         self._features: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}  # photo key -> vision outputs
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise EngineError(f"engine {getattr(self, 'model_id', '')} is closed; build a new OnnxEngine")
-
-    def _check_not_streaming(self, what: str) -> None:
-        if self._owner == threading.get_ident():
-            raise EngineError(f"this thread is still consuming a stream() of this engine; finish or close it "
-                              f"before {what}")
 
 
 def _nbytes(value: Any) -> int:

@@ -39,7 +39,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,12 +58,12 @@ from covip.sdk.engines._hf_util import (
     _set_pixels,
     _take_image,
 )
+from covip.sdk.engines._loop import TokenLoopEngine
 from covip.sdk.engines.base import (
     EngineState,
     Generation,
     GenerationConfig,
     Message,
-    check_messages,
     state_data,
 )
 from covip.sdk.errors import CovipError, EngineError, InputError
@@ -158,7 +158,7 @@ class _Snapshot:
     image_memo: dict[str, tuple[Any, Any]]  # photo key -> (pixel_values, image_grid_thw), never mutated
 
 
-class TransformersEngine:
+class TransformersEngine(TokenLoopEngine):
     """An :class:`~covip.sdk.engines.Engine` backed by a Hugging Face image-text-to-text model."""
 
     def __init__(self, config: TransformersEngineConfig | None = None, **overrides: Any) -> None:
@@ -194,44 +194,6 @@ class TransformersEngine:
 
     # ------------------------------------------------------------------ public API
 
-    def generate(self, messages: Sequence[Message], config: GenerationConfig | None = None, *,
-                 on_token: Callable[[str], None] | None = None) -> Generation:
-        """Generate the assistant's next turn; ``on_token`` receives text pieces as they are decoded."""
-        pieces = self._run(messages, config)
-        try:
-            for piece in pieces:
-                if on_token is not None:
-                    on_token(piece)
-        finally:
-            pieces.close()  # also when on_token raised: releases the engine at once
-        assert self.last is not None
-        return self.last
-
-    def stream(self, messages: Sequence[Message], config: GenerationConfig | None = None) -> Iterator[str]:
-        """Yield text pieces as they are decoded (the final :class:`Generation` is ``self.last``).
-
-        The engine is busy until the iterator is exhausted or closed; a stream left open blocks other
-        threads' calls, and the same thread's next call raises EngineError.
-        """
-        yield from self._run(messages, config)
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens ``text`` costs with this model's tokenizer (no special tokens added)."""
-        self._check_open()
-        if not isinstance(text, str):
-            raise InputError(f"count_tokens needs a string, got {type(text).__name__}")
-        return len(self.tokenizer.encode(text, add_special_tokens=False)) if text else 0
-
-    def prompt_token_ids(self, messages: Sequence[Message]) -> list[int]:
-        """The token ids a call with ``messages`` would put in front of its answer (the full prompt)."""
-        self._check_open()
-        return list(self._tokenize(check_messages(messages)).ids)
-
-    def reset(self) -> None:
-        """Forget the KV cache of the last call (the next call prefills its whole prompt)."""
-        with self._lock:
-            self._reset_cache()
-
     def snapshot(self) -> EngineState:
         """A copy of the KV cache and what it holds (token ids, photos, RoPE delta), for :meth:`restore`.
 
@@ -264,11 +226,6 @@ class TransformersEngine:
             self._cache, self._ids, self._spans, self._delta = cache, list(data.ids), list(data.spans), data.delta
             self._image_memo = dict(data.image_memo)
 
-    @property
-    def cached_token_ids(self) -> list[int]:
-        """The token ids whose keys/values the engine holds for reuse by the next call."""
-        return list(self._ids)
-
     def close(self) -> None:
         """Drop the model, the processor and the KV cache, and free cached GPU memory."""
         if self._closed:
@@ -280,14 +237,6 @@ class TransformersEngine:
             self.processor = self.tokenizer = None
         if self.device.startswith("cuda"):
             self._torch.cuda.empty_cache()
-
-    def __enter__(self) -> TransformersEngine:
-        """Use the engine in a ``with`` block that closes it."""
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        """Close the engine at the end of a ``with`` block."""
-        self.close()
 
     # ------------------------------------------------------------------ loading
 
@@ -345,29 +294,6 @@ class TransformersEngine:
         self._dynamic_layer = getattr(importlib.import_module("transformers.cache_utils"), "DynamicLayer", None)
 
     # ------------------------------------------------------------------ the decode loop
-
-    def _run(self, messages: Sequence[Message], config: GenerationConfig | None) -> Iterator[str]:
-        self._check_open()
-        config = config or GenerationConfig()
-        if not isinstance(config, GenerationConfig):
-            raise InputError(f"config must be a GenerationConfig, got {type(config).__name__}")
-        msgs = check_messages(messages)
-        me = threading.get_ident()
-        if self._owner == me:
-            raise EngineError("this thread is still consuming a stream() of this engine; finish or close it "
-                              "before starting another call")
-        with self._lock:
-            self._owner = me
-            try:
-                yield from self._run_locked(msgs, config)
-            except (GeneratorExit, InputError):  # a stream closed early (the cache holds exactly the tokens
-                raise  # run so far), or bad input caught before the cache was touched
-            except BaseException:
-                # the cache may hold a half-written step: never reuse it
-                self._reset_cache()
-                raise
-            finally:
-                self._owner = None
 
     def _run_locked(self, msgs: list[Message], config: GenerationConfig) -> Iterator[str]:
         torch = self._torch
@@ -663,11 +589,6 @@ class TransformersEngine:
         except Exception as exc:  # e.g. an offloading cache holding CUDA streams
             raise EngineError(f"cannot copy this model's KV cache ({type(cache).__name__}: {exc})") from exc
 
-    def _check_not_streaming(self, what: str) -> None:
-        if self._owner == threading.get_ident():
-            raise EngineError(f"this thread is still consuming a stream() of this engine; finish or close it "
-                              f"before {what}")
-
     def _reset_cache(self) -> None:
         self._image_memo: dict[str, tuple[Any, Any]] = {}
         self._cache = None
@@ -675,9 +596,6 @@ class TransformersEngine:
         self._spans: list[tuple[int, int, str]] = []
         self._delta = 0
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise EngineError(f"engine {self.model_id} is closed; build a new TransformersEngine")
 
 
 class _TextState:

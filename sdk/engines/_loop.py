@@ -1,0 +1,130 @@
+"""The shell shared by the engines that run their own token loop (transformers, ONNX): the public calls,
+one-call-at-a-time locking, stream ownership and cache reset on failure. Subclasses provide the loop."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from covip.sdk.engines.base import Generation, GenerationConfig, Message, check_messages
+from covip.sdk.errors import EngineError, InputError
+
+__all__ = ["TokenLoopEngine"]
+
+
+class TokenLoopEngine:
+    """Engine shell: subclasses set ``model_id``, ``tokenizer``, ``_lock``, ``_owner``, ``_closed``, ``last``
+    and implement ``_run_locked``, ``_tokenize`` and ``_reset_cache``."""
+
+    model_id: str
+    tokenizer: Any
+    last: Generation | None
+    _lock: threading.Lock
+    _owner: int | None
+    _closed: bool
+    _ids: list[int]
+
+    def _run_locked(self, msgs: list[Message], config: GenerationConfig) -> Iterator[str]:
+        raise NotImplementedError
+
+    def _tokenize(self, msgs: list[Message]) -> Any:
+        raise NotImplementedError
+
+    def _reset_cache(self) -> None:
+        raise NotImplementedError
+
+    def _after_run(self) -> None:
+        """Called with the lock held after every call (e.g. release resources of an engine closed mid-call)."""
+
+    # ------------------------------------------------------------------ public API
+    def generate(self, messages: Sequence[Message], config: GenerationConfig | None = None, *,
+                 on_token: Callable[[str], None] | None = None) -> Generation:
+        """Generate the assistant's next turn; ``on_token`` receives text pieces as they are decoded."""
+        pieces = self._run(messages, config)
+        try:
+            for piece in pieces:
+                if on_token is not None:
+                    on_token(piece)
+        finally:
+            pieces.close()  # also when on_token raised: releases the engine at once
+        assert self.last is not None
+        return self.last
+
+    def stream(self, messages: Sequence[Message], config: GenerationConfig | None = None) -> Iterator[str]:
+        """Yield text pieces as they are decoded (the final :class:`Generation` is ``self.last``).
+
+        The engine is busy until the iterator is exhausted or closed; a stream left open blocks other
+        threads' calls, and the same thread's next call raises EngineError.
+        """
+        yield from self._run(messages, config)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` costs with this model's tokenizer (no special tokens added)."""
+        self._check_open()
+        if not isinstance(text, str):
+            raise InputError(f"count_tokens needs a string, got {type(text).__name__}")
+        return len(self.tokenizer.encode(text, add_special_tokens=False)) if text else 0
+
+    def prompt_token_ids(self, messages: Sequence[Message]) -> list[int]:
+        """The token ids a call with ``messages`` would put in front of its answer (the full prompt)."""
+        self._check_open()
+        return list(self._tokenize(check_messages(messages)).ids)
+
+    @property
+    def cached_token_ids(self) -> list[int]:
+        """The token ids whose keys/values the engine holds for reuse by the next call."""
+        return list(self._ids)
+
+    def reset(self) -> None:
+        """Forget the KV cache of the last call (the next call prefills its whole prompt)."""
+        with self._lock:
+            self._reset_cache()
+
+    def __enter__(self) -> Any:
+        """Use the engine in a ``with`` block that closes it."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Close the engine at the end of a ``with`` block."""
+        self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ guards
+    def _run(self, messages: Sequence[Message], config: GenerationConfig | None) -> Iterator[str]:
+        """Check the call, then return the guarded token loop (bad input fails here, before any work)."""
+        self._check_open()
+        config = config or GenerationConfig()
+        if not isinstance(config, GenerationConfig):
+            raise InputError(f"config must be a GenerationConfig, got {type(config).__name__}")
+        return self._guarded(check_messages(messages), config)
+
+    def _guarded(self, msgs: list[Message], config: GenerationConfig) -> Iterator[str]:
+        me = threading.get_ident()
+        if self._owner == me:
+            raise EngineError("this thread is still consuming a stream() of this engine; finish or close it "
+                              "before starting another call")
+        with self._lock:
+            self._check_open()
+            self._owner = me
+            try:
+                yield from self._run_locked(msgs, config)
+            except (GeneratorExit, InputError):  # a stream closed early (the cache holds exactly the tokens
+                raise  # run so far), or bad input caught before the cache was touched
+            except BaseException:
+                self._reset_cache()  # the cache may hold a half-written step: never reuse it
+                raise
+            finally:
+                self._owner = None
+                self._after_run()
+
+    def _check_not_streaming(self, what: str) -> None:
+        if self._owner == threading.get_ident():
+            raise EngineError(f"this thread is still consuming a stream() of this engine; finish or close it "
+                              f"before {what}")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineError(f"engine {getattr(self, 'model_id', '')} is closed; build a new {type(self).__name__}")
