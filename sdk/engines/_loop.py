@@ -10,7 +10,7 @@ from typing import Any
 from covip.sdk.engines.base import Generation, GenerationConfig, Message, check_messages
 from covip.sdk.errors import EngineError, InputError
 
-__all__ = ["TokenLoopEngine"]
+__all__ = ["TokenLoopEngine", "common_prefix"]
 
 
 class TokenLoopEngine:
@@ -128,3 +128,21 @@ class TokenLoopEngine:
     def _check_open(self) -> None:
         if self._closed:
             raise EngineError(f"engine {getattr(self, 'model_id', '')} is closed; build a new {type(self).__name__}")
+
+
+def common_prefix(old_ids: Sequence[int], old_spans: Sequence[tuple[int, int, str]], new_ids: Sequence[int],
+                  new_spans: Sequence[tuple[int, int, str]]) -> int:
+    """How many leading tokens of a new prompt a KV cache holding ``old_ids`` can serve: the common token
+    prefix, at least one token short of the new prompt (its logits are needed), never ending inside an
+    image, and never across an image span holding another photo (spans are (start, end, photo key))."""
+    limit = min(len(old_ids), len(new_ids) - 1)
+    n = 0
+    while n < limit and old_ids[n] == new_ids[n]:
+        n += 1
+    cached_keys = {start: key for start, _, key in old_spans}
+    for start, end, key in new_spans:
+        if start >= n:
+            break
+        if end > n or cached_keys.get(start) != key:
+            return start
+    return n

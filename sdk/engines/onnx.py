@@ -43,7 +43,7 @@ import numpy as np
 
 from covip.sdk._config import ConfigMixin
 from covip.sdk._extras import require
-from covip.sdk.engines._loop import TokenLoopEngine
+from covip.sdk.engines._loop import TokenLoopEngine, common_prefix
 from covip.sdk.engines._onnx_util import (
     ImageSpec,
     TokenizerAdapter,
@@ -467,19 +467,7 @@ class OnnxEngine(TokenLoopEngine):
         """Length of the cached prefix the new prompt can reuse (0 = prefill everything)."""
         if not self._kv or not self._ids:
             return 0
-        limit = min(len(self._ids), len(prompt.ids) - 1)  # prefill at least one token to get logits
-        n = 0
-        old, new = self._ids, prompt.ids
-        while n < limit and old[n] == new[n]:
-            n += 1
-        cached_keys = {start: key for start, _, key in self._spans}
-        for start, end, key in prompt.spans:
-            if start >= n:
-                break
-            if end > n or cached_keys.get(start) != key:  # a prefix never ends inside an image
-                n = start
-                break
-        return n
+        return common_prefix(self._ids, self._spans, prompt.ids, prompt.spans)
 
     # ------------------------------------------------------------------ running the graphs
 

@@ -58,7 +58,7 @@ from covip.sdk.engines._hf_util import (
     _set_pixels,
     _take_image,
 )
-from covip.sdk.engines._loop import TokenLoopEngine
+from covip.sdk.engines._loop import TokenLoopEngine, common_prefix
 from covip.sdk.engines.base import (
     EngineState,
     Generation,
@@ -458,18 +458,7 @@ class TransformersEngine(TokenLoopEngine):
         """Length of the cached prefix the new prompt can reuse (0 = prefill everything)."""
         if self._cache is None or not self._ids:
             return 0
-        limit = min(len(self._ids), len(prompt.ids) - 1)  # prefill at least one token to get logits
-        n = 0
-        old, new = self._ids, prompt.ids
-        while n < limit and old[n] == new[n]:
-            n += 1
-        cached_keys = {start: key for start, _, key in self._spans}
-        for start, end, key in prompt.spans:
-            if start >= n:
-                break
-            if end > n or cached_keys.get(start) != key:  # a prefix never ends inside an image
-                n = start
-                break
+        n = common_prefix(self._ids, self._spans, prompt.ids, prompt.spans)
         if n < len(self._ids) and not self._croppable():
             return 0
         return n
