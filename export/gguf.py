@@ -155,7 +155,7 @@ def export_gguf(model: str | os.PathLike[str], out: str | os.PathLike[str], *,
     parity checks (raises :class:`ExportError` when f32/f16 parity fails; nothing is written then).
     """
     from covip.export.converter import convert_hf_to_gguf, converter_dir, llama_cpp_version
-    from covip.export.manifest import add_files, new_manifest, write_manifest
+    from covip.export.manifest import add_files, new_manifest, publish_export, write_manifest
     from covip.export.merge import read_chat_template, resolve_checkpoint
 
     wanted = parse_quants(quants)
@@ -255,15 +255,7 @@ def export_gguf(model: str | os.PathLike[str], out: str | os.PathLike[str], *,
                 if fc.path == base_rel:
                     fc.path = f"{base_rel} (conversion base, not kept)"
 
-        # atomic: rename into place (an old export is moved aside first, then removed)
-        old = None
-        if dest.exists():
-            old = work / "old"
-            os.replace(dest, old)
-        os.replace(stage, dest)
-        manifest.directory = dest
-        if report is not None:
-            report.export_dir = str(dest)
+        publish_export(stage, dest, work, manifest, report)
         result = GgufExportResult(out_dir=dest, manifest=manifest, skipped=skipped, notes=notes, verify=report)
         return result
     finally:

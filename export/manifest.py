@@ -45,6 +45,7 @@ __all__ = [
     "file_entry",
     "add_files",
     "write_manifest",
+    "publish_export",
     "read_manifest",
     "has_manifest",
     "sha256_file",
@@ -100,3 +101,14 @@ def write_manifest(directory: str | os.PathLike[str], manifest: ExportManifest) 
     atomic_write_bytes(d / MANIFEST_NAME, text.encode("utf-8"), d)  # temp file, fsync, rename (mode 0644)
     manifest.directory = d
     return d / MANIFEST_NAME
+
+
+def publish_export(stage: Path, dest: Path, work: Path, manifest: ExportManifest, report: Any = None) -> None:
+    """Move a finished export from ``stage`` to ``dest`` by rename: an existing export is first moved aside
+    into ``work`` (the caller deletes ``work``), so ``dest`` is never half-written."""
+    if dest.exists():
+        os.replace(dest, work / "old")
+    os.replace(stage, dest)
+    manifest.directory = dest
+    if report is not None:
+        report.export_dir = str(dest)

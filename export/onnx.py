@@ -224,7 +224,7 @@ def export_onnx(model: str | os.PathLike[str], out: str | os.PathLike[str], *, i
     other sizes are stretched to it by the engine. ``verify``: run the parity checks (an fp32 failure raises
     :class:`ExportError` and nothing is written).
     """
-    from covip.export.manifest import add_files, new_manifest, write_manifest
+    from covip.export.manifest import add_files, new_manifest, publish_export, write_manifest
     from covip.export.merge import read_chat_template, resolve_checkpoint
     from covip.sdk._extras import require
 
@@ -346,14 +346,7 @@ def export_onnx(model: str | os.PathLike[str], out: str | os.PathLike[str], *, i
             manifest.onnx["verification"] = _verification_summary(report)
             write_manifest(stage, manifest)
 
-        old = None
-        if dest.exists():
-            old = work / "old"
-            os.replace(dest, old)
-        os.replace(stage, dest)
-        manifest.directory = dest
-        if report is not None:
-            report.export_dir = str(dest)
+        publish_export(stage, dest, work, manifest, report)
         return OnnxExportResult(out_dir=dest, manifest=manifest, skipped=skipped, notes=notes, verify=report)
     finally:
         bar.close()
