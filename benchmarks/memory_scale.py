@@ -61,6 +61,14 @@ Extra sections
                        and without one busy-loop process (started and stopped by this script) holding a core,
                        as on a phone where other apps run.
     uniform_random     HNSW recall@10 on uniform random unit vectors (pathological for ANN; not the target).
+    encryption         remember() and search() in a plain home and an encrypted one (``covip init --encrypt``:
+                       SQLCipher database, AES-GCM sealed photos and index files) side by side: the same
+                       ``--encryption-n`` photos (random ``--encryption-side`` px PNGs, ~200 KB at 256 px, so
+                       file sealing is not flattered by tiny files) and vectors go into both homes in
+                       alternating chunks of 50, searches alternate query by query, so both share machine
+                       noise. Ratios encrypted / plain; target <= 1.3x. Open times: plain, raw key, and
+                       passphrase (one Argon2id run, 64 MiB). ``--encryption-only`` runs just this section
+                       and merges it into the existing JSON.
 """
 
 from __future__ import annotations
@@ -73,6 +81,7 @@ import json
 import math
 import os
 import platform
+import secrets
 import shutil
 import sqlite3
 import subprocess
@@ -766,6 +775,153 @@ def run_memory(checkpoints: list[int], args, deadline: float, results: dict, sav
         gc.collect()
 
 
+# ----------------------------------------------------------------------------------------------- encryption
+TARGET_ENCRYPTION_RATIO = 1.3
+
+
+def noise_png(i: int, side: int) -> bytes:
+    """A unique random RGB PNG (incompressible: ~3 bytes per pixel), as a real photo is for file sealing."""
+    from PIL import Image
+
+    px = np.random.default_rng(10_000_000 + i).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(px).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def run_encryption(n: int, args, tmp: Path) -> dict:
+    """remember() and search() in a plain and an encrypted home, interleaved on the same data (see the doc)."""
+    ds = Dataset(n, args.latency_queries, args.seed + 7, cluster_size=args.cluster_size)
+    cfg = MemoryConfig(index=IndexConfig(hnsw_threshold=args.hnsw_threshold))
+    key = secrets.token_bytes(32)
+    homes = {"plain": tmp / "enc-plain", "encrypted": tmp / "enc-encrypted"}
+    mems = {"plain": Memory.open(homes["plain"], config=cfg),
+            "encrypted": Memory.open(homes["encrypted"], config=cfg, key=key)}
+    for mem in mems.values():
+        mem.add_user("bench")
+    adds = {name: np.zeros(n) for name in mems}
+    photo_bytes = 0
+    t0 = perf()
+    try:
+        for chunk, start in enumerate(range(0, n, 50)):
+            pngs = [noise_png(i, args.encryption_side) for i in range(start, min(n, start + 50))]
+            photo_bytes += sum(len(b) for b in pngs)
+            order = ["plain", "encrypted"] if chunk % 2 == 0 else ["encrypted", "plain"]
+            for name in order:
+                mem = mems[name]
+                for j, png in enumerate(pngs):
+                    i = start + j
+                    c = int(ds.assign[i])
+                    t = perf()
+                    mem.remember("bench", png, f"User: photo {i} of concept{c} at some place.", [f"concept{c}"],
+                                 place=f"place {c}", embedding=ds.X[i], model_id=MODEL_ID)
+                    adds[name][i] = perf() - t
+        flush = {}
+        for name, mem in mems.items():
+            t = perf()
+            mem.flush()
+            flush[name] = perf() - t
+        searches = {name: [] for name in mems}
+        for qi, q in enumerate(ds.Q[:args.latency_queries]):
+            for name in (("plain", "encrypted") if qi % 2 == 0 else ("encrypted", "plain")):
+                t = perf()
+                mems[name].search("bench", embedding=q, model_id=MODEL_ID, k=K)
+                searches[name].append(perf() - t)
+        verify = {}
+        for name, mem in mems.items():
+            t = perf()
+            assert mem.verify(deep=True).ok, name
+            verify[name] = perf() - t
+    finally:
+        for mem in mems.values():
+            mem.close()
+    opens = {}
+    for name, kw in (("plain", {}), ("encrypted", {"key": key})):
+        ts = []
+        for _ in range(3):
+            t = perf()
+            Memory.open(homes[name], config=cfg, **kw).close()
+            ts.append(perf() - t)
+        opens[name] = float(np.median(ts))
+    pw_home = tmp / "enc-passphrase"
+    Memory.open(pw_home, key="benchmark passphrase").close()
+    ts = []
+    for _ in range(3):
+        t = perf()
+        Memory.open(pw_home, key="benchmark passphrase").close()
+        ts.append(perf() - t)
+    opens["encrypted_passphrase"] = float(np.median(ts))
+    out = {"n": n, "photo_side": args.encryption_side, "photo_bytes_mean": photo_bytes / n,
+           "queries": len(searches["plain"]), "elapsed_s": perf() - t0, "loadavg": loadavg(), "homes": {}}
+    for name in mems:
+        a, q = adds[name], np.array(searches[name])
+        out["homes"][name] = {
+            "remember_p50_ms": pct(a, 50) * 1e3, "remember_p95_ms": pct(a, 95) * 1e3,
+            "remember_mean_ms": float(a.mean()) * 1e3, "search_p50_ms": pct(q, 50) * 1e3,
+            "search_p95_ms": pct(q, 95) * 1e3, "flush_s": flush[name], "verify_deep_s": verify[name],
+            "open_s": opens[name], "disk_bytes": tree_bytes(homes[name])[0],
+        }
+    out["homes"]["encrypted"]["open_passphrase_s"] = opens["encrypted_passphrase"]
+    p_, e_ = out["homes"]["plain"], out["homes"]["encrypted"]
+    out["ratios"] = {f: e_[f] / p_[f] for f in ("remember_p50_ms", "remember_p95_ms", "remember_mean_ms",
+                                                 "search_p50_ms", "search_p95_ms", "verify_deep_s", "disk_bytes")}
+    out["target"] = {"max_ratio": TARGET_ENCRYPTION_RATIO,
+                     "met": all(out["ratios"][f] <= TARGET_ENCRYPTION_RATIO
+                                for f in ("remember_p50_ms", "remember_mean_ms", "search_p50_ms")),
+                     "judged_on": ["remember_p50_ms", "remember_mean_ms", "search_p50_ms"]}
+    for h in homes.values():
+        shutil.rmtree(h, ignore_errors=True)
+    shutil.rmtree(pw_home, ignore_errors=True)
+    del ds
+    gc.collect()
+    return out
+
+
+def print_encryption(enc: dict) -> None:
+    if not enc or "homes" not in enc:
+        return
+    p_, e_, r = enc["homes"]["plain"], enc["homes"]["encrypted"], enc["ratios"]
+    print(f"\nEncryption at rest (n={enc['n']}, {enc['photo_side']} px photos of ~{enc['photo_bytes_mean'] / 1024:.0f} "
+          f"KB, {enc['queries']} searches; encrypted / plain, target <= {enc['target']['max_ratio']}x: "
+          f"{'MET' if enc['target']['met'] else 'NOT MET'}):")
+    for f, label in (("remember_p50_ms", "remember p50"), ("remember_p95_ms", "remember p95"),
+                     ("remember_mean_ms", "remember mean"), ("search_p50_ms", "search p50"),
+                     ("search_p95_ms", "search p95")):
+        print(f"  {label:<14} plain {p_[f]:8.3f} ms  encrypted {e_[f]:8.3f} ms  x{r[f]:.2f}")
+    print(f"  verify (deep)  plain {p_['verify_deep_s']:8.2f} s   encrypted {e_['verify_deep_s']:8.2f} s   "
+          f"x{r['verify_deep_s']:.2f}")
+    print(f"  open           plain {p_['open_s'] * 1e3:8.1f} ms  raw key {e_['open_s'] * 1e3:8.1f} ms  passphrase "
+          f"(Argon2id) {e_['open_passphrase_s'] * 1e3:.1f} ms")
+    print(f"  disk           plain {p_['disk_bytes'] / MB:8.1f} MB  encrypted {e_['disk_bytes'] / MB:8.1f} MB  "
+          f"x{r['disk_bytes']:.2f}")
+
+
+def plot_encryption(enc: dict | None, ax_lat, ax_open) -> None:
+    if not enc or "homes" not in enc:
+        for a in (ax_lat, ax_open):
+            a.text(0.5, 0.5, "encryption comparison not run", ha="center", va="center", transform=a.transAxes)
+            a.set_axis_off()
+        return
+    p_, e_, r = enc["homes"]["plain"], enc["homes"]["encrypted"], enc["ratios"]
+    fields = [("remember_p50_ms", "remember\np50"), ("remember_p95_ms", "remember\np95"),
+              ("search_p50_ms", "search\np50"), ("search_p95_ms", "search\np95")]
+    x = np.arange(len(fields))
+    ax_lat.bar(x - 0.2, [p_[f] for f, _ in fields], 0.4, color="tab:green", label="plain home")
+    ax_lat.bar(x + 0.2, [e_[f] for f, _ in fields], 0.4, color="tab:brown", label="encrypted home")
+    for xi, (f, _) in zip(x, fields):
+        ax_lat.text(xi + 0.2, e_[f], f"x{r[f]:.2f}", ha="center", va="bottom", fontsize=8)
+    ax_lat.set_xticks(x, [label for _, label in fields])
+    ax_lat.set(ylabel="ms", xlabel=f"n={enc['n']} photos of {enc['photo_side']} px in each home",
+               title=f"Encryption at rest: x = encrypted / plain (target <= {enc['target']['max_ratio']})")
+    ax_lat.legend(fontsize=8)
+    labels = ["plain", "encrypted\n(raw key)", "encrypted\n(passphrase)"]
+    values = [p_["open_s"] * 1e3, e_["open_s"] * 1e3, e_["open_passphrase_s"] * 1e3]
+    ax_open.bar(labels, values, color=["tab:green", "tab:brown", "tab:red"])
+    for i, v in enumerate(values):
+        ax_open.text(i, v, f"{v:.0f} ms", ha="center", va="bottom", fontsize=8)
+    ax_open.set(ylabel="ms", title="Memory.open + close (passphrase: one Argon2id run, 64 MiB)")
+
+
 # ----------------------------------------------------------------------------------------------- reporting
 METHODS = ["covip_index_auto", "covip_index_hnsw", "covip_index_flat", "covip_memory", "numpy_bruteforce",
            "rebuild_flat"]
@@ -905,7 +1061,8 @@ def plot(results: dict, path: Path) -> None:
                 ys.append(v * scale)
         return xs, ys
 
-    fig, axes = plt.subplots(2, 2, figsize=(14, 10))
+    fig, axes = plt.subplots(2, 3, figsize=(21, 10))
+    plot_encryption(results.get("encryption"), axes[0, 2], axes[1, 2])
     ax = axes[0, 0]
     for m in ("covip_index_auto", "covip_memory", "numpy_bruteforce", "rebuild_flat"):
         c, mk, _ = STYLE[m]
@@ -975,7 +1132,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set(xscale="log", yscale="log", xlabel="photos in memory (n)", ylabel="MB",
            title="On-disk bytes (solid) and RSS growth (dotted)")
     ax.legend(fontsize=7, ncol=2)
-    for a in axes.flat:
+    for a in axes[:, :2].flat:
         a.grid(True, which="both", alpha=0.3)
     meta = results["meta"]
     fig.suptitle(f"covip memory at scale: 512-d clustered vectors, {meta.get('cpu_count_logical')} CPUs, "
@@ -988,6 +1145,7 @@ def plot(results: dict, path: Path) -> None:
 
 def report(results: dict) -> None:
     print_table(results)
+    print_encryption(results.get("encryption"))
     t = results["targets"]
     print("\nTargets:")
     a = t["add_O1_amortized"]
@@ -1020,7 +1178,8 @@ def report(results: dict) -> None:
 QUICK_DEFAULTS = {"sizes": [1000, 10_000, 100_000], "memory_max": 1000, "uniform_sizes": [5000],
                   "sweep": [1000, 5000, 20_000, 50_000], "queries": 300, "latency_queries": 100,
                   "sweep_queries": 50, "search_budget_s": 2.0, "single_adds": 100, "rebuild_reps": 5,
-                  "rebuild_budget_s": 1.5, "contention_n": 5000, "budget_minutes": 5.0, "max_minutes": 3.0}
+                  "rebuild_budget_s": 1.5, "contention_n": 5000, "budget_minutes": 5.0, "max_minutes": 3.0,
+                  "encryption_n": 500}
 
 
 def parse_args(argv=None):
@@ -1054,6 +1213,11 @@ def parse_args(argv=None):
                    help="measure nothing: redraw the PNG and reprint the table from <out>/memory_scale.json")
     p.add_argument("--contention-n", type=int, default=10_000,
                    help="size for the OpenMP contention check (0 = skip; briefly runs one busy-loop process)")
+    p.add_argument("--encryption-n", type=int, default=3000,
+                   help="photos remembered into each of a plain and an encrypted home (0 = skip)")
+    p.add_argument("--encryption-side", type=int, default=256, help="side of the random PNG photos (px)")
+    p.add_argument("--encryption-only", action="store_true",
+                   help="run only the encryption comparison and merge it into the existing <out>/memory_scale.json")
     # --quick (for `covip bench --quick`): smaller sizes and fewer repetitions; explicit options still win
     p.add_argument("--quick", action="store_true", help="a short run (~2 min on 2 cores): " + ", ".join(
         f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
@@ -1076,6 +1240,19 @@ def main(argv=None) -> int:
         print(f"\nredrew {png_path} from {json_path}")
         return 0
     tmp = Path(tempfile.mkdtemp(prefix="covip-bench-", dir=args.workdir))
+    if args.encryption_only:
+        results = json.loads(json_path.read_text()) if json_path.exists() else {"sizes": {}, "meta": machine_info()}
+        try:
+            print(f"encryption comparison at n={args.encryption_n}...", flush=True)
+            results["encryption"] = run_encryption(args.encryption_n, args, tmp)
+            results["encryption"]["meta"] = machine_info()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        write_json(json_path, results)
+        print_encryption(results["encryption"])
+        plot(results, png_path)
+        print(f"\nmerged the encryption comparison into {json_path} and redrew {png_path}")
+        return 0
     meta = machine_info()
     meta.update({"hnsw_threshold": args.hnsw_threshold, "index_config": vars(IndexConfig()),
                  "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}})
@@ -1162,6 +1339,10 @@ def main(argv=None) -> int:
             save()
         if mem_sizes:
             run_memory(mem_sizes, args, deadline, results, save)
+            save()
+        if args.encryption_n and deadline - perf() > 120:
+            print(f"encryption comparison at n={args.encryption_n}...", flush=True)
+            results["encryption"] = run_encryption(args.encryption_n, args, tmp)
             save()
         for n in args.uniform_sizes:
             if deadline - perf() < 90 + n / 5000:

@@ -15,6 +15,7 @@ while the caption cache holds the caption it was made with: a cache miss for its
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -31,8 +32,26 @@ from covip.sdk.imaging import Photo, load_photo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CagConfig", "CaptionResult", "Answer", "CaptionAugmentedGenerator", "KvSnapshots"]
+__all__ = ["CagConfig", "CaptionResult", "Answer", "CaptionAugmentedGenerator", "KvSnapshots", "context_length"]
 _MIB = 1 << 20
+PROMPT_OVERHEAD_TOKENS = 64
+"""Tokens the chat template, the headers and the instruction add around the context, photo and question."""
+
+
+def context_length(engine: Any) -> int | None:
+    """The engine's context window in tokens (llama.cpp's ``n_ctx``, a transformers model's
+    ``max_position_embeddings``), or None when the engine does not say."""
+    for attr in ("context_length", "n_ctx"):
+        value = getattr(engine, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    config = getattr(getattr(engine, "model", None), "config", None)
+    if config is not None:
+        text = config.get_text_config() if callable(getattr(config, "get_text_config", None)) else config
+        value = getattr(text, "max_position_embeddings", None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 @dataclass
@@ -56,11 +75,19 @@ class CagConfig:
                   "RAM (GPU memory for a transformers engine on a GPU), least recently used dropped first. "
                   "A warm ask (caption from the cache) restores it, so the answer pass prefills only the "
                   "question instead of the images, instruction and caption again. 0 disables."})
+    photo_max_side: int | None = field(
+        default=2048,
+        metadata={"help": "Photos shown to the model are decoded at most this many pixels on their longest side "
+                  "(JPEGs directly at a reduced scale), which bounds the memory one question costs; the "
+                  "model's image processor shrinks them further anyway. None decodes at full size."})
 
     def __post_init__(self) -> None:
         mb = self.kv_snapshot_mb
         if isinstance(mb, bool) or not isinstance(mb, int) or mb < 0:
             raise InputError(f"CagConfig.kv_snapshot_mb must be an integer >= 0 (0 disables), got {mb!r}")
+        side = self.photo_max_side
+        if side is not None and (isinstance(side, bool) or not isinstance(side, int) or side < 16):
+            raise InputError(f"CagConfig.photo_max_side must be an integer of at least 16 (or None), got {side!r}")
 
 
 @dataclass(frozen=True)
@@ -188,14 +215,52 @@ class CaptionAugmentedGenerator:
 
     # -------------------------------------------------------------- context
     def context_for(self, user: str, photo: Photo) -> Context:
-        """Search the user's memory with the photo and fit the context to the budget."""
+        """Search the user's memory with the photo and fit the context to the budget (never more than the
+        model's context window leaves after the photo, the caption and the answer)."""
         embedder = self.memory.embedder
         vec = embedder.embed_images([photo.image])[0]
         image_tokens = None
         if self.config.caption_only:
             image_tokens = 0  # captions are counted as dialogue text below
-        return assemble(self.memory, user, vec, self.context_config, count_tokens=self.engine.count_tokens,
+        config = self.context_config
+        window = context_length(self.engine)
+        if window is not None:
+            room = max(1, window - self._reserved_tokens(cag=True))
+            if room < config.token_budget:
+                config = dataclasses.replace(config, token_budget=room)
+        return assemble(self.memory, user, vec, config, count_tokens=self.engine.count_tokens,
                         model_id=embedder.model_id, image_tokens=image_tokens)
+
+    def _reserved_tokens(self, *, cag: bool) -> int:
+        """Tokens a question needs besides its own text and the memories: the photo, the template, the
+        caption (CAG) and the answer."""
+        return (self.context_config.image_tokens + PROMPT_OVERHEAD_TOKENS + self.config.answer.max_new_tokens
+                + (self.config.caption.max_new_tokens if cag else 0))
+
+    def check_question(self, question: str, *, cag: bool = True, context_tokens: int = 0) -> int:
+        """The question's token count; InputError (with the numbers) when the prompt it makes cannot fit the
+        model's context window. Runs before any other work, so an oversized question costs nothing."""
+        if not isinstance(question, str):
+            raise InputError(f"the question must be text, not {type(question).__name__}")
+        window = context_length(self.engine)
+        if window is None:
+            return self.engine.count_tokens(question)
+        if len(question) > 64 * window:  # no tokenizer packs 64 characters per token: refuse unread
+            raise InputError(f"the question is {len(question):,} characters, far more than the model's context "
+                             f"of {window:,} tokens holds; shorten the question")
+        tokens = self.engine.count_tokens(question)
+        reserved = self._reserved_tokens(cag=cag)
+        needed = tokens + reserved + context_tokens
+        if needed > window:
+            memories = f", the memories shown ({context_tokens:,})" if context_tokens else ""
+            caption = f", the caption (up to {self.config.caption.max_new_tokens:,})" if cag else ""
+            raise InputError(
+                f"the question is {tokens:,} tokens; with the photo (~{self.context_config.image_tokens:,}){memories}"
+                f"{caption}, the prompt template ({PROMPT_OVERHEAD_TOKENS}) and the answer (up to "
+                f"{self.config.answer.max_new_tokens:,}) it needs {needed:,} tokens, more than the model's context "
+                f"length of {window:,} tokens; shorten the question to at most "
+                f"{max(0, window - reserved - context_tokens):,} tokens")
+        return tokens
 
     def _entries(self, user: str, context: Context) -> list[prompts.ContextEntry]:
         entries = []
@@ -203,7 +268,7 @@ class CaptionAugmentedGenerator:
             if self.config.caption_only:
                 entries.append(prompts.ContextEntry(dialogue=item.dialogue, caption=self._plain_caption(user, item)))
             else:
-                entries.append(prompts.ContextEntry(dialogue=item.dialogue, image=load_photo(item.photo.path).image))
+                entries.append(prompts.ContextEntry(dialogue=item.dialogue, image=self._load(self.memory.read_photo_bytes(item.photo)).image))
         return entries
 
     def _plain_caption(self, user: str, item: ContextItem) -> str:
@@ -215,22 +280,30 @@ class CaptionAugmentedGenerator:
         cached = self.memory.cached_caption(owner, **key)
         if cached is not None:
             return cached
-        gen = self.engine.generate(prompts.describe_messages(load_photo(item.photo.path).image),
+        gen = self.engine.generate(prompts.describe_messages(self._load(self.memory.read_photo_bytes(item.photo)).image),
                                    GenerationConfig(max_new_tokens=min(96, self.config.caption.max_new_tokens)))
         self.memory.cache_caption(owner, gen.text.strip(), **key)
         return gen.text.strip()
 
     # -------------------------------------------------------------- passes
+    def _load(self, photo: Any) -> Photo:
+        """A photo for the model: checked, decoded at most ``photo_max_side`` pixels on its longest side."""
+        return load_photo(photo, max_pixels=self.memory.config.max_pixels, max_side=self.config.photo_max_side)
+
     def caption(self, user: str, photo: Any, *, on_token: Callable[[str], None] | None = None) -> CaptionResult:
         """The personalized caption of ``photo`` for ``user`` (from the cache when nothing changed)."""
-        pic = load_photo(photo, max_pixels=self.memory.config.max_pixels)
+        pic = self._load(photo)
         return self._caption(user, pic, on_token)[0]
 
     def _caption(self, user: str, pic: Photo, on_token: Callable[[str], None] | None,
-                 timings: dict[str, float] | None = None) -> tuple[CaptionResult, SnapshotKey]:
-        """The caption and its KV snapshot key; a generated caption's pass is snapshotted at once."""
+                 timings: dict[str, float] | None = None, question: str | None = None,
+                 ) -> tuple[CaptionResult, SnapshotKey]:
+        """The caption and its KV snapshot key; a generated caption's pass is snapshotted at once. With the
+        ``question`` that follows, its prompt is checked against the context window before the caption pass."""
         t0 = time.perf_counter()
         context = self.context_for(user, pic)
+        if question is not None:
+            self.check_question(question, cag=True, context_tokens=context.tokens)
         key = {"model_id": self.engine.model_id, "prompt_version": self._prompt_version(),
                "photo_sha256": pic.sha256, "context_ids": context.photo_ids}
         skey: SnapshotKey = (user, key["model_id"], key["prompt_version"], pic.sha256,
@@ -290,13 +363,17 @@ class CaptionAugmentedGenerator:
 
     def ask(self, user: str, photo: Any, question: str, *, cag: bool = True,
             on_token: Callable[[str], None] | None = None) -> Answer:
-        """Answer ``question`` about ``photo`` from the user's memories; ``cag=False`` asks directly."""
-        pic = load_photo(photo, max_pixels=self.memory.config.max_pixels)
+        """Answer ``question`` about ``photo`` from the user's memories; ``cag=False`` asks directly.
+
+        A question whose prompt cannot fit the model's context window is refused (InputError with the
+        token counts) before the photo is even read."""
+        self.check_question(question, cag=cag)
+        pic = self._load(photo)
         t0 = time.perf_counter()
         tokens: dict[str, int] = {}
         timings: dict[str, float] = {}
         if cag:
-            cap, skey = self._caption(user, pic, None, timings)
+            cap, skey = self._caption(user, pic, None, timings, question=question)
             timings["caption_s"] = cap.seconds
             if cap.generation is not None:
                 tokens.update(caption_prompt=cap.generation.prompt_tokens,
@@ -308,6 +385,7 @@ class CaptionAugmentedGenerator:
             context, caption, cached = cap.context, cap.caption, cap.cached
         else:
             context = self.context_for(user, pic)
+            self.check_question(question, cag=cag, context_tokens=context.tokens)
             messages = prompts.direct_messages(self._entries(user, context), pic.image, question)
             caption, cached = None, False
         t1 = time.perf_counter()

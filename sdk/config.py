@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from covip.sdk.errors import ConfigError
+from covip.sdk.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,20 @@ def default_home() -> Path:
 
 def resolve_home(home: str | os.PathLike | None) -> Path:
     """The home directory to use: the argument, else :func:`default_home`."""
-    return Path(home).expanduser() if home is not None else default_home()
+    if home is None:
+        return default_home()
+    if not isinstance(home, (str, os.PathLike)) or (isinstance(home, str) and not home.strip()):
+        raise InputError(f"the home must be a folder path, not {type(home).__name__} {str(home)[:80]!r}")
+    try:
+        path = Path(home).expanduser()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"the home {str(home)[:80]!r} is not a usable folder path ({exc})") from exc
+    if "\x00" in str(path) or len(os.fsencode(path)) > 4096 or any(len(os.fsencode(p)) > 255 for p in path.parts):
+        raise InputError(f"the home {str(path)[:80]!r}... is not a usable folder path (too long, or a NUL byte)")
+    if path.exists() and not path.is_dir():
+        raise InputError(f"the home {str(path)[:80]!r} is a file, not a folder; give a folder path (a new one is "
+                         "created)")
+    return path
 
 
 def read_settings(home: Path) -> dict[str, Any]:
@@ -50,10 +63,10 @@ def read_settings(home: Path) -> dict[str, Any]:
 
 
 def write_settings(home: Path, settings: dict[str, Any]) -> Path:
-    """Write ``config.json`` atomically."""
-    from covip.sdk.memory.files import atomic_write_bytes
+    """Write ``config.json`` atomically (0600, like every file of the home)."""
+    from covip.sdk.memory.files import atomic_write_bytes, private_dir
 
-    home.mkdir(parents=True, exist_ok=True)
+    private_dir(home)  # 0700 whatever the umask: the home is private from the start
     path = home / SETTINGS_FILE
     atomic_write_bytes(path, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode(), home / "tmp")
     return path

@@ -17,9 +17,18 @@ Catch :class:`CovipError` to handle everything covip raises on purpose::
     ├── NotFoundError            a user, concept or photo that does not exist; also a LookupError
     ├── ConflictError            a name that already exists, a merge into itself, ...
     ├── StoreError               the on-disk memory cannot be read or written
+    │   ├── DatabaseCorruptError memory.db is damaged (the message names the recovery path: the last
+    │   │                        export bundle, or ``sqlite3 memory.db .recover | sqlite3 recovered.db``)
+    │   ├── DatabaseMissingError memory.db is missing or empty while the home still holds photos or
+    │   │                        index files (restore a backup, import a bundle, or ``verify --start-fresh``)
     │   ├── SchemaError          the database is newer than this covip, or a migration failed
     │   ├── IndexCorruptError    a FAISS index file cannot be read (``covip verify --repair``)
-    │   └── BundleError          an export bundle that is not a covip bundle or is damaged
+    │   ├── BundleError          an export bundle that is not a covip bundle or is damaged
+    │   └── EncryptionError      encryption at rest: an unusable keyfile, a plain home given a key
+    │       ├── MissingKeyError  an encrypted home or bundle opened without its passphrase/key
+    │       ├── WrongKeyError    the passphrase or key does not unlock it (nothing is changed)
+    │       └── DecryptError     an encrypted file that fails authentication: altered, damaged,
+    │                            or swapped for another file
     ├── EmbedderError            an embedding model that cannot be built or loaded
     ├── EngineError              an inference engine whose model cannot be loaded or run
     ├── JudgeError               a reward judge (HTTP server, local model) that cannot answer
@@ -45,9 +54,15 @@ __all__ = [
     "NotFoundError",
     "ConflictError",
     "StoreError",
+    "DatabaseCorruptError",
+    "DatabaseMissingError",
     "SchemaError",
     "IndexCorruptError",
     "BundleError",
+    "EncryptionError",
+    "MissingKeyError",
+    "WrongKeyError",
+    "DecryptError",
     "EmbedderError",
     "EngineError",
     "DataError",
@@ -114,6 +129,15 @@ class StoreError(CovipError):
     """The on-disk memory cannot be read or written."""
 
 
+class DatabaseCorruptError(StoreError):
+    """memory.db is damaged; repair cannot rebuild it (the message names the recovery path)."""
+
+
+class DatabaseMissingError(StoreError):
+    """memory.db is missing or empty but the home still holds photos or index files of a memory: covip
+    refuses to start a new database over them (the message names the recovery steps)."""
+
+
 class SchemaError(StoreError):
     """The database schema is newer than this covip, or a migration failed."""
 
@@ -124,6 +148,23 @@ class IndexCorruptError(StoreError):
 
 class BundleError(StoreError):
     """A memory bundle that is not a covip bundle, or is damaged."""
+
+
+class EncryptionError(StoreError):
+    """Encryption at rest cannot proceed: an unusable keyfile, or a key given for a plain home."""
+
+
+class MissingKeyError(EncryptionError):
+    """An encrypted home or bundle was opened without its passphrase or key (the message says where to
+    give one: ``key=``, ``$COVIP_PASSPHRASE``, the OS keyring)."""
+
+
+class WrongKeyError(EncryptionError):
+    """The passphrase or key does not unlock the home or bundle; nothing was read or changed."""
+
+
+class DecryptError(EncryptionError):
+    """An encrypted file fails authentication: it was altered, damaged, or swapped for another file."""
 
 
 class EmbedderError(CovipError):

@@ -3,6 +3,10 @@
 Memory, the CLI and any server call :func:`load_photo` so every photo is validated, oriented,
 converted and hashed the same way. Pillow's global settings (``LOAD_TRUNCATED_IMAGES``,
 ``MAX_IMAGE_PIXELS``, warning filters) are never changed: limits are checked per call.
+
+Paths are checked before anything opens them: a file of a memory home other than its photo store
+(database, WAL, index, locks: see :mod:`covip.sdk.homefiles`) is refused, and so is anything that is not a
+regular file. Error messages name the source as the caller gave it and never echo the file's contents.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -29,6 +34,7 @@ from covip.sdk.errors import (
     NotAnImageError,
     TruncatedImageError,
 )
+from covip.sdk.homefiles import refuse_home_file
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -43,6 +49,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 64_000_000
 """Largest width*height taken in by default (a 64-megapixel photo); larger needs ``max_pixels=``."""
+MAX_FILE_BYTES = 1 << 30
+"""Largest photo file read from a path (1 GiB); a bigger file is refused before it is read."""
+_RESIZABLE_MODES = {"RGB", "RGBA", "L", "LA", "CMYK", "YCbCr", "RGBX"}
+"""Modes Pillow resizes with a real filter (palette and 16-bit images are converted to RGB first)."""
 
 _EXIF_ORIENTATION = 0x0112
 _EXIF_DATETIME = 0x0132
@@ -86,7 +96,9 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
 class Photo:
     """A checked photo: RGB pixels plus the original bytes, their hash and EXIF time/place.
 
-    Equality and hashing use the metadata and ``sha256``, never the pixels or bytes.
+    ``width`` and ``height`` are the photo's own (upright) size; ``image`` has that size unless it was
+    taken in with ``max_side``, which decodes it smaller. Equality and hashing use the metadata and
+    ``sha256``, never the pixels or bytes.
     """
 
     image: Image.Image = field(repr=False, compare=False)
@@ -114,23 +126,30 @@ class Photo:
 PhotoSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, Image.Image, Photo]
 
 
-def load_photo(source: PhotoSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
-    """Take in a path, encoded bytes, PIL image or Photo and return a fully decoded RGB :class:`Photo`."""
+def load_photo(source: PhotoSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None) -> Photo:
+    """Take in a path, encoded bytes, PIL image or Photo and return a fully decoded RGB :class:`Photo`.
+
+    ``max_side`` bounds the decoded pixels' longest side (JPEGs are decoded at 1/2, 1/4 or 1/8 scale
+    directly, others are shrunk right after decoding), for callers that only show the photo to a model:
+    the bytes, hash and ``width``/``height`` stay the original's. A Photo passes through unchanged.
+    """
     if isinstance(source, Photo):
         return source
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
         raise InputError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 16):
+        raise InputError(f"max_side must be an integer of at least 16 pixels (or None), got {max_side!r}")
     if isinstance(source, Image.Image):
-        return _from_pil(source, max_pixels=max_pixels)
+        return _from_pil(source, max_pixels=max_pixels, max_side=max_side)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
-        return _from_bytes(
-            data, label=f"the given bytes ({len(data)} bytes)", path=None, max_pixels=max_pixels
-        )
+        return _from_bytes(data, label=f"the given bytes ({len(data)} bytes)", path=None, max_pixels=max_pixels,
+                           max_side=max_side)
     if isinstance(source, (str, os.PathLike)):
         path = Path(os.fspath(source)).expanduser()
-        data = _read_file(path)
-        return _from_bytes(data, label=f"'{path}'", path=path.absolute(), max_pixels=max_pixels)
+        label = f"'{path}'"
+        data = _read_file(path, label)
+        return _from_bytes(data, label=label, path=path.absolute(), max_pixels=max_pixels, max_side=max_side)
     raise InputError(
         f"cannot take a photo from a {type(source).__name__}; "
         "pass a file path, the encoded bytes, a PIL.Image.Image or a Photo"
@@ -193,20 +212,43 @@ def _scale_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def _read_file(path: Path) -> bytes:
-    """Read a photo file, turning missing paths, folders and OS errors into :class:`InputError`."""
-    if not path.exists():
-        raise InputError(
-            f"photo file '{path}' does not exist; check the path (it is relative to {Path.cwd()})"
-        )
+def _read_file(path: Path, label: str) -> bytes:
+    """Read a photo file, turning missing paths, folders, special files, a memory home's own files and OS
+    errors into :class:`InputError` (all checked with stat(), before the file is opened)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        where = "" if path.is_absolute() else f" (it is relative to {Path.cwd()})"
+        raise InputError(f"photo file {label} does not exist; check the path{where}") from None
+    except (OSError, ValueError) as exc:
+        why = getattr(exc, "strerror", None) or "an unusable path"
+        raise InputError(f"photo file {label} cannot be used ({why}); check the path") from None
     if path.is_dir():
-        raise InputError(f"'{path}' is a directory, not a photo file; pass the path of one image file")
+        raise InputError(f"{label} is a directory, not a photo file; pass the path of one image file")
+    if not path.is_file():
+        raise InputError(f"{label} is not a regular file (a device, pipe or socket); pass a photo file")
+    refuse_home_file(path, label)
+    if st.st_size > MAX_FILE_BYTES:
+        raise InputError(f"photo file {label} is {st.st_size:,} bytes, more than the {MAX_FILE_BYTES:,} bytes a "
+                         "photo may have; pass a smaller (compressed) copy")
     try:
         return path.read_bytes()
     except OSError as exc:
         raise InputError(
-            f"photo file '{path}' cannot be read ({exc.strerror or exc}); check its permissions"
-        ) from exc
+            f"photo file {label} cannot be read ({exc.strerror or type(exc).__name__}); check its permissions"
+        ) from None
+
+
+_BYTES_LITERAL = re.compile(r"b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\"")
+
+
+def _why(exc: BaseException) -> str:
+    """A decoder error as ``Type: message`` without the file contents Pillow sometimes quotes (header bytes,
+    chunk names), cut to a readable length."""
+    text = _BYTES_LITERAL.sub("<bytes>", str(exc))
+    if len(text) > 120:
+        text = text[:117] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _check_pixels(width: int, height: int, *, label: str, max_pixels: int) -> None:
@@ -218,49 +260,59 @@ def _check_pixels(width: int, height: int, *, label: str, max_pixels: int) -> No
         )
 
 
-def _from_bytes(data: bytes, *, label: str, path: Path | None, max_pixels: int) -> Photo:
-    """Decode encoded bytes fully, checking size from the header first."""
+def _from_bytes(data: bytes, *, label: str, path: Path | None, max_pixels: int, max_side: int | None) -> Photo:
+    """Decode encoded bytes fully (at most ``max_side`` on the longest side), checking size from the header
+    first. The decoded image itself becomes the Photo's image when no conversion is needed (no copy)."""
     if not data:
         raise EmptyImageError(f"{label} is empty (0 bytes); pass a photo file that has image data")
     try:
         im = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError as exc:
+    except UnidentifiedImageError:
         raise NotAnImageError(
-            f"{label} is not an image format Pillow can read (starts with {data[:12]!r}); "
+            f"{label} is not an image format Pillow can read ({len(data):,} bytes of something else); "
             "pass a JPEG, PNG, WebP, GIF, TIFF or BMP file"
-        ) from exc
+        ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(
-            f"{label} declares more pixels than Pillow's decompression-bomb limit ({exc}); "
+            f"{label} declares more pixels than Pillow's decompression-bomb limit ({_why(exc)}); "
             "downscale the photo before adding it"
-        ) from exc
+        ) from None
     except _DECODE_ERRORS as exc:
         raise TruncatedImageError(
-            f"{label} has a damaged image header ({type(exc).__name__}: {exc}); "
+            f"{label} has a damaged image header ({_why(exc)}); "
             "the file is corrupt or cut short: copy or export it again"
-        ) from exc
+        ) from None
+    result: Photo | None = None
     try:
         fmt = im.format or "PNG"
         _check_pixels(im.width, im.height, label=label, max_pixels=max_pixels)
+        size = im.size
         try:
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
+            if max_side is not None and max(im.size) > max_side and fmt in ("JPEG", "MPO"):
+                ratio = max_side / max(im.size)  # decode at 1/2..1/8 scale, never below max_side
+                im.draft(None, (max(1, int(im.width * ratio)), max(1, int(im.height * ratio))))
             im.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageTooLargeError(
-                f"{label} expands past Pillow's decompression-bomb limit ({exc}); downscale the photo"
-            ) from exc
+                f"{label} expands past Pillow's decompression-bomb limit ({_why(exc)}); downscale the photo"
+            ) from None
         except _DECODE_ERRORS as exc:
             raise TruncatedImageError(
                 f"{label} is a {fmt} image whose data is truncated or corrupt "
-                f"({type(exc).__name__}: {exc}); the file is damaged or cut short: copy or export it again"
-            ) from exc
-        return _finish(im, data=data, fmt=fmt, path=path, label=label)
+                f"({_why(exc)}); the file is damaged or cut short: copy or export it again"
+            ) from None
+        if max_side is not None and max(im.size) > max_side and im.mode in _RESIZABLE_MODES:
+            im.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)  # before any full-size conversion
+        result = _finish(im, data=data, fmt=fmt, path=path, label=label, size=size, max_side=max_side)
+        return result
     finally:
-        im.close()
+        if result is None or result.image is not im:
+            im.close()
 
 
-def _from_pil(img: Image.Image, *, max_pixels: int) -> Photo:
+def _from_pil(img: Image.Image, *, max_pixels: int, max_side: int | None = None) -> Photo:
     """Take in an in-memory PIL image; its ``data`` becomes the PNG encoding of the oriented RGB pixels."""
     label = f"the given {img.mode} PIL image"
     _check_pixels(img.width, img.height, label=label, max_pixels=max_pixels)
@@ -268,9 +320,8 @@ def _from_pil(img: Image.Image, *, max_pixels: int) -> Photo:
         img.load()
     except _DECODE_ERRORS as exc:
         raise TruncatedImageError(
-            f"{label} cannot be decoded ({type(exc).__name__}: {exc}); the file it was opened from is "
-            "damaged or cut short"
-        ) from exc
+            f"{label} cannot be decoded ({_why(exc)}); the file it was opened from is damaged or cut short"
+        ) from None
     taken_at, gps, exif = _read_exif(img)
     rgb = to_rgb(_oriented(img))
     if rgb is img:
@@ -278,33 +329,42 @@ def _from_pil(img: Image.Image, *, max_pixels: int) -> Photo:
     if exif is not None:
         exif = _exif_without_orientation(exif)
     data = image_to_png_bytes(rgb, exif=exif)
+    width, height = rgb.size
+    if max_side is not None and max(rgb.size) > max_side:
+        rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     return Photo(
         image=rgb,
         data=data,
         sha256=hashlib.sha256(data).hexdigest(),
         format="PNG",
-        width=rgb.width,
-        height=rgb.height,
+        width=width,
+        height=height,
         taken_at=taken_at,
         gps=gps,
         source_path=None,
     )
 
 
-def _finish(im: Image.Image, *, data: bytes, fmt: str, path: Path | None, label: str) -> Photo:
-    """Read EXIF, apply orientation, convert to RGB and build the Photo."""
+def _finish(im: Image.Image, *, data: bytes, fmt: str, path: Path | None, label: str, size: tuple[int, int],
+            max_side: int | None) -> Photo:
+    """Read EXIF, apply orientation, convert to RGB and build the Photo (``size``: the undecoded original's)."""
     taken_at, gps, _ = _read_exif(im)
-    rgb = to_rgb(_oriented(im))
-    if rgb is im:
-        rgb = im.copy()  # detach from the decoder's file object
-    logger.debug("took in %s: %s %dx%d", label, fmt, rgb.width, rgb.height)
+    upright = _oriented(im)
+    width, height = size
+    if upright.size != im.size and upright.size == im.size[::-1]:
+        width, height = height, width  # EXIF orientation turned it by 90 degrees
+    rgb = to_rgb(upright)
+    if max_side is not None and max(rgb.size) > max_side:  # modes shrunk only after conversion (palette, 16-bit)
+        rgb = rgb.copy() if rgb is im else rgb
+        rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    logger.debug("took in %s: %s %dx%d (decoded %dx%d)", label, fmt, width, height, rgb.width, rgb.height)
     return Photo(
         image=rgb,
         data=data,
         sha256=hashlib.sha256(data).hexdigest(),
         format=fmt,
-        width=rgb.width,
-        height=rgb.height,
+        width=width,
+        height=height,
         taken_at=taken_at,
         gps=gps,
         source_path=path,
@@ -312,8 +372,11 @@ def _finish(im: Image.Image, *, data: bytes, fmt: str, path: Path | None, label:
 
 
 def _oriented(im: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation tag (rotation/mirroring) so pixels are upright."""
+    """Apply the EXIF orientation tag (rotation/mirroring) so pixels are upright; an upright image is
+    returned as is (Pillow's exif_transpose would copy it)."""
     try:
+        if im.getexif().get(_EXIF_ORIENTATION, 1) not in (2, 3, 4, 5, 6, 7, 8):
+            return im
         out = ImageOps.exif_transpose(im)
     except Exception as exc:  # a damaged EXIF block must not lose the photo
         logger.warning("ignoring unreadable EXIF orientation: %s", exc)

@@ -123,3 +123,34 @@ def tiny_engine(tiny_vlm_dir: Path):
     engine = make_engine("tiny")
     yield engine
     engine.close()
+
+
+@pytest.fixture
+def memory_keyring():
+    """An in-process OS keyring: a real ``keyring`` backend over a dict, installed with keyring.set_keyring."""
+    import keyring
+    import keyring.backend
+    import keyring.errors
+
+    class MemoryKeyring(keyring.backend.KeyringBackend):
+        priority = 1
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.store: dict[tuple[str, str], str] = {}
+
+        def get_password(self, service: str, username: str) -> str | None:
+            return self.store.get((service, username))
+
+        def set_password(self, service: str, username: str, password: str) -> None:
+            self.store[(service, username)] = password
+
+        def delete_password(self, service: str, username: str) -> None:
+            if self.store.pop((service, username), None) is None:
+                raise keyring.errors.PasswordDeleteError(username)
+
+    before = keyring.get_keyring()
+    backend = MemoryKeyring()
+    keyring.set_keyring(backend)
+    yield backend
+    keyring.set_keyring(before)

@@ -26,7 +26,9 @@ EXPECTED = {
                       "streamed: "],
     "privacy": ["files holding her data: ['memory.db-wal', 'photos/",
                 "files under the home still holding her dialogue or photo: none", "users left: []",
-                "imported back: {'user': 'ana'", "ana's dialogue again: User: Bori's vet is Dr. Kim", "verify: ok"],
+                "imported back: {'user': 'ana'", "ana's dialogue again: User: Bori's vet is Dr. Kim", "verify: ok",
+                "encrypted home, ana remembered: files holding her dialogue or photo: none",
+                "its bundle is encrypted: True"],
 }
 
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["CliState", "pass_state", "user_option", "json_option", "echo_json", "jsonable", "read_text_arg",
-           "is_interactive"]
+           "is_interactive", "open_memory", "ask_passphrase", "new_passphrase", "init_key"]
 
 DB_FILE = "memory.db"
 
@@ -40,16 +40,17 @@ class CliState:
         """The memory home: --home, else $COVIP_HOME, else the per-user data directory."""
         return resolve_home(self.home)
 
-    def memory(self, *, create: bool = False) -> Memory:
-        """Open the memory in the home (closed when the command ends); refuses a home never initialized."""
-        from covip.sdk.memory import Memory
+    def memory(self, *, create: bool = False, key: Any = None) -> Memory:
+        """Open the memory in the home (closed when the command ends); refuses a home never initialized. An
+        encrypted home is unlocked with ``key``, $COVIP_PASSPHRASE or the OS keyring, else asked on a terminal."""
+        from covip.sdk.memory.layout import leftovers
 
         home = self.home_dir
-        if not create and not ((home / DB_FILE).is_file() or (home / SETTINGS_FILE).is_file()):
+        if not create and not ((home / DB_FILE).is_file() or (home / SETTINGS_FILE).is_file() or leftovers(home)):
             raise NotFoundError(f"no covip memory in {home}; create one with `covip init` (or point --home / "
                                 "COVIP_HOME at an existing one)")
         log.info("opening memory in %s", home)
-        mem = Memory.open(home)
+        mem = open_memory(home, key)
         click.get_current_context().call_on_close(mem.close)
         return mem
 
@@ -65,6 +66,76 @@ class CliState:
 
 
 pass_state = click.make_pass_decorator(CliState, ensure=True)
+
+
+def open_memory(home: Path, key: Any = None) -> Memory:
+    """Memory.open(home, key=key); when an encrypted home has no key anywhere, ask for it on a terminal."""
+    from covip.sdk.errors import MissingKeyError
+    from covip.sdk.memory import Memory
+
+    try:
+        return Memory.open(home, key=key)
+    except MissingKeyError:
+        if key is not None or not is_interactive():
+            raise
+    return Memory.open(home, key=ask_passphrase(home))
+
+
+def ask_passphrase(home: Path, what: str = "the encrypted covip memory") -> Any:
+    """Ask for a passphrase on the terminal (hidden); in a home locked with a raw key, its 64 hex digits."""
+    from covip.sdk.memory import crypto
+
+    text = click.prompt(f"passphrase of {what} in {home}", hide_input=True, err=True)
+    return crypto.secret_from_text(home, text)
+
+
+def init_key(home: Path, encrypt: bool) -> Any:
+    """The key ``covip init`` opens ``home`` with, checked before anything is written: a new passphrase for
+    --encrypt on a new home; for a home that is encrypted already, its passphrase (environment, keyring or
+    asked), tried now so a wrong one changes nothing."""
+    from covip.sdk.errors import EncryptionError, MissingKeyError
+    from covip.sdk.memory import crypto
+
+    if crypto.is_encrypted_home(home):
+        try:
+            crypto.unlock_home(home)
+            return None
+        except MissingKeyError:
+            if not is_interactive():
+                raise
+        key = ask_passphrase(home)
+        crypto.unlock_home(home, key)
+        return key
+    if not encrypt:
+        return None
+    crypto.require_encryption()
+    if crypto.holds_memory(home):
+        raise EncryptionError(f"{home} already holds an unencrypted memory and --encrypt only creates new homes. "
+                              "To encrypt it: `covip export-memory` each user, `covip --home NEW init --encrypt`, "
+                              "`covip --home NEW import-memory` each bundle, then delete the old home")
+    return crypto.check_new_secret(new_passphrase("covip init --encrypt"))
+
+
+def new_passphrase(what: str, *, env: str | None = None, key_env: str | None = None) -> Any:
+    """A new passphrase: from the environment (``env``, default $COVIP_PASSPHRASE, or a raw key in ``key_env``,
+    default $COVIP_KEY), else asked twice on a terminal."""
+    import os
+
+    from covip.sdk.memory import crypto
+
+    env, key_env = env or crypto.PASSPHRASE_ENV, key_env or crypto.KEY_ENV
+    if os.environ.get(env):
+        return os.environ[env]
+    if os.environ.get(key_env):
+        try:
+            return bytes.fromhex(os.environ[key_env].strip())
+        except ValueError:
+            raise InputError(f"${key_env} must be 64 hex digits (a raw 32-byte key)") from None
+    if not is_interactive():
+        raise InputError(f"{what} needs a passphrase: set ${env} (or ${key_env} to a raw key in 64 hex digits), "
+                         "or run it on a terminal to be asked")
+    return click.prompt(f"new passphrase ({what}; at least {crypto.MIN_PASSPHRASE} characters)", hide_input=True,
+                        confirmation_prompt=True, err=True)
 
 
 def user_option(required: bool = True) -> Any:

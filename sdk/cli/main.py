@@ -35,6 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "covip.sdk.cli.memory_cmds",
     "covip.sdk.cli.people_cmds",
     "covip.sdk.cli.bundle_cmds",
+    "covip.sdk.cli.key_cmds",
     "covip.sdk.cli.chat_cmds",
     "covip.sdk.cli.serve_cmds",
 )

@@ -13,6 +13,7 @@ import click
 from covip.sdk.cli.common import (
     CliState,
     echo_json,
+    init_key,
     is_interactive,
     json_option,
     pass_state,
@@ -22,6 +23,7 @@ from covip.sdk.cli.common import (
 )
 from covip.sdk.config import DEFAULT_EMBEDDER, SETTINGS_FILE
 from covip.sdk.errors import ConfigError, ConflictError, ImageError, InputError, NotFoundError
+from covip.sdk.memory.validate import MAX_K
 
 if TYPE_CHECKING:
     from covip.sdk.memory import Memory
@@ -47,8 +49,15 @@ __all__ = ["register"]
                    "the current one is kept.")
 @click.option("--force", is_flag=True, help="Overwrite an existing config.json (the memory itself is kept; "
               "without --embedder the current embedder is kept).")
+@click.option("--encrypt", is_flag=True,
+              help="Encrypt the new memory at rest (database, photos, vectors, index, caption cache) with a "
+                   "passphrase from $COVIP_PASSPHRASE, else asked twice on the terminal. Every later command "
+                   "needs it ($COVIP_PASSPHRASE, the OS keyring, or asked). Needs pip install 'covip[encrypt]'.")
+@click.option("--keyring", "use_keyring", is_flag=True,
+              help="Keep the passphrase in the OS keyring, so later commands unlock the memory without asking.")
 @pass_state
-def init_cmd(state: CliState, spec: str, pretrained: str | None, model: str | None, force: bool) -> None:
+def init_cmd(state: CliState, spec: str, pretrained: str | None, model: str | None, force: bool, encrypt: bool,
+             use_keyring: bool) -> None:
     """Create a memory home and choose its embedding model and its vision-language model.
 
     Writes config.json in the home (which embedder `remember` and `recall` use, which model `ask`,
@@ -61,10 +70,12 @@ def init_cmd(state: CliState, spec: str, pretrained: str | None, model: str | No
       covip --home ~/covip init --embedder ViT-B-32/laion2b_s34b_b79k --model Qwen/Qwen3-VL-2B-Instruct
       covip init --embedder tiny --model tiny     # random weights: for tests and offline demos
       covip init --force --model ./export/qwen3-vl-2b-gguf   # switch the model, keep the embedder
+      covip init --encrypt --keyring --embedder ViT-B-32/laion2b_s34b_b79k   # encrypted at rest
     """
     from click.core import ParameterSource
 
     from covip.sdk.config import read_settings, write_settings
+    from covip.sdk.memory.crypto import is_encrypted_home, keyring_set
     from covip.sdk.vision import parse_embedder_spec
 
     home = state.home_dir
@@ -87,6 +98,9 @@ def init_cmd(state: CliState, spec: str, pretrained: str | None, model: str | No
             settings = read_settings(home)
         except ConfigError as exc:
             log.warning("replacing an unreadable config: %s", exc)
+    key = init_key(home, encrypt)  # asked and checked before anything is written
+    if use_keyring and not (encrypt or is_encrypted_home(home)):
+        raise click.UsageError("--keyring keeps the passphrase of an encrypted memory; add --encrypt")
     previous = settings.get("embedder")
     keep = (previous is not None and pretrained is None
             and click.get_current_context().get_parameter_source("spec") is ParameterSource.DEFAULT)
@@ -97,9 +111,14 @@ def init_cmd(state: CliState, spec: str, pretrained: str | None, model: str | No
     if model is not None:
         settings["model"] = model
     write_settings(home, settings)
-    mem = state.memory(create=True)
+    mem = state.memory(create=True, key=key)
     label = config.model + (f"/{config.pretrained}" if config.pretrained else "")
     click.echo(f"initialized covip memory in {home} (embedder: {label})")
+    if mem.encrypted:
+        if use_keyring:
+            keyring_set(mem.crypto)
+        click.echo("encrypted at rest: keep the passphrase and keyfile.json safe, without either the memory cannot "
+                   "be read" + (" (passphrase stored in the OS keyring)" if use_keyring else ""), err=True)
     if model is not None:
         click.echo(f"model: {model} (back end: {backend})")
     elif settings.get("model"):
@@ -254,8 +273,8 @@ def _photo_line(photo: PhotoRecord) -> str:
 @click.command("recall")
 @click.argument("photo", type=click.Path(path_type=Path))
 @user_option()
-@click.option("-k", "--top", "k", type=click.IntRange(min=1), default=5, show_default=True,
-              help="How many remembered photos to return.")
+@click.option("-k", "--top", "k", type=click.IntRange(min=1, max=MAX_K), default=5, show_default=True,
+              help=f"How many remembered photos to return (at most {MAX_K}).")
 @json_option()
 @pass_state
 def recall_cmd(state: CliState, photo: Path, user: str, k: int, as_json: bool) -> None:

@@ -29,12 +29,16 @@ __all__ = ["register"]
               help="Per-request time limit, waiting for the model included (504 past it).")
 @click.option("--allow-dir", "allow_dirs", multiple=True, metavar="DIR",
               type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="A folder whose photos chat requests may name by local path (repeatable; the memory home "
-                   "is always allowed). Otherwise photos must be sent as data URLs.")
+              help="A folder whose photos chat requests may name by local path (repeatable; the memory's "
+                   "photo store is always allowed). It may not be or hold the memory home, nor lie in its index, "
+                   "locks or tmp folder. Otherwise photos must be sent as data URLs.")
+@click.option("--max-decodes", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Photos decoded, and requests with bodies over 1 MiB served, at the same time; more wait "
+                   "(bounds the server's memory whatever the number of clients).")
 @inference_options
 @pass_state
 def serve_cmd(state: CliState, host: str, port: int, token: str | None, max_body_mb: float, timeout_s: float,
-              allow_dirs: tuple[Path, ...], opts: InferenceOptions) -> None:
+              allow_dirs: tuple[Path, ...], max_decodes: int, opts: InferenceOptions) -> None:
     """Serve the memory over HTTP on this machine, with a photo-chat web page.
 
     Opens the model once and shares it among all requests (one answer at a time; the others queue).
@@ -51,9 +55,12 @@ def serve_cmd(state: CliState, host: str, port: int, token: str | None, max_body
       covip serve --model ./export/qwen3-vl-2b-gguf --allow-dir ~/Pictures
     """
     from covip.sdk.server import ServeConfig, require_serve
+    from covip.sdk.server.config import check_allowed_dirs
 
     config = ServeConfig(host=host, port=port, token=token or None, max_body_mb=max_body_mb,
-                         timeout_s=timeout_s, allowed_dirs=allow_dirs)  # refuses a public address without token
+                         timeout_s=timeout_s, allowed_dirs=allow_dirs,
+                         max_decodes=max_decodes)  # refuses a public address without token
+    check_allowed_dirs(config.allowed_dirs, state.home_dir)  # no folder holding the home's own files
     require_serve()  # exit 6 with the pip line before any model loads
     from covip.sdk.server.serve import bind_socket, serve
 

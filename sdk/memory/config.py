@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from covip.sdk.config import resolve_home
 from covip.sdk.errors import InputError
 from covip.sdk.memory.index import IndexConfig
 
@@ -45,11 +46,18 @@ class MemoryConfig:
 
     def __post_init__(self) -> None:
         if self.home is not None:
-            self.home = Path(self.home).expanduser()
-        if self.synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
+            self.home = resolve_home(self.home)
+        if not isinstance(self.synchronous, str) or self.synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
             raise InputError(f"synchronous must be NORMAL, FULL or EXTRA, not {self.synchronous!r}")
         self.synchronous = self.synchronous.upper()
-        if self.max_pixels < 1:
-            raise InputError("max_pixels must be positive")
+        if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 1:
+            raise InputError(f"max_pixels must be a positive integer, not {self.max_pixels!r:.40}")
+        if isinstance(self.busy_timeout_s, bool) or not isinstance(self.busy_timeout_s, (int, float)) \
+                or not 0 <= self.busy_timeout_s <= 86_400:
+            raise InputError(f"busy_timeout_s must be 0 to 86400 seconds, not {self.busy_timeout_s!r:.40}")
+        if not isinstance(self.store_copies, bool):
+            raise InputError(f"store_copies must be True or False, not {self.store_copies!r:.40}")
         if isinstance(self.index, dict):
             self.index = IndexConfig(**self.index)
+        if not isinstance(self.index, IndexConfig):
+            raise InputError(f"index must be an IndexConfig (or a dict of its fields), not {type(self.index).__name__}")

@@ -1,4 +1,8 @@
-"""Atomic file writes and cross-process locks for the memory home."""
+"""Atomic file writes, reads and cross-process locks for the memory home; every file is private.
+
+Every file covip writes goes through here: files are created 0600 and folders 0700 whatever the umask
+(another OS user must not read anyone's dialogues or photos), and written atomically (temp file, rename).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,50 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["atomic_write_bytes", "atomic_replace", "file_lock", "fsync_dir", "tmp_path", "sweep_dead_tmp"]
+__all__ = ["atomic_write_bytes", "atomic_replace", "file_lock", "fsync_dir", "tmp_path", "sweep_dead_tmp",
+           "private_dir", "create_private_file", "read_bytes", "PRIVATE_FILE_MODE", "PRIVATE_DIR_MODE"]
+
+PRIVATE_FILE_MODE = 0o600
+"""Mode of every file in a memory home (and of exported bundles): readable by its owner only."""
+PRIVATE_DIR_MODE = 0o700
+"""Mode of every folder in a memory home."""
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` and its missing parents as 0700 folders (exactly, whatever the umask); existing
+    folders are left as they are (verify reports loose ones, repair tightens them)."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    if not path.parent.is_dir() and path.parent != path:
+        private_dir(path.parent)
+    try:
+        path.mkdir(mode=PRIVATE_DIR_MODE)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        return path
+    os.chmod(path, PRIVATE_DIR_MODE)  # mkdir's mode is masked by the umask; chmod is not
+    return path
+
+
+def create_private_file(path: Path, *, exclusive: bool = True) -> int:
+    """Create ``path`` as an empty 0600 file (exactly, whatever the umask) and return a write descriptor;
+    ``exclusive`` fails with FileExistsError when it already exists."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags, PRIVATE_FILE_MODE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_bytes(path: Path) -> bytes:
+    """The whole content of one of the home's files (photos, index files): the one place they are read."""
+    with open(path, "rb") as fh:
+        return fh.read()
 
 
 def fsync_dir(path: Path) -> None:
@@ -25,31 +72,41 @@ def fsync_dir(path: Path) -> None:
 
 
 def tmp_path(tmp_dir: Path, suffix: str = ".part") -> Path:
-    """A unique temp file name that records the writing process (so dead writers' files can be swept)."""
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    return tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}{suffix}"
+    """A unique temp file, created empty and private (0600) so whatever writes it next (a zip or FAISS
+    writer) cannot make it readable by others; its name records the writing process (so dead writers'
+    files can be swept)."""
+    private_dir(tmp_dir)
+    while True:
+        path = tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}{suffix}"
+        try:
+            os.close(create_private_file(path))
+        except FileExistsError:
+            continue
+        return path
 
 
 def atomic_replace(tmp: Path, dest: Path, *, durable: bool = True) -> None:
     """Rename ``tmp`` over ``dest`` (readers see old or new, never half); ``durable`` fsyncs the file before
-    and the directory after, so the rename also survives power loss, not only a process crash."""
+    and the directory after, so the rename also survives power loss, not only a process crash. The file
+    becomes 0600 first, whoever created it (e.g. a zip writer that honours the umask)."""
+    os.chmod(tmp, PRIVATE_FILE_MODE)
     if durable:
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(dest.parent)
     os.replace(tmp, dest)
     if durable:
         fsync_dir(dest.parent)
 
 
-def atomic_write_bytes(dest: Path, data: bytes, tmp_dir: Path, *, durable: bool = True) -> None:
-    """Write ``data`` to ``dest`` atomically (temp file in ``tmp_dir`` on the same filesystem, rename)."""
+def atomic_write_bytes(dest: Path, data: bytes | memoryview, tmp_dir: Path, *, durable: bool = True) -> None:
+    """Write ``data`` to ``dest`` atomically (a 0600 temp file in ``tmp_dir`` on the same filesystem, rename)."""
     tmp = tmp_path(tmp_dir)
     try:
-        with open(tmp, "wb") as fh:
+        with os.fdopen(create_private_file(tmp, exclusive=False), "wb") as fh:
             fh.write(data)
         atomic_replace(tmp, dest, durable=durable)
     except BaseException:
@@ -61,8 +118,8 @@ def atomic_write_bytes(dest: Path, data: bytes, tmp_dir: Path, *, durable: bool 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock (fcntl) held for the block; serializes index writers across processes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    private_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

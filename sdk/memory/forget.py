@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from covip.sdk.memory.files import file_lock
 from covip.sdk.memory.schema import utcnow
 from covip.sdk.memory.types import ForgetReport
+from covip.sdk.memory.validate import clean_flag
 
 if TYPE_CHECKING:
     from covip.sdk.memory.memory import Memory
@@ -51,6 +52,7 @@ class _ForgetOps:
         ``keep_shared_photos=True`` keeps photos that also show other concepts (only the link and the
         dialogues tied to this concept go).
         """
+        keep_shared_photos = clean_flag(keep_shared_photos, "keep_shared_photos")
         with self._lock:
             self._check_open()
             with self.store.write() as db:
@@ -157,12 +159,9 @@ class _ForgetOps:
                 if self.store.embedding_stats(uid, model_id)[0] == 0:
                     self._remove_index_files(uid, model_id)
                     continue
-            entry = self._indexes.get((uid, model_id))
-            if entry is None:
-                dim = self.store.scalar("SELECT dim FROM embeddings WHERE user_id = ? AND model_id = ? LIMIT 1",
-                                        [uid, model_id])
-                entry = self._entry(uid, model_id, int(dim))
-            self._save_index((uid, model_id), entry)
+            if self.store.embedding_dim(uid, model_id) is None:
+                continue  # only unusable vectors are left: verify reports them, repair rebuilds them
+            self._save_index((uid, model_id), self._entry(uid, model_id))
         counts["files"] = self._finish_pending_deletions()
         scrubbed = self._scrub()
         return ForgetReport(**counts, scrubbed=scrubbed)
@@ -173,9 +172,11 @@ class _ForgetOps:
         with self.store.write() as db:
             for row in self.store.rows("SELECT path FROM pending_deletions"):
                 rel = row["path"]
-                if self.store.scalar("SELECT 1 FROM photos WHERE stored_path = ?", [rel]) is None:
-                    path = self.home / rel
-                    if path.exists():
+                path = self.store.stored_file(rel)  # never a file outside the photo store, whatever the row says
+                if path is None:
+                    log.warning("ignored a queued deletion of %r: not a file of the photo store", rel)
+                elif self.store.scalar("SELECT 1 FROM photos WHERE stored_path = ?", [rel]) is None:
+                    if path.is_symlink() or path.exists():
                         path.unlink()
                         removed += 1
                 db.execute("DELETE FROM pending_deletions WHERE path = ?", [rel])

@@ -19,8 +19,10 @@ from typing import Literal
 import faiss
 import numpy as np
 
-from covip.sdk.errors import IndexCorruptError, InputError
-from covip.sdk.memory.files import atomic_replace, atomic_write_bytes, tmp_path
+from covip.sdk.errors import DecryptError, IndexCorruptError, InputError
+from covip.sdk.memory import crypto
+from covip.sdk.memory.crypto import HomeKey
+from covip.sdk.memory.validate import MAX_K
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +57,12 @@ class IndexConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("auto", "flat", "hnsw"):
             raise InputError(f"index kind must be 'auto', 'flat' or 'hnsw', not {self.kind!r}")
-        if self.hnsw_threshold < 1 or self.hnsw_m < 2 or self.ef_search < 1 or self.flush_every < 1:
-            raise InputError("index sizes (hnsw_threshold, hnsw_m, ef_search, flush_every) must be positive")
+        for name, low, high in (("hnsw_threshold", 1, 10**9), ("hnsw_m", 2, 512), ("ef_construction", 1, 10**5),
+                                ("ef_search", 1, 10**5), ("flush_every", 1, 10**9)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise InputError(f"index setting {name} must be a whole number from {low} to {high}, "
+                                 f"not {value!r:.40}")
 
 
 class VectorIndex:
@@ -153,15 +159,20 @@ class VectorIndex:
     def search(
         self, queries: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores, ids) per query row; missing slots have id -1. ``allowed_ids`` restricts results."""
+        """Top-``k`` (scores, ids) per query row, at most as many columns as there are vectors (k is capped
+        before FAISS allocates anything); missing slots have id -1. ``allowed_ids`` restricts results."""
         queries = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(-1, self.dim))
         k = int(k)
-        if self.ntotal == 0 or k <= 0:
-            return (np.full((len(queries), max(k, 0)), -np.inf, dtype=np.float32),
-                    np.full((len(queries), max(k, 0)), -1, dtype=np.int64))
+        if k > MAX_K:
+            raise InputError(f"k={k} is more results than one search may ask for ({MAX_K})")
+        allowed = None if allowed_ids is None else np.asarray(allowed_ids, dtype=np.int64).reshape(-1)
+        k = min(k, self.ntotal, self.ntotal if allowed is None else len(allowed))
+        if k <= 0:
+            return (np.full((len(queries), 0), -np.inf, dtype=np.float32),
+                    np.full((len(queries), 0), -1, dtype=np.int64))
         params = None
-        if allowed_ids is not None:
-            sel = faiss.IDSelectorBatch(np.asarray(allowed_ids, dtype=np.int64).reshape(-1))
+        if allowed is not None:
+            sel = faiss.IDSelectorBatch(allowed)
             if self.kind == "hnsw":
                 params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(self.config.ef_search, k))
             else:
@@ -177,14 +188,10 @@ class VectorIndex:
     def needs_flush(self) -> bool:
         return self.unsaved >= max(self.config.flush_every, self.ntotal // 10)
 
-    def save(self, path: Path, tmp_dir: Path, *, meta: dict | None = None) -> None:
-        """Write the index atomically, then its small JSON sidecar (count and max id, for cheap staleness checks)."""
-        tmp = tmp_path(tmp_dir, ".faiss")
-        try:
-            faiss.write_index(self._index, str(tmp))
-            atomic_replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+    def save(self, path: Path, tmp_dir: Path, *, meta: dict | None = None, key: HomeKey | None = None) -> None:
+        """Write the index atomically, then its small JSON sidecar (count and max id, for cheap staleness checks);
+        both sealed with ``key`` in an encrypted home."""
+        crypto.write_file(path, memoryview(faiss.serialize_index(self._index)), tmp_dir, key, "index")
         ids = self.ids()
         sidecar = {
             "kind": self.kind,
@@ -193,14 +200,19 @@ class VectorIndex:
             "max_id": int(ids.max()) if len(ids) else 0,
             **(meta or {}),
         }
-        atomic_write_bytes(sidecar_path(path), json.dumps(sidecar, indent=1).encode(), tmp_dir)
+        crypto.write_file(sidecar_path(path), json.dumps(sidecar, indent=1).encode(), tmp_dir, key, "index-meta")
         self.unsaved = 0
 
     @classmethod
-    def load(cls, path: Path, dim: int, config: IndexConfig | None = None) -> VectorIndex:
-        """Read an index file; a damaged file raises :class:`IndexCorruptError` (rebuild it with repair)."""
+    def load(cls, path: Path, dim: int, config: IndexConfig | None = None, *,
+             key: HomeKey | None = None) -> VectorIndex:
+        """Read an index file (decrypted with ``key`` in an encrypted home); a damaged file raises
+        :class:`IndexCorruptError` (rebuild it with repair)."""
         try:
-            raw = faiss.read_index(str(path))
+            raw = faiss.deserialize_index(np.frombuffer(crypto.read_file(path, key, "index"), dtype=np.uint8))
+        except DecryptError as exc:
+            raise IndexCorruptError(f"FAISS index file {path} fails authentication ({exc}); it is derived data: "
+                                    "run `covip verify --repair` to rebuild it from SQLite") from exc
         except RuntimeError as exc:
             raise IndexCorruptError(
                 f"FAISS index file {path} cannot be read ({str(exc).splitlines()[0][:200]}); it is derived "
@@ -244,11 +256,12 @@ def sidecar_path(index_path: Path) -> Path:
     return index_path.with_suffix(".json")
 
 
-def read_sidecar(index_path: Path) -> dict | None:
-    """The sidecar's content, or None when it is missing or unreadable."""
+def read_sidecar(index_path: Path, key: HomeKey | None = None) -> dict | None:
+    """The sidecar's content (decrypted with ``key`` in an encrypted home), or None when it is missing or
+    unreadable."""
     try:
-        return json.loads(sidecar_path(index_path).read_text())
-    except (OSError, ValueError):
+        return json.loads(crypto.read_file(sidecar_path(index_path), key, "index-meta"))
+    except (OSError, ValueError, DecryptError):
         return None
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from covip.sdk.errors import IndexCorruptError
+from covip.sdk.errors import IndexCorruptError, NotFoundError
 from covip.sdk.memory.files import file_lock
 from covip.sdk.memory.index import VectorIndex, read_sidecar
 from covip.sdk.memory.schema import utcnow
@@ -33,8 +33,9 @@ __all__: list[str] = []
 class _IndexEntry:
     index: VectorIndex
     data_version: int
-    count: int
+    count: int  # SQLite's count and max id the index was last caught up with
     max_id: int
+    bad: dict[int, str] = field(default_factory=dict)  # unusable stored vectors left out: id -> problem
 
 
 def _slug(model_id: str) -> str:
@@ -51,16 +52,25 @@ class _IndexOps:
     def _lock_path(self: Memory, uid: int, model_id: str) -> Path:
         return self.home / "locks" / f"u{uid}-{_slug(model_id)}.lock"
 
-    def _entry(self: Memory, uid: int, model_id: str, dim: int) -> _IndexEntry:
-        """The in-memory index for (user, model), loaded from its file and caught up with SQLite."""
+    def _group_dim(self: Memory, uid: int, model_id: str) -> int | None:
+        """The vector length of (user, model): the loaded index's, else SQLite's usual one (None: no vectors)."""
+        entry = self._indexes.get((uid, model_id))
+        return entry.index.dim if entry is not None else self.store.embedding_dim(uid, model_id)
+
+    def _entry(self: Memory, uid: int, model_id: str, dim: int | None = None) -> _IndexEntry:
+        """The in-memory index for (user, model), loaded from its file and caught up with SQLite. Its
+        dimension is SQLite's usual one for the group (``dim`` only when the group has no vectors yet)."""
         key = (uid, model_id)
         entry = self._indexes.get(key)
         if entry is None:
+            dim = self.store.embedding_dim(uid, model_id) or dim
+            if dim is None:
+                raise NotFoundError(f"user {uid} has no vectors of model {model_id!r}")
             path = self._index_path(uid, model_id)
             index = None
             if path.exists():
                 try:
-                    index = VectorIndex.load(path, dim, self.config.index)
+                    index = VectorIndex.load(path, dim, self.config.index, key=self.crypto)
                 except IndexCorruptError as exc:
                     log.warning("%s; rebuilding it from SQLite", exc)
             entry = _IndexEntry(index or VectorIndex(dim, self.config.index), -1, -1, -1)
@@ -84,8 +94,20 @@ class _IndexOps:
             missing = np.setdiff1d(sql_ids, idx_ids, assume_unique=True)
             if len(extra):
                 entry.index.remove(extra)
+            known_bad = np.fromiter(entry.bad, dtype=np.int64, count=len(entry.bad))
+            missing = missing[~np.isin(missing, known_bad)]
             if len(missing):
-                entry.index.add(missing, self.store.embedding_vectors(missing.tolist(), entry.index.dim))
+                good, vectors, bad = self.store.embedding_vectors(missing.tolist(), entry.index.dim)
+                entry.index.add(good, vectors)
+                if bad:
+                    entry.bad.update(bad)
+                    eid, problem = next(iter(bad.items()))
+                    log.warning("left %d unusable stored vectors of user %d / model %r out of the index (first: "
+                                "vector %d %s); run `covip verify` to list them and `covip verify --repair` to "
+                                "rebuild them", len(bad), uid, model_id, eid, problem)
+            if entry.bad:
+                live = set(sql_ids.tolist())
+                entry.bad = {i: p for i, p in entry.bad.items() if i in live}
             entry.count, entry.max_id = count, max_id
         if len(extra) or len(missing):
             log.debug("index u%d/%s caught up: +%d -%d", uid, model_id, len(missing), len(extra))
@@ -115,7 +137,8 @@ class _IndexOps:
                 self._remove_index_files(uid, model_id)
                 return
             entry.index.save(self._index_path(uid, model_id), self.home / "tmp",
-                             meta={"user_id": uid, "model_id": model_id, "saved_at": utcnow()})
+                             meta={"user_id": uid, "model_id": model_id, "saved_at": utcnow(),
+                                   "synced": [entry.count, entry.max_id]}, key=self.crypto)
 
     def flush(self: Memory) -> None:
         """Write every index with unsaved changes now (close() does this too)."""
@@ -132,16 +155,20 @@ class _IndexOps:
             key = (int(g["user_id"]), g["model_id"])
             path = self._index_path(*key)
             live.add(path.name)
-            side = read_sidecar(path)
-            if path.exists() and side and (side.get("count"), side.get("max_id")) == (g["count"], g["max_id"]):
+            side = read_sidecar(path, self.crypto)
+            if g["dim"] is None:
+                log.warning("none of the %d stored vectors of user %d / model %r has a usable dimension; run "
+                            "`covip verify --repair` to rebuild them", g["count"], key[0], key[1])
+                continue
+            if path.exists() and side and _synced(side) == [g["count"], g["max_id"]]:
                 continue
             entry = self._entry(key[0], key[1], int(g["dim"]))
             self._save_index(key, entry)
         for path in (self.home / "index").glob("*.faiss"):
             if path.name not in live:
-                side = read_sidecar(path) or {}
+                side = read_sidecar(path, self.crypto) or {}
                 uid, mid = side.get("user_id"), side.get("model_id")
-                if uid is not None and mid is not None:
+                if isinstance(uid, int) and isinstance(mid, str):
                     with file_lock(self._lock_path(uid, mid)):
                         if self.store.embedding_stats(uid, mid)[0] == 0:
                             self._remove_index_files(uid, mid)
@@ -151,3 +178,9 @@ class _IndexOps:
         for p in (path, path.with_suffix(".json")):
             p.unlink(missing_ok=True)
         self._indexes.pop((uid, model_id), None)
+
+
+def _synced(side: dict) -> list:
+    """The SQLite (count, max id) an index file was saved in step with (older sidecars: its own count)."""
+    synced = side.get("synced")
+    return list(synced) if isinstance(synced, list) else [side.get("count"), side.get("max_id")]

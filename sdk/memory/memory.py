@@ -24,15 +24,25 @@ from typing import Any
 import numpy as np
 
 from covip.sdk.config import read_settings, resolve_home
-from covip.sdk.errors import ConflictError, InputError, NotFoundError
+from covip.sdk.errors import ConflictError, InputError, NotFoundError, StoreError
 from covip.sdk.imaging import Photo, load_photo
+from covip.sdk.memory import crypto
 from covip.sdk.memory.bundle import _BundleOps
 from covip.sdk.memory.config import MemoryConfig
-from covip.sdk.memory.files import atomic_write_bytes, sweep_dead_tmp
+from covip.sdk.memory.files import sweep_dead_tmp
 from covip.sdk.memory.forget import _ForgetOps
 from covip.sdk.memory.indexing import _IndexEntry, _IndexOps
+from covip.sdk.memory.layout import (
+    DB_FILE,
+    DB_SIDE_FILES,
+    SUBDIRS,
+    make_home,
+    move_to_quarantine,
+    new_quarantine,
+)
+from covip.sdk.memory.photo_store import _PhotoStoreOps
 from covip.sdk.memory.schema import utcnow
-from covip.sdk.memory.store import Store
+from covip.sdk.memory.store import Store, sqlite_errors_as_store_errors
 from covip.sdk.memory.types import (
     CONCEPT_KINDS,
     Concept,
@@ -43,10 +53,20 @@ from covip.sdk.memory.types import (
     User,
 )
 from covip.sdk.memory.validate import (
+    MAX_CONCEPTS,
+    MAX_VECTOR_DIM,
     DialogueInput,
+    clean_context_ids,
     clean_dialogue,
+    clean_flag,
+    clean_id,
+    clean_k,
+    clean_key,
+    clean_limit,
+    clean_model_id,
     clean_name,
     clean_place,
+    clean_text,
     clean_time,
 )
 from covip.sdk.memory.verify import _VerifyOps
@@ -56,25 +76,27 @@ log = logging.getLogger(__name__)
 __all__ = ["Memory", "PhotoInput", "DialogueInput"]
 
 PhotoInput = str | os.PathLike | bytes | Photo | Any  # PIL.Image.Image is accepted too
-DB_FILE = "memory.db"
 
 
-class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
+@sqlite_errors_as_store_errors
+class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps, _PhotoStoreOps):
     """A user's on-device episodic memory. Open with :meth:`Memory.open`; close it (or use ``with``)."""
 
-    def __init__(self, config: MemoryConfig | None = None, *, embedder: Any = None) -> None:
+    def __init__(self, config: MemoryConfig | None = None, *, embedder: Any = None, key: Any = None) -> None:
+        if config is not None and not isinstance(config, MemoryConfig):
+            raise InputError(f"config must be a MemoryConfig, not {type(config).__name__}")
         self.config = config or MemoryConfig()
         self.home = resolve_home(self.config.home)
-        self.home.mkdir(parents=True, exist_ok=True)
-        for sub in ("photos", "index", "tmp", "locks"):
-            (self.home / sub).mkdir(exist_ok=True)
+        # unlocked before anything is created: a wrong or missing key fails here and changes nothing
+        self.crypto = crypto.open_home_key(self.home, key)
+        make_home(self.home)  # private: 0700 folders, 0600 files, whatever the umask
         self.settings = read_settings(self.home)
         self._embedder = embedder
         self._owns_embedder = False
         self._lock = threading.RLock()
         self._indexes: dict[tuple[int, str], _IndexEntry] = {}
         self.store = Store(self.home / DB_FILE, home=self.home, busy_timeout_s=self.config.busy_timeout_s,
-                           synchronous=self.config.synchronous)
+                           synchronous=self.config.synchronous, key=self.crypto)
         self._closed = False
         try:
             sweep_dead_tmp(self.home / "tmp")
@@ -86,14 +108,45 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
 
     @classmethod
     def open(cls, home: str | os.PathLike | None = None, *, embedder: Any = None,
-             config: MemoryConfig | None = None) -> Memory:
+             config: MemoryConfig | None = None, key: Any = None) -> Memory:
         """Open (creating if needed) the memory in ``home``; ``embedder`` is an Embedder, a spec like "tiny",
-        or None to use the one chosen by ``covip init`` (built on first use)."""
+        or None to use the one chosen by ``covip init`` (built on first use).
+
+        ``key`` (a passphrase str, or 32 raw bytes) opens an encrypted home, or creates a new home encrypted.
+        Without it an encrypted home is unlocked from ``$COVIP_PASSPHRASE`` (``$COVIP_KEY``) or the OS keyring,
+        else :class:`~covip.sdk.errors.MissingKeyError`; a wrong one raises WrongKeyError."""
         if config is None:
             config = MemoryConfig(home=resolve_home(home))
+        elif not isinstance(config, MemoryConfig):
+            raise InputError(f"config must be a MemoryConfig, not {type(config).__name__}")
         elif home is not None:
             config.home = resolve_home(home)
-        return cls(config, embedder=embedder)
+        return cls(config, embedder=embedder, key=key)
+
+    @classmethod
+    def start_fresh(cls, home: str | os.PathLike | None = None, *, key: Any = None) -> Path | None:
+        """When ``home``'s memory.db is missing, empty, damaged or not covip's, move everything the home still
+        holds of the old memory (photos, index files, the old database) to ``quarantine/<time>/`` in the home
+        so a new, empty memory can start; returns that folder (None when there was nothing to move).
+
+        Refuses (ConflictError) while memory.db holds a readable covip memory: nothing of it is ever moved.
+        An encrypted home needs its ``key`` (as :meth:`open`) to tell a readable database from a damaged one.
+        """
+        home = resolve_home(home)
+        state = Store.inspect(home / DB_FILE, crypto.unlock_home(home, key))
+        if state == "covip":
+            raise ConflictError(f"{home / DB_FILE} holds a readable covip memory, so there is nothing to start "
+                                "over from; run `covip verify` (and `--repair`) to check and fix it instead")
+        found = [home / n for n in (DB_FILE, *DB_SIDE_FILES) if (home / n).is_file()]
+        for sub in SUBDIRS:
+            if sub != "locks" and (home / sub).is_dir():
+                found += [p for p in (home / sub).rglob("*") if p.is_file() or p.is_symlink()]
+        if not found:
+            return None
+        folder = new_quarantine(home)
+        moved = move_to_quarantine(home, found, folder)
+        log.warning("started a new memory in %s: moved %d old files to %s", home, len(moved), folder)
+        return folder
 
     def __enter__(self) -> Memory:
         return self
@@ -147,6 +200,7 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
     def add_user(self, name: str, *, exist_ok: bool = False) -> User:
         """Create a user (the owner of a separate, isolated memory)."""
         name = clean_name(name, "user name")
+        exist_ok = clean_flag(exist_ok, "exist_ok")
         with self._lock:
             self._check_open()
             with self.store.write() as db:
@@ -195,7 +249,7 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
 
     @staticmethod
     def _clean_kind(kind: str) -> str:
-        if kind not in CONCEPT_KINDS:
+        if not isinstance(kind, str) or kind not in CONCEPT_KINDS:
             raise InputError(f"concept kind {kind!r} is not one of {', '.join(CONCEPT_KINDS)}")
         return kind
 
@@ -203,8 +257,7 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
         """Create a named concept (person, pet, object, place, other) for a user."""
         name = clean_name(name, "concept name")
         kind = self._clean_kind(kind)
-        if not isinstance(notes, str):
-            raise InputError("notes must be text")
+        notes = clean_text(notes, "notes")
         with self._lock:
             self._check_open()
             with self.store.write():
@@ -226,9 +279,7 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
                 if kind is not None:
                     changes["kind"] = self._clean_kind(kind)
                 if notes is not None:
-                    if not isinstance(notes, str):
-                        raise InputError("notes must be text")
-                    changes["notes"] = notes
+                    changes["notes"] = clean_text(notes, "notes")
                 db["concepts"].update(row["id"], changes)
                 self._invalidate_concept_captions(row["id"])
                 self.store.audit("update_concept", uid, "concept", row["id"])
@@ -255,6 +306,10 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
         """Fold ``sources`` into ``into``: their photos, episodes and shares move over; sources disappear."""
         if isinstance(sources, str):
             sources = [sources]
+        if not isinstance(sources, (list, tuple)):
+            raise InputError(f"sources must be a concept name or a list of them, not {type(sources).__name__}")
+        sources = [clean_name(x, "source concept name") for x in sources]
+        into = clean_name(into, "target concept name")
         with self._lock:
             self._check_open()
             with self.store.write() as db:
@@ -318,27 +373,41 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
 
     # ------------------------------------------------------------------ remember
     def _photo_file(self, uid: int, photo: Photo) -> str:
+        if self.crypto is not None:
+            return self._sealed_photo_file(uid, photo.sha256)
         return f"photos/u{uid}/{photo.sha256[:2]}/{photo.sha256}{photo.extension}"
 
     def _check_embedding(self, embedding: Any, dim: int | None) -> np.ndarray:
-        vec = np.asarray(embedding, dtype=np.float32).reshape(-1)
+        if isinstance(embedding, (str, bytes)):
+            raise InputError(f"embedding must be a vector of numbers, not {type(embedding).__name__}")
+        try:
+            vec = np.asarray(embedding, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InputError(f"embedding must be a vector of numbers ({exc})") from exc
+        if not 1 <= vec.shape[0] <= MAX_VECTOR_DIM:
+            raise InputError(f"embedding has {vec.shape[0]} dimensions; give 1 to {MAX_VECTOR_DIM}")
         if dim is not None and vec.shape[0] != dim:
             raise InputError(f"embedding has {vec.shape[0]} dimensions; this model's vectors have {dim}")
         if not np.all(np.isfinite(vec)):
             raise InputError("embedding contains NaN or infinite values")
-        norm = float(np.linalg.norm(vec))
+        norm = float(np.linalg.norm(vec.astype(np.float64)))  # float32 would overflow for huge values
         if norm == 0.0:
             raise InputError("embedding is all zeros; it cannot be normalized")
         return vec / norm
 
-    def _model_and_dim(self, model_id: str | None, embedding: Any) -> tuple[str, int | None]:
+    def _model_and_dim(self, uid: int, model_id: str | None, embedding: Any) -> tuple[str, int | None]:
+        """The model id and the vector length new vectors must have: the length this user's vectors of that
+        model already have (so one odd vector cannot enter an index), else the embedder's."""
         if model_id is not None:
-            model_id = clean_name(model_id, "model_id")
-            dim = None
+            model_id = clean_model_id(model_id)
             if embedding is None:
                 raise InputError("model_id was given without an embedding; pass both, or neither")
-            return model_id, dim
+            return model_id, self._group_dim(uid, model_id)
         emb = self.embedder
+        stored = self._group_dim(uid, emb.model_id)
+        if stored is not None and stored != emb.dim:
+            raise StoreError(f"this memory's vectors of model {emb.model_id!r} have {stored} dimensions but the "
+                             f"embedder makes {emb.dim}; run `covip verify --repair` to rebuild them")
         return emb.model_id, emb.dim
 
     def remember(self, user: str, photo: PhotoInput, dialogue: DialogueInput = None,
@@ -354,6 +423,11 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
             user = clean_name(user, "user name")
             if isinstance(concepts, str):
                 concepts = [concepts]
+            if not isinstance(concepts, (list, tuple, set, frozenset)):
+                raise InputError(f"concepts must be a list of concept names ([] for none), not "
+                                 f"{type(concepts).__name__}")
+            if len(concepts) > MAX_CONCEPTS:
+                raise InputError(f"{len(concepts)} concepts given; one photo takes at most {MAX_CONCEPTS}")
             names: list[str] = []
             for c in concepts:
                 name = clean_name(c, "concept name")
@@ -364,7 +438,7 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
             place = clean_place(place)
             uid = self._uid(user)
             pic = load_photo(photo, max_pixels=self.config.max_pixels)
-            mid, dim = self._model_and_dim(model_id, embedding)
+            mid, dim = self._model_and_dim(uid, model_id, embedding)
             existing = self.store.one("SELECT id FROM photos WHERE user_id = ? AND sha256 = ?", [uid, pic.sha256])
             have_vec = existing is not None and self.store.scalar(
                 "SELECT id FROM embeddings WHERE photo_id = ? AND model_id = ?", [existing["id"], mid]) is not None
@@ -390,8 +464,7 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
                             if not dest.exists():
                                 # fsync only when SQLite does (synchronous=FULL): with NORMAL a power cut
                                 # can drop the commit anyway, and both survive a process crash
-                                atomic_write_bytes(dest, pic.data, self.home / "tmp",
-                                                   durable=self.config.synchronous != "NORMAL")
+                                self._write_photo(dest, pic.data, durable=self.config.synchronous != "NORMAL")
                                 created_file = dest
                         pid = db["photos"].insert({
                             "user_id": uid, "sha256": pic.sha256, "stored_path": stored,
@@ -442,6 +515,8 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
     def _query_vector(self, image: PhotoInput | None, embedding: Any, model_id: str | None) -> tuple[np.ndarray, str]:
         if (image is None) == (embedding is None):
             raise InputError("search needs exactly one of image= or embedding=")
+        if model_id is not None:
+            model_id = clean_model_id(model_id)
         if embedding is not None:
             if model_id is None:
                 model_id, dim = self.embedder.model_id, self.embedder.dim
@@ -460,17 +535,18 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
         """Top-``k`` remembered photos of ``user`` most similar to ``image`` (or ``embedding``), best first.
 
         Only the user's own photos are searched, plus photos of concepts other users explicitly shared
-        with them (those hits carry only the shared concepts and the dialogues tied to them).
+        with them (those hits carry only the shared concepts and the dialogues tied to them). ``k`` is 1 to
+        :data:`~covip.sdk.memory.validate.MAX_K` (1000); fewer hits come back when there are fewer photos.
         """
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise InputError(f"k must be a positive integer, not {k!r}")
+        k = clean_k(k)  # the index also caps k at its size before FAISS allocates anything
+        include_shared = clean_flag(include_shared, "include_shared")
         with self._lock:
             self._check_open()
             uid = self._uid(user)
             vec, mid = self._query_vector(image, embedding, model_id)
             dim = int(vec.shape[0])
             candidates: list[tuple[float, int, int, frozenset[int] | None]] = []  # score, eid, owner, concepts
-            own_dim = self.store.embedding_dim(uid, mid)
+            own_dim = self._group_dim(uid, mid)
             if own_dim is not None:
                 self._check_dim(mid, own_dim, dim)
                 scores, ids = self._entry(uid, mid, dim).index.search(vec[None, :], k)
@@ -506,7 +582,7 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
             by_owner.setdefault(int(r["owner"]), set()).add(int(r["concept_id"]))
         out = []
         for owner, concept_ids in by_owner.items():
-            owner_dim = self.store.embedding_dim(owner, mid)
+            owner_dim = self._group_dim(owner, mid)
             if owner_dim is None:
                 continue
             self._check_dim(mid, owner_dim, int(vec.shape[0]))
@@ -525,17 +601,19 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
     # ------------------------------------------------------------------ reading
     def history(self, user: str, concept: str | None = None, *, limit: int | None = None) -> list[HistoryItem]:
         """The user's dialogue episodes, newest first (by when the photo was taken, else when remembered)."""
-        if limit is not None and (not isinstance(limit, int) or limit < 1):
-            raise InputError("limit must be a positive integer")
+        limit = clean_limit(limit)
+        if concept is not None:
+            concept = clean_name(concept, "concept name")
         with self._lock:
             self._check_open()
             with self.store.read():
                 uid = self._uid(user)
+                sql_limit = -1 if limit is None else limit  # SQLite: a negative LIMIT means none
                 if concept is None:
                     rows = self.store.rows("SELECT * FROM episodes WHERE user_id = ? "
-                                           "ORDER BY coalesce(taken_at, created_at) DESC, id DESC", [uid])
+                                           "ORDER BY coalesce(taken_at, created_at) DESC, id DESC LIMIT ?",
+                                           [uid, sql_limit])
                 else:
-                    concept = clean_name(concept, "concept name")
                     row = self.store.concept_row(uid, concept)
                     if row is None:  # a concept shared with this user
                         row = self.store.one(
@@ -545,10 +623,8 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
                         raise NotFoundError(f"user {user!r} has no concept named {concept!r}")
                     rows = self.store.rows(
                         "SELECT e.* FROM episodes e JOIN episode_concepts ec ON ec.episode_id = e.id "
-                        "WHERE ec.concept_id = ? ORDER BY coalesce(e.taken_at, e.created_at) DESC, e.id DESC",
-                        [row["id"]])
-                if limit is not None:
-                    rows = rows[:limit]
+                        "WHERE ec.concept_id = ? ORDER BY coalesce(e.taken_at, e.created_at) DESC, e.id DESC "
+                        "LIMIT ?", [row["id"], sql_limit])
                 return [HistoryItem(episode=self.store.to_episode(r), photo=self.store.photo(r["photo_id"]))
                         for r in rows]
 
@@ -566,6 +642,7 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
             self._check_open()
             uid = self._uid(user)
             if isinstance(photo, int) and not isinstance(photo, bool):
+                photo = clean_id(photo, "photo id")
                 row = self.store.one("SELECT * FROM photos WHERE id = ? AND user_id = ?", [photo, uid])
             else:
                 sha = load_photo(photo, max_pixels=self.config.max_pixels).sha256
@@ -578,24 +655,30 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
     def cached_caption(self, user: str, *, model_id: str, prompt_version: str, photo_sha256: str,
                        context_ids: Sequence[int]) -> str | None:
         """A cached caption for this (model, prompt version, photo, context photos), or None."""
+        model_id, prompt_version, photo_sha256 = (clean_key(model_id, "model_id"),
+                                                  clean_key(prompt_version, "prompt_version"),
+                                                  clean_key(photo_sha256, "photo_sha256"))
+        context_key = clean_context_ids(context_ids)
         with self._lock:
             self._check_open()
             uid = self._uid(user)
             return self.store.scalar(
                 "SELECT caption FROM caption_cache WHERE user_id = ? AND model_id = ? AND prompt_version = ? "
                 "AND photo_sha256 = ? AND context_key = ?",
-                [uid, model_id, prompt_version, photo_sha256, _context_key(context_ids)])
+                [uid, model_id, prompt_version, photo_sha256, context_key])
 
     def cache_caption(self, user: str, caption: str, *, model_id: str, prompt_version: str, photo_sha256: str,
                       context_ids: Sequence[int]) -> None:
         """Store a caption; it dies when any memory photo in ``context_ids`` is forgotten or edited."""
-        if not isinstance(caption, str):
-            raise InputError("caption must be text")
+        caption = clean_text(caption, "caption")
+        model_id, prompt_version, photo_sha256 = (clean_key(model_id, "model_id"),
+                                                  clean_key(prompt_version, "prompt_version"),
+                                                  clean_key(photo_sha256, "photo_sha256"))
+        key = clean_context_ids(context_ids)
         with self._lock:
             self._check_open()
             with self.store.write() as db:
                 uid = self._uid(user)
-                key = _context_key(context_ids)
                 db.execute("DELETE FROM caption_cache_items WHERE cache_id IN (SELECT id FROM caption_cache "
                            "WHERE user_id = ? AND model_id = ? AND prompt_version = ? AND photo_sha256 = ? "
                            "AND context_key = ?)", [uid, model_id, prompt_version, photo_sha256, key])
@@ -606,10 +689,5 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps):
                     "user_id": uid, "model_id": model_id, "prompt_version": prompt_version,
                     "photo_sha256": photo_sha256, "context_key": key, "caption": caption,
                     "created_at": utcnow()}).last_pk
-                for pid in sorted({int(p) for p in context_ids}):
+                for pid in ([int(p) for p in key.split(",")] if key else []):
                     db.execute("INSERT INTO caption_cache_items (cache_id, photo_id) VALUES (?, ?)", [cid, pid])
-
-
-def _context_key(context_ids: Sequence[int]) -> str:
-    return ",".join(str(int(i)) for i in sorted({int(i) for i in context_ids}))
-

@@ -145,10 +145,18 @@ def _m3_concept_shares(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX concept_shares_user ON concept_shares(user_id)")
 
 
+def _m4_embedding_dims(db: sqlite_utils.Database) -> None:
+    """Index vectors by (user, model, dim): the usual dimension of a user's vectors is read from the index
+    alone, so a few damaged rows cannot change it and opening stays cheap."""
+    db.execute("CREATE INDEX embeddings_user_model_dim ON embeddings(user_id, model_id, dim)")
+    db.execute("DROP INDEX embeddings_user_model")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _m1_core),
     Migration(2, "caption cache", _m2_caption_cache),
     Migration(3, "concept sharing", _m3_concept_shares),
+    Migration(4, "embedding dimension index", _m4_embedding_dims),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from covip.sdk.errors import InputError
 from covip.sdk.memory.types import Turn
 
-__all__ = ["DialogueInput", "clean_name", "clean_dialogue", "clean_time", "clean_place"]
+__all__ = ["DialogueInput", "clean_name", "clean_dialogue", "clean_time", "clean_place", "clean_model_id",
+           "clean_id", "clean_k", "clean_limit", "clean_flag", "clean_path", "clean_text", "clean_key",
+           "clean_context_ids", "vector_problem", "MAX_K", "MAX_ID",
+           "MAX_TURNS", "MAX_CONCEPTS",
+           "MAX_VECTOR_DIM", "NORM_TOLERANCE"]
 
 DialogueInput = str | Sequence[Turn | dict | tuple[str, str]] | None
 _MAX_NAME = 200
 _MAX_TEXT = 100_000
+MAX_TURNS = 1000
+"""The most turns one dialogue may have (each at most 100,000 characters)."""
+MAX_CONCEPTS = 1000
+"""The most concepts one remember call may tie a photo to."""
 
 
 def clean_name(value: Any, what: str) -> str:
@@ -38,6 +50,8 @@ def clean_dialogue(dialogue: DialogueInput) -> list[dict[str, str]] | None:
         dialogue = _parse_dialogue_text(dialogue)
     if not isinstance(dialogue, Sequence) or isinstance(dialogue, bytes):
         raise InputError(f"dialogue must be text or a list of turns, not {type(dialogue).__name__}")
+    if len(dialogue) > MAX_TURNS:
+        raise InputError(f"dialogue has {len(dialogue)} turns; the limit is {MAX_TURNS}")
     turns: list[dict[str, str]] = []
     for n, turn in enumerate(dialogue, 1):
         if isinstance(turn, Turn):
@@ -104,3 +118,126 @@ def clean_place(value: Any) -> str | None:
     if len(value) > 500:
         raise InputError("place is longer than 500 characters")
     return value.strip()
+
+
+def clean_model_id(value: Any, what: str = "model_id") -> str:
+    """An embedding model id: printable text of at most 200 characters, no path tricks (``..``, ``/``-rooted,
+    backslashes). It names vectors in SQLite and (slugged) index files, so it must be inert text."""
+    if not isinstance(value, str):
+        raise InputError(f"{what} must be a string, not {type(value).__name__}")
+    if not value or value != value.strip():
+        raise InputError(f"{what} {value!r:.80} is empty or has surrounding spaces")
+    if len(value) > _MAX_NAME:
+        raise InputError(f"{what} is {len(value)} characters long; the limit is {_MAX_NAME}")
+    if not value.isprintable():
+        raise InputError(f"{what} {value!r:.80} contains control or unprintable characters; use printable text")
+    if value.startswith("/") or "\\" in value or ".." in value.split("/"):
+        raise InputError(f"{what} {value!r:.80} looks like a path (leading '/', '\\' or a '..' part); "
+                         "use a plain id such as 'ViT-B-32/laion2b_s34b_b79k'")
+    return value
+
+
+MAX_K = 1000
+"""The most results one search may ask for (``k``), everywhere: the Python API, the CLI and the server."""
+MAX_ID = 2**63 - 1
+"""The largest row id SQLite can store (a signed 64-bit integer)."""
+MAX_VECTOR_DIM = 16_384
+"""The longest embedding vector the memory accepts."""
+NORM_TOLERANCE = 1e-3
+"""Stored vectors are L2-normalized float32; a norm further than this from 1 is not one of ours."""
+
+
+def clean_id(value: Any, what: str = "id") -> int:
+    """A row id: an int (not a bool) from 1 to 2**63-1, the range SQLite stores."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{what} must be an integer, not {type(value).__name__}")
+    if not 1 <= value <= MAX_ID:
+        raise InputError(f"{what} {value} is out of range; ids are whole numbers from 1 to {MAX_ID}")
+    return int(value)
+
+
+def clean_k(value: Any) -> int:
+    """How many search results to return: an int from 1 to :data:`MAX_K`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"k must be a positive integer, not {type(value).__name__}")
+    if not 1 <= value <= MAX_K:
+        raise InputError(f"k={value} is out of range; ask for 1 to {MAX_K} results (MAX_K)")
+    return int(value)
+
+
+def clean_limit(value: Any, what: str = "limit") -> int | None:
+    """An optional row limit: None (no limit) or an int from 1 to 2**63-1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{what} must be a positive integer or None, not {type(value).__name__}")
+    if not 1 <= value <= MAX_ID:
+        raise InputError(f"{what}={value} is out of range; give 1 to {MAX_ID}, or None for no limit")
+    return int(value)
+
+
+def clean_flag(value: Any, what: str) -> bool:
+    """A yes/no option: exactly True or False (a string such as 'no' would silently count as yes)."""
+    if not isinstance(value, bool):
+        raise InputError(f"{what} must be True or False, not {type(value).__name__}")
+    return value
+
+
+def clean_text(value: Any, what: str, limit: int = _MAX_TEXT) -> str:
+    """Free text (notes, captions) of at most ``limit`` characters."""
+    if not isinstance(value, str):
+        raise InputError(f"{what} must be text, not {type(value).__name__}")
+    if len(value) > limit:
+        raise InputError(f"{what} is {len(value)} characters long; the limit is {limit}")
+    return value
+
+
+def clean_key(value: Any, what: str) -> str:
+    """A non-empty identifier of at most 1000 characters (a model id or path, a prompt version, a hash)."""
+    value = clean_text(value, what, 1000)
+    if not value.strip():
+        raise InputError(f"{what} is empty")
+    return value
+
+
+def clean_context_ids(context_ids: Any, limit: int = 10_000) -> str:
+    """The cache key of a set of memory photo ids ("3,7,12"), each checked with :func:`clean_id`."""
+    if not isinstance(context_ids, (list, tuple, set, frozenset)):
+        raise InputError(f"context_ids must be a list of photo ids, not {type(context_ids).__name__}")
+    if len(context_ids) > limit:
+        raise InputError(f"context_ids has {len(context_ids)} ids; the limit is {limit}")
+    return ",".join(str(i) for i in sorted({clean_id(i, "context photo id") for i in context_ids}))
+
+
+def clean_path(value: Any, what: str = "path") -> Path:
+    """A file path from the caller: str or os.PathLike, not empty, no NUL byte, within the OS's length
+    limits (so it fails here with a clear message, not later with TypeError or ENAMETOOLONG)."""
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
+        raise InputError(f"{what} must be a file path, not {type(value).__name__}")
+    try:
+        path = Path(value).expanduser()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{what} {str(value)[:80]!r} is not a usable path ({exc})") from exc
+    text = str(path)
+    if not str(value).strip() or "\x00" in text:
+        raise InputError(f"{what} is empty or contains a NUL byte")
+    if len(os.fsencode(text)) > 4096 or any(len(os.fsencode(part)) > 255 for part in path.parts):
+        raise InputError(f"{what} {text[:80]!r}... is longer than the file system allows")
+    return path
+
+
+def vector_problem(blob: Any, row_dim: Any, dim: int) -> str | None:
+    """Why a stored embedding row cannot be used with vectors of length ``dim`` (None when it can)."""
+    if not isinstance(blob, bytes):
+        return f"is stored as {type(blob).__name__}, not float32 bytes"
+    if isinstance(row_dim, bool) or not isinstance(row_dim, int) or row_dim != dim:
+        return f"has dimension {row_dim!r}, expected {dim}"
+    if len(blob) != 4 * dim:
+        return f"is {len(blob)} bytes long, expected {4 * dim} ({dim} float32 values)"
+    vec = np.frombuffer(blob, dtype=np.float32)
+    if not np.all(np.isfinite(vec)):
+        return "contains NaN or infinite values"
+    norm = float(np.linalg.norm(vec.astype(np.float64)))
+    if abs(norm - 1.0) > NORM_TOLERANCE:
+        return f"is not unit length (norm {norm:.4g})"
+    return None

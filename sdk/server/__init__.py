@@ -11,8 +11,10 @@ this package works without it, calling :func:`create_app` / :func:`serve` raises
 
 Bound to 127.0.0.1 by default. Any other address needs an API token (``ServeConfig.token``, ``--token``
 or ``$COVIP_API_TOKEN``), and then every request but the page itself (``/``, ``/static/``) needs
-``Authorization: Bearer <token>``. Chat requests may name photos by local path only inside the memory
-home and the ``allowed_dirs`` folders (``--allow-dir``); otherwise send them as data URLs.
+``Authorization: Bearer <token>``. Chat requests may name photos by local path only inside the memory's
+photo store and the ``allowed_dirs`` folders (``--allow-dir``, never the home or its index, locks or tmp
+folders); otherwise send them as data URLs. Requests that another web site's page makes (``Sec-Fetch-Site``
+cross-site or same-site, or another ``Origin``) get 403.
 """
 
 from __future__ import annotations

@@ -18,8 +18,15 @@ from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
 from covip.sdk.errors import InputError, NotFoundError
+from covip.sdk.memory.validate import MAX_K
 from covip.sdk.server.app import ERROR_RESPONSES, ServerState
-from covip.sdk.server.work import episode_json, hit_json, photo_from_upload, photo_json, report_json
+from covip.sdk.server.work import (
+    episode_json,
+    hit_json,
+    photo_from_upload,
+    photo_json,
+    report_json,
+)
 
 __all__ = ["router"]
 
@@ -120,7 +127,7 @@ async def get_photo(user: UserName, photo_id: PhotoId, request: Request) -> Resp
         if record.path is None:
             raise NotFoundError(f"photo {photo_id} has no stored copy (the memory keeps only its original path)")
         try:
-            data = FsPath(record.path).read_bytes()
+            data = state.memory.read_photo_bytes(record)  # the photo store's one seam: decrypts, checks
         except OSError as exc:
             raise NotFoundError(f"photo {photo_id}'s file cannot be read ({exc.strerror}); run covip verify") from exc
         return data, _MEDIA.get(record.format.upper(), "application/octet-stream")
@@ -156,8 +163,9 @@ async def remember(user: UserName, request: Request,
     data = await _read_upload(photo)
     names = [n.strip() for field in concepts or [] for n in field.split(",") if n.strip()]
 
-    def work(_: Any) -> Any:
-        pic = photo_from_upload(data, photo.filename, max_pixels=state.max_pixels)
+    def work(cancel: Any) -> Any:
+        pic = photo_from_upload(data, photo.filename, max_pixels=state.max_pixels, slots=state.decode_slots,
+                                cancel=cancel)
         if create_user:
             state.memory.add_user(user, exist_ok=True)
         return state.memory.remember(user, pic, _opt(dialogue), names, taken_at=_opt(taken_at),
@@ -171,13 +179,15 @@ async def remember(user: UserName, request: Request,
 @router.post("/users/{user}/search")
 async def search(user: UserName, request: Request,
                  photo: Annotated[UploadFile, File(description="The query photo.")],
-                 k: Annotated[int, Form(ge=1, le=100)] = 5) -> dict[str, Any]:
+                 k: Annotated[int, Form(ge=1, le=MAX_K, description="How many results (1 to MAX_K, the "
+                                        "memory's one search limit).")] = 5) -> dict[str, Any]:
     """The user's remembered photos most similar to this one, best first, with their dialogues."""
     state = _state(request)
     data = await _read_upload(photo)
 
-    def work(_: Any) -> Any:
-        pic = photo_from_upload(data, photo.filename, max_pixels=state.max_pixels)
+    def work(cancel: Any) -> Any:
+        pic = photo_from_upload(data, photo.filename, max_pixels=state.max_pixels, max_side=state.photo_max_side,
+                                slots=state.decode_slots, cancel=cancel)
         return state.memory.search(user, image=pic, k=k)
 
     hits = await state.runner.run(work, gate=True, what="searching the memory")

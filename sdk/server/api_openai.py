@@ -32,7 +32,7 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 
 class ImageURL(BaseModel):
     url: str = Field(description="A base64 data URL (data:image/jpeg;base64,...) or an absolute local path / "
-                                 "file:// URL inside the memory home or an --allow-dir folder.")
+                                 "file:// URL inside the memory's photo store or an --allow-dir folder.")
     detail: str | None = None
 
 
@@ -144,8 +144,13 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
         raise InputError("set the request's 'user' field to the memory owner's name (e.g. user=\"ana\"); "
                          "covip answers from that user's memories")
     question, url = _question_and_photo(body.messages)
-    photo = await state.runner.run(lambda _: photo_from_url(url, roots=state.roots, max_pixels=state.max_pixels),
-                                   what="reading the photo")
+    if len(question) > state.config.max_question_chars:  # before the photo is decoded or anything tokenized
+        raise InputError(f"the question is {len(question):,} characters, more than this server's limit of "
+                         f"{state.config.max_question_chars:,} (ServeConfig.max_question_chars); shorten it")
+    photo = await state.runner.run(
+        lambda cancel: photo_from_url(url, roots=state.roots, max_pixels=state.max_pixels,
+                                      max_side=state.photo_max_side, slots=state.decode_slots, cancel=cancel),
+        what="reading the photo")
     user = await state.runner.run(lambda _: check_user(state.memory, body.user or ""), what="finding the user")
     limit = state.answer_limit
     requested = body.max_completion_tokens or body.max_tokens
@@ -217,7 +222,7 @@ async def _stream(state: ServerState, meta: dict, user: str, photo: Any, questio
             if exc is not None:
                 if isinstance(exc, CovipError):
                     status, type_ = covip_status(exc)
-                    yield _sse(error_body(str(exc), type_, type(exc).__name__, status=status))
+                    yield _sse(error_body(state.redact(str(exc)), type_, type(exc).__name__, status=status))
                 elif not isinstance(exc, Cancelled):
                     yield _sse(error_body(f"internal error ({type(exc).__name__})", "server_error"))
                 return

@@ -2,15 +2,23 @@
 
 Every error is ``{"error": {"message", "type", "code"}}`` (OpenAI's shape): covip's input errors are 400,
 a photo over the pixel limit or a body over the size limit 413, unknown users/photos/concepts 404,
-conflicts 409, a missing or wrong token 401, a request past the time limit 504.
+conflicts 409, a missing or wrong token 401, a request from another web site 403, a request past the time
+limit 504. Messages never show the memory home's location or the user's home directory.
+
+Web pages of other sites: requests carrying another Origin are refused (CSRF), and so is every ``/v1``
+request a browser marks ``Sec-Fetch-Site: cross-site`` or ``same-site`` (an ``<img>`` tag or a link on
+another site's page, which sends no Origin); every response says ``Cross-Origin-Resource-Policy:
+same-origin`` so no other page can embed what it returns.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +28,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from covip.sdk.errors import (
@@ -32,7 +40,8 @@ from covip.sdk.errors import (
     MissingExtraError,
     NotFoundError,
 )
-from covip.sdk.server.config import ServeConfig, is_loopback
+from covip.sdk.homefiles import PHOTO_STORE
+from covip.sdk.server.config import ServeConfig, check_allowed_dirs, is_loopback
 from covip.sdk.server.work import RequestTimeout, Runner
 
 log = logging.getLogger(__name__)
@@ -50,7 +59,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"description": text, "content": _ERROR_SCHEMA} for code, text in (
         (400, "Bad input (the message says what and how to fix it)"), (401, "Missing or wrong API token"),
         (404, "No such user, photo or concept"), (409, "Conflict with the memory's state"),
-        (413, "Body over --max-body-mb, or a photo over the pixel limit"), (504, "Past --timeout-s"))}
+        (403, "Another web site's page, or a host that is not this machine"),
+        (413, "Body over --max-body-mb, or a photo over the pixel limit"),
+        (503, "Busy with --max-decodes large requests for longer than --timeout-s"), (504, "Past --timeout-s"))}
 
 _STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (ImageTooLargeError, 413, "request_too_large"),
@@ -97,23 +108,40 @@ def covip_status(exc: BaseException) -> tuple[int, str]:
 
 
 class ServerState:
-    """What the routes share: the assistant (one model instance), the config, the runner."""
+    """What the routes share: the assistant (one model instance), the config, the runner, the decode slots."""
 
     def __init__(self, assistant: Any, config: ServeConfig) -> None:
         self.assistant = assistant
         self.config = config
         self.memory = assistant.memory
+        self.home = Path(self.memory.home).resolve()
+        # photos named by path: only the photo store and --allow-dir folders, never the home's own files
+        self.roots = (self.home / PHOTO_STORE, *check_allowed_dirs(config.allowed_dirs, self.home))
         self.runner = Runner(getattr(assistant, "_lock", None) or _fallback_lock(), timeout_s=config.timeout_s,
                              workers=config.workers)
+        self.decode_slots = threading.BoundedSemaphore(config.max_decodes)
         self.model_name = config.model_name or str(getattr(assistant.engine, "model_id", "covip"))
         self.started = int(time.time())
-        self.roots = (Path(self.memory.home).resolve(), *config.allowed_dirs)
         # a request's max_tokens may shorten the answer pass, never lengthen it past this
         self.answer_limit = int(assistant.cag.config.answer.max_new_tokens)
+        self.photo_max_side = getattr(assistant.cag.config, "photo_max_side", None)
+        self._hidden = sorted({str(self.home), str(Path(self.memory.home).absolute())}, key=len, reverse=True)
+        try:
+            self._user_home = str(Path.home())
+        except RuntimeError:  # no home directory known
+            self._user_home = ""
 
     @property
     def max_pixels(self) -> int:
         return int(self.memory.config.max_pixels)
+
+    def redact(self, message: str) -> str:
+        """``message`` without the memory home's location or the user's home directory."""
+        for path in self._hidden:
+            message = message.replace(path, "<memory home>")
+        if len(self._user_home) > 1:
+            message = message.replace(self._user_home + "/", "~/")
+        return message
 
 
 def _fallback_lock() -> Any:
@@ -123,19 +151,28 @@ def _fallback_lock() -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- guard
+LARGE_BODY_BYTES = 1 << 20
+"""Requests with a body over this (photos, bundles) are served at most ``max_decodes`` at a time."""
+
+
 class Guard:
-    """Pure ASGI middleware in front of everything: Host and Origin checks, the token, the body limit."""
+    """Pure ASGI middleware in front of everything: Host, Origin and Sec-Fetch-Site checks, the token, the
+    body limit, and the large-request slots: at most ``max_decodes`` requests with a body over 1 MiB are
+    read, decoded and answered at once (the others wait before their body is read), so the memory a burst
+    of large photos costs is bounded by the slots, not by the number of clients."""
 
     def __init__(self, app: Any, config: ServeConfig) -> None:
         self.app = app
         self.config = config
         self.token = config.token.encode() if config.token else None
         self.limit = config.max_body_bytes
+        self.large_slots = asyncio.Semaphore(config.max_decodes)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        send = _with_corp(send)
         headers = Headers(scope=scope)
         refusal = self._refusal(scope, headers)
         if refusal is not None:
@@ -152,6 +189,25 @@ class Guard:
                 await error_response(413, exc.detail, "request_too_large",
                                      headers={"Connection": "close"})(scope, receive, send)
                 return
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        if (length is not None and int(length) > LARGE_BODY_BYTES) or (length is None and chunked):
+            try:
+                await asyncio.wait_for(self.large_slots.acquire(), self.config.timeout_s)
+            except asyncio.TimeoutError:
+                await error_response(503, f"the server is busy with {self.config.max_decodes} large requests "
+                                          f"(photos, bundles) and waited {self.config.timeout_s:g} s for a slot; "
+                                          "retry later", "server_error",
+                                     headers={"Retry-After": "5"})(scope, receive, send)
+                return
+            try:
+                await self._serve(scope, receive, send)
+            finally:
+                self.large_slots.release()
+            return
+        await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: dict, receive: Any, send: Any) -> None:
+        """Run the app with the body limit enforced while the body streams in (chunked bodies too)."""
         received = 0
         started = False
 
@@ -192,7 +248,15 @@ class Guard:
                                        "call the API from your app's backend or from this server's own page",
                                   "permission_error")
         path = scope.get("path", "")
-        if self.token is None or path in PUBLIC_PATHS or path.startswith("/static/"):
+        public = path in PUBLIC_PATHS or path.startswith("/static/")
+        site = (headers.get("sec-fetch-site") or "").strip().lower()
+        if site and site not in ("same-origin", "none") and not public:
+            # an <img> tag, a link or a form on another site's page: browsers send no Origin on GETs, but
+            # they do say where the request comes from
+            return error_response(403, f"requests made by another web site's pages (Sec-Fetch-Site: {site:.20}) "
+                                       "are refused; open this server's own page, or call the API from an app",
+                                  "permission_error")
+        if self.token is None or public:
             return None
         auth = headers.get("authorization", "")
         scheme, _, given = auth.partition(" ")
@@ -202,6 +266,20 @@ class Guard:
                                        "covip serve was started with (--token or COVIP_API_TOKEN)",
                                   "authentication_error", headers={"WWW-Authenticate": "Bearer"})
         return None
+
+
+def _with_corp(send: Any) -> Any:
+    """``send`` adding ``Cross-Origin-Resource-Policy: same-origin`` to the response headers (no other site's
+    page may embed a response of this server, e.g. a photo in an <img>)."""
+
+    async def corp_send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            headers = MutableHeaders(scope=message)
+            if "cross-origin-resource-policy" not in headers:
+                headers.append("Cross-Origin-Resource-Policy", "same-origin")
+        await send(message)
+
+    return corp_send
 
 
 def _split_host(host: str) -> str:
@@ -279,7 +357,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         status, type_ = covip_status(exc)
         if status >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, exc)
-        return error_response(status, str(exc), type_, type(exc).__name__)
+        return error_response(status, request.app.state.covip.redact(str(exc)), type_, type(exc).__name__)
 
     @app.exception_handler(RequestTimeout)
     async def timeout(request: Request, exc: RequestTimeout) -> JSONResponse:

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from covip.sdk.errors import InputError
+from covip.sdk.homefiles import PRIVATE_DIRS
 
-__all__ = ["ServeConfig", "TOKEN_ENV", "is_loopback"]
+__all__ = ["ServeConfig", "TOKEN_ENV", "is_loopback", "check_allowed_dirs"]
 
 TOKEN_ENV = "COVIP_API_TOKEN"
 """Environment variable holding the API token (preferred over ``--token``, which other users can see in ps)."""
@@ -42,11 +43,20 @@ class ServeConfig:
     timeout_s: float = field(default=300.0, metadata={
         "help": "Per-request time limit (waiting for the model included); past it the request gets 504."})
     allowed_dirs: tuple[Path, ...] = field(default=(), metadata={
-        "help": "Folders whose photos a chat request may name by local path (besides the memory home)."})
+        "help": "Folders whose photos a chat request may name by local path (besides the memory's own photo "
+                "store); a folder that is or holds the memory home, or lies in its index, locks or tmp folder, is "
+                "refused at start."})
     model_name: str | None = field(default=None, metadata={
         "help": "Model id shown by /v1/models and in responses (default: the engine's model id)."})
     workers: int = field(default=16, metadata={
         "help": "Threads for blocking work; generation itself runs one request at a time."})
+    max_decodes: int = field(default=2, metadata={
+        "help": "Photos decoded, and requests with a body over 1 MiB (photos, bundles) served, at the same time: "
+                "each costs up to a few hundred MB; further ones wait for a slot (before their body is read). "
+                "This bounds the server's memory whatever the number of clients."})
+    max_question_chars: int = field(default=65_536, metadata={
+        "help": "Refuse chat questions longer than this many characters (400) before any other work; the "
+                "model's context window is checked too, in tokens."})
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():
@@ -63,6 +73,8 @@ class ServeConfig:
             raise InputError("timeout_s must be positive")
         if self.workers < 1:
             raise InputError("workers must be at least 1")
+        if self.max_decodes < 1 or self.max_question_chars < 1:
+            raise InputError("max_decodes and max_question_chars must be at least 1")
         self.allowed_dirs = tuple(Path(d).expanduser().resolve() for d in self.allowed_dirs)
         if not self.loopback and not self.token:
             raise InputError(f"binding to {self.host} makes the server reachable from other machines, so it needs "
@@ -82,3 +94,19 @@ class ServeConfig:
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 2**20)
+
+
+def check_allowed_dirs(dirs: tuple[Path, ...], home: Path) -> tuple[Path, ...]:
+    """The --allow-dir folders, refusing (InputError) one that is the memory home, holds it, or is one of its
+    private folders (index, locks, tmp): a chat request could otherwise name the database or index files."""
+    home = Path(home).resolve()
+    private = [home / sub for sub in PRIVATE_DIRS]
+    for folder in dirs:
+        real = Path(folder).resolve()
+        if real == home or home.is_relative_to(real):
+            raise InputError(f"--allow-dir {folder} contains the memory home {home}, whose database and index "
+                             "files no request may read; allow only the folder(s) holding your photos")
+        if any(real.is_relative_to(p) for p in private):
+            raise InputError(f"--allow-dir {folder} is inside the memory home's own files ({home}); allow a "
+                             "folder of photos instead (the memory's remembered photos are always readable)")
+    return tuple(Path(d).resolve() for d in dirs)

@@ -7,10 +7,11 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlparse
@@ -20,8 +21,8 @@ from covip.sdk.imaging import Photo, load_photo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Runner", "RequestTimeout", "Cancelled", "photo_from_url", "photo_from_upload", "check_user",
-           "photo_json", "item_json", "hit_json", "answer_job"]
+__all__ = ["Runner", "RequestTimeout", "Cancelled", "decode_slot", "photo_from_url", "photo_from_upload",
+           "check_user", "photo_json", "item_json", "hit_json", "answer_job"]
 
 T = TypeVar("T")
 
@@ -100,6 +101,22 @@ def _swallow(future: concurrent.futures.Future) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- photos in
+@contextlib.contextmanager
+def decode_slot(slots: threading.Semaphore | None, cancel: threading.Event | None = None) -> Iterator[None]:
+    """Hold one of the server's photo-decode slots (``--max-decodes``): a decode of a large photo costs
+    hundreds of MB, so only a few run at once; a request that times out while waiting gives up."""
+    if slots is None:
+        yield
+        return
+    while not slots.acquire(timeout=0.25):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+    try:
+        yield
+    finally:
+        slots.release()
+
+
 def _relabel(exc: ImageError, label: str) -> ImageError:
     """The same image error, naming where the photo came from instead of 'the given bytes'."""
     try:
@@ -108,34 +125,45 @@ def _relabel(exc: ImageError, label: str) -> ImageError:
         return exc
 
 
-def photo_from_upload(data: bytes, filename: str | None, *, max_pixels: int) -> Photo:
-    """An uploaded photo's bytes, checked by load_photo (pixel limit included)."""
+def _renamed(exc: CovipError, real: str, sent: str) -> CovipError:
+    """The same error with the resolved path ``real`` replaced by the path the caller sent."""
     try:
-        return load_photo(data, max_pixels=max_pixels)
+        return type(exc)(str(exc).replace(real, sent))
+    except TypeError:  # pragma: no cover - an error class with another signature
+        return exc
+
+
+def photo_from_upload(data: bytes, filename: str | None, *, max_pixels: int, max_side: int | None = None,
+                      slots: threading.Semaphore | None = None, cancel: threading.Event | None = None) -> Photo:
+    """An uploaded photo's bytes, checked by load_photo (pixel limit included), decoded in a decode slot."""
+    try:
+        with decode_slot(slots, cancel):
+            return load_photo(data, max_pixels=max_pixels, max_side=max_side)
     except ImageError as exc:
-        raise _relabel(exc, f"the uploaded photo {filename!r}" if filename else "the uploaded photo") from exc
+        raise _relabel(exc, f"the uploaded photo {filename!r:.200}" if filename else "the uploaded photo") from None
 
 
-def photo_from_url(url: str, *, roots: tuple[Path, ...], max_pixels: int) -> Photo:
-    """An OpenAI ``image_url``: a base64 data URL, or a local path / file:// URL inside one of ``roots``."""
+def photo_from_url(url: str, *, roots: tuple[Path, ...], max_pixels: int, max_side: int | None = None,
+                   slots: threading.Semaphore | None = None, cancel: threading.Event | None = None) -> Photo:
+    """An OpenAI ``image_url``: a base64 data URL, or a local path / file:// URL inside one of ``roots`` (the
+    memory's photo store and the --allow-dir folders), decoded in a decode slot."""
     if not isinstance(url, str) or not url.strip():
         raise InputError("image_url.url is empty; send the photo as a data URL (data:image/jpeg;base64,...)")
     url = url.strip()
     if url[:5].lower() == "data:":
-        header, sep, payload = url[5:].partition(",")
-        if not sep or not header.lower().endswith(";base64"):
+        comma = url.find(",")
+        header = url[5:comma] if comma > 0 else ""
+        if comma < 0 or not header.lower().endswith(";base64"):
             raise InputError("image_url must be a base64 data URL such as data:image/jpeg;base64,/9j/4AAQ...")
         mime = header[: -len(";base64")].strip().lower()
         if mime and not mime.startswith("image/"):
-            raise InputError(f"image_url is a data URL of type {mime!r}; it must hold an image (image/jpeg, ...)")
-        try:
-            data = base64.b64decode("".join(payload.split()), validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InputError(f"image_url's base64 data cannot be decoded ({exc})") from exc
-        try:
-            return load_photo(data, max_pixels=max_pixels)
-        except ImageError as exc:
-            raise _relabel(exc, "the photo in image_url") from exc
+            raise InputError(f"image_url is a data URL of type {mime!r:.80}; it must hold an image (image/jpeg, ...)")
+        with decode_slot(slots, cancel):  # base64 text, its bytes and the pixels: one bounded set of copies
+            data = _b64decode(url[comma + 1:])
+            try:
+                return load_photo(data, max_pixels=max_pixels, max_side=max_side)
+            except ImageError as exc:
+                raise _relabel(exc, "the photo in image_url") from None
     scheme = urlparse(url).scheme.lower() if "://" in url else ""
     if scheme in ("http", "https", "ftp"):
         raise InputError("the server does not download photos (it runs offline); send the photo itself as a data "
@@ -146,25 +174,45 @@ def photo_from_url(url: str, *, roots: tuple[Path, ...], max_pixels: int) -> Pho
             raise InputError(f"file URL {url!r:.200} names another machine; give a local path")
         url = unquote(parsed.path)
     elif scheme:
-        raise InputError(f"image_url scheme {scheme!r} is not supported; send a data URL or a local path")
-    return _photo_from_path(url, roots=roots, max_pixels=max_pixels)
+        raise InputError(f"image_url scheme {scheme!r:.40} is not supported; send a data URL or a local path")
+    return _photo_from_path(url, roots=roots, max_pixels=max_pixels, max_side=max_side, slots=slots,
+                            cancel=cancel)
 
 
-def _photo_from_path(text: str, *, roots: tuple[Path, ...], max_pixels: int) -> Photo:
-    allowed = ", ".join(str(r) for r in roots) or "(none)"
+def _b64decode(payload: str) -> bytes:
+    """A data URL's base64 payload as bytes (line breaks and spaces allowed; other stray characters not)."""
     try:
-        path = Path(text).expanduser()
+        try:
+            return base64.b64decode(payload, validate=True)
+        except binascii.Error:  # perhaps wrapped lines: only then the copy without whitespace
+            return base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError("image_url's base64 data cannot be decoded (not valid base64); send the photo's "
+                         "bytes base64-encoded") from None
+
+
+def _photo_from_path(text: str, *, roots: tuple[Path, ...], max_pixels: int, max_side: int | None,
+                     slots: threading.Semaphore | None, cancel: threading.Event | None) -> Photo:
+    refusal = (f"the server may not read {text!r:.200}: local photo paths must be inside the memory's photo "
+               "store or a folder covip serve was started with --allow-dir DIR; otherwise send the photo as "
+               "a data URL")
+    try:
+        path = Path(text)
         if not path.is_absolute():
-            raise InputError(f"local photo path {text!r:.200} is relative; give an absolute path")
+            raise InputError(f"local photo path {text!r:.200} is not absolute; give an absolute path")
         real = path.resolve()  # symlinks followed: a link pointing out of the allowed folders is refused
         if not any(real == root or real.is_relative_to(root) for root in roots):
-            raise InputError(f"the server may not read {text!r:.200}: local photo paths must be inside "
-                             f"{allowed} (start covip serve with --allow-dir DIR to allow a folder)")
-        return load_photo(real, max_pixels=max_pixels)
+            raise InputError(refusal)
+        with decode_slot(slots, cancel):
+            try:  # the checked path itself (a link swapped after the check is not followed again)
+                return load_photo(real, max_pixels=max_pixels, max_side=max_side)
+            except CovipError as exc:  # named as the caller sent it, not where its links lead
+                raise _renamed(exc, str(real), text) from None
     except CovipError:
         raise
-    except (OSError, ValueError) as exc:  # embedded NUL, name too long, ...
-        raise InputError(f"local photo path {text!r:.200} cannot be used ({exc})") from exc
+    except (OSError, ValueError, RuntimeError) as exc:  # embedded NUL, name too long, symlink loop, ...
+        why = getattr(exc, "strerror", None) or type(exc).__name__
+        raise InputError(f"local photo path {text!r:.200} cannot be used ({why})") from None
 
 
 # ---------------------------------------------------------------------------------------------- memory calls

@@ -390,3 +390,80 @@ def test_huge_claimed_png_does_not_allocate(tmp_path: Path) -> None:
     assert proc.stdout.count("refused:") == 2 and "400000000 pixels" in proc.stdout
     grew_kb = int(proc.stdout.split("grew_kb")[1])
     assert grew_kb < 100_000  # far below the 1.2 GB a decode would need
+
+
+# ----------------------------------------------------------------------------- what errors show
+
+
+def test_not_an_image_does_not_echo_the_file(tmp_path: Path) -> None:
+    secret = tmp_path / "notes.jpg"
+    secret.write_text("password=hunter2\n" * 4)
+    for source in (secret, secret.read_bytes()):
+        with pytest.raises(NotAnImageError) as info:
+            load_photo(source)
+        assert "password" not in str(info.value) and "hunter2" not in str(info.value)
+        assert "JPEG, PNG" in str(info.value)
+
+
+def test_decoder_errors_do_not_echo_file_bytes() -> None:
+    """Pillow quotes a PNG chunk's raw type bytes in its error; the message keeps the reason, not the bytes."""
+    rng = np.random.default_rng(0)
+    raw = b"".join(b"\x00" + rng.integers(0, 255, 96, dtype=np.uint8).tobytes() for _ in range(32))
+    packed = zlib.compress(raw)
+    data = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 32, 32, 8, 2, 0, 0, 0))
+            + _png_chunk(b"IDAT", packed[:100]) + _png_chunk(b"p@s$", packed[100:]) + _png_chunk(b"IEND", b""))
+    with pytest.raises(TruncatedImageError) as info:
+        load_photo(data)
+    assert "p@s$" not in str(info.value) and "broken PNG file" in str(info.value)
+
+
+def test_absolute_missing_path_shows_only_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(InputError, match="does not exist") as info:
+        load_photo(tmp_path / "nope.jpg")
+    assert str(elsewhere) not in str(info.value)  # no working directory for an absolute path
+    with pytest.raises(InputError, match="relative to") as info:
+        load_photo("nope.jpg")  # a relative one says what it is relative to
+
+
+def test_special_files_are_refused_unread() -> None:
+    with pytest.raises(InputError, match="not a regular file"):
+        load_photo("/dev/null")
+
+
+# ----------------------------------------------------------------------------- reduced decoding
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_max_side_decodes_smaller_and_keeps_the_original(tmp_path: Path, fmt: str) -> None:
+    img = _gradient(1600, 900)
+    path = _save(img, tmp_path / f"big.{fmt.lower()}", fmt)
+    full = load_photo(path)
+    small = load_photo(path, max_side=400)
+    assert max(small.image.size) <= 400 and small.image.size[0] > small.image.size[1]
+    assert (small.width, small.height) == (full.width, full.height) == (1600, 900)
+    assert small.sha256 == full.sha256 and small.data == full.data
+    expected = np.asarray(full.image.resize(small.image.size), dtype=np.int16)
+    assert np.abs(np.asarray(small.image, dtype=np.int16) - expected).mean() < 6  # the same picture
+    assert load_photo(path, max_side=4000).image.size == (1600, 900)  # never enlarged
+    with pytest.raises(InputError, match="max_side"):
+        load_photo(path, max_side=0)
+
+
+def test_max_side_keeps_exif_orientation(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = _save(_gradient(1200, 400), tmp_path / "rot.jpg", "JPEG", exif=exif, quality=95)
+    photo = load_photo(path, max_side=300)
+    assert (photo.width, photo.height) == (400, 1200)
+    assert photo.image.size[1] == 300 and photo.image.size[0] < 300
+
+
+def test_max_side_palette_and_pil_inputs() -> None:
+    pal = _gradient(800, 200).convert("P")
+    photo = load_photo(_png_bytes(pal), max_side=100)
+    assert photo.image.mode == "RGB" and photo.image.size == (100, 25) and photo.width == 800
+    pil = load_photo(_gradient(800, 200), max_side=100)
+    assert pil.image.size == (100, 25) and (pil.width, pil.height) == (800, 200)

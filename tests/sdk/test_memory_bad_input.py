@@ -23,6 +23,7 @@ from covip.sdk import (
     NotFoundError,
     TruncatedImageError,
 )
+from covip.sdk.memory.validate import MAX_K
 from tests.conftest import draw_photo, home_fingerprint, unit_vector
 
 MODEL = "test/32"
@@ -125,6 +126,38 @@ CASES = [
     ("import missing bundle", lambda m, t: m.import_bundle(t / "missing.zip"), InputError, "missing.zip"),
     ("export onto a directory", lambda m, t: m.export_user("ana", t), InputError, "directory"),
     ("place too long", lambda m, t: remember(m, png_bytes(3), place="x" * 600), InputError, "place"),
+    # resource bounds: one limit on k everywhere, checked before FAISS allocates anything
+    ("search k above the limit", lambda m, t: m.search("ana", embedding=unit_vector(1), model_id=MODEL, k=MAX_K + 1),
+     InputError, str(MAX_K)),
+    ("search k=10**9", lambda m, t: m.search("ana", embedding=unit_vector(1), model_id=MODEL, k=10**9),
+     InputError, str(MAX_K)),
+    ("search k=2**31", lambda m, t: m.search("ana", embedding=unit_vector(1), model_id=MODEL, k=2**31),
+     InputError, str(MAX_K)),
+    ("search k=2**70", lambda m, t: m.search("ana", embedding=unit_vector(1), model_id=MODEL, k=2**70),
+     InputError, str(MAX_K)),
+    ("history limit 2**70", lambda m, t: m.history("ana", limit=2**70), InputError, "limit"),
+    ("history limit True", lambda m, t: m.history("ana", limit=True), InputError, "limit"),
+    ("search include_shared='no'", lambda m, t: m.search("ana", embedding=unit_vector(1), model_id=MODEL,
+                                                         include_shared="no"), InputError, "include_shared"),
+    # ids: one validator (int, not bool, 1..2**63-1) for every method that takes one
+    ("forget photo id 2**70", lambda m, t: m.forget_photo("ana", 2**70), InputError, "range"),
+    ("forget photo id -1", lambda m, t: m.forget_photo("ana", -1), InputError, "range"),
+    ("find photo id 0", lambda m, t: m.find_photo("ana", 0), InputError, "range"),
+    ("caption context id 2**70", lambda m, t: m.cache_caption("ana", "x", model_id="m", prompt_version="1",
+                                                              photo_sha256="ab", context_ids=[2**70]),
+     InputError, "range"),
+    ("caption context id text", lambda m, t: m.cached_caption("ana", model_id="m", prompt_version="1",
+                                                              photo_sha256="ab", context_ids=["1; DROP"]),
+     InputError, "integer"),
+    ("remember concepts=None", lambda m, t: remember(m, png_bytes(3), concepts=None), InputError, "concepts"),
+    ("remember a vector of another length under the same model",
+     lambda m, t: remember(m, png_bytes(3), embedding=unit_vector(5, 16)), InputError, "dimensions"),
+    ("remember with 1001 concepts", lambda m, t: remember(m, png_bytes(3), concepts=[f"c{i}" for i in range(1001)]),
+     InputError, "1000"),
+    ("dialogue with 1001 turns", lambda m, t: remember(m, png_bytes(3), dialogue=[("user", "hi")] * 1001),
+     InputError, "turns"),
+    ("remember a non-numeric embedding", lambda m, t: remember(m, png_bytes(3), embedding="abc"), InputError,
+     "embedding"),
 ]
 
 
@@ -142,3 +175,128 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(seeded, call, error, t
     assert list((mem.home / "tmp").iterdir()) == []  # no half-written temp files
     assert mem.verify().ok
 
+
+
+# ----------------------------------------------------------------------------------- hostile values, every method
+HOSTILE = [None, 2**70, -1, 0, True, 1.5, "", "../x", "x" * 1_000_000, b"\x00\xff", object(), ["Bori", None],
+           {"a": 1}]
+
+
+def _valid_args(mem: Memory, tmp: Path) -> dict[str, dict]:
+    """A valid call of every public Memory method (the hostile test swaps one argument at a time)."""
+    pid = mem.photos("ana")[0].id
+    sha = mem.photos("ana")[0].sha256
+    bundle = tmp / "ana.zip"
+    if not bundle.exists():
+        mem.export_user("ana", bundle)
+    caption = {"model_id": "m", "prompt_version": "1", "photo_sha256": sha, "context_ids": [pid]}
+    return {
+        "open": {"home": tmp / "other-home", "embedder": None, "config": None},
+        "start_fresh": {"home": tmp / "fresh-home"},
+        "users": {},
+        "add_user": {"name": "carl", "exist_ok": True},
+        "concepts": {"user": "ana"},
+        "add_concept": {"user": "ana", "name": "Rex", "kind": "pet", "notes": "a dog"},
+        "update_concept": {"user": "ana", "name": "Bori", "kind": "pet", "notes": "good dog"},
+        "rename_concept": {"user": "ana", "old": "Mom", "new": "Mother"},
+        "merge_concepts": {"user": "ana", "sources": ["Mom"], "into": "Bori"},
+        "share_concept": {"user": "ana", "name": "Bori", "with_user": "ben"},
+        "unshare_concept": {"user": "ana", "name": "Bori", "with_user": "ben"},
+        "remember": {"user": "ana", "photo": png_bytes(7), "dialogue": "User: hi", "concepts": ["Bori"],
+                     "taken_at": "2024-05-01", "place": "park", "embedding": unit_vector(7), "model_id": MODEL},
+        "search": {"user": "ana", "embedding": unit_vector(1), "k": 2, "model_id": MODEL, "include_shared": True},
+        "history": {"user": "ana", "concept": "Bori", "limit": 2},
+        "photos": {"user": "ana"},
+        "find_photo": {"user": "ana", "photo": pid},
+        "forget_photo": {"user": "ana", "photo": pid},
+        "forget_concept": {"user": "ana", "name": "Mom", "keep_shared_photos": False},
+        "forget_user": {"user": "ben"},
+        "cached_caption": {"user": "ana", **caption},
+        "cache_caption": {"user": "ana", "caption": "a dog", **caption},
+        "export_user": {"user": "ana", "path": tmp / "out.zip"},
+        "import_bundle": {"path": bundle, "user": "ana-copy", "merge": True},
+        "load_memory_photo": {"photo": pid, "max_side": 64},
+        "read_photo_bytes": {"photo": pid},
+        "verify": {"deep": True},
+        "repair": {},
+        "flush": {},
+        "close": {},
+    }
+
+
+def _public_methods() -> list[str]:
+    import inspect
+
+    return sorted(n for n in dir(Memory) if not n.startswith("_")
+                  and not isinstance(inspect.getattr_static(Memory, n), property))
+
+
+def test_every_public_method_has_a_hostile_input_case(seeded) -> None:
+    mem, tmp = seeded
+    assert set(_valid_args(mem, tmp)) == set(_public_methods()), \
+        "add the new public Memory method to _valid_args so it is tried with hostile values"
+
+
+@pytest.mark.parametrize("method", _public_methods())
+def test_hostile_values_get_input_or_not_found_errors(seeded, tiny_embedder, method, monkeypatch) -> None:
+    """Each parameter of each public method, one at a time, gets None, 2**70, -1, '', '../x', a 1 MB string,
+    bytes, objects...: the call either works or raises InputError/NotFoundError (ConflictError when an
+    earlier accepted call already made the same thing); no TypeError, OverflowError or other crash escapes."""
+    import inspect
+
+    mem, tmp = seeded
+    mem._embedder = tiny_embedder  # model_id=None means "the home's embedder": a real one, offline
+    (tmp / method).mkdir()
+    monkeypatch.chdir(tmp / method)  # relative paths such as '../x' stay inside this test's folder
+    monkeypatch.setenv("COVIP_HOME", str(tmp / "default-home"))  # home=None must not touch the real one
+    valid = _valid_args(mem, tmp)[method]
+    assert set(valid) <= set(inspect.signature(getattr(Memory, method)).parameters)
+    target = Memory if method in ("open", "start_fresh") else mem
+    for name in valid:
+        for value in HOSTILE:
+            args = {**valid, name: value}
+            try:
+                out = getattr(target, method)(**args)
+            except (InputError, NotFoundError, ConflictError):
+                continue
+            except Exception as exc:  # noqa: BLE001 - the point of the test
+                pytest.fail(f"{method}({name}={value!r:.40}) raised {type(exc).__name__}: {exc!s:.300}")
+            if isinstance(out, Memory):
+                out.close()
+    if method != "close":
+        assert mem.verify().ok, mem.verify().errors
+
+
+def test_index_caps_k_at_its_size_before_searching() -> None:
+    from covip.sdk.memory import VectorIndex
+
+    index = VectorIndex(32)
+    index.add(np.array([1, 2, 3]), np.stack([unit_vector(i) for i in range(3)]))
+    scores, ids = index.search(unit_vector(0)[None, :], MAX_K)
+    assert ids.shape == (1, 3) and sorted(ids[0].tolist()) == [1, 2, 3]
+    assert index.search(unit_vector(0)[None, :], 10, allowed_ids=np.array([2]))[1].shape == (1, 1)
+    with pytest.raises(InputError, match=str(MAX_K)):
+        index.search(unit_vector(0)[None, :], MAX_K + 1)
+
+
+def test_cli_recall_refuses_k_above_the_limit(seeded, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from covip.sdk.cli import cli
+
+    mem, _ = seeded
+    (mem.home / "config.json").write_text('{"embedder": {"model": "tiny", "pretrained": null}}')
+    shown = write(tmp_path, "q.png", png_bytes(5))
+    for k in (str(MAX_K + 1), "1000000000"):
+        result = CliRunner().invoke(cli, ["--home", str(mem.home), "recall", str(shown), "--user", "ana", "-k", k])
+        assert result.exit_code == 2, result.output
+        assert f"1<=x<={MAX_K}" in result.stderr
+
+
+def test_a_file_given_as_the_home_is_an_input_error(tmp_path: Path) -> None:
+    """A home path naming an existing file (a bundle, a photo) is refused clearly, and the file is untouched."""
+    not_a_home = tmp_path / "ana.zip"
+    not_a_home.write_bytes(b"PK\x05\x06" + b"\x00" * 18)
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        Memory.open(not_a_home)
+    assert not_a_home.read_bytes() == b"PK\x05\x06" + b"\x00" * 18

@@ -21,6 +21,8 @@ SDK_API = {
     "EmbedderConfig", "make_embedder", "CovipError", "ConfigError", "MissingExtraError", "InputError", "ImageError",
     "EmptyImageError", "NotAnImageError", "TruncatedImageError", "ImageTooLargeError", "NotFoundError",
     "ConflictError", "StoreError", "SchemaError", "IndexCorruptError", "BundleError", "EmbedderError",
+    "EncryptionError", "MissingKeyError", "WrongKeyError", "DecryptError", "DatabaseCorruptError",
+    "DatabaseMissingError",
 }
 
 

@@ -140,11 +140,10 @@ def test_chat_bad_input_is_a_clear_4xx(client, ana, assistant, tmp_path):
     error(client.post("/v1/chat/completions", json={**chat_body("ana", photo), "n": 2}), 400, "n")
     error(client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}),
           400)
-    # a local path inside the memory home is allowed (others need --allow-dir)
-    inbox = assistant.memory.home / "inbox"
-    inbox.mkdir(exist_ok=True)
-    (inbox / "bori.png").write_bytes(png("Bori", 7))
-    r = client.post("/v1/chat/completions", json=chat_body("ana", (inbox / "bori.png").as_uri()))
+    # a remembered photo in the memory's photo store may be named by path (other folders need --allow-dir;
+    # the rest of the home never: see test_server_trust.py)
+    stored = next(p for p in (assistant.memory.home / "photos").rglob("*") if p.is_file())
+    r = client.post("/v1/chat/completions", json=chat_body("ana", stored.as_uri()))
     assert r.status_code == 200, r.text
 
 

@@ -269,6 +269,15 @@ def _memory_scale(data: Mapping[str, Any]) -> list[str]:
     if sweep and isinstance(sweep.get("hnsw_threshold"), int):
         lines.append(f"- flat→HNSW threshold the data support: {sweep['hnsw_threshold']:,} "
                      f"(current default {_num(sweep.get('current_default'), '{:,}')})")
+    enc = data.get("encryption") or {}
+    if enc.get("ratios"):
+        r, homes = enc["ratios"], enc.get("homes") or {}
+        pw = (homes.get("encrypted") or {}).get("open_passphrase_s")
+        lines.append(f"- encryption at rest ≤ 1.3x (encrypted / plain home, {enc.get('n', 0):,} photos, same data "
+                     f"interleaved): {_met((enc.get('target') or {}).get('met'))} (remember p50 "
+                     f"{_ratio(r.get('remember_p50_ms'))}, mean {_ratio(r.get('remember_mean_ms'))}; search p50 "
+                     f"{_ratio(r.get('search_p50_ms'))}, p95 {_ratio(r.get('search_p95_ms'))}; opening with a "
+                     f"passphrase adds one Argon2id run: {_num(pw and pw * 1e3)} ms)")
     return lines
 
 
