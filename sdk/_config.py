@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields, replace
+from pathlib import Path
 from typing import Any
 
 from covip.sdk.errors import CovipError, InputError
 
-__all__ = ["ConfigMixin", "pick_device"]
+__all__ = ["ConfigMixin", "pick_device", "cache_root"]
+
+
+def cache_root() -> Path:
+    """covip's cache directory: ``$COVIP_CACHE``, else the per-user cache directory (e.g. ~/.cache/covip)."""
+    env = os.environ.get("COVIP_CACHE")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("covip", appauthor=False))
 
 
 class ConfigMixin:

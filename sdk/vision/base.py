@@ -13,10 +13,12 @@ from covip.sdk._config import ConfigMixin
 from covip.sdk.errors import InputError
 from covip.sdk.imaging import Photo
 
-__all__ = ["Embedder", "EmbedderConfig", "TINY_MODEL"]
+__all__ = ["Embedder", "EmbedderConfig", "TINY_MODEL", "MINI_MODEL"]
 
 TINY_MODEL = "tiny"
 """Name of the built-in tiny open_clip architecture with random weights (tests, offline runs)."""
+MINI_MODEL = "mini"
+"""Name of the small open_clip model trained on covip's synthetic world (built once into the cache)."""
 
 
 @runtime_checkable
@@ -60,8 +62,10 @@ class EmbedderConfig(ConfigMixin):
     model: str = field(
         default=TINY_MODEL,
         metadata={
-            "help": "open_clip model name (e.g. 'ViT-B-32', 'ViT-L-14'), or 'tiny' for the built-in "
-            "random-weight model whose similarities are meaningless (tests, offline runs)."
+            "help": "open_clip model name (e.g. 'ViT-B-32', 'ViT-L-14'), 'tiny' for the built-in "
+            "random-weight model whose similarities are meaningless (tests, offline runs), or 'mini' for the "
+            "small model trained on covip's synthetic world (build it once: covip train embedder --config "
+            "mini-cpu)."
         },
     )
     pretrained: str | None = field(
@@ -69,7 +73,7 @@ class EmbedderConfig(ConfigMixin):
         metadata={
             "help": "open_clip pretrained tag (e.g. 'laion2b_s34b_b79k'), a local weights file "
             "(e.g. /path/open_clip_pytorch_model.bin), or 'random'. None picks the model's default "
-            "tag ('random' for tiny)."
+            "tag ('random' for tiny, the cached build for mini)."
         },
     )
     device: str = field(
@@ -89,7 +93,8 @@ class EmbedderConfig(ConfigMixin):
     cache_dir: str | None = field(
         default=None,
         metadata={
-            "help": "Where downloaded weights are cached; None uses the Hugging Face / open_clip default."
+            "help": "Where downloaded weights are cached; None uses the Hugging Face / open_clip default "
+            "(for mini: covip's cache, $COVIP_CACHE or e.g. ~/.cache/covip)."
         },
     )
 
@@ -127,6 +132,11 @@ class EmbedderConfig(ConfigMixin):
     def is_tiny(self) -> bool:
         """Whether this config selects the built-in tiny random-weight model."""
         return self.model.strip().lower() == TINY_MODEL
+
+    @property
+    def is_mini(self) -> bool:
+        """Whether this config selects the mini model trained on the synthetic world."""
+        return self.model.strip().lower() == MINI_MODEL
 
 
 def check_images(images: Sequence[Image.Image | Photo]) -> list[Image.Image]:

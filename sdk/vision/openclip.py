@@ -1,4 +1,5 @@
-"""Image embeddings with open_clip: any open_clip model + weights, or the built-in tiny random model.
+"""Image embeddings with open_clip: any open_clip model + weights, the built-in tiny random model, or
+``mini`` (a small model trained on covip's synthetic world, built once into the cache; see :mod:`.mini`).
 
 torch and open_clip are imported only when an :class:`OpenClipEmbedder` is built, so this module
 (and ``covip.sdk.vision``) imports on machines without torch.
@@ -27,6 +28,7 @@ from covip.sdk._extras import require
 from covip.sdk.errors import EmbedderError, InputError
 from covip.sdk.imaging import Photo, to_rgb
 from covip.sdk.vision.base import EmbedderConfig, check_images
+from covip.sdk.vision.mini import MINI_ARCH, MINI_CONFIG_PATH, find_mini_weights
 
 __all__ = ["OpenClipEmbedder", "TINY_CONFIG_PATH", "TINY_ARCH"]
 
@@ -36,6 +38,7 @@ TINY_ARCH = "covip-tiny-clip"
 """open_clip model-config name of the tiny architecture (the preset file's stem)."""
 TINY_CONFIG_PATH = Path(__file__).resolve().parent.parent / "presets" / f"{TINY_ARCH}.json"
 _TINY_ID_NAME = "covip-tiny"
+_MINI_ID_NAME = "covip-mini"
 _RANDOM = "random"
 _PREFERRED_TAGS = ("laion2b_s34b_b79k", "laion2b_s32b_b82k", "datacomp_xl_s13b_b90k", "openai")
 _HF_WEIGHTS = "open_clip_pytorch_model.bin"
@@ -44,7 +47,7 @@ _PROGRESS_THRESHOLD = 256
 _PROBE_TIMEOUT_S = 5.0
 
 _lock = threading.Lock()
-_tiny_registered = False
+_registered: set[str] = set()
 _random_models: dict[tuple[Any, ...], tuple[Any, Any]] = {}
 _digests: dict[tuple[str, int, int], str] = {}
 
@@ -153,30 +156,33 @@ class OpenClipEmbedder:
 # ----------------------------------------------------------------------------- building
 
 
-def _register_tiny(open_clip: ModuleType) -> None:
-    """Add the tiny preset to open_clip's model-config registry once per process."""
-    global _tiny_registered
+def _register_preset(open_clip: ModuleType, arch: str, path: Path) -> None:
+    """Add one of covip's model presets (tiny, mini) to open_clip's model-config registry once per process."""
     with _lock:
-        if _tiny_registered and TINY_ARCH in open_clip.list_models():
+        if arch in _registered and arch in open_clip.list_models():
             return
-        if not TINY_CONFIG_PATH.is_file():
-            raise EmbedderError(
-                f"the tiny model config {TINY_CONFIG_PATH} is missing; reinstall covip (pip install -e .)"
-            )
-        open_clip.add_model_config(TINY_CONFIG_PATH)
-        _tiny_registered = True
+        if not path.is_file():
+            raise EmbedderError(f"the model config {path} is missing; reinstall covip (pip install -e .)")
+        open_clip.add_model_config(path)
+        _registered.add(arch)
 
 
 def _resolve_weights(open_clip: ModuleType, config: EmbedderConfig) -> _Weights:
     """Turn model + pretrained into an architecture name, a local weights file and a stable model id."""
     pretrained = config.pretrained.strip() if config.pretrained else None
     if config.is_tiny:
-        _register_tiny(open_clip)
+        _register_preset(open_clip, TINY_ARCH, TINY_CONFIG_PATH)
         arch, id_name = TINY_ARCH, _TINY_ID_NAME
         if pretrained is None or pretrained.lower() == _RANDOM:
             return _Weights(arch, None, f"open_clip/{id_name}/random-seed{config.seed}", True, {})
         path = _local_weights(pretrained, arch)
         return _Weights(arch, path, f"open_clip/{id_name}/file-{_digest(path)}", True, {})
+    if config.is_mini:
+        _register_preset(open_clip, MINI_ARCH, MINI_CONFIG_PATH)
+        if pretrained is not None and pretrained.lower() == _RANDOM:
+            return _Weights(MINI_ARCH, None, f"open_clip/{_MINI_ID_NAME}/random-seed{config.seed}", True, {})
+        path = str(find_mini_weights(config.cache_dir)) if pretrained is None else _local_weights(pretrained, MINI_ARCH)
+        return _Weights(MINI_ARCH, path, f"open_clip/{_MINI_ID_NAME}/file-{_digest(path)}", False, {})
 
     arch = config.model.strip()
     if arch.startswith(("hf-hub:", "local-dir:")):

@@ -4,7 +4,9 @@
 
 1. ``n_concepts`` concepts (:mod:`.world`): a distinct look (kind, colour, pattern, accessory) drawn with
    Pillow (:mod:`.render`), a name, four facts, a six-turn dialogue stating them, and 3 MCQAs about them.
-   Concepts are split into train and test with NO concept in both (``test_fraction`` of them are test).
+   Concepts are split into train and test with NO concept in both (``test_fraction`` of them are test);
+   test concepts have held-out looks (:func:`~.world.is_heldout_look`) that no trained model ever sees,
+   and looks come in families of look-alikes (same kind and colours, another pattern or accessory).
 2. A similarity between concepts, used to pick *distractors* (context concepts absent from the query
    image) that look like the present ones, as the authors did with CLIP ViT-L/14:
 
@@ -74,12 +76,17 @@ from covip.training.data.render import png_bytes, render_memory, render_referenc
 from covip.training.data.schema import MCQA, SAMPLE_TYPES, Sample, atomic_write_text, write_jsonl
 from covip.training.data.world import (
     CODE_WORDS,
+    FACT_LISTS,
+    LOOKALIKES,
     Concept,
     Look,
     attribute_similarity,
+    is_heldout_look,
     make_concepts,
     planted_instruction,
+    question_about,
 )
+from covip.training.judges.base import normalize_text
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +126,9 @@ class SynthConfig:
         default=2, metadata=_help("Distractors are drawn from the needed+slack most similar candidates."))
     n_downstream: int = field(
         default=0, metadata=_help("Downstream samples per task (LSD, LAR, ITR) from the test concepts; 0 = none."))
+    lookalikes: str = field(default="detail", metadata=_help(
+        "How look-alike concepts differ: 'detail' (pattern and/or accessory, same body colour; the hard default) "
+        "or 'colour' (body colour, same pattern and accessory; an easier world)."))
 
     def __post_init__(self) -> None:
         ints = ("n_concepts", "n_train", "n_test", "max_present", "context_size", "image_size", "seed",
@@ -144,6 +154,8 @@ class SynthConfig:
         if len(mix) != 3 or any((not isinstance(w, (int, float))) or w < 0 for w in mix) or sum(mix) <= 0:
             raise InputError(f"SynthConfig.type_mix must be 3 non-negative shares, got {self.type_mix!r}")
         object.__setattr__(self, "type_mix", tuple(float(w) for w in mix))
+        if self.lookalikes not in LOOKALIKES:
+            raise InputError(f"SynthConfig.lookalikes must be one of {list(LOOKALIKES)}, got {self.lookalikes!r}")
         if self.similarity not in SIMILARITIES:
             raise InputError(f"SynthConfig.similarity must be one of {list(SIMILARITIES)}, got {self.similarity!r}")
         n_test_c, n_train_c = self.split_sizes()
@@ -269,11 +281,11 @@ class _Builder:
             return Sample(sample_type="recognition", answer=positions, **common)
         pos, neg = [], []
         for j, c in enumerate(context):
-            qas = [_with_index(q, j) for q in self.concepts[c].questions]
-            if j in positions:
-                pos += qas
-            else:
-                neg += [q.as_negative() for q in qas]
+            others = [p for p in present if p != c]
+            stated = _Stated(v for p in others for v in vars(self.concepts[p].facts).values())
+            for q in self.concepts[c].questions:
+                qa = _unambiguous(q, j, stated, self.concepts[c], self.rng, negative=j not in positions)
+                (neg if j not in positions else pos).append(qa.as_negative() if j not in positions else qa)
         return Sample(sample_type="caption", present=positions, pos_qas=pos, neg_qas=neg, **common)
 
     def verification(self, index: int) -> Sample:
@@ -312,8 +324,46 @@ class _Builder:
                                  (answers[task],), meta) for task in TASKS]
 
 
-def _with_index(qa: MCQA, j: int) -> MCQA:
-    return MCQA(qa.id, qa.question, dict(qa.options), qa.correct, j, qa.fact_answer)
+class _Stated:
+    """Fact values a faithful caption of the present concepts states, matched as the lexical judge matches."""
+
+    def __init__(self, values: Any) -> None:
+        self.text = " " + " | ".join(normalize_text(v) for v in values) + " "
+
+    def __contains__(self, value: str) -> bool:
+        return f" {normalize_text(value)} " in self.text
+
+
+def _unambiguous(qa: MCQA, j: int, stated: _Stated, concept: Concept, rng: random.Random, *,
+                 negative: bool) -> MCQA:
+    """``qa`` for context position ``j``, such that a faithful caption can answer it right.
+
+    A caption that states the other present concepts' facts also "states" any option equal to one of them:
+    such wrong options are re-drawn (from the same fact list, never a value of the dialogue). A negative
+    question whose true answer a present concept shares would be "answered" by a faithful caption: it is
+    asked about another of the concept's facts instead (kept as is only when every fact is shared).
+    """
+    truth = qa.options[qa.fact_answer or qa.correct]
+    dialogue = concept.dialogue
+    if negative and truth in stated:
+        asked = {q.options[q.correct] for q in concept.questions}
+        for kind, value in sorted(vars(concept.facts).items()):
+            if value not in asked and value not in stated:
+                qa = question_about(concept.name, concept.facts, dialogue, kind, rng, qa.id)
+                truth = value
+                break
+    options = dict(qa.options)
+    kind = next((k for k, values in FACT_LISTS.items() if truth in values), None)
+    used = {normalize_text(v) for v in options.values()}
+    lowered = dialogue.lower()
+    for letter in "ABC":
+        if options[letter] == truth or options[letter] not in stated or kind is None:
+            continue
+        pool = [v for v in FACT_LISTS[kind]
+                if v not in stated and normalize_text(v) not in used and v.lower() not in lowered]
+        options[letter] = rng.choice(pool)
+        used.add(normalize_text(options[letter]))
+    return MCQA(qa.id, qa.question, options, qa.correct, j, qa.fact_answer)
 
 
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -345,11 +395,11 @@ def synthesize(config: SynthConfig, out_dir: str | Path, *, embedder: Any = None
     out_dir = Path(out_dir).expanduser().resolve()
     _prepare_out_dir(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    concepts = make_concepts(config.n_concepts, _rng(config.seed, "world"))
-    order = list(range(len(concepts)))
-    _rng(config.seed, "split").shuffle(order)
     n_test_c, _ = config.split_sizes()
-    members = {"test": sorted(order[:n_test_c]), "train": sorted(order[n_test_c:])}
+    concepts = make_concepts(config.n_concepts, _rng(config.seed, "world"), n_heldout=n_test_c,
+                             lookalikes=config.lookalikes)
+    test_side = [is_heldout_look(c.look) for c in concepts]  # test concepts have held-out looks only
+    members = {"test": [i for i, t in enumerate(test_side) if t], "train": [i for i, t in enumerate(test_side) if not t]}
     sim = concept_similarity([c.look for c in concepts], measure=config.similarity,
                              embedder=embedder if embedder is not None else config.embedder,
                              image_size=config.image_size)

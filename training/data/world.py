@@ -9,13 +9,23 @@ same kind as A/B/C (shuffled) and D = "cannot be determined". Values inside one 
 that none is a substring of another, so "the correct option's text appears in the dialogue and the wrong
 ones do not" holds by construction (and is checked).
 
+Looks come in *families* of look-alikes (:func:`look_families`): the same kind and body colour, and the same
+pattern and accessory colours, differing only in the pattern and/or the accessory, so that every concept
+has concepts beside it that a glance confuses with it (the distractors a context holds).
+
+The space of looks is split once, by a fixed hash of (kind, colour, pattern, accessory)
+(:func:`is_heldout_look`), into training looks and held-out looks (one in four). Test concepts take
+held-out looks only (``make_concepts(..., n_heldout=...)``), and everything trained on the world (the
+VLM, the ``mini`` image embedder) sees training looks only, so a test concept is new to every model.
+
 Everything is drawn from a ``random.Random`` the caller seeds, so the world is a pure function of the seed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from covip.sdk.errors import InputError
 from covip.training.data.schema import MCQA, UNDETERMINED
@@ -26,9 +36,19 @@ __all__ = [
     "PATTERNS",
     "ACCESSORIES",
     "Look",
+    "LookKey",
+    "look_key",
+    "look_family",
+    "is_heldout_look",
+    "look_keys",
+    "look_with_key",
+    "look_families",
+    "LOOKALIKES",
+    "HELDOUT_MODULUS",
     "Facts",
     "Concept",
     "make_concepts",
+    "question_about",
     "dialogue_for",
     "questions_for",
     "attribute_similarity",
@@ -218,24 +238,117 @@ def _names(rng: random.Random, n: int) -> list[str]:
     return names[:n]
 
 
-def _looks(rng: random.Random, n: int) -> list[Look]:
-    colours = list(COLOURS)
-    seen: set[tuple] = set()
+LookKey = tuple[str, str, str, str]
+"""(kind, colour, pattern, accessory): what tells two concepts apart at a glance."""
+HELDOUT_MODULUS = 4
+"""One look key in this many is held out (:func:`is_heldout_look`)."""
+
+
+def look_key(look: Look) -> LookKey:
+    """The look's (kind, colour, pattern, accessory)."""
+    return (look.kind, look.colour, look.pattern, look.accessory)
+
+
+def look_family(look: Look) -> tuple[str, str]:
+    """The look's family: (kind, colour); look-alikes share it."""
+    return (look.kind, look.colour)
+
+
+def is_heldout_look(look: Look | LookKey) -> bool:
+    """Whether a look (or look key) is reserved for held-out test concepts; fixed for all seeds and machines."""
+    key = look_key(look) if isinstance(look, Look) else tuple(look)
+    digest = hashlib.sha256(("covip-look:" + ":".join(key)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % HELDOUT_MODULUS == 0
+
+
+def look_keys(*, heldout: bool) -> list[LookKey]:
+    """Every look key of one side of the split (held-out or training), in a fixed order."""
+    return [(k, c, p, a) for k in KINDS for c in COLOURS for p in PATTERNS for a in ACCESSORIES
+            if is_heldout_look((k, c, p, a)) == heldout]
+
+
+def look_with_key(key: LookKey, rng: random.Random, *, pattern_colour: str | None = None,
+                  accessory_colour: str | None = None) -> Look:
+    """A look with the given key; pattern/accessory colours (other than the body's) and skin drawn from ``rng``."""
+    kind, colour, pattern, accessory = key
+    others = [c for c in COLOURS if c != colour]
+    pc = pattern_colour if pattern_colour in others else rng.choice(others)
+    ac = accessory_colour if accessory_colour in others else rng.choice(others)
+    return Look(kind, colour, pattern, pc, accessory, ac, rng.randrange(4))
+
+
+LOOKALIKES = ("detail", "colour")
+"""How look-alikes differ: ``detail`` (pattern and/or accessory; the hard default) or ``colour`` (body colour)."""
+
+
+def _family_of(key: LookKey, lookalikes: str) -> tuple[str, ...]:
+    if lookalikes == "detail":
+        return key[:2]
+    if lookalikes == "colour":
+        return (key[0], key[2], key[3])
+    raise InputError(f"lookalikes must be one of {', '.join(LOOKALIKES)}, got {lookalikes!r}")
+
+
+def look_families(n: int, rng: random.Random, *, heldout: bool, sizes: tuple[int, ...] = (2, 3, 3),
+                  lookalikes: str = "detail") -> list[Look]:
+    """``n`` distinct looks of one side of the split, in families of look-alikes (sizes drawn from ``sizes``).
+
+    A family shares kind, pattern colour, accessory colour and skin, and with ``lookalikes='detail'`` the
+    body colour too: its members differ in the pattern and/or the accessory; with ``'colour'`` it shares
+    pattern and accessory and its members differ in body colour (an easier world: colour is read at a
+    glance). Families cycle through the kinds, so every kind appears.
+    """
+    keys = look_keys(heldout=heldout)
+    by_family: dict[tuple[str, ...], list[LookKey]] = {}
+    for key in keys:
+        by_family.setdefault(_family_of(key, lookalikes), []).append(key)
+    families = [f for f in sorted(by_family) if len(by_family[f]) >= 2]
+    rng.shuffle(families)
+    per_kind = {k: [f for f in families if f[0] == k] for k in KINDS}
+    order = [per_kind[k][i] for i in range(max(map(len, per_kind.values()))) for k in KINDS if i < len(per_kind[k])]
+    capacity = sum(min(len(by_family[f]), max(sizes)) for f in order)
+    if n > capacity:
+        side = "held-out" if heldout else "training"
+        raise InputError(f"a synthetic world holds at most {capacity} distinct {side} concepts, asked for {n}")
+    caps = [min(len(by_family[f]), max(sizes)) for f in order]
     out: list[Look] = []
-    capacity = len(KINDS) * len(colours) * len(PATTERNS) * len(ACCESSORIES)
-    if n > capacity // 4:
-        raise InputError(f"a synthetic world holds at most {capacity // 4} distinct concepts, asked for {n}")
-    while len(out) < n:
-        kind = KINDS[len(out) % len(KINDS)] if len(out) < len(KINDS) else rng.choice(KINDS)
-        colour = rng.choice(colours)
-        pattern = rng.choice(PATTERNS)
-        accessory = rng.choice(ACCESSORIES)
-        key = (kind, colour, pattern, accessory)
-        if key in seen:
-            continue
-        seen.add(key)
-        others = [c for c in colours if c != colour]
-        out.append(Look(kind, colour, pattern, rng.choice(others), accessory, rng.choice(others), rng.randrange(4)))
+    for i, family in enumerate(order):
+        left = n - len(out)
+        if left <= 0:
+            break
+        size = rng.choice(sizes)
+        if left - size > sum(caps[i + 1:]):  # the later families could not make up the rest
+            size = max(sizes)
+        size = min(size, len(by_family[family]), left)
+        if left - size == 1:  # never strand one concept for the end: it would have no look-alike
+            if size < len(by_family[family]):
+                size += 1
+            elif size > 2:
+                size -= 1
+            else:
+                continue
+        first = look_with_key(rng.choice(by_family[family]), rng)
+        members = rng.sample(by_family[family], size)
+        if lookalikes == "detail":
+            out += [Look(k[0], k[1], k[2], first.pattern_colour, k[3], first.accessory_colour, first.skin)
+                    for k in members]
+        else:  # the shared pattern/accessory colours must differ from each member's body colour
+            out += [replace(look_with_key(k, rng, pattern_colour=first.pattern_colour,
+                                          accessory_colour=first.accessory_colour), skin=first.skin)
+                    for k in members]
+    if len(out) < n:
+        side = "held-out" if heldout else "training"
+        raise InputError(f"a synthetic world holds at most {len(out)} distinct {side} concepts here, asked for {n}")
+    return out
+
+
+def _looks(rng: random.Random, n: int, n_heldout: int, lookalikes: str) -> list[Look]:
+    """``n`` looks in families, the first-drawn ``n_heldout`` from held-out keys, returned in shuffled order."""
+    if not 0 <= n_heldout <= n:
+        raise InputError(f"n_heldout must be between 0 and n={n}, got {n_heldout}")
+    out = look_families(n_heldout, rng, heldout=True, lookalikes=lookalikes) \
+        + look_families(n - n_heldout, rng, heldout=False, lookalikes=lookalikes)
+    rng.shuffle(out)
     return out
 
 
@@ -250,23 +363,28 @@ def dialogue_for(name: str, noun: str, facts: Facts, rng: random.Random) -> str:
 def questions_for(name: str, facts: Facts, dialogue: str, rng: random.Random, n: int = 3) -> tuple[MCQA, ...]:
     """``n`` fact questions; wrong options are other values of the same kind absent from the dialogue."""
     kinds = rng.sample(sorted(FACT_LISTS), n)
+    return tuple(question_about(name, facts, dialogue, kind, rng, f"Q{i + 1}") for i, kind in enumerate(kinds))
+
+
+def question_about(name: str, facts: Facts, dialogue: str, kind: str, rng: random.Random, qid: str) -> MCQA:
+    """The question on one fact ``kind``: the truth and two other values of that kind absent from the dialogue."""
+    truth = getattr(facts, kind)
     lowered = dialogue.lower()
-    out = []
-    for i, kind in enumerate(kinds):
-        truth = getattr(facts, kind)
-        pool = [v for v in FACT_LISTS[kind] if v != truth and v.lower() not in lowered]
-        wrong = rng.sample(pool, 2)
-        texts = [truth, *wrong]
-        rng.shuffle(texts)
-        letter = "ABC"[texts.index(truth)]
-        options = {"A": texts[0], "B": texts[1], "C": texts[2], "D": UNDETERMINED}
-        out.append(MCQA(f"Q{i + 1}", QUESTION_TEMPLATES[kind].format(name=name), options, letter, None, letter))
-    return tuple(out)
+    pool = [v for v in FACT_LISTS[kind] if v != truth and v.lower() not in lowered]
+    texts = [truth, *rng.sample(pool, 2)]
+    rng.shuffle(texts)
+    letter = "ABC"[texts.index(truth)]
+    options = {"A": texts[0], "B": texts[1], "C": texts[2], "D": UNDETERMINED}
+    return MCQA(qid, QUESTION_TEMPLATES[kind].format(name=name), options, letter, None, letter)
 
 
-def make_concepts(n: int, rng: random.Random) -> list[Concept]:
-    """``n`` concepts with distinct names, looks and dialogues."""
-    names, looks = _names(rng, n), _looks(rng, n)
+def make_concepts(n: int, rng: random.Random, *, n_heldout: int = 0, lookalikes: str = "detail") -> list[Concept]:
+    """``n`` concepts with distinct names, looks (in look-alike families, see :func:`look_families`) and dialogues.
+
+    ``n_heldout`` of them get held-out looks (:func:`is_heldout_look`: the test concepts), the rest training
+    looks; the order is shuffled, so a concept's id says nothing about its side.
+    """
+    names, looks = _names(rng, n), _looks(rng, n, n_heldout, lookalikes)
     out = []
     for i in range(n):
         facts = Facts(*(rng.choice(FACT_LISTS[k]) for k in ("place", "time", "event", "action")))

@@ -1,0 +1,345 @@
+"""Stage 1, the supervised warm start (covip.training.sft*): config, data, targets, scoring, a learning run.
+
+* config: the bundled ``mini-cpu`` recipe loads for both stages, ``--quick`` applies its overrides, unknown
+  keys and bad values name the dotted key;
+* data: held-out concepts never reach the SFT data (and a sample showing one is refused), prompts are
+  exactly :mod:`covip.sdk.prompts`' layouts, and every ground-truth answer earns the full reward;
+* scoring: recognition F1 with its chance levels (best constant answer, permutation null);
+* the trainer: the CPU loss equals the model's own loss on the answer tokens, the time budget stops;
+* learning: a short SFT run raises held-out recognition F1 above what chance gives.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+from covip.sdk.errors import DataError, InputError
+from covip.training.sft_config import SftConfig, load_sft_config
+
+pytest.importorskip("trl")
+
+WORLD = {"n_concepts": 24, "test_fraction": 0.25, "n_train": 30, "n_test": 12, "context_size": 3, "max_present": 2,
+         "image_size": 64, "similarity": "attributes", "seed": 1}
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory) -> Path:
+    from covip.training.data import SynthConfig, synthesize
+
+    out = tmp_path_factory.mktemp("sft-world") / "world"
+    synthesize(SynthConfig(**WORLD), out, progress=False)
+    return out
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_mini_recipe_loads_for_both_stages_and_quick_applies_its_overrides():
+    from covip.training.gspo_config import load_config
+
+    full = load_sft_config("mini-cpu")
+    assert full.name == "mini-cpu" and full.description
+    assert full.model.name_or_path == "mini-qwen3-vl"
+    assert full.trainer.max_time_s <= 1800  # the full SFT stage fits 30 minutes
+    assert set(full.data.sample_types) == {"caption", "recognition", "verification"}
+    quick = load_sft_config("mini-cpu", quick=True)
+    assert quick.trainer.max_time_s <= 180 and quick.quick == {}
+    assert quick.run.output_dir != full.run.output_dir and quick.data.world != full.data.world
+    gspo = load_config("mini-cpu")  # the same file is the GSPO stage's config
+    assert gspo.model.name_or_path == str(Path(full.run.output_dir) / "model")
+    assert gspo.data.train == str(Path(full.data.world) / "train.jsonl")
+    assert gspo.sft and gspo.gspo.importance_sampling_level == "sequence"
+
+
+def test_unknown_and_bad_sft_keys_name_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  lerning_rate: 1e-3\n")
+    with pytest.raises(InputError, match=r"'trainer\.lerning_rate'.*bad\.yaml"):
+        load_sft_config(bad)
+    with pytest.raises(InputError, match=r"'trainer\.learning_rate'.*> 0"):
+        SftConfig.from_dict({"trainer": {"learning_rate": -1}})
+    with pytest.raises(InputError, match=r"'data\.sample_types'"):
+        SftConfig.from_dict({"data": {"sample_types": ["captions"]}})
+    with pytest.raises(InputError, match=r"'data\.synth'.*n_conceps"):
+        SftConfig.from_dict({"data": {"synth": {"n_conceps": 3}}})
+    with pytest.raises(InputError, match=r"'data\.synth'.*max_present"):
+        SftConfig.from_dict({"data": {"synth": {"context_size": 2, "max_present": 3}}})
+    with pytest.raises(InputError, match=r"'eval\.batch_size'"):
+        load_sft_config("mini-cpu", ["eval.batch_size=0"])
+    with pytest.raises(InputError, match=r"'trainer\.max_setps'"):
+        load_sft_config("mini-cpu", ["trainer.max_setps=3"])
+    with pytest.raises(InputError, match="sft"):
+        path = tmp_path / "recipe.yaml"
+        path.write_text("sft: 3\n")
+        load_sft_config(path)
+    no_quick = tmp_path / "plain.yaml"
+    no_quick.write_text("name: plain\n")
+    with pytest.raises(InputError, match="no 'quick' overrides"):
+        load_sft_config(no_quick, quick=True)
+
+
+def test_sft_values_are_typed_and_synth_overrides_apply(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"trainer": {"learning_rate": "5e-4", "max_time_s": "60"},
+                                    "data": {"synth": {"n_train": 10}}}))
+    config = load_sft_config(path, ["data.synth.n_test=7", "trainer.max_steps=3"])
+    assert config.trainer.learning_rate == 5e-4 and config.trainer.max_time_s == 60.0
+    assert config.data.synth == {"n_train": 10, "n_test": 7} and config.trainer.max_steps == 3
+    assert SftConfig.from_dict(yaml.safe_load(config.to_yaml())).to_dict() == config.to_dict()
+
+
+def test_sft_arguments_train_on_answers_only(tmp_path):
+    from covip.training.sft import sft_args
+
+    config = load_sft_config("mini-cpu", ["trainer.learning_rate=3e-4", "trainer.per_device_train_batch_size=2"])
+    args = sft_args(config, tmp_path)
+    assert args.completion_only_loss is True and args.remove_unused_columns is False
+    assert (args.learning_rate, args.per_device_train_batch_size) == (3e-4, 2)
+    with pytest.raises(InputError, match="extra_args"):
+        sft_args(load_sft_config("mini-cpu", ["trainer.extra_args={no_such_argument: 1}"]), tmp_path)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_held_out_concepts_never_reach_the_sft_data(world_dir):
+    from covip.training.data import read_jsonl
+    from covip.training.sft_config import SftDataSection
+    from covip.training.sft_data import (
+        build_sft_dataset,
+        check_training_concepts,
+        load_sft_samples,
+        load_world,
+    )
+
+    world = load_world(world_dir)
+    held = world.held_out()
+    assert held and len(held) < len(world.concepts)
+    samples = load_sft_samples(SftDataSection(), world_dir)
+    ds = build_sft_dataset(samples, world, seed=0)
+    assert len(ds) == len(samples) == WORLD["n_train"]
+    held_names = {world.concepts[c].name for c in held}
+    held_images = {f"images/concepts/{c}.png" for c in held}
+    for sample in samples:
+        assert not [p for p in sample.images if any(p.endswith(h) for h in held_images)], sample.id
+    for row in ds.to_list():
+        text = json.dumps([row["prompt"], row["completion"]])
+        assert not [n for n in held_names if f"{n}," in text or f"{n} " in text or f"{n}." in text], text[:200]
+    test = read_jsonl(world_dir / "test.jsonl", image_root=world_dir)
+    with pytest.raises(DataError, match="held-out concept"):
+        check_training_concepts(test[:1], world)
+    with pytest.raises(DataError, match="held-out concept"):
+        build_sft_dataset([*samples, test[0]], world)
+
+
+def test_sft_prompts_are_the_sdk_layouts_and_answers_earn_full_reward(world_dir):
+    from covip.sdk import prompts
+    from covip.training.gspo_data import sample_messages
+    from covip.training.judges import LexicalJudge
+    from covip.training.rewards import caption_reward_parts, recognition_reward, verification_reward
+    from covip.training.sft_config import SftDataSection
+    from covip.training.sft_data import load_sft_samples, load_world, sft_row
+
+    world = load_world(world_dir)
+    samples = load_sft_samples(SftDataSection(), world_dir)
+    judge = LexicalJudge()
+    seen = set()
+    for sample in samples:
+        row = sft_row(sample, world, random.Random(0))
+        seen.add(sample.sample_type)
+        as_messages = [{"role": "user", "content": [{"type": p["type"], "text": p["text"]}
+                                                    for p in row["prompt"][0]["content"]]}]
+        rendered = prompts.render_text(as_messages)
+        answer = row["completion"][0]["content"][0]["text"]
+        assert row["completion"][0]["role"] == "assistant"
+        if sample.sample_type == "caption":
+            head = next(p["text"] for p in row["prompt"][0]["content"] if p["text"] and "=====" in p["text"]
+                        and "Dialogue" not in p["text"])
+            header = head.strip().strip("= ").strip()
+            assert rendered == prompts.render_text(sample_messages(sample, rng=None)).replace("New Image", header)
+            pos = judge.answer([(answer, q) for q in sample.pos_qas])
+            neg = judge.answer([(answer, q) for q in sample.neg_qas])
+            got_pos, got_neg = caption_reward_parts(pos, [q.correct for q in sample.pos_qas], neg)
+            assert got_pos == pytest.approx(len(sample.present)) and got_neg == 0.0, answer
+        else:
+            assert rendered == prompts.render_text(sample_messages(sample, rng=None))
+            if sample.sample_type == "recognition":
+                assert prompts.RECOGNITION_INSTRUCTION in rendered
+                assert recognition_reward(answer, sample.answer) == 1.0
+            else:
+                assert verification_reward(answer, sample.answer) == 1.0
+    assert seen == {"caption", "recognition", "verification"}
+
+
+def test_describe_rows_and_training_order(world_dir):
+    from covip.sdk import prompts
+    from covip.training.data.targets import describe_target
+    from covip.training.sft_config import SftDataSection
+    from covip.training.sft_data import (
+        build_sft_dataset,
+        describe_items,
+        load_sft_samples,
+        load_world,
+        order_rows,
+    )
+
+    world = load_world(world_dir)
+    samples = load_sft_samples(SftDataSection(), world_dir)
+    items = describe_items(samples, world)
+    paths = [p for p, _ in items]
+    assert items and len(paths) == len(set(paths))
+    for s in samples:  # a one-concept query photo is described with its concept's look, a group photo never
+        shown = s.meta["query_concept_ids"]
+        if len(shown) == 1:
+            assert (s.images[-1], world.concepts[shown[0]].look) in items
+        else:
+            assert s.images[-1] not in paths, s.id
+    assert not world.held_out() & {Path(p).stem for p in paths}  # held-out memory photos are never described
+
+    ds = build_sft_dataset(samples, world, describe=True, types=["recognition"], batch_size=4, warmup_describe=6)
+    rows = ds.to_list()
+    is_describe = [r["prompt"][0]["content"][-1]["text"] == prompts.DESCRIBE_INSTRUCTION for r in rows]
+    assert is_describe[:6] == [True] * 6  # the warm-up comes first
+    n_rec = sum(s.sample_type == "recognition" for s in samples)
+    assert len(rows) == 6 + len(items) + n_rec and sum(is_describe) == 6 + len(items)
+    by_path = dict(items)
+    for row, desc in zip(rows, is_describe):
+        if desc:  # the image column holds {"path": ..., "bytes": None} before decoding
+            assert row["completion"][0]["content"][0]["text"] == describe_target(by_path[row["images"][0]["path"]])
+
+    groups = {"a": [{"t": "a", "i": i} for i in range(8)], "b": [{"t": "b", "i": i} for i in range(12)]}
+    ordered = order_rows(groups, batch_size=4, seed=3, warmup=[{"t": "w"}])
+    assert ordered[0] == {"t": "w"} and len(ordered) == 21
+    body = ordered[1:]
+    assert all(len({r["t"] for r in body[i:i + 4]}) == 1 for i in range(0, 20, 4))  # one type per batch
+    assert [r["t"] for r in body] != ["a"] * 8 + ["b"] * 12  # the batches are shuffled
+    assert order_rows(groups, batch_size=4, seed=3) == order_rows(groups, batch_size=4, seed=3)
+
+
+def test_missing_world_and_foreign_samples_fail_clearly(tmp_path, world_dir):
+    from covip.training.data import Sample
+    from covip.training.sft_data import load_world, target_for
+
+    with pytest.raises(InputError, match="concepts.json is missing"):
+        load_world(tmp_path)
+    world = load_world(world_dir)
+    foreign = Sample(id="x", sample_type="verification", images=["a.png", "b.png"], answer="yes")
+    with pytest.raises(DataError, match="meta.concept_ids"):
+        target_for(foreign, world, random.Random(0))
+
+
+def test_targets_state_the_ground_truth():
+    from covip.training.data.targets import caption_target, look_phrase, recognition_target
+    from covip.training.data.world import Concept, Facts, Look
+    from covip.training.rewards import parse_index_set
+
+    look = Look("robot", "orange", "patch", "orange", "backpack", "orange")
+    assert look_phrase(look) == "an orange toy robot with an orange patch and an orange backpack"
+    assert look_phrase(Look("person", "red", "plain", "blue", "none", "blue")) == "a person in red"
+    looks = [Look("cat", "red", "stripes", "blue", "hat", "green"), look]
+    text = recognition_target(looks, [1])
+    assert parse_index_set(text) == {1} and text.splitlines()[-1] == "Answer: \\boxed{[1]}"
+    assert text.index("concept 1") > text.index("orange toy robot")  # description first, then the number
+    with pytest.raises(InputError):
+        recognition_target(looks, [2])
+    facts = Facts("Haeundae beach", "two winters ago", "a family picnic", "feeding the ducks")
+    caption = caption_target([Concept("c1", "Bori", looks[0], facts, "", ())], random.Random(0))
+    assert "Bori" in caption and all(v in caption for v in (facts.place, facts.time, facts.event, facts.action))
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def test_recognition_scores_come_with_chance_levels():
+    from covip.training.data import Sample
+    from covip.training.sft_eval import score_recognition
+
+    rng = random.Random(0)
+    samples = []
+    for i in range(60):
+        present = sorted(rng.sample(range(4), rng.randint(1, 2)))
+        samples.append(Sample(id=f"s{i}", sample_type="recognition", images=[f"{j}.png" for j in range(5)],
+                              answer=present))
+    perfect = score_recognition([f"\\boxed{{{list(s.answer)}}}" for s in samples], samples, permutations=500)
+    assert perfect["f1"] == 1.0 and perfect["parsed"] == 1.0
+    assert perfect["permutation"]["p_value"] < 0.01 and perfect["constant"]["f1"] < 0.7
+    constant = score_recognition(["\\boxed{[0, 1, 2, 3]}"] * len(samples), samples, permutations=500)
+    assert constant["f1"] == pytest.approx(constant["constant"]["f1"])  # the best blind answer: all four
+    assert constant["permutation"]["p_value"] == 1.0
+    garbage = score_recognition(["no idea"] * len(samples), samples, permutations=200)
+    assert garbage["f1"] == 0.0 and garbage["parsed"] == 0.0
+    with pytest.raises(InputError):
+        score_recognition(["\\boxed{[0]}"], samples)
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+def test_cpu_loss_is_the_models_loss_on_answer_tokens(tmp_path, world_dir, tiny_vlm_dir):
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from covip.training.sft import sft_args
+    from covip.training.sft_config import SftDataSection
+    from covip.training.sft_data import build_sft_dataset, load_sft_samples, load_world
+    from covip.training.sft_trainer import CompletionOnlySFTTrainer
+
+    world = load_world(world_dir)
+    ds = build_sft_dataset(load_sft_samples(SftDataSection(), world_dir)[:6], world)
+    processor = AutoProcessor.from_pretrained(tiny_vlm_dir)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_vlm_dir)
+    config = load_sft_config("mini-cpu", [f"run.output_dir={tmp_path}", "run.use_cpu=true"])
+    trainer = CompletionOnlySFTTrainer(model=model, args=sft_args(config, tmp_path), train_dataset=ds, processing_class=processor)
+    batch = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)([ds[i] for i in range(6)])
+    labels = batch["labels"]
+    assert (labels != -100).sum() > 0 and (labels == -100).sum() > (labels != -100).sum()
+    with torch.no_grad():
+        ours = trainer.compute_loss(trainer.model, dict(batch))
+        reference = model(**batch).loss  # the model's own shifted cross-entropy over labelled tokens
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-4)
+
+
+def test_time_budget_stops_training():
+    from transformers import TrainerControl, TrainerState
+
+    from covip.training.sft_trainer import TimeBudgetCallback
+
+    cb = TimeBudgetCallback(max_time_s=1e-6)
+    control = TrainerControl()
+    cb.on_train_begin(None, TrainerState(), control)
+    cb.on_step_end(None, TrainerState(), control)
+    assert control.should_training_stop and cb.stopped
+    endless = TimeBudgetCallback(None)
+    control = TrainerControl()
+    endless.on_train_begin(None, TrainerState(), control)
+    endless.on_step_end(None, TrainerState(), control)
+    assert not control.should_training_stop
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def test_cli_prints_the_quick_config_and_lists_the_recipe():
+    from click.testing import CliRunner
+
+    from covip.sdk.cli.main import cli
+    from covip.training.cli import register
+
+    if "train" not in cli.commands:
+        register(cli)
+    runner = CliRunner()
+    out = runner.invoke(cli, ["train", "sft", "--config", "mini-cpu", "--quick", "--print-config",
+                              "--set", "trainer.learning_rate=2e-3"])
+    assert out.exit_code == 0, out.output
+    printed = yaml.safe_load(out.output)
+    assert printed["trainer"]["learning_rate"] == 2e-3 and printed["trainer"]["max_time_s"] <= 180
+    listed = runner.invoke(cli, ["train", "configs"])
+    assert listed.exit_code == 0 and "mini-cpu" in listed.output
+    bad = runner.invoke(cli, ["train", "sft", "--config", "mini-cpu", "--print-config", "--set", "trainer.nope=1"])
+    assert bad.exit_code != 0 and "trainer.nope" in bad.output

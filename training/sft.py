@@ -1,0 +1,265 @@
+"""Stage 1, supervised warm start: teach a VLM the synthetic world's ground truth with trl's SFTTrainer.
+
+:func:`train_sft` runs one job described by an :class:`~covip.training.sft_config.SftConfig`
+(``load_sft_config("mini-cpu")``):
+
+1. data: the synthetic world (generated into ``<output_dir>/synth`` when missing); its *training*
+   concepts' samples become prompt/completion rows (:mod:`.sft_data`: prompts from
+   :mod:`covip.sdk.prompts`, answers from the world's ground truth); held-out concepts are refused;
+2. model: ``AutoModelForImageTextToText`` + ``AutoProcessor`` (a built-in name such as
+   ``mini-qwen3-vl`` is built first); every weight trains (``trainer.freeze_vision`` keeps a pretrained
+   vision tower fixed); with ``vision_warmup.enabled`` a random vision tower first learns the training
+   photos' look attributes on its own (:mod:`.sft_vision`, transformers' Trainer);
+3. trl: ``SFTTrainer`` with ``completion_only_loss`` (the loss is on the answers only), stopped by the
+   epochs, ``trainer.max_steps`` or the wall-time budget ``trainer.max_time_s``, whichever comes first;
+4. evaluation (``eval.enabled``): the random initialization and the trained model answer the test split's
+   samples (concepts never trained on), scored by :mod:`.sft_eval` with chance levels;
+5. outputs under ``run.output_dir``: ``model/`` (the SFT checkpoint with its processor: the input of GSPO
+   and of the export package), ``logs/metrics.jsonl``, ``config.yaml``, ``eval.json``, ``result.json``.
+
+On the CPU, trl scores every position's vocabulary (its compact LM head needs Triton), which for long
+interleaved prompts costs several times the model itself;
+:class:`~covip.training.sft_trainer.CompletionOnlySFTTrainer` asks the model for the answer positions'
+logits only (``logits_to_keep``): the same loss at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from covip.sdk._extras import require
+from covip.sdk.errors import InputError
+from covip.training.sft_config import SftConfig, load_sft_config
+
+__all__ = ["SftResult", "train_sft", "sft_args", "PROVENANCE_FILE"]
+
+log = logging.getLogger(__name__)
+
+PROVENANCE_FILE = "covip_sft.json"
+
+
+@dataclass
+class SftResult:
+    """What :func:`train_sft` produced."""
+
+    output_dir: Path
+    model_dir: Path
+    metrics_path: Path
+    config_path: Path
+    eval_path: Path | None
+    global_step: int
+    epoch: float | None
+    train_s: float
+    runtime_s: float
+    n_samples: int
+    n_rows: int = 0
+    """Training rows (samples + describe rows)."""
+    sample_types: dict[str, int] = field(default_factory=dict)
+    stopped_by_time: bool = False
+    evaluation: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (paths as strings)."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
+
+
+def sft_args(config: SftConfig, output_dir: Path) -> Any:
+    """The trl ``SFTConfig`` of a run (settings from ``config.trainer``, runtime from ``config.run``)."""
+    from trl import SFTConfig
+
+    t, r = config.trainer, config.run
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir), seed=r.seed, data_seed=r.seed, bf16=r.bf16, fp16=False, use_cpu=r.use_cpu,
+        learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps, per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps, max_length=t.max_length,
+        completion_only_loss=True, gradient_checkpointing=config.model.gradient_checkpointing,
+        logging_steps=r.logging_steps, save_strategy="steps" if r.save_steps else "no",
+        save_steps=r.save_steps or 500, save_total_limit=r.save_total_limit,
+        report_to=list(r.report_to) or "none", disable_tqdm=not r.progress,
+        remove_unused_columns=False, dataloader_num_workers=0,
+        # rows come in the order sft_data.order_rows gives them: warm-up first, one sample type per batch
+        train_sampling_strategy="sequential" if config.data.same_type_batches else "random",
+    )
+    kwargs.update(t.extra_args)
+    try:
+        return SFTConfig(**kwargs)
+    except TypeError as exc:
+        raise InputError(f"config key 'trainer.extra_args': {exc}") from None
+    except ValueError as exc:
+        raise InputError(f"trl rejected the SFT settings: {exc}") from None
+
+
+def _resume_target(config: SftConfig, output_dir: Path) -> str | None:
+    value = config.run.resume_from_checkpoint
+    if value is None or value is False:
+        return None
+    if value is True:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if last is None:
+            raise InputError(f"run.resume_from_checkpoint is true but {output_dir} holds no checkpoint-N folder "
+                             "(start without --resume)")
+        return last
+    path = Path(str(value)).expanduser()
+    if not path.is_dir():
+        raise InputError(f"config key 'run.resume_from_checkpoint': {path} is not a checkpoint folder")
+    return str(path)
+
+
+def train_sft(config: SftConfig | str | Path, *, callbacks: Sequence[Any] | None = None) -> SftResult:
+    """Run SFT as ``config`` says (an SftConfig, a bundled config name or a YAML path); see the module doc."""
+    start = time.time()
+    if not isinstance(config, SftConfig):
+        config = load_sft_config(config)
+    torch = require("torch", feature="SFT training", extra="train")
+    require("trl", feature="SFT training", extra="train")
+    require("datasets", feature="SFT training", extra="train")
+    threads = torch.get_num_threads()
+    if config.run.torch_threads:
+        torch.set_num_threads(config.run.torch_threads)
+    try:
+        return _train(config, callbacks, start)
+    finally:
+        torch.set_num_threads(threads)  # a library call leaves the process as it found it
+
+
+def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> SftResult:
+    import torch
+
+    from covip.training.gspo import is_vision_module, load_policy
+    from covip.training.gspo_config import VISION_MODULE_NAMES
+    from covip.training.gspo_logging import MetricsCallback
+    from covip.training.sft_data import (
+        build_sft_dataset,
+        ensure_world,
+        load_heldout_samples,
+        load_sft_samples,
+        load_world,
+    )
+    from covip.training.sft_eval import evaluate_heldout
+
+    out = Path(config.run.output_dir).expanduser().resolve()
+    resume = _resume_target(config, out)
+    logs_dir = out / "logs"
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    progress = config.run.progress
+
+    root = ensure_world(config.data, out, progress=progress)
+    world = load_world(root)
+    samples = load_sft_samples(config.data, root)
+    types = config.data.sample_types
+    d = config.data
+    dataset = build_sft_dataset(samples, world, seed=d.seed, describe="describe" in types,
+                                types=[t for t in types if t != "describe"], warmup_describe=d.warmup_describe,
+                                batch_size=config.trainer.per_device_train_batch_size if d.same_type_batches else None)
+    counts: dict[str, int] = {}
+    for s in samples:
+        if s.sample_type in types:
+            counts[s.sample_type] = counts.get(s.sample_type, 0) + 1
+    if "describe" in types:
+        counts["describe"] = len(dataset) - sum(counts.values()) - d.warmup_describe
+        counts["describe_warmup"] = d.warmup_describe
+    log.info("SFT on %d samples %s from %s", len(samples), counts, root)
+    e = config.eval
+    heldout = load_heldout_samples(root, e.sample_types, e.max_samples, world) if e.enabled else {}
+
+    torch.manual_seed(config.run.seed)
+    model, processor, _ = load_policy(config)  # reads config.model and config.run.bf16 only
+    if config.trainer.freeze_vision:
+        for name, param in model.named_parameters():
+            if is_vision_module(name, VISION_MODULE_NAMES):
+                param.requires_grad_(False)
+    eval_kwargs = dict(max_new_tokens=e.max_new_tokens, caption_max_new_tokens=e.caption_max_new_tokens,
+                       batch_size=e.batch_size, permutations=e.permutations, progress=progress, world=world)
+    before = evaluate_heldout(model, processor, heldout, label="init", **eval_kwargs) \
+        if heldout and e.initial else None
+
+    vision_report = None
+    v = config.vision_warmup
+    if v.enabled:
+        from covip.training.sft_data import describe_items
+        from covip.training.sft_vision import warm_up_vision
+
+        held_photos = describe_items([s for group in heldout.values() for s in group], world) if heldout else []
+        vision_report = warm_up_vision(
+            model, processor, describe_items(samples, world), output_dir=str(out / "vision_warmup"),
+            max_time_s=v.max_time_s, num_train_epochs=v.num_train_epochs, learning_rate=v.learning_rate,
+            batch_size=v.per_device_train_batch_size, seed=config.run.seed, use_cpu=config.run.use_cpu,
+            heldout=held_photos, progress=progress)
+
+    from covip.training.sft_trainer import CompletionOnlySFTTrainer, TimeBudgetCallback
+
+    budget = TimeBudgetCallback(config.trainer.max_time_s)
+    metrics_path = logs_dir / "metrics.jsonl"
+    if resume is None and metrics_path.exists():
+        metrics_path.unlink()
+    metrics = MetricsCallback(metrics_path, logs_dir / "tensorboard" if config.run.tensorboard else None)
+    trainer = CompletionOnlySFTTrainer(model=model, args=sft_args(config, out), train_dataset=dataset, processing_class=processor,
+                          callbacks=[metrics, budget, *(callbacks or [])])
+    train_start = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    finally:
+        metrics.close()
+    train_s = time.perf_counter() - train_start
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model_dir = _save_model(model, processor, out / "model", config, trainer.state.global_step, train_s)
+
+    evaluation = None
+    eval_path = None
+    if heldout:
+        after = evaluate_heldout(model, processor, heldout, label="sft", **eval_kwargs)
+        evaluation = {"heldout_concepts": len(world.held_out()), "samples": {k: len(v) for k, v in heldout.items()},
+                      "random_init": before, "sft": after, "vision_warmup": vision_report}
+        eval_path = out / "eval.json"
+        _write_json(eval_path, evaluation)
+    result = SftResult(
+        output_dir=out, model_dir=model_dir, metrics_path=metrics_path, config_path=out / "config.yaml",
+        eval_path=eval_path, global_step=trainer.state.global_step, epoch=trainer.state.epoch,
+        train_s=round(train_s, 2), runtime_s=round(time.time() - start, 2), n_samples=len(samples),
+        n_rows=len(dataset), sample_types=counts, stopped_by_time=budget.stopped, evaluation=evaluation)
+    _write_json(out / "result.json", result.to_dict())
+    return result
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from covip.training.data.schema import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def _save_model(model: Any, processor: Any, target: Path, config: SftConfig, step: int, train_s: float) -> Path:
+    """Save model + processor into ``target`` through a temporary sibling renamed into place."""
+    model.config.use_cache = True  # training turns the KV cache off; an inference checkpoint wants it
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        processor.save_pretrained(str(tmp))
+        info = {"base_model": config.model.name_or_path, "config": config.name, "config_source": config.source,
+                "stage": "sft", "global_step": step, "train_s": round(train_s, 2),
+                "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(info, indent=1) + "\n")
+        os.chmod(tmp, 0o755)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("SFT checkpoint written to %s", target)
+    return target

@@ -1,0 +1,349 @@
+"""The SFT (supervised warm start) run configuration: typed dataclasses loaded from YAML.
+
+An SFT config has six groups, each a dataclass below (every field carries a ``help`` text)::
+
+    model:          which VLM (a save_pretrained dir, hub id or a built-in name such as 'mini-qwen3-vl')
+    data:           the synthetic world to learn from (generated when missing), sample types, row order
+    vision_warmup:  first, the vision tower alone learns the training photos' look attributes
+    trainer:        trl SFTTrainer settings: learning rate, batch, epochs/steps, a wall-time budget
+    eval:           the held-out evaluation (recognition F1 on concepts never trained on, with chance levels)
+    run:            output dir, seed, device, threads, logging, checkpoints
+
+plus ``quick``: dotted overrides that ``--quick`` applies (a minutes-long run of the same recipe).
+
+A config file is either such a mapping, or a *recipe* that holds it under a top-level ``sft:`` key next to
+the GSPO stage's groups (``covip train gspo`` reads the rest of the same file); :func:`load_sft_config`
+accepts both. Unknown keys are errors naming the dotted key; values are converted to the field's type.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from covip.sdk.errors import InputError
+from covip.training.gspo_config import (
+    DTYPES,
+    ModelSection,
+    _build_section,
+    _check,
+    _coerce,
+    _hints,
+    parse_overrides,
+    resolve_config_path,
+)
+
+__all__ = [
+    "SFT_SAMPLE_TYPES",
+    "SftDataSection",
+    "SftTrainerSection",
+    "SftEvalSection",
+    "SftRunSection",
+    "SftConfig",
+    "load_sft_config",
+    "sft_config_help",
+]
+
+SFT_SAMPLE_TYPES = ("caption", "recognition", "verification", "describe")
+"""What SFT can learn: the three CoViP sample types, and ``describe`` (a plain description of one photo of a
+training concept, with the SDK's describe prompt: cheap, dense practice at reading looks)."""
+
+
+def _h(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class SftDataSection:
+    """The synthetic world whose ground truth the model learns (training concepts only)."""
+
+    world: str | None = field(default=None, metadata=_h(
+        "A synthetic dataset folder (`covip data synth` output: train.jsonl, test.jsonl, concepts.json). "
+        "None: <run.output_dir>/synth, generated from data.synth when missing."))
+    synthesize_if_missing: bool = field(default=True, metadata=_h(
+        "Generate the world from data.synth when the folder holds no dataset."))
+    synth: dict[str, Any] = field(default_factory=dict, metadata=_h(
+        "SynthConfig fields of the generated world (n_concepts, n_train, context_size, image_size, ...)."))
+    sample_types: list[str] = field(default_factory=lambda: list(SFT_SAMPLE_TYPES), metadata=_h(
+        "Sample types to learn: caption (personalized captions), recognition (which concepts appear), "
+        "verification (yes/no), describe (plain descriptions of the training samples' one-concept photos)."))
+    max_samples: int | None = field(default=None, metadata=_h("Use at most this many training samples."))
+    seed: int = field(default=0, metadata=_h(
+        "Seed of the query-header draws, target wordings, subsampling and the row order."))
+    warmup_describe: int = field(default=0, metadata=_h(
+        "Rows of plain photo descriptions trained first (a cheap warm-up that teaches the random vision tower "
+        "to read looks before the long interleaved prompts; 0 = none). Needs 'describe' in sample_types."))
+    same_type_batches: bool = field(default=True, metadata=_h(
+        "Fill every batch with one sample type (rows in a seeded order, batches shuffled): a short description "
+        "row is never padded to a long caption prompt."))
+
+
+@dataclass
+class SftTrainerSection:
+    """trl SFTTrainer settings (full fine-tuning; the loss is on the answers only)."""
+
+    learning_rate: float = field(default=1e-3, metadata=_h("Peak learning rate (AdamW)."))
+    lr_scheduler_type: str = field(default="constant_with_warmup", metadata=_h("transformers scheduler name."))
+    warmup_steps: float = field(default=20, metadata=_h("Warmup: a step count (>= 1) or a share of all steps."))
+    weight_decay: float = field(default=0.0, metadata=_h("AdamW weight decay."))
+    max_grad_norm: float = field(default=1.0, metadata=_h("Gradient clipping norm."))
+    num_train_epochs: float = field(default=1.0, metadata=_h("Epochs over the training samples."))
+    max_steps: int = field(default=-1, metadata=_h("Stop after this many optimizer steps (-1 = run the epochs)."))
+    max_time_s: float | None = field(default=None, metadata=_h(
+        "Stop after this many seconds of training (wall clock), whatever the epochs say (None = no limit)."))
+    per_device_train_batch_size: int = field(default=8, metadata=_h("Samples per device per micro-step."))
+    gradient_accumulation_steps: int = field(default=1, metadata=_h("Micro-steps per optimizer step."))
+    max_length: int | None = field(default=None, metadata=_h(
+        "Truncate prompt+answer to this many tokens (None = never; image tokens must not be cut)."))
+    freeze_vision: bool = field(default=False, metadata=_h(
+        "Keep the vision tower frozen (a pretrained tower); a random-weight tower must train."))
+    extra_args: dict[str, Any] = field(default_factory=dict, metadata=_h(
+        "Any other trl SFTConfig / TrainingArguments fields, passed through as given."))
+
+
+@dataclass
+class SftVisionWarmupSection:
+    """Before SFT: the vision tower learns the training photos' look attributes directly (cheap, fast)."""
+
+    enabled: bool = field(default=False, metadata=_h(
+        "Warm up the vision tower on look attributes (for a random-weight tower; off for a pretrained one)."))
+    max_time_s: float | None = field(default=None, metadata=_h("Stop the warm-up after this many seconds."))
+    num_train_epochs: float = field(default=20.0, metadata=_h("Epochs over the training photos."))
+    learning_rate: float = field(default=2e-3, metadata=_h("Peak learning rate (AdamW)."))
+    per_device_train_batch_size: int = field(default=32, metadata=_h("Photos per step."))
+
+
+@dataclass
+class SftEvalSection:
+    """The held-out evaluation written after training (test split: concepts never trained on)."""
+
+    enabled: bool = field(default=True, metadata=_h("Evaluate the trained model on the held-out concepts."))
+    initial: bool = field(default=True, metadata=_h(
+        "Evaluate the model before training too (the random initialization's score, the baseline)."))
+    max_samples: int | None = field(default=None, metadata=_h(
+        "Evaluate at most this many held-out samples per type (None = all)."))
+    sample_types: list[str] = field(default_factory=lambda: ["recognition"], metadata=_h(
+        "Held-out sample types to score: recognition (set F1), verification (accuracy), caption (Acc+/Acc- "
+        "with the lexical judge), describe (share of held-out one-concept photos described exactly)."))
+    batch_size: int = field(default=16, metadata=_h("Prompts per generate() call."))
+    max_new_tokens: int = field(default=160, metadata=_h("Answer budget of recognition/verification."))
+    caption_max_new_tokens: int = field(default=200, metadata=_h("Answer budget of captions."))
+    permutations: int = field(default=2000, metadata=_h(
+        "Shuffles of the predictions across samples for the chance null of recognition F1."))
+
+
+@dataclass
+class SftRunSection:
+    """Where and how the run executes."""
+
+    output_dir: str = field(default="runs/sft", metadata=_h(
+        "Run folder: model/ (the SFT checkpoint with its processor), logs/metrics.jsonl, eval.json, result.json."))
+    seed: int = field(default=0, metadata=_h("Training seed (data order, dropout)."))
+    bf16: bool = field(default=False, metadata=_h("bfloat16 mixed precision (GPU runs)."))
+    use_cpu: bool = field(default=False, metadata=_h("Train on the CPU even when a GPU is present."))
+    torch_threads: int | None = field(default=None, metadata=_h(
+        "torch CPU threads (None = torch's default; 1 is faster when other processes share the cores)."))
+    logging_steps: int = field(default=10, metadata=_h("Log metrics every this many optimizer steps."))
+    save_steps: int = field(default=0, metadata=_h("Write a checkpoint every this many steps (0 = never)."))
+    save_total_limit: int | None = field(default=1, metadata=_h("Keep at most this many checkpoints."))
+    resume_from_checkpoint: bool | str | None = field(default=None, metadata=_h(
+        "true = resume from the newest checkpoint in output_dir; a path = that checkpoint; null = start fresh."))
+    report_to: list[str] = field(default_factory=list, metadata=_h("Extra trainer integrations (wandb, ...)."))
+    tensorboard: bool = field(default=False, metadata=_h("Write TensorBoard event files under logs/tensorboard."))
+    progress: bool = field(default=True, metadata=_h("Show progress bars."))
+
+
+_SECTIONS: dict[str, type] = {
+    "model": ModelSection, "data": SftDataSection, "vision_warmup": SftVisionWarmupSection,
+    "trainer": SftTrainerSection, "eval": SftEvalSection, "run": SftRunSection,
+}
+
+
+@dataclass
+class SftConfig:
+    """A whole SFT run: the six groups, the ``quick`` overrides, a name and a description."""
+
+    model: ModelSection = field(default_factory=lambda: ModelSection(name_or_path="mini-qwen3-vl",
+                                                                     gradient_checkpointing=False),
+                                metadata=_h("The model to train."))
+    data: SftDataSection = field(default_factory=SftDataSection, metadata=_h("The synthetic world."))
+    vision_warmup: SftVisionWarmupSection = field(default_factory=SftVisionWarmupSection, metadata=_h(
+        "The vision tower's warm-up on look attributes, before SFT."))
+    trainer: SftTrainerSection = field(default_factory=SftTrainerSection, metadata=_h("trl SFTTrainer settings."))
+    eval: SftEvalSection = field(default_factory=SftEvalSection, metadata=_h("Held-out evaluation."))
+    run: SftRunSection = field(default_factory=SftRunSection, metadata=_h("Output, device, logging."))
+    quick: dict[str, Any] = field(default_factory=dict, metadata=_h(
+        "Dotted overrides applied by --quick (e.g. trainer.max_time_s: 90), checked like any override."))
+    name: str = field(default="custom", metadata=_h("A short name of this configuration."))
+    description: str = field(default="", metadata=_h("What this configuration is for."))
+    source: str | None = field(default=None, metadata=_h("The file it was loaded from (set by the loader)."))
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str | None = None) -> SftConfig:
+        """Build from a nested mapping; unknown keys and bad values raise InputError naming the dotted key."""
+        where = f" in {source}" if source else ""
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise InputError(f"an SFT config must be a mapping of groups{where}, got {type(data).__name__}")
+        top = {f.name for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in top:
+                raise InputError(f"unknown SFT config key {key!r}{where}; known top-level keys: {sorted(top)}")
+            if key in _SECTIONS:
+                if key == "model":
+                    value = {"name_or_path": "mini-qwen3-vl", "gradient_checkpointing": False, **(value or {})}
+                kwargs[key] = _build_section(_SECTIONS[key], value, key, where)
+            else:
+                kwargs[key] = _coerce(value, _hints(cls)[key], key, where)
+        if source is not None:
+            kwargs["source"] = source
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain nested dict that :meth:`from_dict` turns back into an equal config."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = {s.name: copy.deepcopy(getattr(value, s.name)) for s in fields(value)} \
+                if is_dataclass(value) else copy.deepcopy(value)
+        return out
+
+    def to_yaml(self) -> str:
+        """The config as YAML text."""
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def with_overrides(self, overrides: dict[str, Any] | list[str] | tuple[str, ...] | None) -> SftConfig:
+        """A copy with dotted-key overrides applied (``{"trainer.max_steps": 2}`` or ``["trainer.max_steps=2"]``).
+
+        ``data.synth.<field>`` reaches into the synthetic world's settings.
+        """
+        if not overrides:
+            return copy.deepcopy(self)
+        data = self.to_dict()
+        for key, value in parse_overrides(overrides).items():
+            parts = key.split(".")
+            node = data
+            for part in parts[:-1]:
+                child = node.get(part) if isinstance(node, dict) else None
+                if part == "synth" and child is not None and isinstance(child, dict):
+                    node = child
+                    continue
+                if not isinstance(child, dict):
+                    raise InputError(f"unknown SFT config key {key!r}: {part!r} is not a group")
+                node = child
+            is_synth = len(parts) == 3 and parts[:2] == ["data", "synth"]
+            if parts[-1] not in node and not is_synth:
+                raise InputError(f"unknown SFT config key {key!r} in the overrides; known keys"
+                                 f"{' of ' + repr(parts[0]) if len(parts) > 1 else ''}: {sorted(node)}")
+            node[parts[-1]] = value
+        return SftConfig.from_dict(data, source=self.source)
+
+    def quick_variant(self) -> SftConfig:
+        """This config with its ``quick`` overrides applied (the minutes-long run of the same recipe)."""
+        if not self.quick:
+            raise InputError(f"the SFT config {self.name!r} has no 'quick' overrides; --quick needs them")
+        out = self.with_overrides(self.quick)
+        out.quick = {}
+        return out
+
+    def validate(self) -> None:
+        """Raise InputError naming the dotted key of the first bad value."""
+        m, d, t, e, r = self.model, self.data, self.trainer, self.eval, self.run
+        _check(m.dtype in DTYPES, "model.dtype", f"must be one of {list(DTYPES)}, got {m.dtype!r}")
+        _check(bool(m.name_or_path.strip()), "model.name_or_path", "must not be empty")
+        for key, types in (("data.sample_types", d.sample_types), ("eval.sample_types", e.sample_types)):
+            bad = [x for x in types if x not in SFT_SAMPLE_TYPES]
+            _check(not bad and bool(types), key, f"must be a non-empty subset of {list(SFT_SAMPLE_TYPES)}, got {types}")
+        _check(d.max_samples is None or d.max_samples > 0, "data.max_samples", "must be > 0 or null")
+        _check(d.warmup_describe >= 0, "data.warmup_describe", f"must be >= 0, got {d.warmup_describe}")
+        _check(d.warmup_describe == 0 or "describe" in d.sample_types, "data.warmup_describe",
+               "needs 'describe' in data.sample_types")
+        _check(d.warmup_describe == 0 or d.same_type_batches, "data.warmup_describe",
+               "needs data.same_type_batches (the rows are trained in order)")
+        if d.synth:
+            from covip.training.data.synth import SynthConfig
+
+            try:
+                SynthConfig(**d.synth)
+            except TypeError as exc:
+                raise InputError(f"config key 'data.synth': {exc}") from None
+            except InputError as exc:
+                raise InputError(f"config key 'data.synth': {exc}") from None
+        v = self.vision_warmup
+        _check(v.learning_rate > 0, "vision_warmup.learning_rate", f"must be > 0, got {v.learning_rate}")
+        _check(v.num_train_epochs > 0, "vision_warmup.num_train_epochs", f"must be > 0, got {v.num_train_epochs}")
+        _check(v.max_time_s is None or v.max_time_s > 0, "vision_warmup.max_time_s", "must be > 0 or null")
+        _check(v.per_device_train_batch_size >= 1, "vision_warmup.per_device_train_batch_size", "must be >= 1")
+        _check(t.learning_rate > 0, "trainer.learning_rate", f"must be > 0, got {t.learning_rate}")
+        _check(t.num_train_epochs > 0, "trainer.num_train_epochs", f"must be > 0, got {t.num_train_epochs}")
+        _check(t.max_steps == -1 or t.max_steps >= 1, "trainer.max_steps", f"must be -1 or >= 1, got {t.max_steps}")
+        _check(t.max_time_s is None or t.max_time_s > 0, "trainer.max_time_s", "must be > 0 or null")
+        _check(t.warmup_steps >= 0, "trainer.warmup_steps", f"must be >= 0, got {t.warmup_steps}")
+        _check(t.weight_decay >= 0, "trainer.weight_decay", f"must be >= 0, got {t.weight_decay}")
+        for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+            _check(getattr(t, key) >= 1, f"trainer.{key}", f"must be >= 1, got {getattr(t, key)}")
+        _check(t.max_length is None or t.max_length >= 16, "trainer.max_length", "must be >= 16 or null")
+        _check(e.max_samples is None or e.max_samples > 0, "eval.max_samples", "must be > 0 or null")
+        for key in ("batch_size", "max_new_tokens", "caption_max_new_tokens"):
+            _check(getattr(e, key) >= 1, f"eval.{key}", f"must be >= 1, got {getattr(e, key)}")
+        _check(e.permutations >= 100, "eval.permutations", f"must be >= 100, got {e.permutations}")
+        _check(bool(r.output_dir.strip()), "run.output_dir", "must not be empty")
+        _check(r.logging_steps >= 1, "run.logging_steps", f"must be >= 1, got {r.logging_steps}")
+        _check(r.save_steps >= 0, "run.save_steps", f"must be >= 0, got {r.save_steps}")
+        _check(r.torch_threads is None or r.torch_threads >= 1, "run.torch_threads", "must be >= 1 or null")
+        _check(not (r.bf16 and m.dtype == "float16"), "run.bf16", "bf16 mixed precision with float16 weights")
+        _check(isinstance(self.quick, dict), "quick", "must be a mapping of dotted overrides")
+
+
+def load_sft_config(name_or_path: str | Path, overrides: dict[str, Any] | list[str] | None = None, *,
+                    quick: bool = False) -> SftConfig:
+    """Load a bundled config by name (``mini-cpu``) or a YAML file, then ``quick`` and dotted ``overrides``.
+
+    A recipe file (GSPO groups at the top level) holds the SFT config under ``sft:``; its top-level
+    ``name`` and ``description`` are used when the ``sft`` group has none.
+    """
+    import yaml
+
+    path = resolve_config_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path} is not valid YAML: {exc}") from None
+    if isinstance(data, dict) and "sft" in data:
+        section = data["sft"]
+        if not isinstance(section, dict):
+            raise InputError(f"config key 'sft' in {path}: must be a mapping (the SFT stage), got "
+                             f"{type(section).__name__}")
+        section = dict(section)
+        for key in ("name", "description"):
+            if key in data and key not in section:
+                section[key] = data[key]
+        data = section
+    config = SftConfig.from_dict(data, source=str(path))
+    if quick:
+        config = config.quick_variant()
+    return config.with_overrides(overrides) if overrides else config
+
+
+def sft_config_help() -> dict[str, str]:
+    """Every SFT config key (dotted) with its help text and default."""
+    out: dict[str, str] = {}
+    for section, cls in _SECTIONS.items():
+        for f in fields(cls):
+            if f.default is not MISSING:
+                default = f.default
+            elif f.default_factory is not MISSING:
+                default = f.default_factory()
+            else:  # pragma: no cover - every field has a default
+                default = None
+            out[f"{section}.{f.name}"] = f"{f.metadata.get('help', '')} [default: {default!r}]"
+    return out

@@ -1,0 +1,315 @@
+"""The synthetic world's ground truth -> the prompt/completion ``datasets.Dataset`` trl's SFTTrainer learns.
+
+One row per training sample:
+
+* ``prompt``: the chat of :func:`covip.training.gspo_data.sample_messages`, i.e. exactly the layout of
+  :mod:`covip.sdk.prompts` (caption, recognition or verification prompt; the caption prompt's query header
+  drawn by a seeded rng, as in training), with bare ``{"type": "image"}`` placeholders;
+* ``completion``: the assistant turn with the ground-truth answer of :mod:`covip.training.data.targets`
+  (a personalized caption naming the present concepts with their remembered facts, a recognition rationale
+  ending in ``\\boxed{[...]}``, or yes/no);
+* ``images``: the sample's image files in prompt order (context images, query image last).
+
+With ``describe`` among the types, every distinct photo of exactly one concept in those samples (memory
+photos, one-concept query scenes) also becomes a row: :func:`covip.sdk.prompts.describe_messages` and the
+plain description of the concept's look, cheap and dense practice at reading looks.
+
+Held-out concepts never reach training: :func:`check_training_concepts` refuses any sample that shows a
+concept whose split in the world is not ``train`` (context or query), and :func:`load_world` reads the
+split from the world's ``concepts.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from covip.sdk import prompts
+from covip.sdk.errors import DataError, InputError
+from covip.training.data.schema import Sample, read_jsonl
+from covip.training.data.targets import (
+    caption_target,
+    describe_target,
+    recognition_target,
+    verification_target,
+)
+from covip.training.data.world import Concept, Facts, Look
+from covip.training.gspo_data import placeholder_messages, sample_messages
+from covip.training.sft_config import SftDataSection
+
+__all__ = [
+    "SFT_COLUMNS",
+    "World",
+    "load_world",
+    "world_dir",
+    "ensure_world",
+    "check_training_concepts",
+    "target_for",
+    "sft_row",
+    "describe_items",
+    "describe_row",
+    "order_rows",
+    "build_sft_dataset",
+    "load_sft_samples",
+    "load_heldout_samples",
+]
+
+log = logging.getLogger(__name__)
+
+SFT_COLUMNS = ("prompt", "completion", "images")
+CONCEPTS_FILE = "concepts.json"
+
+
+@dataclass(frozen=True)
+class World:
+    """The concepts of a synthetic dataset (from its ``concepts.json``) and which split each belongs to."""
+
+    root: Path
+    concepts: dict[str, Concept]
+    split: dict[str, str]
+
+    def held_out(self) -> set[str]:
+        """Ids of the concepts outside the training split."""
+        return {cid for cid, s in self.split.items() if s != "train"}
+
+
+def load_world(root: str | Path) -> World:
+    """Read ``<root>/concepts.json`` (written by :func:`covip.training.data.synthesize`)."""
+    root = Path(root).expanduser()
+    path = root / CONCEPTS_FILE
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path} is missing: SFT learns from a synthetic world's ground truth; point data.world at "
+                         "a `covip data synth` folder (or leave it null to generate one)") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} cannot be read as JSON ({exc})") from None
+    if not isinstance(records, list):
+        raise DataError(f"{path} must hold a list of concepts, got {type(records).__name__}")
+    concepts: dict[str, Concept] = {}
+    split: dict[str, str] = {}
+    for i, rec in enumerate(records):
+        try:
+            cid = str(rec["id"])
+            concepts[cid] = Concept(cid, str(rec["name"]), Look(**rec["look"]), Facts(**rec["facts"]),
+                                    str(rec.get("dialogue", "")), ())
+            split[cid] = str(rec["split"])
+        except (KeyError, TypeError) as exc:
+            raise DataError(f"{path}: concept #{i} is malformed ({type(exc).__name__}: {exc})") from None
+    return World(root, concepts, split)
+
+
+def world_dir(data: SftDataSection, output_dir: str | Path) -> Path:
+    """The world folder of a config (``<output_dir>/synth`` when data.world is null)."""
+    return Path(data.world).expanduser() if data.world else Path(output_dir).expanduser() / "synth"
+
+
+def ensure_world(data: SftDataSection, output_dir: str | Path, *, progress: bool | None = None) -> Path:
+    """The world folder, generated from ``data.synth`` first when it holds no dataset (and that is allowed)."""
+    root = world_dir(data, output_dir)
+    if (root / "train.jsonl").is_file() and (root / CONCEPTS_FILE).is_file():
+        return root
+    if not data.synthesize_if_missing:
+        raise InputError(f"{root} holds no synthetic dataset (train.jsonl + concepts.json); run `covip data synth "
+                         f"--out {root}` or set data.synthesize_if_missing: true")
+    from covip.training.data.synth import SynthConfig, synthesize
+
+    try:
+        synth = SynthConfig(**data.synth)
+    except TypeError as exc:
+        raise InputError(f"config key 'data.synth': {exc}") from None
+    log.info("synthesizing the SFT world into %s", root)
+    synthesize(synth, root, overwrite=root.is_dir() and any(root.iterdir()), progress=progress)
+    return root
+
+
+def _concept_ids(sample: Sample) -> tuple[list[str], list[str]]:
+    ids = sample.meta.get("concept_ids")
+    shown = sample.meta.get("query_concept_ids", [])
+    if not isinstance(ids, list) or not isinstance(shown, list):
+        raise DataError(f"sample {sample.id!r}: meta.concept_ids / meta.query_concept_ids are missing; SFT targets "
+                        "need a synthetic sample that names its concepts", sample_id=sample.id, field="meta")
+    return [str(c) for c in ids], [str(c) for c in shown]
+
+
+def check_training_concepts(samples: Sequence[Sample], world: World) -> None:
+    """Raise DataError when a sample shows a concept that is not a training concept of ``world``."""
+    for s in samples:
+        ids, shown = _concept_ids(s)
+        for cid in [*ids, *shown]:
+            if cid not in world.split:
+                raise DataError(f"sample {s.id!r}: concept {cid!r} is not in {world.root / CONCEPTS_FILE}",
+                                sample_id=s.id, field="meta.concept_ids")
+            if world.split[cid] != "train":
+                raise DataError(f"sample {s.id!r} shows the held-out concept {cid!r} ({world.concepts[cid].name}, "
+                                f"split {world.split[cid]!r}); SFT trains on training concepts only",
+                                sample_id=s.id, field="meta.concept_ids")
+
+
+def target_for(sample: Sample, world: World, rng: random.Random) -> str:
+    """The ground-truth answer of one sample (see :mod:`covip.training.data.targets`)."""
+    ids, _ = _concept_ids(sample)
+    missing = [c for c in ids if c not in world.concepts]
+    if missing:
+        raise DataError(f"sample {sample.id!r}: concept {missing[0]!r} is not in the world", sample_id=sample.id,
+                        field="meta.concept_ids")
+    if sample.sample_type == "recognition":
+        return recognition_target([world.concepts[c].look for c in ids], list(sample.answer or ()))
+    if sample.sample_type == "verification":
+        return verification_target(str(sample.answer))
+    if sample.sample_type == "caption":
+        present = [world.concepts[ids[i]] for i in sorted(sample.present or ())]
+        return caption_target(present, rng)
+    raise DataError(f"sample {sample.id!r}: unknown sample_type {sample.sample_type!r}", sample_id=sample.id,
+                    field="sample_type")
+
+
+def sft_row(sample: Sample, world: World, rng: random.Random) -> dict[str, Any]:
+    """The dataset row of one sample (see the module doc)."""
+    prompt, images = placeholder_messages(sample_messages(sample, rng=rng))
+    if [str(p) for p in images] != [str(p) for p in sample.images]:
+        raise DataError(f"sample {sample.id!r}: the prompt shows its images in another order than the sample",
+                        sample_id=sample.id, field="images")
+    answer = target_for(sample, world, rng)
+    return {"prompt": prompt, "completion": [{"role": "assistant", "content": [{"type": "text", "text": answer}]}],
+            "images": [str(p) for p in images]}
+
+
+def describe_items(samples: Sequence[Sample], world: World) -> list[tuple[str, Look]]:
+    """(image path, look) of every distinct photo of exactly one concept in ``samples``, in first-seen order."""
+    out: dict[str, Look] = {}
+    for s in samples:
+        ids, shown = _concept_ids(s)
+        context = s.images[:-1] if s.sample_type != "verification" else s.images[:1]
+        for path, cid in zip(context, ids):
+            if cid in world.concepts:
+                out.setdefault(str(path), world.concepts[cid].look)
+        if len(shown) == 1 and shown[0] in world.concepts:
+            out.setdefault(str(s.images[-1]), world.concepts[shown[0]].look)
+    return list(out.items())
+
+
+def describe_row(image: str, look: Look) -> dict[str, Any]:
+    """The dataset row that asks for a plain description of one photo (the SDK's describe prompt)."""
+    prompt, images = placeholder_messages(prompts.describe_messages(image))
+    return {"prompt": prompt, "completion": [{"role": "assistant", "content": [{"type": "text",
+                                                                               "text": describe_target(look)}]}],
+            "images": [str(p) for p in images]}
+
+
+def _features() -> Any:
+    import datasets
+
+    text = datasets.Value("string")
+    turn = datasets.List({"role": text, "content": datasets.List({"type": text, "text": text})})
+    return datasets.Features({"prompt": turn, "completion": turn, "images": datasets.List(datasets.Image())})
+
+
+def order_rows(groups: Mapping[str, Sequence[dict[str, Any]]], *, batch_size: int, seed: int,
+               warmup: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Rows in training order: ``warmup`` first, then batches of one type each, the batches shuffled.
+
+    Within a type the rows are shuffled too; a type's last, partial batch stays of that type. With a
+    sequential sampler every batch the trainer draws holds rows of one type (similar lengths, little padding).
+    """
+    rng = random.Random(f"covip-sft-order:{seed}")
+    batches: list[list[dict[str, Any]]] = []
+    for name in sorted(groups):
+        rows = list(groups[name])
+        rng.shuffle(rows)
+        batches += [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    rng.shuffle(batches)
+    return [*warmup, *(row for batch in batches for row in batch)]
+
+
+def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0, describe: bool = False,
+                      types: Sequence[str] | None = None, batch_size: int | None = None,
+                      warmup_describe: int = 0) -> Any:
+    """A ``datasets.Dataset`` of :func:`sft_row` rows (and, with ``describe``, :func:`describe_row` rows of the
+    samples' one-concept photos), after :func:`check_training_concepts`; ``types`` limits the sample rows.
+
+    With ``batch_size`` the rows come in the order of :func:`order_rows` (for a sequential sampler), after
+    ``warmup_describe`` description rows (the describe items cycled in a seeded order).
+    """
+    import datasets
+
+    if not samples:
+        raise InputError("no SFT samples: the training set is empty")
+    check_training_concepts(samples, world)
+    rng = random.Random(f"covip-sft:{seed}")
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for s in samples:
+        if types is None or s.sample_type in types:
+            groups.setdefault(s.sample_type, []).append(sft_row(s, world, rng))
+    items = describe_items(samples, world) if describe or warmup_describe else []
+    if describe:
+        groups["describe"] = [describe_row(path, look) for path, look in items]
+    if not any(groups.values()):
+        raise InputError(f"no SFT rows of the types {list(types or [])}")
+    if batch_size is None:
+        return datasets.Dataset.from_list([r for name in sorted(groups) for r in groups[name]], features=_features())
+    warmup: list[dict[str, Any]] = []
+    if warmup_describe:
+        cycle = list(items)
+        while len(warmup) < warmup_describe:
+            rng.shuffle(cycle)
+            warmup += [describe_row(path, look) for path, look in cycle[:warmup_describe - len(warmup)]]
+    rows = order_rows(groups, batch_size=batch_size, seed=seed, warmup=warmup)
+    return datasets.Dataset.from_list(rows, features=_features())
+
+
+def _subsample(samples: list[Sample], n: int | None, seed: str) -> list[Sample]:
+    if n is None or len(samples) <= n:
+        return samples
+    keep = sorted(random.Random(seed).sample(range(len(samples)), n))
+    return [samples[i] for i in keep]
+
+
+def load_sft_samples(data: SftDataSection, root: Path) -> list[Sample]:
+    """The training split's samples of ``data.sample_types`` (image paths resolved), subsampled to max_samples."""
+    samples = read_jsonl(root / "train.jsonl", image_root=root, check_images=True)
+    types = [t for t in data.sample_types if t != "describe"] or ["caption", "recognition", "verification"]
+    wanted = [s for s in samples if s.sample_type in types]
+    if not wanted:
+        raise InputError(f"{root / 'train.jsonl'} has no samples of the types {data.sample_types}")
+    return _subsample(wanted, data.max_samples, f"covip-sft-subsample:{data.seed}")
+
+
+def load_heldout_samples(root: Path, types: Sequence[str], max_per_type: int | None,
+                         world: World | None = None) -> dict[str, list[Sample]]:
+    """The test split's samples by type (each at most ``max_per_type``); checks they use held-out concepts only.
+
+    ``describe`` takes the one-concept samples (any type) whose photos :func:`describe_items` describes.
+    """
+    samples = read_jsonl(root / "test.jsonl", image_root=root, check_images=True)
+    out: dict[str, list[Sample]] = {}
+    for t in types:
+        if t == "describe":
+            single = [s for s in samples if len(s.meta.get("query_concept_ids", [])) == 1]
+            out[t] = _subsample(single, max_per_type, "covip-sft-eval:describe")
+            continue
+        chosen = _subsample([s for s in samples if s.sample_type == t], max_per_type, f"covip-sft-eval:{t}")
+        if not chosen:
+            raise InputError(f"{root / 'test.jsonl'} has no {t} samples to evaluate; raise data.synth.n_test or "
+                             "change eval.sample_types")
+        out[t] = chosen
+    if world is not None:
+        held = world.held_out()
+        for items in out.values():
+            for s in items:
+                ids, shown = _concept_ids(s)
+                leaked = [c for c in [*ids, *shown] if c not in held]
+                if leaked:
+                    raise DataError(f"held-out sample {s.id!r} shows the training concept {leaked[0]!r}; the "
+                                    "evaluation would not measure generalization", sample_id=s.id, field="meta")
+    return out
+
+
+def split_counts(samples: Mapping[str, Sequence[Sample]]) -> dict[str, int]:
+    """Number of samples per type (for reports)."""
+    return {k: len(v) for k, v in samples.items()}

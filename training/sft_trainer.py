@@ -1,0 +1,69 @@
+"""The trl pieces of the SFT stage: a completion-only loss that is cheap on the CPU, and a time budget.
+
+Importing this module imports torch, transformers and trl (:mod:`covip.training.sft` imports it when a
+run starts).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+from trl import SFTTrainer
+
+__all__ = ["CompletionOnlySFTTrainer", "TimeBudgetCallback"]
+
+
+class CompletionOnlySFTTrainer(SFTTrainer):
+    """SFTTrainer whose CPU loss asks the model for the answer positions' logits only.
+
+    trl's fused LM head scores only the labelled positions where Triton runs (CUDA/XPU); elsewhere it scores
+    every position of the vocabulary projection, which for long interleaved prompts and a 49k vocabulary
+    costs several times the rest of the model. Here the model gets ``logits_to_keep`` = the positions
+    whose next token carries a label in any row of the batch, and the loss is the usual cross-entropy over
+    the labelled tokens (summed, divided by their count, or by ``num_items_in_batch`` under gradient
+    accumulation, as trl does). Elsewhere, and when outputs are requested, trl's own loss runs.
+    """
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        if inputs["input_ids"].device.type != "cpu" or return_outputs:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")[:, 1:]  # the label of position t is the token at t + 1
+        keep = (labels != -100).any(dim=0).nonzero().squeeze(-1)
+        outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
+        logits = outputs.logits.float()
+        target = labels[:, keep]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                                                 ignore_index=-100, reduction="sum")
+        valid = target != -100
+        n = valid.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = loss / torch.as_tensor(n, device=loss.device).clamp(min=1)
+        with torch.no_grad():
+            right = ((logits.argmax(-1) == target) & valid).sum()
+            mode = "train" if model.training else "eval"
+            self._metrics[mode]["mean_token_accuracy"].append((right / valid.sum().clamp(min=1)).item())
+        return loss
+
+
+class TimeBudgetCallback(TrainerCallback):
+    """Stop training once ``max_time_s`` seconds of training have passed (checked after every step)."""
+
+    def __init__(self, max_time_s: float | None) -> None:
+        self.max_time_s = max_time_s
+        self.started: float | None = None
+        self.stopped = False
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.max_time_s is not None and self.started is not None \
+                and time.perf_counter() - self.started >= self.max_time_s:
+            control.should_training_stop = True
+            self.stopped = True
+        return control
