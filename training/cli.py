@@ -17,7 +17,9 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -65,15 +67,9 @@ def gspo(config_name: str, output_dir: Path | None, resume: bool, max_steps: int
       accelerate launch --config_file training/accelerate/zero2.yaml -m covip.training.cli \\
           train gspo --config qwen3vl-8b-paper --set data.train=/data/covip/train.jsonl
     """
-    from covip.training.gspo_config import load_config, parse_overrides
+    from covip.training.gspo_config import load_config
 
-    extra = parse_overrides(list(overrides))
-    if output_dir is not None:
-        extra["run.output_dir"] = str(output_dir)
-    if resume:
-        extra["run.resume_from_checkpoint"] = True
-    if max_steps is not None:
-        extra["gspo.max_steps"] = max_steps
+    extra = _run_overrides(overrides, output_dir, resume, "gspo.max_steps", max_steps)
     config = load_config(config_name, extra)
     if print_config:
         click.echo(config.to_yaml(), nl=False)
@@ -127,16 +123,9 @@ def sft(config_name: str, quick: bool, output_dir: Path | None, resume: bool, ma
       covip train sft --config mini-cpu
       covip train sft --config mini-cpu --quick --output runs/mini-quick
     """
-    from covip.training.gspo_config import parse_overrides
     from covip.training.sft_config import load_sft_config
 
-    extra = parse_overrides(list(overrides))
-    if output_dir is not None:
-        extra["run.output_dir"] = str(output_dir)
-    if resume:
-        extra["run.resume_from_checkpoint"] = True
-    if max_steps is not None:
-        extra["trainer.max_steps"] = max_steps
+    extra = _run_overrides(overrides, output_dir, resume, "trainer.max_steps", max_steps)
     if max_time_s is not None:
         extra["trainer.max_time_s"] = max_time_s
     if no_eval:
@@ -205,3 +194,18 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _run_overrides(overrides: Sequence[str], output_dir: Any, resume: bool, steps_key: str,
+                   max_steps: int | None) -> dict[str, Any]:
+    """The dotted overrides of --set plus the run options every `covip train` command shares."""
+    from covip.training.gspo_config import parse_overrides
+
+    extra = parse_overrides(list(overrides))
+    if output_dir is not None:
+        extra["run.output_dir"] = str(output_dir)
+    if resume:
+        extra["run.resume_from_checkpoint"] = True
+    if max_steps is not None:
+        extra[steps_key] = max_steps
+    return extra

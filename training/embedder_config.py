@@ -15,12 +15,13 @@ The architecture is not part of the recipe: it is the SDK's preset ``covip-mini-
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from covip.sdk.errors import InputError
-from covip.training.gspo_config import _build_section, _check, _coerce, _hints, parse_overrides
+from covip.training.config_io import config_from_dict, config_to_dict, read_yaml
+from covip.training.gspo_config import _check, parse_overrides
 
 __all__ = [
     "EMBEDDER_CONFIG_DIR",
@@ -129,32 +130,12 @@ class EmbedderTrainConfig:
     @classmethod
     def from_dict(cls, data: Any, *, source: str | None = None) -> EmbedderTrainConfig:
         """Build from a nested mapping; unknown keys and bad values raise InputError naming the dotted key."""
-        where = f" in {source}" if source else ""
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise InputError(f"an embedder recipe must be a mapping of groups{where}, got {type(data).__name__}")
-        top = {f.name for f in fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key not in top:
-                raise InputError(f"unknown embedder config key {key!r}{where}; known top-level keys: {sorted(top)}")
-            if key in _SECTIONS:
-                kwargs[key] = _build_section(_SECTIONS[key], value, key, where)
-            else:
-                kwargs[key] = _coerce(value, _hints(cls)[key], key, where)
-        if source is not None:
-            kwargs["source"] = source
-        return cls(**kwargs)
+        return config_from_dict(cls, _SECTIONS, data, what="an embedder recipe", unknown="embedder config key",
+                                source=source)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain nested dict that :meth:`from_dict` turns back into an equal config."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = ({s.name: copy.deepcopy(getattr(value, s.name)) for s in fields(value)}
-                           if is_dataclass(value) else copy.deepcopy(value))
-        return out
+        return config_to_dict(self)
 
     def recipe(self) -> dict[str, Any]:
         """What decides the weights: data, trainer and seed (not the eval, device, threads, cache or names)."""
@@ -217,7 +198,6 @@ def load_embedder_config(name_or_path: str | Path = "mini-cpu",
                          overrides: dict[str, Any] | list[str] | tuple[str, ...] | None = None, *,
                          quick: bool = False) -> EmbedderTrainConfig:
     """Load a bundled recipe by name (``mini-cpu``) or a YAML file, then ``quick`` and dotted ``overrides``."""
-    import yaml
 
     text = str(name_or_path)
     path = Path(text).expanduser()
@@ -228,12 +208,7 @@ def load_embedder_config(name_or_path: str | Path = "mini-cpu",
             raise InputError(f"no embedder recipe {text!r}: give a YAML file path or one of the bundled recipes "
                              f"({', '.join(bundled) or 'none installed'})")
         path = bundled[stem]
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"the embedder recipe {path} cannot be read: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path} is not valid YAML: {exc}") from None
+    data = read_yaml(path, "the embedder recipe")
     config = EmbedderTrainConfig.from_dict(data, source=str(path))
     if quick:
         config = config.quick_variant()

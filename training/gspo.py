@@ -263,8 +263,8 @@ def grpo_args(config: GspoConfig, output_dir: Path) -> Any:
         raise InputError(f"trl rejected the GSPO settings: {exc}") from None
 
 
-def _resume_target(config: GspoConfig, output_dir: Path) -> str | bool | None:
-    value = config.run.resume_from_checkpoint
+def resume_target(value: Any, output_dir: Path) -> str | None:
+    """The checkpoint folder ``run.resume_from_checkpoint`` names (True: the newest checkpoint-N), or None."""
     if value is None or value is False:
         return None
     if value is True:
@@ -317,7 +317,7 @@ def _train(config: GspoConfig, train_dataset: Any, reward_funcs: Sequence[Callab
 
     out = Path(config.run.output_dir).expanduser().resolve()
     config.check_batch(int(os.environ.get("WORLD_SIZE", "1")))
-    resume = _resume_target(config, out)
+    resume = resume_target(config.run.resume_from_checkpoint, out)
     args = grpo_args(config, out)
     main = args.process_index == 0
     logs_dir = out / "logs"

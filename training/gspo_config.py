@@ -28,11 +28,12 @@ import copy
 import re
 import types
 import typing
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union
 
 from covip.sdk.errors import InputError
+from covip.training.config_io import config_from_dict, config_to_dict, read_yaml, sections_help
 
 __all__ = [
     "BUNDLED_CONFIG_DIR",
@@ -250,32 +251,11 @@ class GspoConfig:
     @classmethod
     def from_dict(cls, data: Any, *, source: str | None = None) -> GspoConfig:
         """Build from a nested mapping; unknown keys and bad values raise InputError naming the dotted key."""
-        where = f" in {source}" if source else ""
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise InputError(f"a GSPO config must be a mapping of groups{where}, got {type(data).__name__}")
-        kwargs: dict[str, Any] = {}
-        top = {f.name for f in fields(cls)}
-        for key, value in data.items():
-            if key not in top:
-                raise InputError(f"unknown config key {key!r}{where}; known top-level keys: {sorted(top)}")
-            if key in _SECTIONS:
-                kwargs[key] = _build_section(_SECTIONS[key], value, key, where)
-            else:
-                kwargs[key] = _coerce(value, _hints(cls)[key], key, where)
-        if source is not None:
-            kwargs["source"] = source
-        return cls(**kwargs)
+        return config_from_dict(cls, _SECTIONS, data, what="a GSPO config", unknown="config key", source=source)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain nested dict (YAML/JSON-able) that :meth:`from_dict` turns back into an equal config."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = {s.name: copy.deepcopy(getattr(value, s.name)) for s in fields(value)} \
-                if is_dataclass(value) else value
-        return out
+        return config_to_dict(self)
 
     def to_yaml(self) -> str:
         """The config as YAML text."""
@@ -506,27 +486,12 @@ def parse_overrides(overrides: dict[str, Any] | list[str] | tuple[str, ...]) -> 
 
 def load_config(name_or_path: str | Path, overrides: dict[str, Any] | list[str] | None = None) -> GspoConfig:
     """Load a bundled config by name (``tiny-cpu``) or a YAML file, then apply dotted ``overrides``."""
-    import yaml
-
     path = resolve_config_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path} is not valid YAML: {exc}") from None
+    data = read_yaml(path)
     config = GspoConfig.from_dict(data, source=str(path))
     return config.with_overrides(overrides) if overrides else config
 
 
 def config_help() -> dict[str, str]:
     """Every config key (dotted) with its help text and default, for docs and ``--help-config``."""
-    out: dict[str, str] = {}
-    for section, cls in _SECTIONS.items():
-        for f in fields(cls):
-            if f.default is not MISSING:
-                default = f.default
-            elif f.default_factory is not MISSING:
-                default = f.default_factory()
-            else:  # pragma: no cover - every field has a default
-                default = None
-            out[f"{section}.{f.name}"] = f"{f.metadata.get('help', '')} [default: {default!r}]"
-    return out
+    return sections_help(_SECTIONS)

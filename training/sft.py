@@ -8,8 +8,9 @@
    :mod:`covip.sdk.prompts`, answers from the world's ground truth); held-out concepts are refused;
 2. model: ``AutoModelForImageTextToText`` + ``AutoProcessor`` (a built-in name such as
    ``mini-qwen3-vl`` is built first); every weight trains (``trainer.freeze_vision`` keeps a pretrained
-   vision tower fixed); with ``vision_warmup.enabled`` a random vision tower first learns the training
-   photos' look attributes on its own (:mod:`.sft_vision`, transformers' Trainer);
+   vision tower fixed); with ``vision_warmup.enabled`` a random vision tower first learns on its own, with
+   transformers' Trainer, the training photos' look attributes (:mod:`.sft_vision`) or to embed photos as
+   the trained ``mini`` embedder does (``objective: distill``, :mod:`.sft_distill`);
 3. trl: ``SFTTrainer`` with ``completion_only_loss`` (the loss is on the answers only), stopped by the
    epochs, ``trainer.max_steps`` or the wall-time budget ``trainer.max_time_s``, whichever comes first;
 4. evaluation (``eval.enabled``): the random initialization and the trained model answer the test split's
@@ -100,24 +101,6 @@ def sft_args(config: SftConfig, output_dir: Path) -> Any:
         raise InputError(f"trl rejected the SFT settings: {exc}") from None
 
 
-def _resume_target(config: SftConfig, output_dir: Path) -> str | None:
-    value = config.run.resume_from_checkpoint
-    if value is None or value is False:
-        return None
-    if value is True:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-        if last is None:
-            raise InputError(f"run.resume_from_checkpoint is true but {output_dir} holds no checkpoint-N folder "
-                             "(start without --resume)")
-        return last
-    path = Path(str(value)).expanduser()
-    if not path.is_dir():
-        raise InputError(f"config key 'run.resume_from_checkpoint': {path} is not a checkpoint folder")
-    return str(path)
-
-
 def train_sft(config: SftConfig | str | Path, *, callbacks: Sequence[Any] | None = None) -> SftResult:
     """Run SFT as ``config`` says (an SftConfig, a bundled config name or a YAML path); see the module doc."""
     start = time.time()
@@ -138,7 +121,7 @@ def train_sft(config: SftConfig | str | Path, *, callbacks: Sequence[Any] | None
 def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> SftResult:
     import torch
 
-    from covip.training.gspo import is_vision_module, load_policy
+    from covip.training.gspo import is_vision_module, load_policy, resume_target
     from covip.training.gspo_config import VISION_MODULE_NAMES
     from covip.training.gspo_logging import MetricsCallback
     from covip.training.sft_data import (
@@ -151,7 +134,7 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
     from covip.training.sft_eval import evaluate_heldout
 
     out = Path(config.run.output_dir).expanduser().resolve()
-    resume = _resume_target(config, out)
+    resume = resume_target(config.run.resume_from_checkpoint, out)
     logs_dir = out / "logs"
     logs_dir.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
@@ -164,6 +147,7 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
     d = config.data
     dataset = build_sft_dataset(samples, world, seed=d.seed, describe="describe" in types,
                                 types=[t for t in types if t != "describe"], warmup_describe=d.warmup_describe,
+                                rationale=d.recognition_rationale,
                                 batch_size=config.trainer.per_device_train_batch_size if d.same_type_batches else None)
     counts: dict[str, int] = {}
     for s in samples:
@@ -189,7 +173,16 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
 
     vision_report = None
     v = config.vision_warmup
-    if v.enabled:
+    if v.enabled and v.objective == "distill":
+        from covip.sdk.vision import make_embedder
+        from covip.training.sft_distill import distill_vision
+
+        with make_embedder(v.teacher, device="cpu" if config.run.use_cpu else "auto") as teacher:
+            vision_report = distill_vision(
+                model, processor, teacher, output_dir=str(out / "vision_warmup"), max_time_s=v.max_time_s,
+                max_steps=v.max_steps, learning_rate=v.learning_rate, batch_size=v.per_device_train_batch_size,
+                image_size=v.image_size, seed=config.run.seed, use_cpu=config.run.use_cpu, progress=progress)
+    elif v.enabled:
         from covip.training.sft_data import describe_items
         from covip.training.sft_vision import warm_up_vision
 

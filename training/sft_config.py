@@ -19,18 +19,16 @@ accepts both. Unknown keys are errors naming the dotted key; values are converte
 from __future__ import annotations
 
 import copy
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from covip.sdk.errors import InputError
+from covip.training.config_io import config_from_dict, config_to_dict, read_yaml, sections_help
 from covip.training.gspo_config import (
     DTYPES,
     ModelSection,
-    _build_section,
     _check,
-    _coerce,
-    _hints,
     parse_overrides,
     resolve_config_path,
 )
@@ -75,6 +73,8 @@ class SftDataSection:
     warmup_describe: int = field(default=0, metadata=_h(
         "Rows of plain photo descriptions trained first (a cheap warm-up that teaches the random vision tower "
         "to read looks before the long interleaved prompts; 0 = none). Needs 'describe' in sample_types."))
+    recognition_rationale: bool = field(default=True, metadata=_h(
+        "Recognition targets describe every concept image and the query before the box (false: the box alone)."))
     same_type_batches: bool = field(default=True, metadata=_h(
         "Fill every batch with one sample type (rows in a seeded order, batches shuffled): a short description "
         "row is never padded to a long caption prompt."))
@@ -108,7 +108,14 @@ class SftVisionWarmupSection:
     """Before SFT: the vision tower learns the training photos' look attributes directly (cheap, fast)."""
 
     enabled: bool = field(default=False, metadata=_h(
-        "Warm up the vision tower on look attributes (for a random-weight tower; off for a pretrained one)."))
+        "Warm up the vision tower before SFT (for a random-weight tower; off for a pretrained one)."))
+    objective: str = field(default="attributes", metadata=_h(
+        "'attributes': learn the training photos' look attributes (linear heads); 'distill': learn to embed "
+        "fresh training-look photos as the `teacher` embedder does (tells look-alikes apart; covip.training.sft_distill)."))
+    teacher: str = field(default="mini", metadata=_h(
+        "Embedder spec of the distillation teacher (the trained `mini` embedder: covip train embedder --config mini-cpu)."))
+    max_steps: int = field(default=2000, metadata=_h("Distillation: stop after this many steps (max_time_s may stop it first)."))
+    image_size: int = field(default=128, metadata=_h("Distillation: side of the drawn photos, pixels."))
     max_time_s: float | None = field(default=None, metadata=_h("Stop the warm-up after this many seconds."))
     num_train_epochs: float = field(default=20.0, metadata=_h("Epochs over the training photos."))
     learning_rate: float = field(default=2e-3, metadata=_h("Peak learning rate (AdamW)."))
@@ -186,34 +193,12 @@ class SftConfig:
     @classmethod
     def from_dict(cls, data: Any, *, source: str | None = None) -> SftConfig:
         """Build from a nested mapping; unknown keys and bad values raise InputError naming the dotted key."""
-        where = f" in {source}" if source else ""
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise InputError(f"an SFT config must be a mapping of groups{where}, got {type(data).__name__}")
-        top = {f.name for f in fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key not in top:
-                raise InputError(f"unknown SFT config key {key!r}{where}; known top-level keys: {sorted(top)}")
-            if key in _SECTIONS:
-                if key == "model":
-                    value = {"name_or_path": "mini-qwen3-vl", "gradient_checkpointing": False, **(value or {})}
-                kwargs[key] = _build_section(_SECTIONS[key], value, key, where)
-            else:
-                kwargs[key] = _coerce(value, _hints(cls)[key], key, where)
-        if source is not None:
-            kwargs["source"] = source
-        return cls(**kwargs)
+        return config_from_dict(cls, _SECTIONS, data, what="an SFT config", unknown="SFT config key", source=source,
+                                defaults={"model": {"name_or_path": "mini-qwen3-vl", "gradient_checkpointing": False}})
 
     def to_dict(self) -> dict[str, Any]:
         """A plain nested dict that :meth:`from_dict` turns back into an equal config."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = {s.name: copy.deepcopy(getattr(value, s.name)) for s in fields(value)} \
-                if is_dataclass(value) else copy.deepcopy(value)
-        return out
+        return config_to_dict(self)
 
     def to_yaml(self) -> str:
         """The config as YAML text."""
@@ -283,6 +268,10 @@ class SftConfig:
         _check(v.num_train_epochs > 0, "vision_warmup.num_train_epochs", f"must be > 0, got {v.num_train_epochs}")
         _check(v.max_time_s is None or v.max_time_s > 0, "vision_warmup.max_time_s", "must be > 0 or null")
         _check(v.per_device_train_batch_size >= 1, "vision_warmup.per_device_train_batch_size", "must be >= 1")
+        _check(v.objective in ("attributes", "distill"), "vision_warmup.objective",
+               f"must be 'attributes' or 'distill', got {v.objective!r}")
+        _check(v.max_steps >= 1, "vision_warmup.max_steps", f"must be >= 1, got {v.max_steps}")
+        _check(16 <= v.image_size <= 1024, "vision_warmup.image_size", f"must be 16-1024, got {v.image_size}")
         _check(t.learning_rate > 0, "trainer.learning_rate", f"must be > 0, got {t.learning_rate}")
         _check(t.num_train_epochs > 0, "trainer.num_train_epochs", f"must be > 0, got {t.num_train_epochs}")
         _check(t.max_steps == -1 or t.max_steps >= 1, "trainer.max_steps", f"must be -1 or >= 1, got {t.max_steps}")
@@ -311,13 +300,8 @@ def load_sft_config(name_or_path: str | Path, overrides: dict[str, Any] | list[s
     A recipe file (GSPO groups at the top level) holds the SFT config under ``sft:``; its top-level
     ``name`` and ``description`` are used when the ``sft`` group has none.
     """
-    import yaml
-
     path = resolve_config_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path} is not valid YAML: {exc}") from None
+    data = read_yaml(path)
     if isinstance(data, dict) and "sft" in data:
         section = data["sft"]
         if not isinstance(section, dict):
@@ -336,14 +320,4 @@ def load_sft_config(name_or_path: str | Path, overrides: dict[str, Any] | list[s
 
 def sft_config_help() -> dict[str, str]:
     """Every SFT config key (dotted) with its help text and default."""
-    out: dict[str, str] = {}
-    for section, cls in _SECTIONS.items():
-        for f in fields(cls):
-            if f.default is not MISSING:
-                default = f.default
-            elif f.default_factory is not MISSING:
-                default = f.default_factory()
-            else:  # pragma: no cover - every field has a default
-                default = None
-            out[f"{section}.{f.name}"] = f"{f.metadata.get('help', '')} [default: {default!r}]"
-    return out
+    return sections_help(_SECTIONS)

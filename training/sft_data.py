@@ -151,7 +151,7 @@ def check_training_concepts(samples: Sequence[Sample], world: World) -> None:
                                 sample_id=s.id, field="meta.concept_ids")
 
 
-def target_for(sample: Sample, world: World, rng: random.Random) -> str:
+def target_for(sample: Sample, world: World, rng: random.Random, *, rationale: bool = True) -> str:
     """The ground-truth answer of one sample (see :mod:`covip.training.data.targets`)."""
     ids, _ = _concept_ids(sample)
     missing = [c for c in ids if c not in world.concepts]
@@ -159,7 +159,8 @@ def target_for(sample: Sample, world: World, rng: random.Random) -> str:
         raise DataError(f"sample {sample.id!r}: concept {missing[0]!r} is not in the world", sample_id=sample.id,
                         field="meta.concept_ids")
     if sample.sample_type == "recognition":
-        return recognition_target([world.concepts[c].look for c in ids], list(sample.answer or ()))
+        return recognition_target([world.concepts[c].look for c in ids], list(sample.answer or ()),
+                                  rationale=rationale)
     if sample.sample_type == "verification":
         return verification_target(str(sample.answer))
     if sample.sample_type == "caption":
@@ -169,13 +170,13 @@ def target_for(sample: Sample, world: World, rng: random.Random) -> str:
                     field="sample_type")
 
 
-def sft_row(sample: Sample, world: World, rng: random.Random) -> dict[str, Any]:
+def sft_row(sample: Sample, world: World, rng: random.Random, *, rationale: bool = True) -> dict[str, Any]:
     """The dataset row of one sample (see the module doc)."""
     prompt, images = placeholder_messages(sample_messages(sample, rng=rng))
     if [str(p) for p in images] != [str(p) for p in sample.images]:
         raise DataError(f"sample {sample.id!r}: the prompt shows its images in another order than the sample",
                         sample_id=sample.id, field="images")
-    answer = target_for(sample, world, rng)
+    answer = target_for(sample, world, rng, rationale=rationale)
     return {"prompt": prompt, "completion": [{"role": "assistant", "content": [{"type": "text", "text": answer}]}],
             "images": [str(p) for p in images]}
 
@@ -229,7 +230,7 @@ def order_rows(groups: Mapping[str, Sequence[dict[str, Any]]], *, batch_size: in
 
 def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0, describe: bool = False,
                       types: Sequence[str] | None = None, batch_size: int | None = None,
-                      warmup_describe: int = 0) -> Any:
+                      warmup_describe: int = 0, rationale: bool = True) -> Any:
     """A ``datasets.Dataset`` of :func:`sft_row` rows (and, with ``describe``, :func:`describe_row` rows of the
     samples' one-concept photos), after :func:`check_training_concepts`; ``types`` limits the sample rows.
 
@@ -245,7 +246,7 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
     groups: dict[str, list[dict[str, Any]]] = {}
     for s in samples:
         if types is None or s.sample_type in types:
-            groups.setdefault(s.sample_type, []).append(sft_row(s, world, rng))
+            groups.setdefault(s.sample_type, []).append(sft_row(s, world, rng, rationale=rationale))
     items = describe_items(samples, world) if describe or warmup_describe else []
     if describe:
         groups["describe"] = [describe_row(path, look) for path, look in items]

@@ -20,7 +20,7 @@ from typing import Any
 from covip.sdk.errors import InputError
 from covip.training.data.world import Look
 
-__all__ = ["LOOK_ATTRIBUTES", "warm_up_vision", "attribute_accuracy"]
+__all__ = ["LOOK_ATTRIBUTES", "warm_up_vision", "attribute_accuracy", "pooled_image_tokens"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,16 @@ def _classes() -> dict[str, list[str]]:
     colours = sorted(COLOURS)
     return {"kind": list(KINDS), "colour": colours, "pattern": list(PATTERNS), "pattern_colour": colours,
             "accessory": list(ACCESSORIES), "accessory_colour": colours}
+
+
+def pooled_image_tokens(visual: Any, pixel_values: Any, image_grid_thw: Any) -> Any:
+    """One vector per image: the mean of the image's tokens after the tower's patch merger (what the LM sees)."""
+    import torch
+
+    out = visual(pixel_values, grid_thw=image_grid_thw)
+    tokens = out.pooler_output if hasattr(out, "pooler_output") else out[0]
+    counts = (image_grid_thw.prod(-1) // (visual.spatial_merge_size ** 2)).tolist()
+    return torch.stack([t.mean(0) for t in torch.split(tokens, counts)])
 
 
 def _parts() -> tuple[type, type, Any]:
@@ -64,10 +74,7 @@ def _parts() -> tuple[type, type, Any]:
             self.heads = torch.nn.ModuleDict({a: torch.nn.Linear(dim, len(classes[a])) for a in LOOK_ATTRIBUTES})
 
         def forward(self, pixel_values: Any, image_grid_thw: Any, **labels: Any) -> dict[str, Any]:
-            out = self.visual(pixel_values, grid_thw=image_grid_thw)
-            tokens = out.pooler_output if hasattr(out, "pooler_output") else out[0]
-            counts = (image_grid_thw.prod(-1) // (self.visual.spatial_merge_size ** 2)).tolist()
-            pooled = torch.stack([t.mean(0) for t in torch.split(tokens, counts)])
+            pooled = pooled_image_tokens(self.visual, pixel_values, image_grid_thw)
             logits = {a: head(pooled) for a, head in self.heads.items()}
             result: dict[str, Any] = {f"logits_{a}": v for a, v in logits.items()}
             if labels:

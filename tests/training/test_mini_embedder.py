@@ -273,3 +273,41 @@ def test_build_refuses_a_folder_that_is_not_a_build(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="refusing"):
         build_mini_embedder(config, out_dir=target, progress=False)
     assert (target / "notes.txt").read_text() == "keep me"
+
+
+# -- the VLM's own vision tower, distilled from the embedder -----------------------------------------------
+def test_distilling_the_embedder_teaches_the_vlm_tower_to_retrieve_heldout_concepts(quick_build, monkeypatch,
+                                                                                    tmp_path: Path) -> None:
+    import transformers
+
+    from covip.sdk.models import build_tiny_vlm
+    from covip.sdk.vision import make_embedder
+    from covip.training.embedder_eval import sign_test_p
+    from covip.training.sft_distill import distill_vision
+
+    cache, _, _ = quick_build
+    monkeypatch.setenv("COVIP_CACHE", str(cache))
+    folder = build_tiny_vlm("mini-qwen3-vl")
+    model = transformers.AutoModelForImageTextToText.from_pretrained(folder)
+    processor = transformers.AutoProcessor.from_pretrained(folder)
+    visual_before = {k: v.clone() for k, v in model.model.visual.state_dict().items()}
+    lm_before = {k: v.clone() for k, v in model.model.language_model.state_dict().items()}
+    with make_embedder("mini", device="cpu") as teacher:
+        report = distill_vision(model, processor, teacher, output_dir=str(tmp_path / "d"), max_time_s=None,
+                                max_steps=250, learning_rate=1e-3, batch_size=16, image_size=128, seed=0,
+                                use_cpu=True, eval_concepts=30, queries_per_concept=2, progress=False)
+    before, after = report["tower_retrieval_before"], report["tower_retrieval_after"]
+    assert report["steps"] == 250 and report["photos"] == 4000
+    # the same held-out queries before and after: a paired sign test on "right memory in the top 5"
+    wins = sum(a < 5 <= b for a, b in zip(after["ranks"], before["ranks"]))
+    losses = sum(b < 5 <= a for a, b in zip(after["ranks"], before["ranks"]))
+    assert after["recall_at_5"] >= before["recall_at_5"] + 0.2 and sign_test_p(wins, losses) < 0.01, report
+    # the tower changed and the language model did not (the warm-up trains the tower only)
+    assert any(not torch_equal(v, model.model.visual.state_dict()[k]) for k, v in visual_before.items())
+    assert all(torch_equal(v, model.model.language_model.state_dict()[k]) for k, v in lm_before.items())
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

@@ -71,6 +71,10 @@ def test_unknown_and_bad_sft_keys_name_the_key(tmp_path):
         SftConfig.from_dict({"data": {"synth": {"context_size": 2, "max_present": 3}}})
     with pytest.raises(InputError, match=r"'eval\.batch_size'"):
         load_sft_config("mini-cpu", ["eval.batch_size=0"])
+    with pytest.raises(InputError, match=r"'vision_warmup\.objective'.*'distill'"):
+        load_sft_config("mini-cpu", ["vision_warmup.objective=distil"])
+    with pytest.raises(InputError, match=r"'vision_warmup\.max_steps'"):
+        load_sft_config("mini-cpu", ["vision_warmup.max_steps=0"])
     with pytest.raises(InputError, match=r"'trainer\.max_setps'"):
         load_sft_config("mini-cpu", ["trainer.max_setps=3"])
     with pytest.raises(InputError, match="sft"):
@@ -247,6 +251,7 @@ def test_targets_state_the_ground_truth():
     assert text.index("concept 1") > text.index("orange toy robot")  # description first, then the number
     with pytest.raises(InputError):
         recognition_target(looks, [2])
+    assert recognition_target(looks, [1, 0], rationale=False) == "Answer: \\boxed{[0, 1]}"
     facts = Facts("Haeundae beach", "two winters ago", "a family picnic", "feeding the ducks")
     caption = caption_target([Concept("c1", "Bori", looks[0], facts, "", ())], random.Random(0))
     assert "Bori" in caption and all(v in caption for v in (facts.place, facts.time, facts.event, facts.action))

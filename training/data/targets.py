@@ -57,15 +57,17 @@ def _boxed(indices: Sequence[int]) -> str:
     return "Answer: \\boxed{[" + ", ".join(str(i) for i in indices) + "]}"
 
 
-def recognition_target(context_looks: Sequence[Look], present: Sequence[int]) -> str:
+def recognition_target(context_looks: Sequence[Look], present: Sequence[int], *, rationale: bool = True) -> str:
     """Describe each concept image (then its number), the query's concepts the same way, then the box.
 
     The descriptions come before the numbers so that matching the query's description against the concept
-    descriptions leads straight to the number to copy.
+    descriptions leads straight to the number to copy. ``rationale=False``: the box alone.
     """
     present = sorted({int(i) for i in present})
     if not present or any(i < 0 or i >= len(context_looks) for i in present):
         raise InputError(f"present indices {present} do not fit {len(context_looks)} concept images")
+    if not rationale:
+        return _boxed(present)
     lines = [f"{look_phrase(look).capitalize()}: concept {i}." for i, look in enumerate(context_looks)]
     shown = [f"{look_phrase(context_looks[i])}: concept {i}" for i in present]
     lines.append("The query image shows " + _join(shown) + ".")

@@ -1,0 +1,85 @@
+"""What every covip training config shares: nested mapping <-> typed dataclass groups, YAML files, key help.
+
+The GSPO (:mod:`.gspo_config`), SFT (:mod:`.sft_config`) and embedder (:mod:`.embedder_config`) configs are
+dataclasses of dataclass groups (as trl's ``GRPOConfig`` is one dataclass with help metadata); these helpers
+build them from YAML-shaped mappings with errors that name the dotted key, and list every key's help.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import MISSING, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from covip.sdk.errors import InputError
+
+__all__ = ["config_from_dict", "config_to_dict", "read_yaml", "sections_help"]
+
+
+def config_from_dict(cls: type, sections: Mapping[str, type], data: Any, *, what: str, unknown: str,
+                     source: str | None = None, defaults: Mapping[str, Mapping[str, Any]] | None = None) -> Any:
+    """``cls`` built from a nested mapping: groups in ``sections`` become their dataclasses, other keys are coerced.
+
+    ``what`` names the config in errors ("a GSPO config"), ``unknown`` its keys ("config key");
+    ``defaults`` gives a group's values that the mapping may override.
+    """
+    from covip.training.gspo_config import _build_section, _coerce, _hints
+
+    where = f" in {source}" if source else ""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError(f"{what} must be a mapping of groups{where}, got {type(data).__name__}")
+    top = {f.name for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in top:
+            raise InputError(f"unknown {unknown} {key!r}{where}; known top-level keys: {sorted(top)}")
+        if key in sections:
+            if defaults and key in defaults:
+                value = {**defaults[key], **(value or {})}
+            kwargs[key] = _build_section(sections[key], value, key, where)
+        else:
+            kwargs[key] = _coerce(value, _hints(cls)[key], key, where)
+    if source is not None:
+        kwargs["source"] = source
+    return cls(**kwargs)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A plain nested dict (YAML/JSON-able) of a config, that its ``from_dict`` turns back into an equal one."""
+    out: dict[str, Any] = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        out[f.name] = ({s.name: copy.deepcopy(getattr(value, s.name)) for s in fields(value)}
+                       if is_dataclass(value) else copy.deepcopy(value))
+    return out
+
+
+def read_yaml(path: Path, what: str = "the config") -> Any:
+    """The YAML document of ``path``; InputError naming the file when it cannot be read or parsed."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{what} {path} cannot be read: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path} is not valid YAML: {exc}") from None
+
+
+def sections_help(sections: Mapping[str, type]) -> dict[str, str]:
+    """Every dotted key of the groups with its help text and default."""
+    out: dict[str, str] = {}
+    for section, cls in sections.items():
+        for f in fields(cls):
+            if f.default is not MISSING:
+                default = f.default
+            elif f.default_factory is not MISSING:
+                default = f.default_factory()
+            else:  # pragma: no cover - every field has a default
+                default = None
+            out[f"{section}.{f.name}"] = f"{f.metadata.get('help', '')} [default: {default!r}]"
+    return out
