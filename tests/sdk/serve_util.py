@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,17 @@ def fast_assistant(home: Path, engine: Any, embedder: Any) -> Any:
     cag = CagConfig(caption=GenerationConfig(max_new_tokens=4), answer=GenerationConfig(max_new_tokens=4))
     memory = Memory(MemoryConfig(home=home, max_pixels=MAX_PIXELS), embedder=embedder)
     return Assistant(AssistantConfig(home=home, model="tiny", cag=cag), memory=memory, engine=engine)
+
+
+@contextlib.contextmanager
+def assistant_in(home: Path, engine: Any, embedder: Any) -> Iterator[Any]:
+    """:func:`fast_assistant` in a ``with`` block that closes it and its memory (a module fixture's body)."""
+    bot = fast_assistant(home, engine, embedder)
+    try:
+        yield bot
+    finally:
+        bot.close()
+        bot.memory.close()
 
 
 def png(name: str = "Bori", variant: int = 0, size: int = 128) -> bytes:

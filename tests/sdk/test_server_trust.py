@@ -23,16 +23,13 @@ pytest.importorskip("fastapi")
 
 from covip.sdk.errors import InputError  # noqa: E402
 from covip.sdk.server import BackgroundServer, ServeConfig, create_app  # noqa: E402
-from tests.sdk.serve_util import chat_body, data_url, fast_assistant, png  # noqa: E402
+from tests.sdk.serve_util import assistant_in, chat_body, data_url, png  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def assistant(tmp_path_factory: pytest.TempPathFactory, tiny_engine, tiny_embedder):
-    home = tmp_path_factory.mktemp("trust") / "home"
-    bot = fast_assistant(home, tiny_engine, tiny_embedder)
-    yield bot
-    bot.close()
-    bot.memory.close()
+    with assistant_in(tmp_path_factory.mktemp("trust") / "home", tiny_engine, tiny_embedder) as bot:
+        yield bot
 
 
 @pytest.fixture(scope="module")
