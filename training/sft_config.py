@@ -105,7 +105,7 @@ class SftTrainerSection:
 
 @dataclass
 class SftVisionWarmupSection:
-    """Before SFT: the vision tower learns the training photos' look attributes directly (cheap, fast)."""
+    """Before SFT: a random vision tower learns on its own (look attributes, or the mini embedder by distillation)."""
 
     enabled: bool = field(default=False, metadata=_h(
         "Warm up the vision tower before SFT (for a random-weight tower; off for a pretrained one)."))
@@ -177,7 +177,7 @@ class SftConfig:
                                 metadata=_h("The model to train."))
     data: SftDataSection = field(default_factory=SftDataSection, metadata=_h("The synthetic world."))
     vision_warmup: SftVisionWarmupSection = field(default_factory=SftVisionWarmupSection, metadata=_h(
-        "The vision tower's warm-up on look attributes, before SFT."))
+        "The vision tower's warm-up before SFT: look attributes or distillation from the mini embedder."))
     trainer: SftTrainerSection = field(default_factory=SftTrainerSection, metadata=_h("trl SFTTrainer settings."))
     eval: SftEvalSection = field(default_factory=SftEvalSection, metadata=_h("Held-out evaluation."))
     run: SftRunSection = field(default_factory=SftRunSection, metadata=_h("Output, device, logging."))
