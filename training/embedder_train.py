@@ -46,6 +46,7 @@ from covip.sdk.vision.mini import (
     read_mini_marker,
 )
 from covip.training.data.render import render_memory, render_scene
+from covip.training.data.schema import swap_into_place
 from covip.training.data.targets import look_phrase
 from covip.training.data.world import look_keys, look_with_key
 from covip.training.embedder_config import EmbedderTrainConfig, load_embedder_config
@@ -299,13 +300,7 @@ def build_mini_embedder(config: EmbedderTrainConfig | str = "mini-cpu", *, out_d
         }
         # the record goes last: a folder with a record is a finished build
         (tmp / MINI_MARKER).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_into_place(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -255,12 +255,17 @@ def grpo_args(config: GspoConfig, output_dir: Path) -> Any:
     if g.vllm_server_base_url:
         kwargs["vllm_server_base_url"] = g.vllm_server_base_url
     kwargs.update(g.extra_args)
+    return trl_args(GRPOConfig, kwargs, "gspo.extra_args", "GSPO")
+
+
+def trl_args(cls: type, kwargs: dict[str, Any], extra_key: str, stage: str) -> Any:
+    """``cls(**kwargs)`` (a trl config); an unknown field names ``extra_key``, a refused value the stage."""
     try:
-        return GRPOConfig(**kwargs)
+        return cls(**kwargs)
     except TypeError as exc:
-        raise InputError(f"config key 'gspo.extra_args': {exc}") from None
+        raise InputError(f"config key '{extra_key}': {exc}") from None
     except ValueError as exc:
-        raise InputError(f"trl rejected the GSPO settings: {exc}") from None
+        raise InputError(f"trl rejected the {stage} settings: {exc}") from None
 
 
 def resume_target(value: Any, output_dir: Path) -> str | None:

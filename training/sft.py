@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 from covip.sdk._extras import require
-from covip.sdk.errors import InputError
 from covip.training.sft_config import SftConfig, load_sft_config
 
 __all__ = ["SftResult", "train_sft", "sft_args", "PROVENANCE_FILE"]
@@ -77,6 +76,8 @@ def sft_args(config: SftConfig, output_dir: Path) -> Any:
     """The trl ``SFTConfig`` of a run (settings from ``config.trainer``, runtime from ``config.run``)."""
     from trl import SFTConfig
 
+    from covip.training.gspo import trl_args
+
     t, r = config.trainer, config.run
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir), seed=r.seed, data_seed=r.seed, bf16=r.bf16, fp16=False, use_cpu=r.use_cpu,
@@ -93,12 +94,7 @@ def sft_args(config: SftConfig, output_dir: Path) -> Any:
         train_sampling_strategy="sequential" if config.data.same_type_batches else "random",
     )
     kwargs.update(t.extra_args)
-    try:
-        return SFTConfig(**kwargs)
-    except TypeError as exc:
-        raise InputError(f"config key 'trainer.extra_args': {exc}") from None
-    except ValueError as exc:
-        raise InputError(f"trl rejected the SFT settings: {exc}") from None
+    return trl_args(SFTConfig, kwargs, "trainer.extra_args", "SFT")
 
 
 def train_sft(config: SftConfig | str | Path, *, callbacks: Sequence[Any] | None = None) -> SftResult:
@@ -236,6 +232,8 @@ def _write_json(path: Path, data: Any) -> None:
 
 def _save_model(model: Any, processor: Any, target: Path, config: SftConfig, step: int, train_s: float) -> Path:
     """Save model + processor into ``target`` through a temporary sibling renamed into place."""
+    from covip.training.data.schema import swap_into_place
+
     model.config.use_cache = True  # training turns the KV cache off; an inference checkpoint wants it
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -246,11 +244,7 @@ def _save_model(model: Any, processor: Any, target: Path, config: SftConfig, ste
                 "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (tmp / PROVENANCE_FILE).write_text(json.dumps(info, indent=1) + "\n")
         os.chmod(tmp, 0o755)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, target)
+        swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -519,6 +519,19 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def swap_into_place(tmp: Path, target: Path) -> None:
+    """Rename a finished temporary folder to ``target``, replacing an old one (moved aside first, then removed)."""
+    import shutil
+
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 class _suppress_os:
     def __enter__(self) -> None:
         return None

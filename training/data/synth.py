@@ -73,7 +73,14 @@ from covip.training.data.loaders import (
     write_training_json,
 )
 from covip.training.data.render import png_bytes, render_memory, render_reference, render_scene
-from covip.training.data.schema import MCQA, SAMPLE_TYPES, Sample, atomic_write_text, write_jsonl
+from covip.training.data.schema import (
+    MCQA,
+    SAMPLE_TYPES,
+    Sample,
+    atomic_write_text,
+    swap_into_place,
+    write_jsonl,
+)
 from covip.training.data.world import (
     CODE_WORDS,
     FACT_LISTS,
@@ -455,7 +462,7 @@ def synthesize(config: SynthConfig, out_dir: str | Path, *, embedder: Any = None
         manifest = {"kind": _MANIFEST_KIND, "config": config.to_dict(),
                     **{k: v for k, v in report.to_dict().items() if k not in ("out_dir", "elapsed_s")}}
         atomic_write_text(tmp / OUTPUT_FILES["manifest"], json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        _swap_into_place(tmp, out_dir)
+        swap_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -475,14 +482,3 @@ def _write_outputs(root: Path, config: SynthConfig, concepts: list[Concept], spl
     write_training_json(root / OUTPUT_FILES["train_official"], samples["train"])
     world = [{**c.to_dict(), "split": split_of[c.id], "image": f"images/concepts/{c.id}.png"} for c in concepts]
     atomic_write_text(root / OUTPUT_FILES["concepts"], json.dumps(world, indent=1, ensure_ascii=False) + "\n")
-
-
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished temporary folder to ``out_dir``, replacing an (empty or checked) old one."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
