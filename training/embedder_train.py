@@ -20,7 +20,6 @@ same recipe is reused.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -30,7 +29,6 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,17 +162,6 @@ def _resolve_device(torch: Any, device: str) -> str:
     return device
 
 
-@contextlib.contextmanager
-def _torch_threads(torch: Any, n: int | None) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def train_mini_clip(config: EmbedderTrainConfig, work_dir: Path, *,
                     progress: bool | None = None) -> tuple[Any, dict[str, Any]]:
     """Train the preset's open_clip model as ``config`` says; returns (the CLIP model on CPU, timings/losses)."""
@@ -186,7 +173,9 @@ def train_mini_clip(config: EmbedderTrainConfig, work_dir: Path, *,
         open_clip.add_model_config(MINI_CONFIG_PATH)
     t, run = config.trainer, config.run
     device = _resolve_device(torch, run.device)
-    with _torch_threads(torch, run.torch_threads):
+    from covip.training.gspo import torch_threads
+
+    with torch_threads(torch, run.torch_threads):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(run.seed)
             clip, _, preprocess = open_clip.create_model_and_transforms(MINI_ARCH, precision="fp32")

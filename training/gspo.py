@@ -26,6 +26,7 @@ Multi-GPU: ``accelerate launch --config_file training/accelerate/zero2.yaml -m c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -33,7 +34,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -305,13 +306,20 @@ def train_gspo(config: GspoConfig | str | Path, *, train_dataset: Any = None,
     require("trl", feature="GSPO training", extra="train")
     require("peft", feature="GSPO training", extra="train")
     require("datasets", feature="GSPO training", extra="train")
-    threads = torch.get_num_threads()
-    if config.run.torch_threads:
-        torch.set_num_threads(config.run.torch_threads)
-    try:
+    with torch_threads(torch, config.run.torch_threads):
         return _train(config, train_dataset, reward_funcs, callbacks, start)
+
+
+@contextlib.contextmanager
+def torch_threads(torch: Any, n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch CPU threads (None/0: as it is), then restore: a library call leaves the process as it found it."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
     finally:
-        torch.set_num_threads(threads)  # a library call leaves the process as it found it
+        torch.set_num_threads(before)
 
 
 def _train(config: GspoConfig, train_dataset: Any, reward_funcs: Sequence[Callable[..., list[float]]] | None,

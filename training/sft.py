@@ -105,13 +105,10 @@ def train_sft(config: SftConfig | str | Path, *, callbacks: Sequence[Any] | None
     torch = require("torch", feature="SFT training", extra="train")
     require("trl", feature="SFT training", extra="train")
     require("datasets", feature="SFT training", extra="train")
-    threads = torch.get_num_threads()
-    if config.run.torch_threads:
-        torch.set_num_threads(config.run.torch_threads)
-    try:
+    from covip.training.gspo import torch_threads
+
+    with torch_threads(torch, config.run.torch_threads):
         return _train(config, callbacks, start)
-    finally:
-        torch.set_num_threads(threads)  # a library call leaves the process as it found it
 
 
 def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> SftResult:
