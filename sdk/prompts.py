@@ -9,7 +9,13 @@ Layouts (COVIP_FACTS.md, "Prompt layout"):
   header and its image; the instruction; the query image; answer ``\\boxed{[0, 2]}``;
 * verification (yes/no): image 1, image 2, the question about a named object;
 * CAG answer pass: the caption chat, the caption as the assistant's turn, the question as the next user
-  turn, so the caption pass is a prefix of the answer pass (an engine can reuse its KV cache).
+  turn, so the caption pass is a prefix of the answer pass (an engine can reuse its KV cache);
+* the paper's CAG answer pass (:func:`paper_answer_messages`, ``covip eval --protocol paper``): the
+  instruction moves into a system turn (the captioning instruction for LSD/LAR, the personalization
+  prompt for ITR), the user turn holds only the context and the query image, then the caption as the
+  assistant's turn and the question. Only the system turn is shared with the caption pass, so an engine
+  re-reads the images for the answer (the paper, "Caption-Augmented Generation"; the authors'
+  ``downstream/w_CAG`` scripts).
 
 The wording is our own. :data:`PROMPT_VERSION` changes whenever any rendered text changes; it is part
 of the caption cache key, so cached captions never outlive the prompt that made them.
@@ -34,6 +40,9 @@ __all__ = [
     "caption_messages",
     "answer_messages",
     "direct_messages",
+    "PERSONALIZATION_PROMPT",
+    "paper_answer_messages",
+    "paper_direct_messages",
     "recognition_messages",
     "verification_messages",
     "describe_messages",
@@ -77,6 +86,13 @@ VERIFICATION_TEMPLATE = (
     "You are checking whether an object appears in two photos. The object called {name} is shown in the "
     "first image. {question} Answer yes or no."
 )
+
+PERSONALIZATION_PROMPT = """\
+You are this user's personal assistant. The dialogues you are shown are your memory of earlier \
+conversations with them, each about a photo they shared: who or what was in it, where and when, and what \
+they were doing. When the user shows a new image, recognize the people, pets and things you remember, \
+call them by their names and use what you remember about them to answer. Follow any request the user \
+made in those conversations. Rely only on the memories that concern what the new image shows."""
 
 DESCRIBE_INSTRUCTION = "Describe this photo in two or three factual sentences: who or what is in it, where, and what is happening."
 
@@ -160,6 +176,34 @@ def direct_messages(context: Sequence[ContextEntry], query_image: Any, question:
     parts = _context_parts(context)
     parts += [_text(_query_header(INFERENCE_QUERY_HEADER, None)), _image(query_image), _text(question.strip())]
     return [{"role": "user", "content": parts}]
+
+
+def _paper_block(context: Sequence[ContextEntry], query_image: Any) -> list[dict[str, Any]]:
+    if query_image is None:
+        raise InputError("the paper layout needs the query image")
+    return [*_context_parts(context), _text(_query_header(INFERENCE_QUERY_HEADER, None)), _image(query_image)]
+
+
+def _system(system: str | None) -> list[dict]:
+    return [{"role": "system", "content": system}] if system else []
+
+
+def paper_answer_messages(context: Sequence[ContextEntry], query_image: Any, caption: str, question: str, *,
+                          system: str = CAPTION_INSTRUCTION) -> list[dict]:
+    """The paper's CAG answer pass: system instruction, context + query image, caption, question."""
+    if not isinstance(question, str) or not question.strip():
+        raise InputError("the question is empty; ask something about the photo")
+    return [*_system(system), {"role": "user", "content": _paper_block(context, query_image)},
+            {"role": "assistant", "content": caption}, {"role": "user", "content": question.strip()}]
+
+
+def paper_direct_messages(context: Sequence[ContextEntry], query_image: Any, question: str, *,
+                          system: str | None = None) -> list[dict]:
+    """The paper's answer without CAG: an optional system prompt, then context, query image and question."""
+    if not isinstance(question, str) or not question.strip():
+        raise InputError("the question is empty; ask something about the photo")
+    return [*_system(system), {"role": "user", "content": [*_paper_block(context, query_image),
+                                                           _text(question.strip())]}]
 
 
 def recognition_messages(concept_images: Sequence[Any], query_image: Any) -> list[dict]:

@@ -46,12 +46,13 @@ BOX = "\\boxed{{{}}}"
 
 
 # -- the scorer ---------------------------------------------------------------------------------------------
-def _recs(sample: str, n_present: int, pos: list[tuple[str, str]], neg: list[str]):
-    """(correct, judge output) per positive question, judge output per negative one."""
-    out = [question_record(sample, f"p{i}", polarity="pos", n_present=n_present, correct=c, judge_output=o)
-           for i, (c, o) in enumerate(pos)]
-    out += [question_record(sample, f"n{i}", polarity="neg", n_present=n_present, correct="B", judge_output=o)
-            for i, o in enumerate(neg)]
+def _recs(sample: str, n_present: int, pos: list[tuple[str, str]], neg: list[str], protocol: str = "strict"):
+    """(correct, judge output) per positive question, judge output per negative one (covip's strict parser;
+    the paper protocol's parser has its own tests in test_protocols.py)."""
+    out = [question_record(sample, f"p{i}", polarity="pos", n_present=n_present, correct=c, judge_output=o,
+                           protocol=protocol) for i, (c, o) in enumerate(pos)]
+    out += [question_record(sample, f"n{i}", polarity="neg", n_present=n_present, correct="B", judge_output=o,
+                            protocol=protocol) for i, o in enumerate(neg)]
     return out
 
 
@@ -86,8 +87,8 @@ def test_scorer_mixed_buckets_are_micro_averaged() -> None:
 
 @pytest.mark.parametrize("output", ["The answer is A", "\\boxed{A or B}", "", "\\boxed{", "\\boxed{}"])
 def test_unparsable_judge_output_counts_as_d(output: str) -> None:
-    pos = question_record("s", "q", polarity="pos", n_present=1, correct="A", judge_output=output)
-    neg = question_record("s", "q", polarity="neg", n_present=1, correct="A", judge_output=output)
+    pos = question_record("s", "q", polarity="pos", n_present=1, correct="A", judge_output=output, protocol="strict")
+    neg = question_record("s", "q", polarity="neg", n_present=1, correct="A", judge_output=output, protocol="strict")
     assert pos.answer == neg.answer == "D"
     s = score_records([pos, neg])
     assert (s["overall"].acc_pos, s["overall"].acc_neg) == (0.0, 1.0)
@@ -370,7 +371,8 @@ class ScriptedEngine:
 
     def generate(self, messages, config=None, **kw):
         self.chats.append(messages)
-        query = [p["image"] for p in messages[0]["content"] if p["type"] == "image"][-1]
+        user = next(m for m in messages if m["role"] == "user")
+        query = [p["image"] for p in user["content"] if p["type"] == "image"][-1]
         return Generation(text=self.replies[str(query)], prompt_tokens=1, completion_tokens=1)
 
 
@@ -380,7 +382,7 @@ def test_downstream_scores_a_perfect_answerer_1_in_both_modes(synth: Path, tmp_p
     reply = {"lsd": "\\boxed{{{}}}", "lar": "You were {} that day.", "itr": "{}! I see them."}[task]
     engine = ScriptedEngine({s.query_image: reply.format(s.answer) for s in samples})
     res = run_downstream(task, synth / f"downstream_{task}.jsonl", model=engine, judge="lexical",
-                         modes=("cag", "no_cag"), out=tmp_path, progress=False)
+                         modes=("cag", "no_cag"), out=tmp_path, progress=False, protocol="strict")
     assert res.scores == {m: {"score": 1.0, "n": 2, **({"boxed_rate": 1.0} if task == "lsd" else {})}
                           for m in ("cag", "no_cag")}
     assert len(engine.chats) == 2 * 3  # per sample: caption + answer (CAG), one direct answer

@@ -23,10 +23,18 @@ field                       meaning
                             are the dialogues (as the authors' test-set JSONL stores them)
 ``query_image``             the query image path
 ``answer``                  the reference answer: a string, or a list of accepted strings
+``last_action``             (LAR, optional) the action the user last told about: the reference the
+                            authors' judge compares with (default: ``answer``)
 ``question``                (optional) the question; default :data:`DEFAULT_QUESTIONS` of the task
 ``id``, ``task``, ``meta``  (optional) the sample id (default ``<file stem>-<index>``), the task name
                             (must match the task asked for when present), free provenance
 ==========================  =========================================================================
+
+The authors' published sets (``Yeongtak/lsd``, ``Yeongtak/lar``, ``Yeongtak/itr`` on the Hugging Face hub,
+images stored in the dataset) are read with ``datasets.load_dataset``: pass ``hf:Yeongtak/lsd`` (optionally
+``hf:Yeongtak/lsd@test`` for a split; default: the only or first split), or the folder a
+``huggingface-cli download --repo-type dataset`` made. Their ITR records call the concept ``SKS``, the
+placeholder the authors' scorer looks for (recorded as ``meta["placeholder"]``).
 
 The synthetic generator (:func:`covip.training.data.synth.synthesize` with ``n_downstream > 0``) writes
 ``downstream_lsd.jsonl``, ``downstream_lar.jsonl`` and ``downstream_itr.jsonl`` in this layout, built from
@@ -47,8 +55,8 @@ from covip.training.data.schema import atomic_write_text, resolve_image_path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TASKS", "DEFAULT_QUESTIONS", "DownstreamSample", "load_downstream", "write_downstream",
-           "downstream_record"]
+__all__ = ["TASKS", "DEFAULT_QUESTIONS", "PAPER_QUESTIONS", "PAPER_ITR_PLACEHOLDER", "HUB_DATASETS", "DownstreamSample", "load_downstream",
+           "load_downstream_hub", "write_downstream", "downstream_record"]
 
 TASKS = ("lsd", "lar", "itr")
 DEFAULT_QUESTIONS = {
@@ -56,6 +64,19 @@ DEFAULT_QUESTIONS = {
     "lar": "What was I doing the last time I told you about the one in the new image?",
     "itr": "What do you see in the new image?",
 }
+PAPER_QUESTIONS = {
+    "lsd": "Where did I last see the one in the new image? Reason step by step, then write the place as "
+           "//boxed{place}.",
+    "lar": "What was I doing the last time I told you about my most recent experience with the one in the new "
+           "image?",
+    "itr": "Where did I last see the one in the new image?",
+}
+"""The questions of ``--protocol paper``: what the authors' downstream scripts ask (LSD wants the place in
+``//boxed{}``, which their scorer reads; ITR asks the LSD question without a box), in our words."""
+PAPER_ITR_PLACEHOLDER = "SKS"
+"""The placeholder name the authors' ITR data give the concept, and the string their scorer looks for."""
+HUB_DATASETS = {"lsd": "Yeongtak/lsd", "lar": "Yeongtak/lar", "itr": "Yeongtak/itr"}
+"""The authors' downstream sets on the Hugging Face hub."""
 
 
 def _fail(sample_id: str, fld: str, problem: str) -> DataError:
@@ -75,6 +96,8 @@ class DownstreamSample:
     answers: tuple[str, ...]
     """Accepted reference answers (usually one)."""
     meta: Mapping[str, Any] = field(default_factory=dict)
+    last_action: str | None = None
+    """LAR: the reference the paper's judge compares with (the record's ``last_action``)."""
 
     @property
     def answer(self) -> str:
@@ -124,8 +147,12 @@ def record_to_downstream(record: Any, *, task: str, default_id: str) -> Downstre
     meta = record.get("meta") or {}
     if not isinstance(meta, Mapping):
         raise _fail(sid, "meta", f"must be an object, got {type(meta).__name__}")
+    last_action = record.get("last_action")
+    if last_action is not None and (not isinstance(last_action, str) or not last_action.strip()):
+        raise _fail(sid, "last_action", f"must be a non-empty string, got {last_action!r:.80}")
     return DownstreamSample(sid, task, tuple(images), tuple(dialogues), query, question.strip(),
-                            tuple(a.strip() for a in answers), dict(meta))
+                            tuple(a.strip() for a in answers), dict(meta),
+                            None if last_action is None else last_action.strip())
 
 
 def _records(path: Path) -> list[Any]:
@@ -150,6 +177,8 @@ def load_downstream(path: str | Path, task: str, *, image_root: str | Path | Non
     """A downstream file (JSON list or JSONL, the authors' field names) with image paths resolved."""
     if on_error not in ("raise", "skip"):
         raise DataError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if str(path).startswith("hf:") or Path(path).is_dir():
+        return load_downstream_hub(path, task)
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
     out: list[DownstreamSample] = []
@@ -168,7 +197,55 @@ def load_downstream(path: str | Path, task: str, *, image_root: str | Path | Non
             continue
         seen.add(s.id)
         out.append(DownstreamSample(s.id, s.task, tuple(paths[:-1]), s.dialogues, paths[-1], s.question,
-                                    s.answers, s.meta))
+                                    s.answers, s.meta, s.last_action))
+    return out
+
+
+def _hub_hint(repo: str) -> str:
+    folder = f"data/{repo.rsplit('/', 1)[-1]}"
+    return (f"download it on a machine with a network: huggingface-cli download --repo-type dataset {repo} "
+            f"--local-dir {folder}, copy the folder here, then pass --data {folder}")
+
+
+def load_downstream_hub(spec: str | Path, task: str) -> list[DownstreamSample]:
+    """A downstream set through ``datasets.load_dataset``: ``hf:REPO[@SPLIT]`` or a downloaded dataset folder.
+
+    Images stay in memory (PIL images from the dataset); sample ids are ``<name>-<row>``. Offline or
+    missing, the error says how to download the set.
+    """
+    from covip.sdk._extras import require
+
+    if task not in TASKS:
+        raise DataError(f"downstream task must be one of {list(TASKS)}, got {task!r}")
+    datasets = require("datasets", feature="reading the authors' downstream sets", extra="train")
+    text = str(spec)
+    repo, _, split = text[3:].partition("@") if text.startswith("hf:") else (text, "", "")
+    if not repo.strip():
+        raise DataError(f"{text!r}: name a dataset after 'hf:', e.g. hf:{HUB_DATASETS[task]}")
+    name = Path(repo.rstrip("/")).name or repo
+    try:
+        loaded = datasets.load_dataset(repo, split=split or None)
+    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, bad folder: one actionable message
+        hint = _hub_hint(repo if text.startswith("hf:") else HUB_DATASETS[task])
+        raise DataError(f"cannot load the dataset {repo!r} ({type(exc).__name__}: {str(exc)[:200]}); {hint}") from None
+    if isinstance(loaded, Mapping):  # a DatasetDict: one split, or the first
+        if not loaded:
+            raise DataError(f"the dataset {repo!r} has no splits")
+        loaded = loaded[next(iter(loaded))]
+    placeholder = {"placeholder": PAPER_ITR_PLACEHOLDER} if task == "itr" else {}
+    out = []
+    for index, record in enumerate(loaded):
+        sid = f"{name}-{index}"
+        rec = {k: v for k, v in dict(record).items() if k not in ("images_context", "query_image")}
+        for key in ("images_context", "query_image"):
+            if record.get(key) is None:
+                raise _fail(sid, key, "is missing")
+        images = list(record["images_context"])
+        # check everything but the images with the file-format rules (the images are PIL objects here)
+        s = record_to_downstream({**rec, "images_context": [f"image-{i}" for i in range(len(images))],
+                                  "query_image": "query", "id": sid}, task=task, default_id=sid)
+        out.append(DownstreamSample(sid, task, tuple(images), s.dialogues, record["query_image"], s.question,
+                                    s.answers, {**placeholder, **s.meta, "source": repo}, s.last_action))
     return out
 
 
@@ -178,7 +255,7 @@ def downstream_record(sample: DownstreamSample) -> dict[str, Any]:
             "dialogues_context": list(sample.dialogues), "query_image": sample.query_image,
             "question": sample.question,
             "answer": sample.answers[0] if len(sample.answers) == 1 else list(sample.answers),
-            "meta": dict(sample.meta)}
+            "meta": dict(sample.meta), **({"last_action": sample.last_action} if sample.last_action else {})}
 
 
 def write_downstream(path: str | Path, samples: Sequence[DownstreamSample]) -> Path:

@@ -328,7 +328,8 @@ class _Builder:
         answers = {"lsd": concept.facts.place, "lar": concept.facts.action, "itr": code}
         return [DownstreamSample(f"{task}-{index:05d}", task, images,
                                  tuple(planted if task == "itr" else dialogues), query, DEFAULT_QUESTIONS[task],
-                                 (answers[task],), meta) for task in TASKS]
+                                 (answers[task],), meta, concept.facts.action if task == "lar" else None)
+                for task in TASKS]
 
 
 class _Stated:

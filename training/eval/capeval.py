@@ -18,6 +18,16 @@ COVIP_FACTS.md, "CapEval-QAs evaluation". :func:`run_capeval` does the whole eva
    re-run replays the cached answers instead of asking again.
 4. **Score** (:mod:`.scoring`): Acc+ / Acc− per bucket of 1/2/3/4 present concepts and overall, with counts.
 
+``protocol`` (:mod:`.protocols`): ``paper`` (default) asks the judge as the authors do (brief reasoning,
+then a boxed letter; up to :data:`~covip.training.judges.base.PAPER_JUDGE_MAX_TOKENS` tokens unless
+``judge_options`` say otherwise) and scores with their parser; ``strict`` asks for a lone boxed letter
+(128 tokens) and scores with covip's. The report records the protocol, the judge's prompt style and
+sampling settings, and how often the two parsers disagree on the run's judge outputs.
+
+Captions files: JSONL of ``{"id", "caption"}``, a JSON object ``{id: caption}`` (the authors' Qwen
+format), or ``{id: {"caption": caption}}`` (their Gemini format; a failed sample's ``[]`` reads as an
+empty caption).
+
 Outputs in ``out``: ``captions.jsonl``, ``judgments.jsonl`` (every question: polarity, correct letter, the
 judge's raw output and letter, right or wrong: the audit trail), ``capeval.json`` (everything, for
 scripts), ``capeval.png`` (bar chart), and with ``no_vision=True`` the same ``*_no_vision`` files.
@@ -44,10 +54,12 @@ from covip.sdk.errors import DataError, InputError
 from covip.training.data.loaders import load_capeval, load_testset_jsonl
 from covip.training.data.schema import MCQA, Sample, read_jsonl
 from covip.training.eval.common import JsonlStore, read_jsonl_records, run_meta, write_json, write_jsonl
+from covip.training.eval.protocols import DEFAULT_PROTOCOL, check_protocol
 from covip.training.eval.scoring import (
     BucketScore,
     QuestionRecord,
     format_table,
+    parser_disagreement,
     plot_scores,
     question_record,
     score_records,
@@ -148,9 +160,14 @@ def read_captions(path: str | Path) -> dict[str, str]:
             whole = json.loads(text)
         except json.JSONDecodeError:
             whole = None
-        if (isinstance(whole, dict) and whole and all(isinstance(v, str) for v in whole.values())
-                and not set(whole) & set(_CAPTION_ID_KEYS)):  # not a one-line JSONL record
-            return {str(k): v for k, v in whole.items()}
+        if isinstance(whole, dict) and whole and not set(whole) & set(_CAPTION_ID_KEYS):  # not one JSONL record
+            if all(isinstance(v, str) for v in whole.values()):  # the authors' Qwen format
+                return {str(k): v for k, v in whole.items()}
+            if all(isinstance(v, dict) and "caption" in v for v in whole.values()):  # their Gemini format
+                bad_keys = [k for k, v in whole.items() if not isinstance(v["caption"], (str, list))]
+                if bad_keys:
+                    raise DataError(f"{path}: the caption of {bad_keys[:3]} is neither text nor [] (a failed sample)")
+                return {str(k): v["caption"] if isinstance(v["caption"], str) else "" for k, v in whole.items()}
     records, bad = read_jsonl_records(path)
     out: dict[str, str] = {}
     for rec in records:
@@ -213,10 +230,12 @@ def generate_captions(items: Sequence[CapEvalItem], engine: Any, store_path: str
 
 
 def judge_captions(items: Sequence[CapEvalItem], captions: Mapping[str, str], judge: Any, *, batch: int = 64,
-                   progress: bool | None = None, desc: str = "judge") -> list[QuestionRecord]:
+                   progress: bool | None = None, desc: str = "judge",
+                   protocol: str = DEFAULT_PROTOCOL) -> list[QuestionRecord]:
     """Every question of every item judged from its caption; one :class:`QuestionRecord` per question."""
     from covip.training.judges import JudgeItem
 
+    protocol = check_protocol(protocol)
     missing = [it.id for it in items if it.id not in captions]
     if missing:
         raise DataError(f"no caption for {len(missing)} sample(s), e.g. {missing[:3]}")
@@ -228,10 +247,11 @@ def judge_captions(items: Sequence[CapEvalItem], captions: Mapping[str, str], ju
     try:
         for start in range(0, len(jobs), max(1, batch)):
             chunk = jobs[start:start + max(1, batch)]
-            outputs = judge.complete([JudgeItem(captions[it.id], qa) for it, qa, _ in chunk])
+            outputs = judge.complete([JudgeItem(captions[it.id], qa) for it, qa, _ in chunk], style=protocol)
             for (it, qa, pol), out in zip(chunk, outputs, strict=True):
                 records.append(question_record(it.id, qa.id, polarity=pol, n_present=it.n_present,
-                                               correct=qa.correct, judge_output=out, concept_index=qa.concept_index))
+                                               correct=qa.correct, judge_output=out, concept_index=qa.concept_index,
+                                               protocol=protocol))
             bar.update(len(chunk))
     finally:
         bar.close()
@@ -267,14 +287,19 @@ class CapEvalResult:
         return format_table(self.scores, title=self.report.get("title", ""))
 
 
-def _make_judge(judge: Any, out: Path, options: Mapping[str, Any] | None, cache: bool) -> tuple[Any, bool]:
+def _make_judge(judge: Any, out: Path, options: Mapping[str, Any] | None, cache: bool,
+                protocol: str = "strict") -> tuple[Any, bool]:
     from covip.training.judges import Judge, make_judge
+    from covip.training.judges.base import PAPER_JUDGE_MAX_TOKENS
 
     if isinstance(judge, Judge):
         return judge, False
     opts = dict(options or {})
-    if cache and str(judge).strip() != "lexical":
-        opts.setdefault("cache_path", str(out / "judge_cache.sqlite"))
+    if str(judge).strip() != "lexical":
+        if cache:
+            opts.setdefault("cache_path", str(out / "judge_cache.sqlite"))
+        if protocol == "paper":  # the authors' judge writes its reasoning first: no tight cap
+            opts.setdefault("max_tokens", PAPER_JUDGE_MAX_TOKENS)
     return make_judge(judge, **opts), True
 
 
@@ -283,9 +308,10 @@ def run_capeval(test: str | Path, *, out: str | Path, judge: Any = "lexical", mo
                 image_root: str | Path | None = None, no_vision: bool = False, limit: int | None = None,
                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, engine_options: Mapping[str, Any] | None = None,
                 judge_options: Mapping[str, Any] | None = None, judge_cache: bool = True, judge_batch: int = 64,
-                progress: bool | None = None) -> CapEvalResult:
+                progress: bool | None = None, protocol: str = DEFAULT_PROTOCOL) -> CapEvalResult:
     """Run CapEval-QAs end to end (see the module doc); ``model`` is a spec string or an Engine."""
     started = time.perf_counter()
+    protocol = check_protocol(protocol)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if (model is None) == (captions is None):
@@ -303,7 +329,7 @@ def run_capeval(test: str | Path, *, out: str | Path, judge: Any = "lexical", mo
             engine = owned_engine = make_engine(model, **dict(engine_options or {}))
         else:
             engine = model
-    the_judge, owned_judge = _make_judge(judge, out, judge_options, judge_cache)
+    the_judge, owned_judge = _make_judge(judge, out, judge_options, judge_cache, protocol)
     runs: dict[str, list[QuestionRecord]] = {}
     try:
         passes = [("vision", True)] + ([("no vision", False)] if no_vision else [])
@@ -317,7 +343,7 @@ def run_capeval(test: str | Path, *, out: str | Path, judge: Any = "lexical", mo
                 files["captions"] = str(captions)
                 caps = read_captions(captions)  # type: ignore[arg-type]
             runs[name] = judge_captions(items, caps, the_judge, batch=judge_batch, progress=progress,
-                                        desc="judge" + ("" if vision else " (no vision)"))
+                                        desc="judge" + ("" if vision else " (no vision)"), protocol=protocol)
             files[f"judgments{suffix}"] = str(out / f"judgments{suffix}.jsonl")
             questions = {(it.id, qa.id): qa.question for it in items for qa in (*it.pos_qas, *it.neg_qas)}
             write_jsonl(files[f"judgments{suffix}"], ({**r.to_dict(), "question": questions[(r.sample_id,
@@ -325,6 +351,7 @@ def run_capeval(test: str | Path, *, out: str | Path, judge: Any = "lexical", mo
                                                       for r in runs[name]))
         judge_id = getattr(the_judge, "model_id", type(the_judge).__name__)
         judge_stats = the_judge.stats.as_dict() if hasattr(the_judge, "stats") else {}
+        judge_sampling = the_judge.sampling_params() if hasattr(the_judge, "sampling_params") else {}
     finally:
         if owned_judge:
             the_judge.close()
@@ -338,6 +365,8 @@ def run_capeval(test: str | Path, *, out: str | Path, judge: Any = "lexical", mo
         "kind": "covip-eval-capeval", "title": title, "test": str(test), "capeval": str(capeval) if capeval else None,
         "model": model_id, "meaningless_model": bool(getattr(engine, "meaningless", False)),
         "captions": None if captions is None else str(captions), "judge": judge_id, "judge_stats": judge_stats,
+        "protocol": protocol, "judge_prompt": protocol, "judge_sampling": judge_sampling,
+        "parser_disagreement": {name: parser_disagreement(recs) for name, recs in runs.items()},
         "prompt_version": prompts.PROMPT_VERSION, "max_new_tokens": max_new_tokens if engine is not None else None,
         "n_samples": len(items), "n_questions": len(runs["vision"]),
         "scores": {name: scores_to_dict(s) for name, s in scores.items()},

@@ -23,9 +23,21 @@ def _progress_option(f):
                         help="Show progress bars (default: on a terminal).")(f)
 
 
+def _protocol_option(f):
+    return click.option("--protocol", type=click.Choice(["paper", "strict"]), default="paper", show_default=True,
+                        help="paper: the authors' judge prompt, layout and scoring rules (comparable with the "
+                             "paper's tables); strict: covip's stricter parsers (lone boxed letters, whole "
+                             "words).")(f)
+
+
 @click.group("eval")
 def eval_group() -> None:
     """Measure personalization quality: CapEval-QAs captions and downstream tasks with/without CAG.
+
+    \b
+    Both commands follow the paper's protocol by default (--protocol paper) and record the protocol, the
+    judge's prompt style and sampling settings in their JSON; --protocol strict selects covip's stricter
+    parsers. Both can score text made elsewhere without loading a model (--captions, --answers).
 
     \b
     Example:
@@ -33,6 +45,7 @@ def eval_group() -> None:
       covip eval capeval --test data/synth/test.jsonl --model tiny --judge lexical --out runs/eval
       covip eval downstream --task lsd --data data/synth/downstream_lsd.jsonl --model tiny --both \\
           --out runs/eval
+      covip eval downstream --task lsd --data hf:Yeongtak/lsd --answers my_answers.jsonl --out runs/lsd
     """
 
 
@@ -63,12 +76,13 @@ def eval_group() -> None:
 @click.option("--judge-batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="Questions per judge call (an HTTP judge sends them in parallel).")
 @click.option("--no-judge-cache", is_flag=True, help="Do not cache model-judge answers in <out>/judge_cache.sqlite.")
+@_protocol_option
 @_progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON instead of the table.")
 def capeval_cmd(test: Path, capeval: Path | None, captions: Path | None, model: str | None, judge_spec: str,
                 out_dir: Path, no_vision: bool, limit: int | None, image_root: Path | None, max_new_tokens: int,
                 engine_opt: tuple[str, ...], judge_opt: tuple[str, ...], judge_batch: int, no_judge_cache: bool,
-                progress: bool | None, as_json: bool) -> None:
+                protocol: str, progress: bool | None, as_json: bool) -> None:
     """CapEval-QAs: caption each test sample in its own context, judge every question, report Acc+ / Acc−.
 
     Acc+ = accuracy on questions about concepts present in the query image, Acc− = share of questions about
@@ -88,11 +102,14 @@ def capeval_cmd(test: Path, capeval: Path | None, captions: Path | None, model: 
                          image_root=image_root, no_vision=no_vision, limit=limit, max_new_tokens=max_new_tokens,
                          engine_options=parse_options(engine_opt, "--engine-opt"),
                          judge_options=parse_options(judge_opt, "--judge-opt"), judge_cache=not no_judge_cache,
-                         judge_batch=judge_batch, progress=progress)
+                         judge_batch=judge_batch, progress=progress, protocol=protocol)
     if as_json:
         click.echo(json.dumps(result.report, indent=1, default=str))
         return
     click.echo(result.table())
+    dis = result.report["parser_disagreement"]["vision"]
+    click.echo(f"protocol: {protocol}; the paper and strict parsers disagree on {dis['disagree']} of "
+               f"{dis['questions']} judge outputs")
     check = result.report.get("no_vision_check")
     if check:
         click.echo(f"no-vision shortcut check: {check['verdict']} ({check['rule']})")
@@ -103,10 +120,16 @@ def capeval_cmd(test: Path, capeval: Path | None, captions: Path | None, model: 
 
 @eval_group.command("downstream")
 @click.option("--task", required=True, type=click.Choice(["lsd", "lar", "itr"]),
-              help="lsd: last-seen place (token-set F1); lar: last action (judged); itr: planted code word.")
-@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Task file (JSON list or JSONL; fields images_context, dialogues_context, query_image, answer).")
-@click.option("--model", required=True, help="'tiny', a hub id, an HF folder or a GGUF export folder.")
+              help="lsd: last-seen place (token-set F1); lar: last action (judged); itr: planted instruction.")
+@click.option("--data", required=True,
+              help="Task file (JSON list or JSONL; fields images_context, dialogues_context, query_image, answer), "
+                   "'hf:Yeongtak/lsd' (the authors' set on the Hugging Face hub, optionally @split), or a "
+                   "downloaded dataset folder.")
+@click.option("--model", default=None, help="Answer with this model: 'tiny', a hub id, an HF folder or a GGUF "
+                                            "export folder.")
+@click.option("--answers", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help='Score these answers instead of running a model: JSONL of {"id", "answer"[, "mode"]}, a JSON '
+                   "object id -> answer, or a JSON list of answers in the data's order.")
 @click.option("--judge", "judge_spec", default=None, help=_JUDGE_HELP + " Needed for LAR.")
 @click.option("--no-cag", is_flag=True, help="Answer directly (without a caption first) only.")
 @click.option("--both", is_flag=True, help="With and without CAG, side by side.")
@@ -117,40 +140,56 @@ def capeval_cmd(test: Path, capeval: Path | None, captions: Path | None, model: 
               help="Folder image paths are relative to (default: the data file's folder).")
 @click.option("--max-new-tokens", "caption_tokens", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Caption pass budget (greedy).")
-@click.option("--answer-tokens", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Answer pass budget.")
+@click.option("--answer-tokens", type=click.IntRange(min=1), default=None,
+              help="Answer pass budget (default: 1024 with --protocol paper, 256 with strict).")
 @click.option("--greedy", is_flag=True, help="Greedy answers (default: the authors' sampling, seeded).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Base seed of the sampled answers.")
 @click.option("--engine-opt", multiple=True, metavar="KEY=VALUE", help="Engine setting (repeatable).")
 @click.option("--judge-opt", multiple=True, metavar="KEY=VALUE", help="Judge setting (repeatable).")
+@_protocol_option
 @_progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON instead of the table.")
-def downstream_cmd(task: str, data: Path, model: str, judge_spec: str | None, no_cag: bool, both: bool,
-                   out_dir: Path, limit: int | None, image_root: Path | None, caption_tokens: int,
-                   answer_tokens: int, greedy: bool, seed: int, engine_opt: tuple[str, ...],
-                   judge_opt: tuple[str, ...], progress: bool | None, as_json: bool) -> None:
+def downstream_cmd(task: str, data: str, model: str | None, answers: Path | None, judge_spec: str | None,
+                   no_cag: bool, both: bool, out_dir: Path, limit: int | None, image_root: Path | None,
+                   caption_tokens: int, answer_tokens: int | None, greedy: bool, seed: int,
+                   engine_opt: tuple[str, ...], judge_opt: tuple[str, ...], protocol: str, progress: bool | None,
+                   as_json: bool) -> None:
     """Downstream diagnostics (LSD, LAR, ITR) with CAG, without it (--no-cag), or both side by side (--both).
+
+    With --answers, scores answers produced elsewhere (no model is loaded).
 
     \b
     Example:
       covip eval downstream --task lar --data data/synth/downstream_lar.jsonl --model tiny \\
           --judge lexical --both --out runs/eval
+      covip eval downstream --task itr --data data/synth/downstream_itr.jsonl --answers answers.jsonl \\
+          --out runs/itr
     """
     from covip.training.eval.common import parse_options
     from covip.training.eval.downstream import run_downstream
 
     if both and no_cag:
         raise click.UsageError("--both already includes the run without CAG; pass one of them")
+    if (model is None) == (answers is None):
+        raise click.UsageError("pass --model (answer with a model) or --answers (score a file), not both or neither")
+    if answers is not None and (both or no_cag):
+        raise click.UsageError("--both/--no-cag choose what a model answers; with --answers the file's 'mode' "
+                               "fields say which answers are which")
+    if not data.startswith("hf:") and not Path(data).exists():
+        raise click.BadParameter(f"{data!r} does not exist (give a task file, a dataset folder or hf:REPO)",
+                                 param_hint="--data")
     modes = ("cag", "no_cag") if both else (("no_cag",) if no_cag else ("cag",))
     result = run_downstream(task, data, out=out_dir, model=model, judge=judge_spec, modes=modes,
                             image_root=image_root, limit=limit, caption_tokens=caption_tokens,
                             answer_tokens=answer_tokens, greedy=greedy, seed=seed,
                             engine_options=parse_options(engine_opt, "--engine-opt"),
-                            judge_options=parse_options(judge_opt, "--judge-opt"), progress=progress)
+                            judge_options=parse_options(judge_opt, "--judge-opt"), progress=progress,
+                            protocol=protocol, answers=answers)
     if as_json:
         click.echo(json.dumps(result.report, indent=1, default=str))
         return
     click.echo(result.table())
+    click.echo(f"protocol: {protocol}")
     if result.report.get("meaningless_model"):
         click.echo("note: the model has random weights; these numbers only show that the pipeline runs")
     click.echo(f"wrote {result.files['json']}, {result.files['png']} and {result.files['scored']}")

@@ -26,6 +26,20 @@ Metrics (one number per sample, averaged over samples):
 * **ITR** (instruction-triggered recall): 1 when the answer contains the planted code word (whole words,
   after the same normalization), else 0.
 
+Protocols (``protocol=``, :mod:`.protocols`). The metrics above are covip's ``strict`` protocol. The
+default, ``paper``, is the authors' (oyt9306/CoViP ``downstream/``): their questions
+(:data:`~covip.training.data.downstream.PAPER_QUESTIONS`, in our words: LSD asks for ``//boxed{}``), their
+second-pass layout (:func:`covip.sdk.prompts.paper_answer_messages`: the captioning instruction as the system
+turn for LSD/LAR, :data:`~covip.sdk.prompts.PERSONALIZATION_PROMPT` for ITR; without CAG, the
+personalization prompt as system turn for LAR/ITR and none for LSD), answers of up to 1,024 tokens, and their
+scoring: LSD reads the last ``//boxed{}`` with set-of-whitespace-token F1, LAR's judge compares with the
+record's ``last_action`` and counts a verdict containing "correct", ITR counts answers containing the
+placeholder name (``SKS`` in their data, the code word in the synthetic data) case-sensitively.
+
+Scoring only (``answers=``): answers made elsewhere (another engine, vLLM) are scored without loading a
+model: a JSONL of ``{"id", "answer"}`` (optionally ``"mode"``: ``cag``/``no_cag``), a JSON object
+``{id: answer}``, or the authors' JSON list of response strings in the data file's order.
+
 Outputs in ``out``: ``answers_<task>.jsonl`` (resumable raw answers and captions keyed by sample id and
 mode), ``scored_<task>.jsonl`` (per sample and mode: the score and, for LAR, the judge's output),
 ``downstream_<task>.json`` and ``downstream_<task>.png`` (with vs without CAG).
@@ -44,22 +58,37 @@ from pathlib import Path
 from typing import Any
 
 from covip.sdk import prompts
-from covip.sdk.errors import InputError
-from covip.training.data.downstream import TASKS, DownstreamSample, load_downstream
+from covip.sdk.errors import DataError, InputError
+from covip.training.data.downstream import (
+    DEFAULT_QUESTIONS,
+    PAPER_QUESTIONS,
+    TASKS,
+    DownstreamSample,
+    load_downstream,
+)
 from covip.training.eval.common import JsonlStore, run_meta, write_json, write_jsonl
+from covip.training.eval.protocols import (
+    DEFAULT_PROTOCOL,
+    check_protocol,
+    paper_itr_score,
+    paper_lar_correct,
+    paper_lsd_score,
+)
 from covip.training.rewards import parse_boxed
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MODES", "METRICS", "tokens", "token_set_f1", "lsd_score", "itr_score", "lar_lexical_correct",
-           "lar_judge_messages", "parse_verdict", "DownstreamResult", "run_downstream", "answer_sample"]
+           "lar_judge_messages", "paper_lar_judge_messages", "parse_verdict", "DownstreamResult", "run_downstream",
+           "answer_sample", "question_for", "read_answers"]
 
-MODES = ("cag", "no_cag")
-MODE_LABELS = {"cag": "with CAG", "no_cag": "without CAG"}
+MODES = ("cag", "no_cag", "given")
+MODE_LABELS = {"cag": "with CAG", "no_cag": "without CAG", "given": "given answers"}
 METRICS = {"lsd": "token-set F1 of the boxed place", "lar": "judged Correct (share)",
            "itr": "code word present (share)"}
 DEFAULT_CAPTION_TOKENS = 1024
 DEFAULT_ANSWER_TOKENS = 256
+PAPER_ANSWER_TOKENS = 1024
 _ARTICLES = frozenset({"a", "an", "the"})
 _FUNCTION_WORDS = _ARTICLES | frozenset({"my", "to", "of", "on", "in", "at", "and", "for", "with", "by", "i", "was",
                                          "some", "up"})
@@ -114,6 +143,23 @@ def lar_lexical_correct(answer: str, references: Sequence[str]) -> bool:
     return False
 
 
+_PAPER_LAR_USER = (
+    "You are an impartial grader. Decide whether a personal assistant's response to the user's question is "
+    "Correct or Wrong compared with what the user actually said.\n"
+    "Correct: the response carries the core information of what the user said; other words, a paraphrase "
+    "or extra detail are fine.\n"
+    "Wrong: the core information is missing or contradicted, or the response is vague or beside the point.\n"
+    "Ignore style and length. Reply with one word: Correct or Wrong.\n\n"
+    "Question: {question}\nWhat the user said: \"{reference}\"\nResponse: {answer}"
+)
+
+
+def paper_lar_judge_messages(question: str, reference: str, answer: str) -> list[dict[str, str]]:
+    """The LAR judge chat of the paper protocol: one user turn, a one-word verdict (our wording)."""
+    return [{"role": "user", "content": _PAPER_LAR_USER.format(question=question.strip(),
+                                                                 reference=reference.strip(), answer=answer.strip())}]
+
+
 def lar_judge_messages(question: str, reference: str, answer: str) -> list[dict[str, str]]:
     """The Correct/Wrong chat an LLM judge gets for one LAR answer."""
     user = _LAR_USER.format(question=question.strip(), reference=reference.strip(), answer=answer.strip() or "(empty)")
@@ -137,10 +183,25 @@ def _seed(sample_id: str, mode: str, base: int) -> int:
     return int(hashlib.sha256(f"{base}:{sample_id}:{mode}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
+def question_for(sample: DownstreamSample, protocol: str) -> str:
+    """The question asked: the record's own, else the protocol's default question of the task."""
+    if protocol == "paper" and sample.question == DEFAULT_QUESTIONS[sample.task]:
+        return PAPER_QUESTIONS[sample.task]
+    return sample.question
+
+
+def _paper_system(task: str, mode: str) -> str | None:
+    """The system turn of the paper's answer pass (see the module doc)."""
+    if mode == "cag":
+        return prompts.PERSONALIZATION_PROMPT if task == "itr" else prompts.CAPTION_INSTRUCTION
+    return None if task == "lsd" else prompts.PERSONALIZATION_PROMPT
+
+
 def answer_sample(engine: Any, sample: DownstreamSample, mode: str, *, caption_config: Any,
-                  answer_config: Any) -> dict[str, Any]:
+                  answer_config: Any, protocol: str = "strict") -> dict[str, Any]:
     """Answer one sample in one mode: ``{"answer", "caption", tokens and timings}``."""
     entries = _entries(sample)
+    question = question_for(sample, protocol)
     t0 = time.perf_counter()
     caption = None
     info: dict[str, Any] = {}
@@ -148,11 +209,19 @@ def answer_sample(engine: Any, sample: DownstreamSample, mode: str, *, caption_c
         cap = engine.generate(prompts.caption_messages(entries, sample.query_image), caption_config)
         caption = cap.text  # kept as generated: the answer pass then continues the caption pass's KV cache
         info["caption_tokens"] = cap.completion_tokens
-        messages = prompts.answer_messages(entries, sample.query_image, caption, sample.question)
+        if protocol == "paper":
+            messages = prompts.paper_answer_messages(entries, sample.query_image, caption, question,
+                                                     system=_paper_system(sample.task, mode))
+        else:
+            messages = prompts.answer_messages(entries, sample.query_image, caption, question)
     elif mode == "no_cag":
-        messages = prompts.direct_messages(entries, sample.query_image, sample.question)
+        if protocol == "paper":
+            messages = prompts.paper_direct_messages(entries, sample.query_image, question,
+                                                     system=_paper_system(sample.task, mode))
+        else:
+            messages = prompts.direct_messages(entries, sample.query_image, question)
     else:
-        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
+        raise InputError(f"mode must be 'cag' or 'no_cag', got {mode!r}")
     gen = engine.generate(messages, answer_config)
     info.update(answer_tokens=gen.completion_tokens, answer_cached_tokens=gen.cached_tokens,
                 seconds=round(time.perf_counter() - t0, 3))
@@ -180,28 +249,83 @@ class DownstreamResult:
         return "\n".join(line for line in lines if line)
 
 
-def _grade(task: str, rows: list[dict[str, Any]], judge: Any) -> None:
+def _grade(task: str, rows: list[dict[str, Any]], judge: Any, protocol: str) -> None:
     """Add ``score`` (and judge fields) to each answer row in place."""
     if task == "lsd":
         for r in rows:
-            r["score"], r["boxed"] = lsd_score(r["answer"], r["references"])
+            scorer = paper_lsd_score if protocol == "paper" else lsd_score
+            r["score"], r["boxed"] = scorer(r["answer"], r["references"])
             r["score"] = round(r["score"], 6)
     elif task == "itr":
         for r in rows:
-            r["score"] = float(itr_score(r["answer"], r["references"]))
+            ok = paper_itr_score(r["answer"], r["placeholders"]) if protocol == "paper" \
+                else itr_score(r["answer"], r["references"])
+            r["score"] = float(ok)
     else:
         from covip.training.judges import LexicalJudge
 
         if isinstance(judge, LexicalJudge):
             for r in rows:
-                r["score"] = float(lar_lexical_correct(r["answer"], r["references"]))
+                r["score"] = float(lar_lexical_correct(r["answer"], r["judge_references"]))
                 r["judge"] = "lexical"
             return
-        prompts_ = [lar_judge_messages(r["question"], r["references"][0], r["answer"]) for r in rows]
+        build = paper_lar_judge_messages if protocol == "paper" else lar_judge_messages
+        prompts_ = [build(r["question"], r["judge_references"][0], r["answer"]) for r in rows]
         outputs = judge.complete_messages(prompts_) if prompts_ else []
         for r, out in zip(rows, outputs, strict=True):
             r["judge_output"] = out
-            r["score"] = float(parse_verdict(out))
+            r["score"] = float(paper_lar_correct(out) if protocol == "paper" else parse_verdict(out))
+
+
+def read_answers(path: str | Path, samples: Sequence[DownstreamSample]) -> dict[tuple[str, str], str]:
+    """Answers made elsewhere, keyed by (sample id, mode); formats in the module doc."""
+    import json
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read the answers file {path} ({exc.strerror or exc})") from None
+    ids = [s.id for s in samples]
+    out: dict[tuple[str, str], str] = {}
+    stripped = text.lstrip()
+    whole: Any = None
+    if stripped.startswith(("[", "{")):
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None  # maybe JSONL
+    if isinstance(whole, list):
+        if len(whole) != len(ids) or not all(isinstance(a, str) for a in whole):
+            raise DataError(f"{path}: a JSON list of answers must hold one string per sample of the data "
+                            f"({len(ids)}), in the data's order; got {len(whole)} item(s)")
+        return {(sid, "given"): a for sid, a in zip(ids, whole)}
+    if isinstance(whole, dict) and "answer" not in whole:
+        records = [{"id": k, "answer": v} for k, v in whole.items()]
+    else:
+        records = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg}); expected "
+                                f'{{"id": ..., "answer": ...}} per line') from None
+    known = set(ids)
+    for i, rec in enumerate(records, start=1):
+        if not isinstance(rec, dict) or not isinstance(rec.get("answer"), str) or "id" not in rec:
+            raise DataError(f"{path}: record {i} is not {{\"id\": ..., \"answer\": \"...\"}}")
+        mode = str(rec.get("mode") or "given")
+        if mode not in MODES:
+            raise DataError(f"{path}: record {i} has mode {mode!r}; use one of {list(MODES)}")
+        sid = str(rec["id"])
+        if sid not in known:
+            raise DataError(f"{path}: record {i} answers sample {sid!r}, which is not in the data file")
+        out[(sid, mode)] = rec["answer"]
+    if not out:
+        raise DataError(f"{path}: no answers")
+    return out
 
 
 def _plot(task: str, scores: Mapping[str, Mapping[str, Any]], path: Path, title: str) -> None:
@@ -223,31 +347,49 @@ def _plot(task: str, scores: Mapping[str, Mapping[str, Any]], path: Path, title:
     plt.close(fig)
 
 
-def run_downstream(task: str, data: str | Path, *, out: str | Path, model: Any, judge: Any = None,
+def _references(sample: DownstreamSample, protocol: str) -> dict[str, list[str]]:
+    """What each scorer compares with: references, the LAR judge's reference, the ITR placeholders."""
+    judge_ref = [sample.last_action] if protocol == "paper" and sample.last_action else list(sample.answers)
+    placeholder = sample.meta.get("placeholder") if isinstance(sample.meta, Mapping) else None
+    placeholders = [str(placeholder)] if placeholder else list(sample.answers)
+    return {"references": list(sample.answers), "judge_references": judge_ref, "placeholders": placeholders}
+
+
+def run_downstream(task: str, data: str | Path, *, out: str | Path, model: Any = None, judge: Any = None,
                    modes: Sequence[str] = ("cag",), image_root: str | Path | None = None, limit: int | None = None,
-                   caption_tokens: int = DEFAULT_CAPTION_TOKENS, answer_tokens: int = DEFAULT_ANSWER_TOKENS,
+                   caption_tokens: int = DEFAULT_CAPTION_TOKENS, answer_tokens: int | None = None,
                    greedy: bool = False, seed: int = 0, engine_options: Mapping[str, Any] | None = None,
-                   judge_options: Mapping[str, Any] | None = None, progress: bool | None = None) -> DownstreamResult:
-    """Answer a downstream task file in the given modes and score it (see the module doc)."""
+                   judge_options: Mapping[str, Any] | None = None, progress: bool | None = None,
+                   protocol: str = DEFAULT_PROTOCOL, answers: str | Path | None = None) -> DownstreamResult:
+    """Answer a downstream task file in the given modes and score it, or score ``answers`` (see the module doc)."""
     from tqdm.auto import tqdm
 
     from covip.sdk.cag import CagConfig
     from covip.sdk.engines.base import GenerationConfig
 
     started = time.perf_counter()
+    protocol = check_protocol(protocol)
     if task not in TASKS:
         raise InputError(f"--task must be one of {list(TASKS)}, got {task!r}")
-    modes = [m for m in MODES if m in set(modes)]
-    if not modes:
-        raise InputError(f"modes must be among {MODES}")
+    if (model is None) == (answers is None):
+        raise InputError("give exactly one of --model (answer with an engine) or --answers (score a file of answers)")
+    if answers is None:
+        modes = [m for m in MODES[:2] if m in set(modes)]
+        if not modes:
+            raise InputError("modes must be among ('cag', 'no_cag')")
     if task == "lar" and judge is None:
         raise InputError("LAR is graded by a judge: pass --judge ('lexical' for the synthetic data, an LLM judge "
                          "such as 'http://host:8000/v1' otherwise)")
+    if answer_tokens is None:
+        answer_tokens = PAPER_ANSWER_TOKENS if protocol == "paper" else DEFAULT_ANSWER_TOKENS
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     samples = load_downstream(data, task, image_root=image_root)[:limit]
     if not samples:
         raise InputError(f"{data}: no {task} samples")
+    given = read_answers(answers, samples) if answers is not None else None
+    if given is not None:
+        modes = [m for m in MODES if any(k[1] == m for k in given)]
     from covip.sdk.engines.factory import make_engine
     from covip.training.judges import Judge, make_judge
 
@@ -259,6 +401,10 @@ def run_downstream(task: str, data: str | Path, *, out: str | Path, model: Any, 
             opts = dict(judge_options or {})
             if str(judge).strip() != "lexical":
                 opts.setdefault("cache_path", str(out / "judge_cache.sqlite"))
+                if protocol == "paper":
+                    from covip.training.judges.base import PAPER_JUDGE_MAX_TOKENS
+
+                    opts.setdefault("max_tokens", PAPER_JUDGE_MAX_TOKENS)
             the_judge = make_judge(judge, **opts)
     caption_config = GenerationConfig(max_new_tokens=caption_tokens, temperature=0.0)
     answer_base = replace(CagConfig().answer, max_new_tokens=answer_tokens)
@@ -268,27 +414,41 @@ def run_downstream(task: str, data: str | Path, *, out: str | Path, model: Any, 
              "json": str(out / f"downstream_{task}.json"), "png": str(out / f"downstream_{task}.png")}
     engine = None
     try:
-        engine = make_engine(model, **dict(engine_options or {})) if isinstance(model, str) else model
-        expect = {"model": engine.model_id, "prompt_version": prompts.PROMPT_VERSION,
-                  "caption_tokens": caption_tokens, "answer_tokens": answer_tokens, "greedy": greedy, "seed": seed}
-        store = JsonlStore(files["answers"], key="key", expect=expect)
-        jobs = [(s, m) for s in samples for m in modes]
-        todo = [(s, m) for s, m in jobs if f"{s.id}|{m}" not in store]
-        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"{task} answers", unit="answer",
-                   disable=None if progress is None else not progress)
-        try:
-            for s, m in todo:
-                cfg = answer_base if greedy else replace(answer_base, seed=_seed(s.id, m, seed))
-                res = answer_sample(engine, s, m, caption_config=caption_config, answer_config=cfg)
-                store.add({"key": f"{s.id}|{m}", "id": s.id, "mode": m, **expect, **res})
-                bar.update(1)
-        finally:
-            bar.close()
-        rows = [{"id": s.id, "mode": m, "question": s.question, "references": list(s.answers),
-                 "answer": store.get(f"{s.id}|{m}")["answer"]} for s, m in jobs]  # type: ignore[index]
-        _grade(task, rows, the_judge)
+        if given is not None:
+            files["answers"] = str(answers)
+            answer_of = {f"{sid}|{m}": a for (sid, m), a in given.items()}
+            jobs = [(s, m) for s in samples for m in modes if f"{s.id}|{m}" in answer_of]
+            missing = len(samples) * len(modes) - len(jobs)
+            if missing:
+                log.warning("%s: %d sample/mode pair(s) have no answer and are not scored", answers, missing)
+            if not jobs:
+                raise DataError(f"{answers}: none of its answers belongs to a sample of {data}")
+        else:
+            engine = make_engine(model, **dict(engine_options or {})) if isinstance(model, str) else model
+            expect = {"model": engine.model_id, "prompt_version": prompts.PROMPT_VERSION, "protocol": protocol,
+                      "caption_tokens": caption_tokens, "answer_tokens": answer_tokens, "greedy": greedy,
+                      "seed": seed}
+            store = JsonlStore(files["answers"], key="key", expect=expect)
+            jobs = [(s, m) for s in samples for m in modes]
+            todo = [(s, m) for s, m in jobs if f"{s.id}|{m}" not in store]
+            bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"{task} answers", unit="answer",
+                       disable=None if progress is None else not progress)
+            try:
+                for s, m in todo:
+                    cfg = answer_base if greedy else replace(answer_base, seed=_seed(s.id, m, seed))
+                    res = answer_sample(engine, s, m, caption_config=caption_config, answer_config=cfg,
+                                        protocol=protocol)
+                    store.add({"key": f"{s.id}|{m}", "id": s.id, "mode": m, **expect, **res})
+                    bar.update(1)
+            finally:
+                bar.close()
+            answer_of = {f"{s.id}|{m}": store.get(f"{s.id}|{m}")["answer"] for s, m in jobs}  # type: ignore[index]
+        rows = [{"id": s.id, "mode": m, "question": question_for(s, protocol), **_references(s, protocol),
+                 "answer": answer_of[f"{s.id}|{m}"]} for s, m in jobs]
+        _grade(task, rows, the_judge, protocol)
         judge_id = getattr(the_judge, "model_id", None) if the_judge is not None else None
         judge_stats = the_judge.stats.as_dict() if the_judge is not None else None
+        judge_sampling = the_judge.sampling_params() if the_judge is not None else None
     finally:
         if the_judge is not None and not isinstance(judge, Judge):
             the_judge.close()
@@ -298,20 +458,29 @@ def run_downstream(task: str, data: str | Path, *, out: str | Path, model: Any, 
     scores: dict[str, dict[str, Any]] = {}
     for m in modes:
         mine = [r for r in rows if r["mode"] == m]
+        if not mine:
+            continue
         scores[m] = {"score": round(sum(r["score"] for r in mine) / len(mine), 6), "n": len(mine)}
         if task == "lsd":
             scores[m]["boxed_rate"] = round(sum(r["boxed"] for r in mine) / len(mine), 6)
-    title = f"{task.upper()}: {Path(data).name}, {len(samples)} samples; model {engine.model_id}" + (
+    modes = list(scores)
+    source = engine.model_id if engine is not None else f"answers {Path(str(answers)).name}"
+    title = f"{task.upper()} ({protocol} protocol): {Path(str(data)).name}, {len(samples)} samples; {source}" + (
         f"; judge {judge_id}" if judge_id else "")
     report: dict[str, Any] = {
         "kind": "covip-eval-downstream", "title": title, "task": task, "metric": METRICS[task], "data": str(data),
-        "model": engine.model_id, "meaningless_model": bool(getattr(engine, "meaningless", False)),
-        "judge": judge_id, "judge_stats": judge_stats, "modes": modes, "scores": scores,
-        "cag_minus_no_cag": round(scores["cag"]["score"] - scores["no_cag"]["score"], 6) if len(modes) == 2 else None,
-        "generation": {"caption": {"max_new_tokens": caption_tokens, "temperature": 0.0},
-                       "answer": {k: getattr(answer_base, k) for k in ("max_new_tokens", "temperature", "top_p",
-                                                                       "top_k", "presence_penalty")},
-                       "seed": None if greedy else seed},
+        "protocol": protocol, "model": engine.model_id if engine is not None else None,
+        "answers": None if answers is None else str(answers),
+        "meaningless_model": bool(getattr(engine, "meaningless", False)),
+        "judge": judge_id, "judge_stats": judge_stats, "judge_sampling": judge_sampling, "modes": modes,
+        "scores": scores,
+        "cag_minus_no_cag": round(scores["cag"]["score"] - scores["no_cag"]["score"], 6)
+        if {"cag", "no_cag"} <= set(scores) else None,
+        "generation": None if engine is None else {
+            "caption": {"max_new_tokens": caption_tokens, "temperature": 0.0},
+            "answer": {k: getattr(answer_base, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k",
+                                                            "presence_penalty")},
+            "seed": None if greedy else seed, "layout": "paper" if protocol == "paper" else "prefix-reuse"},
         "prompt_version": prompts.PROMPT_VERSION, "n_samples": len(samples),
         "files": files, "meta": run_meta(), "elapsed_s": round(time.perf_counter() - started, 3),
     }

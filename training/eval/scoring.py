@@ -13,6 +13,10 @@ negative one.
 * Buckets: samples grouped by their number of present concepts (1, 2, 3, 4 in the authors' test set; any
   other count gets its own bucket), plus ``overall`` (all questions).
 * A bucket without questions of one polarity reports that accuracy as None (shown as "-").
+
+Right or wrong depends on the protocol (:mod:`.protocols`): ``paper`` (the default) reads the judge's first
+box and counts the expected letter occurring in it, as the authors' code does; ``strict`` reads a lone
+letter (hedges = D). Every record carries both verdicts, so a run reports how often they disagree.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from covip.sdk.errors import InputError
+from covip.training.eval.protocols import check_protocol, paper_judge_right
 from covip.training.rewards import judge_letter
 
-__all__ = ["QuestionRecord", "BucketScore", "question_record", "score_records", "BUCKETS", "format_table"]
+__all__ = ["QuestionRecord", "BucketScore", "question_record", "score_records", "BUCKETS", "format_table",
+           "parser_disagreement"]
 
 BUCKETS = ("1", "2", "3", "4")
 """Buckets always shown (the authors' test set holds 1 to 4 present concepts per sample)."""
@@ -43,26 +49,43 @@ class QuestionRecord:
     correct: str
     judge_output: str
     answer: str
-    """The judge's letter read from ``judge_output`` (unparsable = D)."""
+    """The judge's letter read from ``judge_output`` by the strict parser (unparsable or hedged = D)."""
+    protocol: str = "paper"
+    """Which rule :attr:`right` applies (``paper`` or ``strict``)."""
+
+    @property
+    def expected(self) -> str:
+        """The letter a right answer gives: the correct option, or D for a negative question."""
+        return "D" if self.polarity == "neg" else self.correct
+
+    @property
+    def right_strict(self) -> bool:
+        return self.answer == self.expected
+
+    @property
+    def right_paper(self) -> bool:
+        return paper_judge_right(self.judge_output, self.expected)
 
     @property
     def right(self) -> bool:
-        return self.answer == ("D" if self.polarity == "neg" else self.correct)
+        return self.right_paper if self.protocol == "paper" else self.right_strict
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "right": self.right}
+        return {**asdict(self), "right": self.right, "right_strict": self.right_strict,
+                "right_paper": self.right_paper}
 
 
 def question_record(sample_id: str, question_id: str, *, polarity: str, n_present: int, correct: str,
-                    judge_output: str, concept_index: int | None = None) -> QuestionRecord:
+                    judge_output: str, concept_index: int | None = None, protocol: str = "paper") -> QuestionRecord:
     """Build a :class:`QuestionRecord`, reading the judge's letter from its raw output (unparsable = D)."""
+    protocol = check_protocol(protocol)
     if polarity not in ("pos", "neg"):
         raise InputError(f"polarity must be 'pos' or 'neg', got {polarity!r}")
     correct = "D" if polarity == "neg" else str(correct).strip().upper()
     if correct not in ("A", "B", "C", "D"):
         raise InputError(f"question {question_id!r} of sample {sample_id!r}: correct letter {correct!r} is not A-D")
     return QuestionRecord(str(sample_id), str(question_id), concept_index, polarity, int(n_present), correct,
-                          str(judge_output or ""), judge_letter(judge_output))
+                          str(judge_output or ""), judge_letter(judge_output), protocol)
 
 
 @dataclass
@@ -98,7 +121,7 @@ def score_records(records: Iterable[QuestionRecord | Mapping[str, Any]]) -> dict
     samples: dict[str, set[str]] = {}
     for rec in records:
         if isinstance(rec, Mapping):
-            rec = QuestionRecord(**{k: rec[k] for k in QuestionRecord.__dataclass_fields__})
+            rec = QuestionRecord(**{k: rec[k] for k in QuestionRecord.__dataclass_fields__ if k in rec})
         key = str(rec.n_present)
         b = buckets.setdefault(key, BucketScore())
         for s in (b, overall):
@@ -115,6 +138,17 @@ def score_records(records: Iterable[QuestionRecord | Mapping[str, Any]]) -> dict
     ordered = {k: buckets[k] for k in sorted(buckets, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0))}
     ordered["overall"] = overall
     return ordered
+
+
+def parser_disagreement(records: Iterable[QuestionRecord]) -> dict[str, Any]:
+    """How often the paper and strict parsers judge a question differently (count, share, by direction)."""
+    records = list(records)
+    paper_only = sum(r.right_paper and not r.right_strict for r in records)
+    strict_only = sum(r.right_strict and not r.right_paper for r in records)
+    n = len(records)
+    return {"questions": n, "disagree": paper_only + strict_only,
+            "share": round((paper_only + strict_only) / n, 6) if n else None,
+            "right_only_under_paper": paper_only, "right_only_under_strict": strict_only}
 
 
 def _pct(x: float | None) -> str:

@@ -45,6 +45,8 @@ __all__ = [
     "CANNOT_DETERMINE_TEXT",
     "JUDGE_PROMPT_VERSION",
     "JUDGE_SYSTEM_PROMPT",
+    "JUDGE_STYLES",
+    "PAPER_JUDGE_MAX_TOKENS",
     "judge_messages",
     "ConfigMixin",
     "check_sampling",
@@ -65,6 +67,21 @@ _USER_TEMPLATE = (
     "Question: {question}\n"
     "{options}\n\n"
     "Reply with the letter of your choice inside \\boxed{{}}, for example \\boxed{{B}}."
+)
+JUDGE_STYLES = ("strict", "paper")
+"""``strict``: the judge replies with a lone boxed letter (training rewards, covip's evaluation protocol).
+``paper``: as the authors' CapEval judge, it may reason briefly first and ends with its boxed letter."""
+PAPER_JUDGE_MAX_TOKENS = 4096
+"""Token budget of a ``paper``-style judge: the authors set no cap (their server's context was 8,192)."""
+_PAPER_USER_TEMPLATE = (
+    "Read the description, then answer the multiple-choice question about it using only what the "
+    "description says; do not bring in outside knowledge. Choose A, B or C only when the description "
+    "clearly supports it; otherwise choose D.\n\n"
+    "Description:\n{caption}\n\n"
+    "Question: {question}\n"
+    "{options}\n\n"
+    "Think it over in a few sentences, then finish with a line of the form Answer: \\boxed{{X}}, where X is "
+    "a single letter."
 )
 
 
@@ -136,13 +153,18 @@ class JudgeItem:
         object.__setattr__(self, "question", MCQA.coerce(self.question))
 
 
-def judge_messages(item: JudgeItem) -> list[dict[str, str]]:
-    """The chat messages for one item: a system turn with the rules, a user turn with caption + question."""
+def judge_messages(item: JudgeItem, style: str = "strict") -> list[dict[str, str]]:
+    """The chat for one item. ``strict``: a system turn with the rules and a user turn with caption +
+    question, answered by a lone boxed letter; ``paper``: one user turn, brief reasoning allowed, as the
+    authors' CapEval judge is asked (their wording is not reproduced)."""
     q = item.question
     options = "\n".join(f"{k}. {q.options[k]}" for k in OPTION_LETTERS)
-    user = _USER_TEMPLATE.format(caption=item.caption.strip() or "(empty)", question=q.question.strip(),
-                                 options=options)
-    return [{"role": "system", "content": JUDGE_SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    fields_ = dict(caption=item.caption.strip() or "(empty)", question=q.question.strip(), options=options)
+    if style == "paper":
+        return [{"role": "user", "content": _PAPER_USER_TEMPLATE.format(**fields_)}]
+    if style != "strict":
+        raise InputError(f"judge style must be one of {list(JUDGE_STYLES)}, got {style!r}")
+    return [{"role": "system", "content": JUDGE_SYSTEM_PROMPT}, {"role": "user", "content": _USER_TEMPLATE.format(**fields_)}]
 
 
 def check_sampling(owner: str, temperature: float, top_p: float, top_k: int | None, max_tokens: int) -> None:
@@ -241,10 +263,11 @@ class Judge(ABC):
         outputs = self.complete(items)
         return [judge_letter(t) for t in outputs]
 
-    def complete(self, items: Sequence[JudgeItem]) -> list[str]:
-        """The judge's raw output text for each item (cached ones come from the cache)."""
+    def complete(self, items: Sequence[JudgeItem], style: str = "strict") -> list[str]:
+        """The judge's raw output text for each item (cached ones come from the cache); ``style`` picks the
+        judge prompt (:data:`JUDGE_STYLES`)."""
         items = [it if isinstance(it, JudgeItem) else _coerce_item(it) for it in items]
-        return self.complete_messages([judge_messages(it) for it in items])
+        return self.complete_messages([judge_messages(it, style) for it in items])
 
     def complete_messages(self, prompts: Sequence[list[dict[str, str]]]) -> list[str]:
         """Raw outputs for ready-made chat prompts (other grading tasks, e.g. a Correct/Wrong check), with the

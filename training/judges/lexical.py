@@ -44,8 +44,8 @@ class LexicalJudge(Judge):
     def _generate(self, prompts, seeds):  # pragma: no cover - complete() is overridden
         raise NotImplementedError
 
-    def complete(self, items: Sequence[JudgeItem]) -> list[str]:
-        """``\\boxed{X}`` for each item (the same format an LLM judge writes)."""
+    def complete(self, items: Sequence[JudgeItem], style: str = "strict") -> list[str]:
+        """``\\boxed{X}`` for each item (the same format an LLM judge writes; the same in both styles)."""
         return [f"\\boxed{{{letter}}}" for letter in self.answer(items)]
 
     def answer(self, items: Sequence[JudgeItem]) -> list[str]:
