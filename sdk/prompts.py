@@ -1,10 +1,11 @@
 """The one place the CoViP prompt layout lives; training and inference both build their chats here.
 
-Layouts (COVIP_FACTS.md, "Prompt layout"):
+Layouts (the paper's prompt layout; the authors' repository oyt9306/CoViP):
 
 * captioning: per context item i (1-based) a ``===== Dialogue i =====`` header, the item's image, its
-  dialogue and a blank line; then the query header (``New Image`` at inference; training draws among
-  ``Query Image`` / ``Target Image`` / ``New Image``), the query image, the captioning instruction;
+  dialogue and a blank line; then the query header (``New Image`` at inference; training draws
+  ``Query Image`` / ``Target Image`` / ``New Image`` with odds 1/2, 1/4, 1/4), the query image, the
+  captioning instruction;
 * recognition: per concept i (0-based, the same numbers the answer uses) a ``===== Concept i =====``
   header and its image; the instruction; the query image; answer ``\\boxed{[0, 2]}``;
 * verification (yes/no): image 1, image 2, the question about a named object;
@@ -33,6 +34,7 @@ from covip.sdk.errors import InputError
 __all__ = [
     "PROMPT_VERSION",
     "QUERY_HEADERS",
+    "QUERY_HEADER_WEIGHTS",
     "INFERENCE_QUERY_HEADER",
     "CAPTION_INSTRUCTION",
     "RECOGNITION_INSTRUCTION",
@@ -53,6 +55,8 @@ __all__ = [
 
 PROMPT_VERSION = "covip-prompts-1"
 QUERY_HEADERS = ("Query Image", "Target Image", "New Image")
+QUERY_HEADER_WEIGHTS = (2, 1, 1)
+"""Training draws the query header per fetch with odds 1/2, 1/4, 1/4, as the authors' data loader does."""
 INFERENCE_QUERY_HEADER = "New Image"
 
 CAPTION_INSTRUCTION = """\
@@ -126,7 +130,8 @@ def concept_header(i: int) -> str:
 
 def _query_header(header: str | None, rng: random.Random | None) -> str:
     if header is None:
-        header = rng.choice(QUERY_HEADERS) if rng is not None else INFERENCE_QUERY_HEADER
+        header = rng.choices(QUERY_HEADERS, weights=QUERY_HEADER_WEIGHTS)[0] if rng is not None \
+            else INFERENCE_QUERY_HEADER
     if header not in QUERY_HEADERS:
         raise InputError(f"query header must be one of {QUERY_HEADERS}, not {header!r}")
     return f"===== {header} =====\n"

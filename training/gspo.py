@@ -255,6 +255,10 @@ def grpo_args(config: GspoConfig, output_dir: Path) -> Any:
     )
     if g.vllm_server_base_url:
         kwargs["vllm_server_base_url"] = g.vllm_server_base_url
+    import dataclasses
+
+    if "max_prompt_length" in {f.name for f in dataclasses.fields(GRPOConfig)}:  # trl 0.24/0.25: 512 by default
+        kwargs["max_prompt_length"] = g.max_prompt_length
     kwargs.update(g.extra_args)
     return trl_args(GRPOConfig, kwargs, "gspo.extra_args", "GSPO")
 

@@ -38,6 +38,7 @@ from covip.training.config_io import config_from_dict, config_to_dict, read_yaml
 __all__ = [
     "BUNDLED_CONFIG_DIR",
     "DEFAULT_LORA_TARGET_REGEX",
+    "PAPER_LORA_TARGET_REGEX",
     "VISION_MODULE_NAMES",
     "SAMPLE_TYPES",
     "ModelSection",
@@ -58,6 +59,9 @@ BUNDLED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_LORA_TARGET_REGEX = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 """Every attention and MLP projection of the language model's decoder layers (transformers 5 names), and
 nothing else: the vision tower (``model.visual``), its merger, the embeddings and lm_head are left alone."""
+PAPER_LORA_TARGET_REGEX = DEFAULT_LORA_TARGET_REGEX + r"|lm_head"
+"""The authors' LoRA targets: every decoder projection plus ``lm_head`` (their 8B log's 184,573,952 trainable
+parameters = r64 on 7 projections x 36 layers, 174,587,904, plus lm_head, 9,986,048)."""
 VISION_MODULE_NAMES = ("visual", "vision_tower", "vision_model", "vision_encoder", "image_encoder")
 """A module whose dotted name has one of these components belongs to the vision tower."""
 SAMPLE_TYPES = ("caption", "recognition", "verification")
@@ -168,8 +172,14 @@ class GspoSection:
     max_completion_length: int = field(default=512, metadata=_h(
         "Completion budget in tokens (paper: 512); a caption using max-1 tokens or more gets reward -1."))
     temperature: float = field(default=1.0, metadata=_h("Rollout sampling temperature (paper: 1.0)."))
-    top_p: float = field(default=1.0, metadata=_h("Rollout top_p (1.0 = off)."))
-    top_k: int = field(default=0, metadata=_h("Rollout top_k (0 = off)."))
+    top_p: float = field(default=1.0, metadata=_h(
+        "Rollout top_p (1.0 = off). The authors' trainer ran on transformers 4, which merged the model's own "
+        "generation config (Qwen3-VL: top_p 0.8, top_k 20) into the sampling settings, so their rollouts may "
+        "have sampled at top_p 0.8 / top_k 20; set 0.8 and 20 to follow that reading."))
+    top_k: int = field(default=0, metadata=_h("Rollout top_k (0 = off; see top_p)."))
+    max_prompt_length: int | None = field(default=None, metadata=_h(
+        "Longest prompt trl keeps, in tokens (None = never cut). trl 0.24/0.25 default to 512, which would cut "
+        "multi-image prompts; newer trl has no such setting and this key is then ignored."))
     beta: float = field(default=0.0, metadata=_h("KL coefficient (paper: 0: no reference model)."))
     epsilon: float = field(default=3e-4, metadata=_h("Lower clip range of the sequence ratio (GSPO: 3e-4)."))
     epsilon_high: float = field(default=4e-4, metadata=_h("Upper clip range of the sequence ratio (GSPO: 4e-4)."))

@@ -61,6 +61,12 @@ def test_training_draws_the_query_header_and_inference_fixes_it() -> None:
     assert seen == {f"===== {h} =====\n" for h in prompts.QUERY_HEADERS}
     with pytest.raises(InputError):
         prompts.caption_messages(context(1), "q", header="Some Image")
+    # the authors' odds: Query Image 1/2, Target Image 1/4, New Image 1/4
+    rng = random.Random(1)
+    draws = [prompts.caption_messages(context(1), "q", rng=rng)[0]["content"][-3]["text"] for _ in range(4000)]
+    shares = {h: draws.count(f"===== {h} =====\n") / len(draws) for h in prompts.QUERY_HEADERS}
+    assert shares["Query Image"] == pytest.approx(0.5, abs=0.03)
+    assert shares["Target Image"] == pytest.approx(0.25, abs=0.03) and shares["New Image"] == pytest.approx(0.25, abs=0.03)
 
 
 def test_caption_only_mode_puts_captions_where_images_were() -> None:

@@ -333,6 +333,35 @@ def test_trl_arguments_are_gspo(tmp_path):
     assert (args.learning_rate, args.num_train_epochs, args.max_completion_length, args.temperature) == \
         (5e-6, 2, 512, 1.0)
     assert args.remove_unused_columns is False
+    # trl 0.24/0.25 cut prompts at 512 tokens by default; covip never lets it (newer trl has no such setting)
+    assert getattr(args, "max_prompt_length", None) is None
+
+
+def test_paper_lora_adapts_lm_head_with_the_authors_parameter_count():
+    """The authors' 8B log: 184,573,952 trainable parameters. Counted on the Qwen3-VL-8B language model's
+    shape (hidden 4096, MLP 12288, 36 layers, 32/8 heads of 128, vocabulary 151,936) on the meta device."""
+    import peft
+    import torch
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    from covip.training.gspo import check_lora_targets
+    from covip.training.gspo_config import PAPER_LORA_TARGET_REGEX, VISION_MODULE_NAMES
+
+    c = load_config("qwen3vl-8b-paper")
+    assert c.lora.target_regex == PAPER_LORA_TARGET_REGEX
+    text = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=False,
+                rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
+                                 "mrope_interleaved": True})
+    vision = dict(depth=1, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=4096)
+    with torch.device("meta"):
+        model = Qwen3VLForConditionalGeneration(Qwen3VLConfig(text_config=text, vision_config=vision,
+                                                              tie_word_embeddings=False))
+        matched = check_lora_targets(model, c.lora.target_regex, VISION_MODULE_NAMES)
+        assert len(matched) == 7 * 36 + 1 and "lm_head" in matched
+        lora = peft.get_peft_model(model, peft.LoraConfig(r=c.lora.r, lora_alpha=c.lora.alpha,
+                                                          target_modules=c.lora.target_regex))
+    assert sum(p.numel() for p in lora.parameters() if p.requires_grad) == 184_573_952
 
 
 def test_unknown_and_bad_keys_name_the_key(tmp_path):

@@ -335,3 +335,47 @@ def test_offline_hub_names_the_download_command(monkeypatch) -> None:
         load_downstream("hf:Yeongtak/lsd", "lsd")
     with pytest.raises(DataError, match="name a dataset"):
         load_downstream("hf:", "lsd")
+
+
+# -- loaders: one bad record does not stop an evaluation ---------------------------------------------------
+def test_broken_capeval_records_are_skipped_and_counted(synth: Path, tmp_path: Path) -> None:
+    data = json.loads((synth / "capeval_test.json").read_text())
+    keys = list(data)
+    data[keys[0]] = {"qas": "not an object", "gts": [0]}
+    data[keys[1]].pop("gts")
+    broken = tmp_path / "capeval.json"
+    broken.write_text(json.dumps(data))
+    caps = tmp_path / "caps.json"
+    caps.write_text(json.dumps({k: "a photo" for k in keys}))
+    res = run_capeval(broken, captions=caps, judge="lexical", out=tmp_path / "o", progress=False)
+    assert res.report["n_samples"] == len(keys) - 2
+    skipped = res.report["skipped_records"]
+    assert skipped["count"] == 2 and [e["id"] for e in skipped["examples"]] == keys[:2]
+    assert "qas" in skipped["examples"][0]["reason"] and "gts" in skipped["examples"][1]["reason"]
+    group = click.Group("covip")
+    register(group)
+    out = CliRunner().invoke(group, ["eval", "capeval", "--test", str(broken), "--captions", str(caps), "--judge",
+                                     "lexical", "--out", str(tmp_path / "c")])
+    assert out.exit_code == 0 and "skipped 2 record(s)" in out.output
+    assert "parsers disagree on 0 of" in out.output
+    nothing = tmp_path / "nothing.json"
+    nothing.write_text(json.dumps({keys[0]: data[keys[0]]}))
+    with pytest.raises(DataError, match="no caption samples.*1 record.*break the schema"):
+        run_capeval(nothing, captions=caps, judge="lexical", out=tmp_path / "n", progress=False)
+
+
+def test_testset_dialogues_pair_with_concepts_by_position(synth: Path, tmp_path: Path) -> None:
+    from covip.training.data.loaders import load_testset_jsonl
+
+    lines = [json.loads(x) for x in (synth / "testset.jsonl").read_text().splitlines()]
+    extra = dict(lines[0])
+    extra["dialogues"] = {**extra["dialogues"], "extra": "User: an unrelated chat."}
+    fewer = dict(lines[1])
+    fewer["dialogues"] = dict(list(fewer["dialogues"].items())[:1])
+    path = tmp_path / "testset.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [extra, fewer]))
+    samples = load_testset_jsonl(path, image_root=synth, capeval=synth / "capeval_test.json", on_error="skip")
+    assert len(samples) == 1 and samples[0].meta["extra_dialogues"] == 1
+    assert list(samples[0].dialogues) == list(lines[0]["dialogues"].values())
+    with pytest.raises(DataError, match="dialogues"):
+        load_testset_jsonl(path, image_root=synth, capeval=synth / "capeval_test.json")

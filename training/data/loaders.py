@@ -49,7 +49,8 @@ Three formats, read field by field from the authors' public code (our own implem
    ``sample_<i>``, so the id is ``sample_<i>`` (or the line's own ``id`` when it has one). Mapped to caption
    samples with ``images = concepts + [imgs]``; with ``capeval=`` the questions and ``present = gts`` are
    merged in, else ``present`` is None and the sample is unlabelled. The mapping's keys are kept in
-   ``meta['dialogue_keys']``.
+   ``meta['dialogue_keys']``. Dialogues pair with concepts by position, as in the authors' caption script:
+   extra dialogues are left out (counted in ``meta['extra_dialogues']``); fewer than the concepts is an error.
 
 Image paths: relative paths resolve under ``image_root`` (default: the data file's folder); absolute paths
 stay, except that a missing absolute path is retried under the root (the authors build paths by string
@@ -376,8 +377,13 @@ def _capeval_entry(key: str, value: Any) -> CapEvalEntry:
     return CapEvalEntry(id=key, qas=tuple(by_index[j] for j in range(len(by_index))), gts=tuple(gts))
 
 
-def load_capeval(path: str | Path, *, on_error: str = "raise") -> dict[str, CapEvalEntry]:
-    """The CapEval test file as ``{sample key: CapEvalEntry}`` in file order."""
+def load_capeval(path: str | Path, *, on_error: str = "raise",
+                 skipped: list[tuple[str, str]] | None = None) -> dict[str, CapEvalEntry]:
+    """The CapEval test file as ``{sample key: CapEvalEntry}`` in file order.
+
+    ``on_error="skip"`` leaves out entries that break the schema (each one logged and, when ``skipped`` is a
+    list, appended to it as ``(key, reason)``) instead of stopping at the first.
+    """
     _check_on_error(on_error)
     path = Path(path)
     try:
@@ -394,6 +400,8 @@ def load_capeval(path: str | Path, *, on_error: str = "raise") -> dict[str, CapE
             if on_error == "raise":
                 raise
             log.warning("skipping CapEval entry %r: %s", key, exc)
+            if skipped is not None:
+                skipped.append((str(key), str(exc)))
     return out
 
 
@@ -442,9 +450,12 @@ def testset_record_to_sample(record: Any, *, default_id: str, capeval: CapEvalEn
         dialogues = list(dialogues.values())
     if not isinstance(dialogues, list):
         raise _fail(sid, "dialogues", "must be a mapping (or list) of dialogue texts in context order")
-    if len(dialogues) != len(concepts):
+    if len(dialogues) < len(concepts):
         raise _fail(sid, "dialogues", f"has {len(dialogues)} dialogues for {len(concepts)} concepts")
     info = {"source": "authors-testset", **(meta or {})}
+    if len(dialogues) > len(concepts):  # the authors pair dialogues with concepts by position: extras unused
+        info["extra_dialogues"] = len(dialogues) - len(concepts)
+        dialogues, keys = dialogues[:len(concepts)], keys[:len(concepts)]
     if keys:
         info["dialogue_keys"] = keys
     present, pos, neg = None, [], []

@@ -123,19 +123,34 @@ def _item(sample: Sample) -> CapEvalItem:
 
 
 def load_items(test: str | Path, *, capeval: str | Path | None = None, image_root: str | Path | None = None,
-               check_images: bool = True, limit: int | None = None) -> list[CapEvalItem]:
-    """The scorable samples of a test file (see the module doc for the layouts), the first ``limit`` of them."""
+               check_images: bool = True, limit: int | None = None,
+               skipped: list[tuple[str, str]] | None = None) -> list[CapEvalItem]:
+    """The scorable samples of a test file (see the module doc for the layouts), the first ``limit`` of them.
+
+    CapEval entries that break the schema are left out, logged and, when ``skipped`` is a list, appended to
+    it as ``(key, reason)``; the rest are scored (one bad record does not stop an evaluation).
+    """
     test = Path(test)
     fmt = detect_format(test)
     if fmt == "capeval":
         if capeval is not None:
             raise InputError("--capeval goes with a test-set JSONL; the --test file is already a CapEval file")
-        entries = load_capeval(test)
+        entries = load_capeval(test, on_error="skip", skipped=skipped)
         items = [CapEvalItem(e.id, e.gts, tuple(e.pos_qas()), tuple(e.neg_qas())) for e in entries.values()]
     elif fmt == "testset":
         if capeval is None:
             raise InputError(f"{test} is the authors' test-set JSONL: pass its questions with --capeval FILE")
-        samples = load_testset_jsonl(test, capeval=capeval, image_root=image_root, check_images=check_images)
+        bad: list[tuple[str, str]] = []
+        entries = load_capeval(capeval, on_error="skip", skipped=bad)
+        if skipped is not None:
+            skipped += bad
+        broken = {key for key, _ in bad}
+        samples = load_testset_jsonl(test, capeval=entries, image_root=image_root, check_images=check_images,
+                                     on_error="skip")
+        n_records = sum(1 for line in test.read_text(encoding="utf-8").splitlines() if line.strip())
+        if skipped is not None and len(samples) < n_records - len(broken):
+            skipped.append(("test-set", f"{n_records - len(broken) - len(samples)} record(s) of {test.name} "
+                                        "could not be read (see the log)"))
         items = [_item(s) for s in samples]
     else:
         if capeval is not None:
@@ -147,7 +162,8 @@ def load_items(test: str | Path, *, capeval: str | Path | None = None, image_roo
                      test, len(usable), len(samples) - len(usable))
         items = [_item(s) for s in usable]
     if not items:
-        raise DataError(f"{test}: no caption samples with questions to evaluate")
+        why = f" ({len(skipped)} record(s) break the schema, e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise DataError(f"{test}: no caption samples with questions to evaluate{why}")
     return items[:limit] if limit is not None else items
 
 
@@ -318,7 +334,9 @@ def run_capeval(test: str | Path, *, out: str | Path, judge: Any = "lexical", mo
         raise InputError("give exactly one of --model (caption with an engine) or --captions (a captions JSONL)")
     if no_vision and model is None:
         raise InputError("--no-vision captions again without the query image: it needs --model")
-    items = load_items(test, capeval=capeval, image_root=image_root, check_images=model is not None, limit=limit)
+    skipped: list[tuple[str, str]] = []
+    items = load_items(test, capeval=capeval, image_root=image_root, check_images=model is not None, limit=limit,
+                       skipped=skipped)
     files = {"json": str(out / "capeval.json"), "png": str(out / "capeval.png"),
              "judgments": str(out / "judgments.jsonl")}
     engine = owned_engine = None
@@ -366,6 +384,7 @@ def run_capeval(test: str | Path, *, out: str | Path, judge: Any = "lexical", mo
         "model": model_id, "meaningless_model": bool(getattr(engine, "meaningless", False)),
         "captions": None if captions is None else str(captions), "judge": judge_id, "judge_stats": judge_stats,
         "protocol": protocol, "judge_prompt": protocol, "judge_sampling": judge_sampling,
+        "skipped_records": {"count": len(skipped), "examples": [{"id": k, "reason": r} for k, r in skipped[:10]]},
         "parser_disagreement": {name: parser_disagreement(recs) for name, recs in runs.items()},
         "prompt_version": prompts.PROMPT_VERSION, "max_new_tokens": max_new_tokens if engine is not None else None,
         "n_samples": len(items), "n_questions": len(runs["vision"]),

@@ -107,6 +107,10 @@ def capeval_cmd(test: Path, capeval: Path | None, captions: Path | None, model: 
         click.echo(json.dumps(result.report, indent=1, default=str))
         return
     click.echo(result.table())
+    skipped = result.report["skipped_records"]
+    if skipped["count"]:
+        first = skipped["examples"][0]
+        click.echo(f"skipped {skipped['count']} record(s) that break the schema, e.g. {first['id']}: {first['reason']}")
     dis = result.report["parser_disagreement"]["vision"]
     click.echo(f"protocol: {protocol}; the paper and strict parsers disagree on {dis['disagree']} of "
                f"{dis['questions']} judge outputs")
