@@ -75,6 +75,13 @@ class CagConfig:
                   "RAM (GPU memory for a transformers engine on a GPU), least recently used dropped first. "
                   "A warm ask (caption from the cache) restores it, so the answer pass prefills only the "
                   "question instead of the images, instruction and caption again. 0 disables."})
+    layout: str = field(
+        default="prefix",
+        metadata={"help": "Answer-pass layout. 'prefix' (default, for apps): the caption chat, the caption as the "
+                  "assistant's turn, the question, so the answer pass reuses the caption pass's KV cache, images "
+                  "included. 'paper': as the paper's evaluation, the captioning instruction moves to a system "
+                  "turn and the user turn holds only context and photo; only the start of the prompt is shared, "
+                  "so the images are prefilled a second time."})
     photo_max_side: int | None = field(
         default=2048,
         metadata={"help": "Photos shown to the model are decoded at most this many pixels on their longest side "
@@ -85,6 +92,8 @@ class CagConfig:
         mb = self.kv_snapshot_mb
         if isinstance(mb, bool) or not isinstance(mb, int) or mb < 0:
             raise InputError(f"CagConfig.kv_snapshot_mb must be an integer >= 0 (0 disables), got {mb!r}")
+        if self.layout not in ("prefix", "paper"):
+            raise InputError(f"CagConfig.layout must be 'prefix' or 'paper', got {self.layout!r}")
         side = self.photo_max_side
         if side is not None and (isinstance(side, bool) or not isinstance(side, int) or side < 16):
             raise InputError(f"CagConfig.photo_max_side must be an integer of at least 16 (or None), got {side!r}")
@@ -326,8 +335,8 @@ class CaptionAugmentedGenerator:
 
     def _snapshot(self, skey: SnapshotKey, caption: str, timings: dict[str, float] | None) -> None:
         snapshot = getattr(self.engine, "snapshot", None)
-        if self.kv_snapshots.max_bytes <= 0 or not callable(snapshot):
-            return
+        if self.kv_snapshots.max_bytes <= 0 or not callable(snapshot) or self.config.layout == "paper":
+            return  # (the paper layout's answer pass cannot continue the caption pass's state)
         t0 = time.perf_counter()
         try:
             state = snapshot()
@@ -379,9 +388,14 @@ class CaptionAugmentedGenerator:
                 tokens.update(caption_prompt=cap.generation.prompt_tokens,
                               caption_cached=cap.generation.cached_tokens,
                               caption_completion=cap.generation.completion_tokens)
-            messages = prompts.answer_messages(self._entries(user, cap.context), pic.image, cap.caption, question)
-            if cap.cached:  # after _entries(), which may run describe passes (caption-only mode)
-                self._restore(skey, cap.caption, timings, tokens)
+            if self.config.layout == "paper":  # nothing past the system turn matches the caption pass: no restore
+                messages = prompts.paper_answer_messages(self._entries(user, cap.context), pic.image, cap.caption,
+                                                         question)
+            else:
+                messages = prompts.answer_messages(self._entries(user, cap.context), pic.image, cap.caption,
+                                                   question)
+                if cap.cached:  # after _entries(), which may run describe passes (caption-only mode)
+                    self._restore(skey, cap.caption, timings, tokens)
             context, caption, cached = cap.context, cap.caption, cap.cached
         else:
             context = self.context_for(user, pic)

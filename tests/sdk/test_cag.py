@@ -117,6 +117,32 @@ def test_answer_pass_prefills_only_the_new_tokens(home, tiny_embedder, tiny_engi
     memory.close()
 
 
+def test_paper_layout_puts_the_instruction_in_a_system_turn_and_reads_the_images_again(
+        home, tiny_embedder, tiny_engine) -> None:
+    from covip.sdk import prompts
+
+    memory = Memory.open(home, embedder=tiny_embedder)
+    memory.add_user("ana")
+    memory.remember("ana", draw_photo(3, 64), "User: my blue bike.", ["bike"])
+    engine = CountingEngine(tiny_engine)
+    ctx = ContextConfig(k=1, similarity_floor=-1.0)
+    cag = CaptionAugmentedGenerator(memory, engine, context=ctx, config=replace(GREEDY, layout="paper"))
+    cold = cag.ask("ana", draw_photo(3, 64), "What is this?")
+    caption_pass, answer_pass = engine.calls
+    assert [m["role"] for m in answer_pass] == ["system", "user", "assistant", "user"]
+    assert answer_pass[0]["content"] == prompts.CAPTION_INSTRUCTION
+    assert not any(p.get("text") == prompts.CAPTION_INSTRUCTION for p in answer_pass[1]["content"])
+    assert answer_pass[2]["content"].strip() == cold.caption and caption_pass[-1]["role"] == "user"
+    assert len(cag.kv_snapshots) == 0 and "kv_snapshot_s" not in cold.timings  # nothing it could continue
+    # only the chat's first tokens match the caption pass: the images are prefilled again
+    assert cold.tokens["answer_cached"] < cold.tokens["caption_prompt"] // 2
+    warm = cag.ask("ana", draw_photo(3, 64), "What is this?")  # caption from the cache, no restore
+    assert warm.caption_cached and "kv_restored" not in warm.tokens and engine.calls.count("restore") == 0
+    with pytest.raises(InputError, match="layout"):
+        CagConfig(layout="sideways")
+    memory.close()
+
+
 def test_abstains_without_similar_memories(home, tiny_embedder, tiny_engine) -> None:
     memory = Memory.open(home, embedder=tiny_embedder)
     memory.add_user("ana")
