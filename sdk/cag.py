@@ -82,6 +82,11 @@ class CagConfig:
                   "included. 'paper': as the paper's evaluation, the captioning instruction moves to a system "
                   "turn and the user turn holds only context and photo; only the start of the prompt is shared, "
                   "so the images are prefilled a second time."})
+    prompt_pack: str | None = field(
+        default=None,
+        metadata={"help": "A prompt pack file (TOML/JSON, covip.sdk.prompts.load_pack) that words the prompts, e.g. "
+                  "the text a released checkpoint was trained on; None = covip's own. Its hash is part of the "
+                  "caption cache key."})
     photo_max_side: int | None = field(
         default=2048,
         metadata={"help": "Photos shown to the model are decoded at most this many pixels on their longest side "
@@ -218,6 +223,7 @@ class CaptionAugmentedGenerator:
         self.engine = engine
         self.context_config = context or ContextConfig()
         self.config = config or CagConfig()
+        self.pack = prompts.load_pack(self.config.prompt_pack)
         if kv_snapshots is None:
             kv_snapshots = KvSnapshots(self.config.kv_snapshot_mb * _MIB)
         self.kv_snapshots = kv_snapshots
@@ -283,13 +289,13 @@ class CaptionAugmentedGenerator:
     def _plain_caption(self, user: str, item: ContextItem) -> str:
         """A non-personal description of a memory photo, made once and cached (caption-only mode)."""
         key = {"model_id": self.engine.model_id,
-               "prompt_version": f"{prompts.PROMPT_VERSION}/describe/max{min(96, self.config.caption.max_new_tokens)}",
+               "prompt_version": f"{self.pack.tag()}/describe/max{min(96, self.config.caption.max_new_tokens)}",
                "photo_sha256": item.photo.sha256, "context_ids": [item.photo.id]}
         owner = item.photo.owner
         cached = self.memory.cached_caption(owner, **key)
         if cached is not None:
             return cached
-        gen = self.engine.generate(prompts.describe_messages(self._load(self.memory.read_photo_bytes(item.photo)).image),
+        gen = self.engine.generate(prompts.describe_messages(self._load(self.memory.read_photo_bytes(item.photo)).image, pack=self.pack),
                                    GenerationConfig(max_new_tokens=min(96, self.config.caption.max_new_tokens)))
         self.memory.cache_caption(owner, gen.text.strip(), **key)
         return gen.text.strip()
@@ -324,7 +330,7 @@ class CaptionAugmentedGenerator:
                 on_token(cached)
             return CaptionResult(cached, context, True, None, time.perf_counter() - t0), skey
         self.kv_snapshots.discard(skey)  # its caption is gone from the cache (or never was there)
-        messages = prompts.caption_messages(self._entries(user, context), pic.image)
+        messages = prompts.caption_messages(self._entries(user, context), pic.image, pack=self.pack)
         gen = self.engine.generate(messages, self.config.caption, on_token=on_token)
         # kept exactly as generated (not stripped): the answer pass re-renders it, and the same text
         # tokenizes back to the same ids, so the engine's KV cache of the caption pass is reused in full
@@ -367,7 +373,7 @@ class CaptionAugmentedGenerator:
     def _prompt_version(self) -> str:
         """Prompt version plus what else shapes the caption (mode, length cap, sampling), for the cache key."""
         cap = self.config.caption
-        return (f"{prompts.PROMPT_VERSION}{'/caption-only' if self.config.caption_only else ''}"
+        return (f"{self.pack.tag()}{'/caption-only' if self.config.caption_only else ''}"
                 f"/max{cap.max_new_tokens}/t{cap.temperature:g}")
 
     def ask(self, user: str, photo: Any, question: str, *, cag: bool = True,
@@ -390,17 +396,17 @@ class CaptionAugmentedGenerator:
                               caption_completion=cap.generation.completion_tokens)
             if self.config.layout == "paper":  # nothing past the system turn matches the caption pass: no restore
                 messages = prompts.paper_answer_messages(self._entries(user, cap.context), pic.image, cap.caption,
-                                                         question)
+                                                         question, pack=self.pack)
             else:
                 messages = prompts.answer_messages(self._entries(user, cap.context), pic.image, cap.caption,
-                                                   question)
+                                                   question, pack=self.pack)
                 if cap.cached:  # after _entries(), which may run describe passes (caption-only mode)
                     self._restore(skey, cap.caption, timings, tokens)
             context, caption, cached = cap.context, cap.caption, cap.cached
         else:
             context = self.context_for(user, pic)
             self.check_question(question, cag=cag, context_tokens=context.tokens)
-            messages = prompts.direct_messages(self._entries(user, context), pic.image, question)
+            messages = prompts.direct_messages(self._entries(user, context), pic.image, question, pack=self.pack)
             caption, cached = None, False
         t1 = time.perf_counter()
         gen = self.engine.generate(messages, self.config.answer, on_token=on_token)

@@ -114,6 +114,9 @@ class DataSection:
         "The question of verification prompts; {name} is the concept's name."))
     verification_default_name: str = field(default="the object", metadata=_h(
         "The name used when a verification sample has no concept name (the authors' data)."))
+    prompt_pack: str | None = field(default=None, metadata=_h(
+        "A prompt pack file (TOML/JSON, covip.sdk.prompts.load_pack) that words the training prompts, e.g. to "
+        "continue from a checkpoint trained on another wording; None = covip's."))
 
 
 @dataclass

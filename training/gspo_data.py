@@ -46,20 +46,22 @@ DATASET_COLUMNS = ("prompt", "images", "sample_id", "sample_type", "present", "p
 
 def sample_messages(sample: Sample, *, rng: random.Random | None = None,
                     verification_question: str = "Is {name} also in the second image?",
-                    default_name: str = "the object") -> list[dict[str, Any]]:
-    """The chat for one sample, from :mod:`covip.sdk.prompts` (image parts carry the image paths).
+                    default_name: str = "the object", pack: prompts.PromptPack | None = None) -> list[dict[str, Any]]:
+    """The chat for one sample, from :mod:`covip.sdk.prompts` (image parts carry the image paths) in the
+    wording of ``pack`` (covip's by default).
 
     ``rng`` draws the caption prompt's query header (training); None uses the inference header.
     """
     images = list(sample.images)
     if sample.sample_type == "caption":
         context = [prompts.ContextEntry(dialogue=d, image=img) for d, img in zip(sample.dialogues, images[:-1])]
-        return prompts.caption_messages(context, images[-1], rng=rng)
+        return prompts.caption_messages(context, images[-1], rng=rng, pack=pack)
     if sample.sample_type == "recognition":
-        return prompts.recognition_messages(images[:-1], images[-1])
+        return prompts.recognition_messages(images[:-1], images[-1], pack=pack)
     if sample.sample_type == "verification":
         name = sample.concept_names[0] if sample.concept_names else default_name
-        return prompts.verification_messages(images[0], images[1], name, verification_question.format(name=name))
+        return prompts.verification_messages(images[0], images[1], name, verification_question.format(name=name),
+                                             pack=pack)
     raise DataError(f"sample {sample.id!r}: unknown sample_type {sample.sample_type!r}",
                     sample_id=sample.id, field="sample_type")
 
@@ -92,10 +94,10 @@ def _qa(qa: MCQA) -> dict[str, Any]:
 
 def sample_row(sample: Sample, *, rng: random.Random | None = None,
                verification_question: str = "Is {name} also in the second image?",
-               default_name: str = "the object") -> dict[str, Any]:
+               default_name: str = "the object", pack: prompts.PromptPack | None = None) -> dict[str, Any]:
     """The dataset row of one sample (see the module doc)."""
     messages = sample_messages(sample, rng=rng, verification_question=verification_question,
-                               default_name=default_name)
+                               default_name=default_name, pack=pack)
     prompt, images = placeholder_messages(messages)
     if [str(p) for p in images] != [str(p) for p in sample.images]:
         raise DataError(f"sample {sample.id!r}: the prompt shows {len(images)} images in another order than the "
@@ -139,7 +141,7 @@ def _features() -> Any:
 
 def build_dataset(samples: Sequence[Sample], *, seed: int = 0,
                   verification_question: str = "Is {name} also in the second image?",
-                  default_name: str = "the object") -> Any:
+                  default_name: str = "the object", pack: prompts.PromptPack | None = None) -> Any:
     """A ``datasets.Dataset`` of :func:`sample_row` rows; ``seed`` fixes the caption query-header draws.
 
     Image paths must be absolute or relative to the working directory (see :func:`load_training_samples`,
@@ -150,8 +152,8 @@ def build_dataset(samples: Sequence[Sample], *, seed: int = 0,
     if not samples:
         raise InputError("no training samples: the dataset is empty")
     rng = random.Random(f"covip-gspo-headers:{seed}")
-    rows = [sample_row(s, rng=rng, verification_question=verification_question, default_name=default_name)
-            for s in samples]
+    rows = [sample_row(s, rng=rng, verification_question=verification_question, default_name=default_name,
+                       pack=pack) for s in samples]
     return datasets.Dataset.from_list(rows, features=_features())
 
 

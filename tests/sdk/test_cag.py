@@ -143,6 +143,31 @@ def test_paper_layout_puts_the_instruction_in_a_system_turn_and_reads_the_images
     memory.close()
 
 
+def test_a_prompt_pack_words_the_prompts_and_keys_its_own_captions(home, tiny_embedder, tiny_engine, tmp_path) -> None:
+    import json
+
+    memory = Memory.open(home, embedder=tiny_embedder)
+    memory.add_user("ana")
+    memory.remember("ana", draw_photo(3, 64), "User: my blue bike.", ["bike"])
+    ctx = ContextConfig(k=1, similarity_floor=-1.0)
+    engine = CountingEngine(tiny_engine)
+    CaptionAugmentedGenerator(memory, engine, context=ctx, config=GREEDY).ask("ana", draw_photo(3, 64), "What?")
+    pack = tmp_path / "mine.json"
+    pack.write_text(json.dumps({"caption_instruction": "Tell me about this photo, using what you remember.",
+                                "dialogue_header": "--- memory {i} ---\n"}))
+    engine.calls.clear()
+    mine = CaptionAugmentedGenerator(memory, engine, context=ctx, config=replace(GREEDY, prompt_pack=str(pack)))
+    reply = mine.ask("ana", draw_photo(3, 64), "What?")
+    assert not reply.caption_cached  # the default pack's caption is not this pack's
+    texts = [p.get("text", "") for p in engine.calls[0][0]["content"]]
+    assert "Tell me about this photo, using what you remember." in texts and "--- memory 1 ---\n" in texts
+    assert mine.ask("ana", draw_photo(3, 64), "What?").caption_cached  # and its own caption is reused
+    with pytest.raises(InputError, match="unknown prompt pack field"):
+        pack.write_text(json.dumps({"caption": "x"}))
+        CaptionAugmentedGenerator(memory, engine, context=ctx, config=replace(GREEDY, prompt_pack=str(pack)))
+    memory.close()
+
+
 def test_abstains_without_similar_memories(home, tiny_embedder, tiny_engine) -> None:
     memory = Memory.open(home, embedder=tiny_embedder)
     memory.add_user("ana")

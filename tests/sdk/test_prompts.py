@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -91,3 +92,107 @@ def test_only_the_prompts_module_formats_the_layout() -> None:
                  for p in (root / pkg).rglob("*.py")
                  if p.name != "prompts.py" and ("===== Dialogue" in p.read_text() or "===== Concept" in p.read_text())]
     assert offenders == []
+
+
+# -- prompt packs -------------------------------------------------------------------------------------------
+def test_covip_pack_is_pinned() -> None:
+    """Any change to covip's own wording changes this hash: bump PROMPT_VERSION (caches key on it) and the
+    golden files together, then update the hash here."""
+    assert prompts.DEFAULT_PACK.hash == "e979ea8dc5bd64049562b3aa5f70ea183114b99ae05f711a20a5ee7e258f560b"
+    assert prompts.DEFAULT_PACK.tag() == prompts.PROMPT_VERSION == "covip-prompts-1"
+    assert prompts.load_pack(None) is prompts.DEFAULT_PACK
+
+
+def _every_layout(pack: prompts.PromptPack) -> str:
+    """Every chat the layouts build, rendered, in one text."""
+    ctx = [*context(2), prompts.ContextEntry(dialogue="User: the old camera.", caption="a black camera")]
+    chats = [
+        prompts.caption_messages(ctx, "q", pack=pack),
+        prompts.caption_messages(ctx, "q", rng=random.Random(3), pack=pack),
+        prompts.answer_messages(ctx, "q", "CAPTION", pack.questions["lsd"], pack=pack),
+        prompts.direct_messages(ctx, "q", pack.questions["lar"], pack=pack),
+        prompts.paper_answer_messages(ctx, "q", "CAPTION", pack.paper_questions["itr"], system="caption", pack=pack),
+        prompts.paper_answer_messages(ctx, "q", "CAPTION", pack.paper_questions["lsd"], system="personalization",
+                                      pack=pack),
+        prompts.paper_direct_messages(ctx, "q", pack.paper_questions["lar"], pack=pack),
+        prompts.paper_direct_messages(ctx, "q", pack.questions["itr"], pack=pack),
+        prompts.recognition_messages(["a", "b"], "q", pack=pack),
+        prompts.verification_messages("a", "q", "Bori", "Is Bori here?", pack=pack),
+        prompts.describe_messages("a", pack=pack),
+        prompts.judge_messages("CAPTION", "Q?", {"A": "x", "B": "y", "C": "z", "D": "none"}, pack=pack),
+        prompts.judge_messages("CAPTION", "Q?", {"A": "x", "B": "y", "C": "z", "D": "none"}, style="paper", pack=pack),
+        prompts.lar_judge_messages("Q?", "REF", "ANS", pack=pack),
+        prompts.lar_judge_messages("Q?", "REF", "ANS", style="paper", pack=pack),
+    ]
+    return "\n".join(prompts.render_text(c) for c in chats)
+
+
+def test_a_pack_replaces_every_piece_of_text(tmp_path: Path) -> None:
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(prompts.PromptPack)}
+    text = {name: f"<<{name}>>" for name, f in fields.items() if f.type == "str" and name != "name"}
+    keep = {"dialogue_header": "<<dialogue_header {i}>>\n", "concept_header": "<<concept_header {i}>>\n",
+            "query_header": "<<query_header {header}>>\n", "caption_photo": "<<caption_photo {caption}>>\n",
+            "verification_template": "<<verification_template {name} {question}>>",
+            "judge_user": "<<judge_user {caption} {question} {options}>>",
+            "judge_paper_user": "<<judge_paper_user {caption} {question} {options}>>",
+            "lar_judge_user": "<<lar_judge_user {question} {reference} {answer}>>",
+            "lar_judge_paper_user": "<<lar_judge_paper_user {question} {reference} {answer}>>",
+            "vision_id": "<<vision_id {k}>> "}
+    text.update(keep)
+    body = ["name = \"test-pack\"", "dialogue_numbering = 0", "vision_id_numbering = 0",
+            "query_headers = [\"<<QH1>>\", \"<<QH2>>\"]", "query_header_weights = [1, 1]",
+            "inference_query_header = \"<<QH3>>\""]
+    body += [f"{k} = {json.dumps(v)}" for k, v in text.items() if k != "inference_query_header"]
+    body += ["[questions]", *(f'{t} = "<<question {t}>>"' for t in ("lsd", "lar", "itr")),
+             "[paper_questions]", *(f'{t} = "<<paper question {t}>>"' for t in ("lsd", "lar", "itr"))]
+    path = tmp_path / "pack.toml"
+    path.write_text("\n".join(body) + "\n")
+    pack = prompts.load_pack(path)
+    assert pack.name == "test-pack" and pack.tag() == f"{prompts.PROMPT_VERSION}+test-pack:{pack.hash[:16]}"
+    rendered = _every_layout(pack)
+    default = _every_layout(prompts.DEFAULT_PACK)
+    # no piece of covip's wording is left ...
+    for piece in ("=====", "Dialogue", "Concept", "New Image", "Describe", "boxed", "memory", "question",
+                  "Reference answer", "[Photo:"):
+        assert piece in default and piece not in rendered.replace("<<question", "").replace("<<paper question", "")
+    # ... and every piece of the pack shows up: numbering from 0, vision ids across the chat
+    for name in text:
+        if name not in ("inference_query_header",):
+            assert f"<<{name}" in rendered, name
+    assert "<<dialogue_header 0>>" in rendered and "<<concept_header 0>>" in rendered
+    assert "<<vision_id 0>> <image>" in rendered and "<<vision_id 2>> <image>" in rendered  # 2 photos + query
+    assert "<<query_header <<QH3>>>>" in rendered and "<<QH1>>" in rendered + "".join(
+        prompts.render_text(prompts.caption_messages(context(1), "q", rng=random.Random(i), pack=pack))
+        for i in range(20))
+    assert all(f"<<question {t}>>" in rendered and f"<<paper question {t}>>" in rendered
+               for t in ("lsd", "lar", "itr"))
+
+
+@pytest.mark.parametrize(("content", "suffix", "match"), [
+    ('{"caption_instructions": "x"}', ".json", "unknown prompt pack field"),
+    ('{"dialogue_numbering": "one"}', ".json", "dialogue_numbering must be an integer"),
+    ('{"dialogue_header": "no number here"}', ".json", "must contain {i}"),
+    ('{"caption_instruction": 7}', ".json", "must be text"),
+    ('{"query_headers": ["A"], "query_header_weights": [1, 2]}', ".json", "one non-negative integer weight"),
+    ('{"questions": {"vqa": "What?"}}', ".json", "unknown"),
+    ("caption_instruction = ", ".toml", "not a valid TOML"),
+    ("[1, 2]", ".json", "a table of fields"),
+])
+def test_bad_packs_name_the_problem(tmp_path: Path, content: str, suffix: str, match: str) -> None:
+    path = tmp_path / f"pack{suffix}"
+    path.write_text(content)
+    with pytest.raises(InputError, match=match):
+        prompts.load_pack(path)
+
+
+def test_pack_files_are_bounded_and_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="cannot read"):
+        prompts.load_pack(tmp_path / "nope.toml")
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"caption_instruction": "x" * (2 << 20)}))
+    with pytest.raises(InputError, match="1 MiB"):
+        prompts.load_pack(big)
+    with pytest.raises(InputError, match="PromptPack"):
+        prompts.caption_messages(context(1), "q", pack="covip")  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ import yaml
 from covip.sdk.errors import InputError
 from covip.training.gspo_config import (
     DEFAULT_LORA_TARGET_REGEX,
+    PAPER_LORA_TARGET_REGEX,
     GspoConfig,
     bundled_configs,
     load_config,
@@ -294,7 +295,9 @@ def test_bundled_configs_load_by_name_and_path():
         config = load_config(name)
         assert config.name == name and config.description
         assert config.gspo.importance_sampling_level == "sequence" and config.gspo.loss_type == "grpo"
-        assert config.lora.target_regex == DEFAULT_LORA_TARGET_REGEX
+        # the paper's config adapts lm_head too, as the authors' LoRA does; the others keep covip's default
+        assert config.lora.target_regex == (PAPER_LORA_TARGET_REGEX if name == "qwen3vl-8b-paper"
+                                            else DEFAULT_LORA_TARGET_REGEX)
     path = resolve_config_path("tiny-cpu")
     assert load_config(str(path)).to_dict() == load_config("tiny-cpu.yaml").to_dict()
     assert path.parent == REPO / "training" / "configs"
@@ -345,7 +348,7 @@ def test_paper_lora_adapts_lm_head_with_the_authors_parameter_count():
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     from covip.training.gspo import check_lora_targets
-    from covip.training.gspo_config import PAPER_LORA_TARGET_REGEX, VISION_MODULE_NAMES
+    from covip.training.gspo_config import VISION_MODULE_NAMES
 
     c = load_config("qwen3vl-8b-paper")
     assert c.lora.target_regex == PAPER_LORA_TARGET_REGEX

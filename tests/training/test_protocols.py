@@ -162,6 +162,21 @@ def test_capeval_paper_protocol_asks_and_scores_as_the_authors(synth: Path, tmp_
     assert {"right", "right_strict", "right_paper", "protocol"} <= set(audit[0])
 
 
+def test_a_prompt_pack_words_the_judge_and_is_recorded(synth: Path, tmp_path: Path) -> None:
+    items = load_items(synth / "test.jsonl")
+    caps = tmp_path / "caps.json"
+    caps.write_text(json.dumps({it.id: "a photo" for it in items}))
+    pack = tmp_path / "authors.toml"
+    pack.write_text('judge_paper_user = "Caption: {caption} | {question} | {options} | box one letter"\n')
+    judge = HedgingJudge()
+    res = run_capeval(synth / "test.jsonl", captions=caps, judge=judge, out=tmp_path / "o", progress=False,
+                      prompt_pack=pack)
+    assert judge.chats[0][0]["content"].startswith("Caption: a photo | ")
+    loaded = prompts.load_pack(pack)
+    assert res.report["prompt_pack"] == {"name": "authors", "hash": loaded.hash, "tag": loaded.tag()}
+    assert res.report["prompt_version"] == loaded.tag() != prompts.PROMPT_VERSION
+
+
 def test_paper_protocol_gives_model_judges_room_to_reason(monkeypatch, tmp_path: Path) -> None:
     import covip.training.judges as judges
     from covip.training.eval.capeval import _make_judge
@@ -279,10 +294,15 @@ def test_cli_scores_answers_without_a_model(synth: Path, tmp_path: Path) -> None
     answers.write_text("".join(json.dumps({"id": s.id, "answer": f"Oh, {s.answer}!"}) + "\n" for s in samples))
     args = ["eval", "downstream", "--task", "itr", "--data", str(synth / "downstream_itr.jsonl"), "--answers",
             str(answers), "--out", str(tmp_path / "o"), "--json"]
-    res = CliRunner().invoke(group, args)
+    pack = tmp_path / "qs.json"
+    pack.write_text(json.dumps({"paper_questions": {"itr": "Who is in the new picture?"}}))
+    res = CliRunner().invoke(group, [*args, "--prompt-pack", str(pack)])
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
     assert report["scores"] == {"given": {"score": 1.0, "n": len(samples)}} and report["protocol"] == "paper"
+    assert report["prompt_pack"]["name"] == "qs"
+    scored = [json.loads(x) for x in Path(report["files"]["scored"]).read_text().splitlines()]
+    assert {r["question"] for r in scored} == {"Who is in the new picture?"}
     both = CliRunner().invoke(group, [*args[:-1], "--model", "tiny"])
     assert both.exit_code != 0 and "not both" in both.output
     missing = CliRunner().invoke(group, ["eval", "downstream", "--task", "lsd", "--data", str(tmp_path / "nope.jsonl"),

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from covip.sdk import prompts
 from covip.sdk.errors import DataError
 from covip.training.data.schema import atomic_write_text, resolve_image_path
 
@@ -59,20 +60,10 @@ __all__ = ["TASKS", "DEFAULT_QUESTIONS", "PAPER_QUESTIONS", "PAPER_ITR_PLACEHOLD
            "load_downstream_hub", "write_downstream", "downstream_record"]
 
 TASKS = ("lsd", "lar", "itr")
-DEFAULT_QUESTIONS = {
-    "lsd": "Where did I last see the one in the new image? Give the place inside \\boxed{}.",
-    "lar": "What was I doing the last time I told you about the one in the new image?",
-    "itr": "What do you see in the new image?",
-}
-PAPER_QUESTIONS = {
-    "lsd": "Where did I last see the one in the new image? Reason step by step, then write the place as "
-           "//boxed{place}.",
-    "lar": "What was I doing the last time I told you about my most recent experience with the one in the new "
-           "image?",
-    "itr": "Where did I last see the one in the new image?",
-}
-"""The questions of ``--protocol paper``: what the authors' downstream scripts ask (LSD wants the place in
-``//boxed{}``, which their scorer reads; ITR asks the LSD question without a box), in our words."""
+DEFAULT_QUESTIONS = prompts.DOWNSTREAM_QUESTIONS
+"""covip's questions (from :mod:`covip.sdk.prompts`; a prompt pack can replace them)."""
+PAPER_QUESTIONS = prompts.PAPER_DOWNSTREAM_QUESTIONS
+"""The questions of ``--protocol paper`` (from :mod:`covip.sdk.prompts`)."""
 PAPER_ITR_PLACEHOLDER = "SKS"
 """The placeholder name the authors' ITR data give the concept, and the string their scorer looks for."""
 HUB_DATASETS = {"lsd": "Yeongtak/lsd", "lar": "Yeongtak/lar", "itr": "Yeongtak/itr"}

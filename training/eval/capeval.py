@@ -198,16 +198,20 @@ def read_captions(path: str | Path) -> dict[str, str]:
     return out
 
 
-def caption_messages_for(sample: Sample, *, vision: bool = True) -> list[dict]:
-    """The captioning chat of a test sample (its own context); ``vision=False`` drops the query image only."""
+def caption_messages_for(sample: Sample, *, vision: bool = True, pack: prompts.PromptPack | None = None) -> list[dict]:
+    """The captioning chat of a test sample (its own context); ``vision=False`` drops the query image only
+    (and its vision id, when the prompt pack numbers images)."""
     entries = [prompts.ContextEntry(dialogue=d, image=img) for d, img in zip(sample.dialogues, sample.context_images)]
     if vision:
-        return prompts.caption_messages(entries, sample.query_image)
+        return prompts.caption_messages(entries, sample.query_image, pack=pack)
     marker = object()
-    messages = prompts.caption_messages(entries, marker)
+    messages = prompts.caption_messages(entries, marker, pack=pack)
     for msg in messages:
         if isinstance(msg["content"], list):
-            msg["content"] = [p for p in msg["content"] if not (p.get("type") == "image" and p.get("image") is marker)]
+            parts = msg["content"]
+            at = next(i for i, p in enumerate(parts) if p.get("type") == "image" and p.get("image") is marker)
+            drop = {at, at - 1} if prompts.load_pack(pack).vision_id else {at}
+            msg["content"] = [p for i, p in enumerate(parts) if i not in drop]
     return messages
 
 
@@ -219,7 +223,8 @@ def _bar(total: int, desc: str, progress: bool | None, initial: int = 0) -> Any:
 
 
 def generate_captions(items: Sequence[CapEvalItem], engine: Any, store_path: str | Path, *, vision: bool = True,
-                      max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, progress: bool | None = None) -> dict[str, str]:
+                      max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, progress: bool | None = None,
+                      pack: prompts.PromptPack | None = None) -> dict[str, str]:
     """Caption every item with ``engine`` (greedy) into the resumable JSONL ``store_path``; captions by id."""
     from covip.sdk.engines.base import GenerationConfig
 
@@ -227,7 +232,7 @@ def generate_captions(items: Sequence[CapEvalItem], engine: Any, store_path: str
     if missing:
         raise InputError(f"sample {missing[0]!r} has no images to caption (a CapEval file alone holds only "
                          "questions): pass the test-set JSONL with --capeval, or give --captions")
-    expect = {"model": engine.model_id, "prompt_version": prompts.PROMPT_VERSION, "vision": vision,
+    expect = {"model": engine.model_id, "prompt_version": prompts.load_pack(pack).tag(), "vision": vision,
               "max_new_tokens": max_new_tokens}
     store = JsonlStore(store_path, expect=expect)
     todo = [it for it in items if it.id not in store]
@@ -236,7 +241,7 @@ def generate_captions(items: Sequence[CapEvalItem], engine: Any, store_path: str
     try:
         for it in todo:
             t0 = time.perf_counter()
-            gen = engine.generate(caption_messages_for(it.sample, vision=vision), config)  # type: ignore[arg-type]
+            gen = engine.generate(caption_messages_for(it.sample, vision=vision, pack=pack), config)  # type: ignore[arg-type]
             store.add({"id": it.id, "caption": gen.text.strip(), **expect, "finish_reason": gen.finish_reason,
                        "completion_tokens": gen.completion_tokens, "seconds": round(time.perf_counter() - t0, 3)})
             bar.update(1)
@@ -246,8 +251,8 @@ def generate_captions(items: Sequence[CapEvalItem], engine: Any, store_path: str
 
 
 def judge_captions(items: Sequence[CapEvalItem], captions: Mapping[str, str], judge: Any, *, batch: int = 64,
-                   progress: bool | None = None, desc: str = "judge",
-                   protocol: str = DEFAULT_PROTOCOL) -> list[QuestionRecord]:
+                   progress: bool | None = None, desc: str = "judge", protocol: str = DEFAULT_PROTOCOL,
+                   pack: prompts.PromptPack | None = None) -> list[QuestionRecord]:
     """Every question of every item judged from its caption; one :class:`QuestionRecord` per question."""
     from covip.training.judges import JudgeItem
 
@@ -263,7 +268,8 @@ def judge_captions(items: Sequence[CapEvalItem], captions: Mapping[str, str], ju
     try:
         for start in range(0, len(jobs), max(1, batch)):
             chunk = jobs[start:start + max(1, batch)]
-            outputs = judge.complete([JudgeItem(captions[it.id], qa) for it, qa, _ in chunk], style=protocol)
+            outputs = judge.complete([JudgeItem(captions[it.id], qa) for it, qa, _ in chunk], style=protocol,
+                                     pack=pack)
             for (it, qa, pol), out in zip(chunk, outputs, strict=True):
                 records.append(question_record(it.id, qa.id, polarity=pol, n_present=it.n_present,
                                                correct=qa.correct, judge_output=out, concept_index=qa.concept_index,
@@ -324,10 +330,14 @@ def run_capeval(test: str | Path, *, out: str | Path, judge: Any = "lexical", mo
                 image_root: str | Path | None = None, no_vision: bool = False, limit: int | None = None,
                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, engine_options: Mapping[str, Any] | None = None,
                 judge_options: Mapping[str, Any] | None = None, judge_cache: bool = True, judge_batch: int = 64,
-                progress: bool | None = None, protocol: str = DEFAULT_PROTOCOL) -> CapEvalResult:
-    """Run CapEval-QAs end to end (see the module doc); ``model`` is a spec string or an Engine."""
+                progress: bool | None = None, protocol: str = DEFAULT_PROTOCOL,
+                prompt_pack: Any = None) -> CapEvalResult:
+    """Run CapEval-QAs end to end (see the module doc); ``model`` is a spec string or an Engine;
+    ``prompt_pack`` (a :class:`~covip.sdk.prompts.PromptPack` or a pack file) words the captioning and judge
+    prompts (covip's by default)."""
     started = time.perf_counter()
     protocol = check_protocol(protocol)
+    pack = prompts.load_pack(prompt_pack)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if (model is None) == (captions is None):
@@ -356,12 +366,13 @@ def run_capeval(test: str | Path, *, out: str | Path, judge: Any = "lexical", mo
             if engine is not None:
                 files[f"captions{suffix}"] = str(out / f"captions{suffix}.jsonl")
                 caps = generate_captions(items, engine, files[f"captions{suffix}"], vision=vision,
-                                         max_new_tokens=max_new_tokens, progress=progress)
+                                         max_new_tokens=max_new_tokens, progress=progress, pack=pack)
             else:
                 files["captions"] = str(captions)
                 caps = read_captions(captions)  # type: ignore[arg-type]
             runs[name] = judge_captions(items, caps, the_judge, batch=judge_batch, progress=progress,
-                                        desc="judge" + ("" if vision else " (no vision)"), protocol=protocol)
+                                        desc="judge" + ("" if vision else " (no vision)"), protocol=protocol,
+                                        pack=pack)
             files[f"judgments{suffix}"] = str(out / f"judgments{suffix}.jsonl")
             questions = {(it.id, qa.id): qa.question for it in items for qa in (*it.pos_qas, *it.neg_qas)}
             write_jsonl(files[f"judgments{suffix}"], ({**r.to_dict(), "question": questions[(r.sample_id,
@@ -386,7 +397,8 @@ def run_capeval(test: str | Path, *, out: str | Path, judge: Any = "lexical", mo
         "protocol": protocol, "judge_prompt": protocol, "judge_sampling": judge_sampling,
         "skipped_records": {"count": len(skipped), "examples": [{"id": k, "reason": r} for k, r in skipped[:10]]},
         "parser_disagreement": {name: parser_disagreement(recs) for name, recs in runs.items()},
-        "prompt_version": prompts.PROMPT_VERSION, "max_new_tokens": max_new_tokens if engine is not None else None,
+        "prompt_version": pack.tag(), "prompt_pack": pack.describe(),
+        "max_new_tokens": max_new_tokens if engine is not None else None,
         "n_samples": len(items), "n_questions": len(runs["vision"]),
         "scores": {name: scores_to_dict(s) for name, s in scores.items()},
     }

@@ -23,6 +23,13 @@ def _progress_option(f):
                         help="Show progress bars (default: on a terminal).")(f)
 
 
+def _pack_option(f):
+    return click.option("--prompt-pack", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                        help="A prompt pack file (TOML/JSON; any subset of covip.sdk.prompts.PromptPack's fields, "
+                             "e.g. the authors' wording): instructions, headers, numbering, vision ids, "
+                             "questions and judge prompts. Its name and hash go into the results JSON.")(f)
+
+
 def _protocol_option(f):
     return click.option("--protocol", type=click.Choice(["paper", "strict"]), default="paper", show_default=True,
                         help="paper: the authors' judge prompt, layout and scoring rules (comparable with the "
@@ -77,12 +84,13 @@ def eval_group() -> None:
               help="Questions per judge call (an HTTP judge sends them in parallel).")
 @click.option("--no-judge-cache", is_flag=True, help="Do not cache model-judge answers in <out>/judge_cache.sqlite.")
 @_protocol_option
+@_pack_option
 @_progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON instead of the table.")
 def capeval_cmd(test: Path, capeval: Path | None, captions: Path | None, model: str | None, judge_spec: str,
                 out_dir: Path, no_vision: bool, limit: int | None, image_root: Path | None, max_new_tokens: int,
                 engine_opt: tuple[str, ...], judge_opt: tuple[str, ...], judge_batch: int, no_judge_cache: bool,
-                protocol: str, progress: bool | None, as_json: bool) -> None:
+                protocol: str, prompt_pack: Path | None, progress: bool | None, as_json: bool) -> None:
     """CapEval-QAs: caption each test sample in its own context, judge every question, report Acc+ / Acc−.
 
     Acc+ = accuracy on questions about concepts present in the query image, Acc− = share of questions about
@@ -102,7 +110,7 @@ def capeval_cmd(test: Path, capeval: Path | None, captions: Path | None, model: 
                          image_root=image_root, no_vision=no_vision, limit=limit, max_new_tokens=max_new_tokens,
                          engine_options=parse_options(engine_opt, "--engine-opt"),
                          judge_options=parse_options(judge_opt, "--judge-opt"), judge_cache=not no_judge_cache,
-                         judge_batch=judge_batch, progress=progress, protocol=protocol)
+                         judge_batch=judge_batch, progress=progress, protocol=protocol, prompt_pack=prompt_pack)
     if as_json:
         click.echo(json.dumps(result.report, indent=1, default=str))
         return
@@ -151,13 +159,14 @@ def capeval_cmd(test: Path, capeval: Path | None, captions: Path | None, model: 
 @click.option("--engine-opt", multiple=True, metavar="KEY=VALUE", help="Engine setting (repeatable).")
 @click.option("--judge-opt", multiple=True, metavar="KEY=VALUE", help="Judge setting (repeatable).")
 @_protocol_option
+@_pack_option
 @_progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON instead of the table.")
 def downstream_cmd(task: str, data: str, model: str | None, answers: Path | None, judge_spec: str | None,
                    no_cag: bool, both: bool, out_dir: Path, limit: int | None, image_root: Path | None,
                    caption_tokens: int, answer_tokens: int | None, greedy: bool, seed: int,
-                   engine_opt: tuple[str, ...], judge_opt: tuple[str, ...], protocol: str, progress: bool | None,
-                   as_json: bool) -> None:
+                   engine_opt: tuple[str, ...], judge_opt: tuple[str, ...], protocol: str,
+                   prompt_pack: Path | None, progress: bool | None, as_json: bool) -> None:
     """Downstream diagnostics (LSD, LAR, ITR) with CAG, without it (--no-cag), or both side by side (--both).
 
     With --answers, scores answers produced elsewhere (no model is loaded).
@@ -188,7 +197,7 @@ def downstream_cmd(task: str, data: str, model: str | None, answers: Path | None
                             answer_tokens=answer_tokens, greedy=greedy, seed=seed,
                             engine_options=parse_options(engine_opt, "--engine-opt"),
                             judge_options=parse_options(judge_opt, "--judge-opt"), progress=progress,
-                            protocol=protocol, answers=answers)
+                            protocol=protocol, answers=answers, prompt_pack=prompt_pack)
     if as_json:
         click.echo(json.dumps(result.report, indent=1, default=str))
         return

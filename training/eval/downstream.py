@@ -19,7 +19,7 @@ Metrics (one number per sample, averaged over samples):
   every non-alphanumeric character a space, the articles a/an/the dropped; sets, so repeats do not count.
   Several accepted references: the best F1.
 * **LAR** (last-action recall): a judge says Correct or Wrong against the reference action. An LLM judge
-  (``http://...``, ``gguf:``, ``hf:``) gets :data:`LAR_JUDGE_SYSTEM` + the question, reference and answer
+  (``http://...``, ``gguf:``, ``hf:``) gets the prompt pack's LAR judge chat with the question, reference and answer
   and replies ``\\boxed{Correct}`` or ``\\boxed{Wrong}`` (unparsable = Wrong). The ``lexical`` judge (valid
   for templated synthetic data only) says Correct when every content word of the reference action (its
   tokens minus a few function words such as "my", "the", "to") occurs among the answer's tokens.
@@ -61,7 +61,6 @@ from covip.sdk import prompts
 from covip.sdk.errors import DataError, InputError
 from covip.training.data.downstream import (
     DEFAULT_QUESTIONS,
-    PAPER_QUESTIONS,
     TASKS,
     DownstreamSample,
     load_downstream,
@@ -92,13 +91,8 @@ PAPER_ANSWER_TOKENS = 1024
 _ARTICLES = frozenset({"a", "an", "the"})
 _FUNCTION_WORDS = _ARTICLES | frozenset({"my", "to", "of", "on", "in", "at", "and", "for", "with", "by", "i", "was",
                                          "some", "up"})
-LAR_JUDGE_SYSTEM = (
-    "You check a personal assistant's answer against a reference answer. Judge the meaning, not the wording: "
-    "an answer that states the same activity as the reference, in any words, is correct; an answer that "
-    "states a different activity, several activities as guesses, or none, is wrong."
-)
-_LAR_USER = ("Question: {question}\nReference answer: {reference}\nAssistant's answer: {answer}\n\n"
-             "Is the assistant's answer correct? Reply with \\boxed{{Correct}} or \\boxed{{Wrong}}.")
+LAR_JUDGE_SYSTEM = prompts.LAR_JUDGE_SYSTEM
+"""The strict LAR judge's system turn in covip's prompt pack."""
 
 
 def tokens(text: str, drop: frozenset[str] = _ARTICLES) -> list[str]:
@@ -143,27 +137,16 @@ def lar_lexical_correct(answer: str, references: Sequence[str]) -> bool:
     return False
 
 
-_PAPER_LAR_USER = (
-    "You are an impartial grader. Decide whether a personal assistant's response to the user's question is "
-    "Correct or Wrong compared with what the user actually said.\n"
-    "Correct: the response carries the core information of what the user said; other words, a paraphrase "
-    "or extra detail are fine.\n"
-    "Wrong: the core information is missing or contradicted, or the response is vague or beside the point.\n"
-    "Ignore style and length. Reply with one word: Correct or Wrong.\n\n"
-    "Question: {question}\nWhat the user said: \"{reference}\"\nResponse: {answer}"
-)
-
-
-def paper_lar_judge_messages(question: str, reference: str, answer: str) -> list[dict[str, str]]:
+def paper_lar_judge_messages(question: str, reference: str, answer: str,
+                             pack: prompts.PromptPack | None = None) -> list[dict[str, str]]:
     """The LAR judge chat of the paper protocol: one user turn, a one-word verdict (our wording)."""
-    return [{"role": "user", "content": _PAPER_LAR_USER.format(question=question.strip(),
-                                                                 reference=reference.strip(), answer=answer.strip())}]
+    return prompts.lar_judge_messages(question, reference, answer, style="paper", pack=pack)
 
 
-def lar_judge_messages(question: str, reference: str, answer: str) -> list[dict[str, str]]:
-    """The Correct/Wrong chat an LLM judge gets for one LAR answer."""
-    user = _LAR_USER.format(question=question.strip(), reference=reference.strip(), answer=answer.strip() or "(empty)")
-    return [{"role": "system", "content": LAR_JUDGE_SYSTEM}, {"role": "user", "content": user}]
+def lar_judge_messages(question: str, reference: str, answer: str,
+                       pack: prompts.PromptPack | None = None) -> list[dict[str, str]]:
+    """The strict Correct/Wrong chat an LLM judge gets for one LAR answer."""
+    return prompts.lar_judge_messages(question, reference, answer, style="strict", pack=pack)
 
 
 def parse_verdict(text: str | None) -> bool:
@@ -183,43 +166,45 @@ def _seed(sample_id: str, mode: str, base: int) -> int:
     return int(hashlib.sha256(f"{base}:{sample_id}:{mode}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
-def question_for(sample: DownstreamSample, protocol: str) -> str:
-    """The question asked: the record's own, else the protocol's default question of the task."""
-    if protocol == "paper" and sample.question == DEFAULT_QUESTIONS[sample.task]:
-        return PAPER_QUESTIONS[sample.task]
+def question_for(sample: DownstreamSample, protocol: str, pack: prompts.PromptPack | None = None) -> str:
+    """The question asked: the record's own, else the prompt pack's question of the task for the protocol."""
+    pack = pack or prompts.DEFAULT_PACK
+    if sample.question == DEFAULT_QUESTIONS[sample.task]:  # the record had none of its own
+        return (pack.paper_questions if protocol == "paper" else pack.questions)[sample.task]
     return sample.question
 
 
-def _paper_system(task: str, mode: str) -> str | None:
+def _paper_system(task: str, mode: str) -> str:
     """The system turn of the paper's answer pass (see the module doc)."""
     if mode == "cag":
-        return prompts.PERSONALIZATION_PROMPT if task == "itr" else prompts.CAPTION_INSTRUCTION
-    return None if task == "lsd" else prompts.PERSONALIZATION_PROMPT
+        return "personalization" if task == "itr" else "caption"
+    return "none" if task == "lsd" else "personalization"
 
 
 def answer_sample(engine: Any, sample: DownstreamSample, mode: str, *, caption_config: Any,
-                  answer_config: Any, protocol: str = "strict") -> dict[str, Any]:
+                  answer_config: Any, protocol: str = "strict",
+                  pack: prompts.PromptPack | None = None) -> dict[str, Any]:
     """Answer one sample in one mode: ``{"answer", "caption", tokens and timings}``."""
     entries = _entries(sample)
-    question = question_for(sample, protocol)
+    question = question_for(sample, protocol, pack)
     t0 = time.perf_counter()
     caption = None
     info: dict[str, Any] = {}
     if mode == "cag":
-        cap = engine.generate(prompts.caption_messages(entries, sample.query_image), caption_config)
+        cap = engine.generate(prompts.caption_messages(entries, sample.query_image, pack=pack), caption_config)
         caption = cap.text  # kept as generated: the answer pass then continues the caption pass's KV cache
         info["caption_tokens"] = cap.completion_tokens
         if protocol == "paper":
             messages = prompts.paper_answer_messages(entries, sample.query_image, caption, question,
-                                                     system=_paper_system(sample.task, mode))
+                                                     system=_paper_system(sample.task, mode), pack=pack)
         else:
-            messages = prompts.answer_messages(entries, sample.query_image, caption, question)
+            messages = prompts.answer_messages(entries, sample.query_image, caption, question, pack=pack)
     elif mode == "no_cag":
         if protocol == "paper":
             messages = prompts.paper_direct_messages(entries, sample.query_image, question,
-                                                     system=_paper_system(sample.task, mode))
+                                                     system=_paper_system(sample.task, mode), pack=pack)
         else:
-            messages = prompts.direct_messages(entries, sample.query_image, question)
+            messages = prompts.direct_messages(entries, sample.query_image, question, pack=pack)
     else:
         raise InputError(f"mode must be 'cag' or 'no_cag', got {mode!r}")
     gen = engine.generate(messages, answer_config)
@@ -249,7 +234,8 @@ class DownstreamResult:
         return "\n".join(line for line in lines if line)
 
 
-def _grade(task: str, rows: list[dict[str, Any]], judge: Any, protocol: str) -> None:
+def _grade(task: str, rows: list[dict[str, Any]], judge: Any, protocol: str,
+           pack: prompts.PromptPack | None = None) -> None:
     """Add ``score`` (and judge fields) to each answer row in place."""
     if task == "lsd":
         for r in rows:
@@ -270,7 +256,7 @@ def _grade(task: str, rows: list[dict[str, Any]], judge: Any, protocol: str) -> 
                 r["judge"] = "lexical"
             return
         build = paper_lar_judge_messages if protocol == "paper" else lar_judge_messages
-        prompts_ = [build(r["question"], r["judge_references"][0], r["answer"]) for r in rows]
+        prompts_ = [build(r["question"], r["judge_references"][0], r["answer"], pack) for r in rows]
         outputs = judge.complete_messages(prompts_) if prompts_ else []
         for r, out in zip(rows, outputs, strict=True):
             r["judge_output"] = out
@@ -360,7 +346,8 @@ def run_downstream(task: str, data: str | Path, *, out: str | Path, model: Any =
                    caption_tokens: int = DEFAULT_CAPTION_TOKENS, answer_tokens: int | None = None,
                    greedy: bool = False, seed: int = 0, engine_options: Mapping[str, Any] | None = None,
                    judge_options: Mapping[str, Any] | None = None, progress: bool | None = None,
-                   protocol: str = DEFAULT_PROTOCOL, answers: str | Path | None = None) -> DownstreamResult:
+                   protocol: str = DEFAULT_PROTOCOL, answers: str | Path | None = None,
+                   prompt_pack: Any = None) -> DownstreamResult:
     """Answer a downstream task file in the given modes and score it, or score ``answers`` (see the module doc)."""
     from tqdm.auto import tqdm
 
@@ -369,6 +356,7 @@ def run_downstream(task: str, data: str | Path, *, out: str | Path, model: Any =
 
     started = time.perf_counter()
     protocol = check_protocol(protocol)
+    pack = prompts.load_pack(prompt_pack)
     if task not in TASKS:
         raise InputError(f"--task must be one of {list(TASKS)}, got {task!r}")
     if (model is None) == (answers is None):
@@ -425,7 +413,7 @@ def run_downstream(task: str, data: str | Path, *, out: str | Path, model: Any =
                 raise DataError(f"{answers}: none of its answers belongs to a sample of {data}")
         else:
             engine = make_engine(model, **dict(engine_options or {})) if isinstance(model, str) else model
-            expect = {"model": engine.model_id, "prompt_version": prompts.PROMPT_VERSION, "protocol": protocol,
+            expect = {"model": engine.model_id, "prompt_version": pack.tag(), "protocol": protocol,
                       "caption_tokens": caption_tokens, "answer_tokens": answer_tokens, "greedy": greedy,
                       "seed": seed}
             store = JsonlStore(files["answers"], key="key", expect=expect)
@@ -437,15 +425,15 @@ def run_downstream(task: str, data: str | Path, *, out: str | Path, model: Any =
                 for s, m in todo:
                     cfg = answer_base if greedy else replace(answer_base, seed=_seed(s.id, m, seed))
                     res = answer_sample(engine, s, m, caption_config=caption_config, answer_config=cfg,
-                                        protocol=protocol)
+                                        protocol=protocol, pack=pack)
                     store.add({"key": f"{s.id}|{m}", "id": s.id, "mode": m, **expect, **res})
                     bar.update(1)
             finally:
                 bar.close()
             answer_of = {f"{s.id}|{m}": store.get(f"{s.id}|{m}")["answer"] for s, m in jobs}  # type: ignore[index]
-        rows = [{"id": s.id, "mode": m, "question": question_for(s, protocol), **_references(s, protocol),
+        rows = [{"id": s.id, "mode": m, "question": question_for(s, protocol, pack), **_references(s, protocol),
                  "answer": answer_of[f"{s.id}|{m}"]} for s, m in jobs]
-        _grade(task, rows, the_judge, protocol)
+        _grade(task, rows, the_judge, protocol, pack)
         judge_id = getattr(the_judge, "model_id", None) if the_judge is not None else None
         judge_stats = the_judge.stats.as_dict() if the_judge is not None else None
         judge_sampling = the_judge.sampling_params() if the_judge is not None else None
@@ -481,7 +469,7 @@ def run_downstream(task: str, data: str | Path, *, out: str | Path, model: Any =
             "answer": {k: getattr(answer_base, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k",
                                                             "presence_penalty")},
             "seed": None if greedy else seed, "layout": "paper" if protocol == "paper" else "prefix-reuse"},
-        "prompt_version": prompts.PROMPT_VERSION, "n_samples": len(samples),
+        "prompt_version": pack.tag(), "prompt_pack": pack.describe(), "n_samples": len(samples),
         "files": files, "meta": run_meta(), "elapsed_s": round(time.perf_counter() - started, 3),
     }
     _plot(task, scores, Path(files["png"]), title)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from covip.sdk import prompts
 from covip.sdk._config import ConfigMixin
 from covip.sdk.errors import InputError, JudgeError
 from covip.training.rewards import OPTION_LETTERS, judge_letter
@@ -57,32 +58,13 @@ logger = logging.getLogger(__name__)
 
 CANNOT_DETERMINE_TEXT = "The answer cannot be determined from the description"
 JUDGE_PROMPT_VERSION = 1
-JUDGE_SYSTEM_PROMPT = (
-    "You grade what a photo description says. You get one description and one multiple-choice "
-    "question. Use only facts that the description states; do not guess and do not use outside "
-    "knowledge. When the description does not give the answer, choose D."
-)
-_USER_TEMPLATE = (
-    "Description:\n{caption}\n\n"
-    "Question: {question}\n"
-    "{options}\n\n"
-    "Reply with the letter of your choice inside \\boxed{{}}, for example \\boxed{{B}}."
-)
+JUDGE_SYSTEM_PROMPT = prompts.JUDGE_SYSTEM
+"""The strict judge's system turn in covip's prompt pack (:data:`covip.sdk.prompts.DEFAULT_PACK`)."""
 JUDGE_STYLES = ("strict", "paper")
 """``strict``: the judge replies with a lone boxed letter (training rewards, covip's evaluation protocol).
 ``paper``: as the authors' CapEval judge, it may reason briefly first and ends with its boxed letter."""
 PAPER_JUDGE_MAX_TOKENS = 4096
 """Token budget of a ``paper``-style judge: the authors set no cap (their server's context was 8,192)."""
-_PAPER_USER_TEMPLATE = (
-    "Read the description, then answer the multiple-choice question about it using only what the "
-    "description says; do not bring in outside knowledge. Choose A, B or C only when the description "
-    "clearly supports it; otherwise choose D.\n\n"
-    "Description:\n{caption}\n\n"
-    "Question: {question}\n"
-    "{options}\n\n"
-    "Think it over in a few sentences, then finish with a line of the form Answer: \\boxed{{X}}, where X is "
-    "a single letter."
-)
 
 
 @dataclass(frozen=True)
@@ -153,18 +135,13 @@ class JudgeItem:
         object.__setattr__(self, "question", MCQA.coerce(self.question))
 
 
-def judge_messages(item: JudgeItem, style: str = "strict") -> list[dict[str, str]]:
-    """The chat for one item. ``strict``: a system turn with the rules and a user turn with caption +
-    question, answered by a lone boxed letter; ``paper``: one user turn, brief reasoning allowed, as the
-    authors' CapEval judge is asked (their wording is not reproduced)."""
+def judge_messages(item: JudgeItem, style: str = "strict",
+                   pack: prompts.PromptPack | None = None) -> list[dict[str, str]]:
+    """The chat for one item in a judge style (:data:`JUDGE_STYLES`), from the prompt pack
+    (:func:`covip.sdk.prompts.judge_messages`; covip's own wording by default)."""
     q = item.question
-    options = "\n".join(f"{k}. {q.options[k]}" for k in OPTION_LETTERS)
-    fields_ = dict(caption=item.caption.strip() or "(empty)", question=q.question.strip(), options=options)
-    if style == "paper":
-        return [{"role": "user", "content": _PAPER_USER_TEMPLATE.format(**fields_)}]
-    if style != "strict":
-        raise InputError(f"judge style must be one of {list(JUDGE_STYLES)}, got {style!r}")
-    return [{"role": "system", "content": JUDGE_SYSTEM_PROMPT}, {"role": "user", "content": _USER_TEMPLATE.format(**fields_)}]
+    return prompts.judge_messages(item.caption, q.question, {k: q.options[k] for k in OPTION_LETTERS}, style=style,
+                                  pack=pack)
 
 
 def check_sampling(owner: str, temperature: float, top_p: float, top_k: int | None, max_tokens: int) -> None:
@@ -263,11 +240,12 @@ class Judge(ABC):
         outputs = self.complete(items)
         return [judge_letter(t) for t in outputs]
 
-    def complete(self, items: Sequence[JudgeItem], style: str = "strict") -> list[str]:
+    def complete(self, items: Sequence[JudgeItem], style: str = "strict",
+                 pack: prompts.PromptPack | None = None) -> list[str]:
         """The judge's raw output text for each item (cached ones come from the cache); ``style`` picks the
-        judge prompt (:data:`JUDGE_STYLES`)."""
+        judge prompt (:data:`JUDGE_STYLES`), ``pack`` its wording."""
         items = [it if isinstance(it, JudgeItem) else _coerce_item(it) for it in items]
-        return self.complete_messages([judge_messages(it, style) for it in items])
+        return self.complete_messages([judge_messages(it, style, pack) for it in items])
 
     def complete_messages(self, prompts: Sequence[list[dict[str, str]]]) -> list[str]:
         """Raw outputs for ready-made chat prompts (other grading tasks, e.g. a Correct/Wrong check), with the

@@ -44,7 +44,7 @@ class LexicalJudge(Judge):
     def _generate(self, prompts, seeds):  # pragma: no cover - complete() is overridden
         raise NotImplementedError
 
-    def complete(self, items: Sequence[JudgeItem], style: str = "strict") -> list[str]:
+    def complete(self, items: Sequence[JudgeItem], style: str = "strict", pack: object = None) -> list[str]:
         """``\\boxed{X}`` for each item (the same format an LLM judge writes; the same in both styles)."""
         return [f"\\boxed{{{letter}}}" for letter in self.answer(items)]
 
