@@ -140,15 +140,17 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
     d = config.data
     dataset = build_sft_dataset(samples, world, seed=d.seed, describe="describe" in types,
                                 types=[t for t in types if t != "describe"], warmup_describe=d.warmup_describe,
-                                rationale=d.recognition_rationale,
+                                rationale=d.recognition_rationale, matching_warmup=d.matching_warmup,
                                 batch_size=config.trainer.per_device_train_batch_size if d.same_type_batches else None)
     counts: dict[str, int] = {}
     for s in samples:
         if s.sample_type in types:
             counts[s.sample_type] = counts.get(s.sample_type, 0) + 1
     if "describe" in types:
-        counts["describe"] = len(dataset) - sum(counts.values()) - d.warmup_describe
+        counts["describe"] = len(dataset) - sum(counts.values()) - d.warmup_describe - d.matching_warmup
         counts["describe_warmup"] = d.warmup_describe
+    if d.matching_warmup:
+        counts["matching_warmup"] = d.matching_warmup
     log.info("SFT on %d samples %s from %s", len(samples), counts, root)
     e = config.eval
     heldout = load_heldout_samples(root, e.sample_types, e.max_samples, world) if e.enabled else {}

@@ -73,6 +73,11 @@ class SftDataSection:
     warmup_describe: int = field(default=0, metadata=_h(
         "Rows of plain photo descriptions trained first (a cheap warm-up that teaches the random vision tower "
         "to read looks before the long interleaved prompts; 0 = none). Needs 'describe' in sample_types."))
+    matching_warmup: int = field(default=0, metadata=_h(
+        "Recognition rows trained first in which the query image is the present concept's own memory photo "
+        "(identical pixels; one-concept samples of the training split): a curriculum that lets the randomly "
+        "initialized LM learn to match image tokens across images before the real queries, whose pose, "
+        "backdrop and light differ. 0 = none. Needs 'recognition' in sample_types and same_type_batches."))
     recognition_rationale: bool = field(default=True, metadata=_h(
         "Recognition targets describe every concept image and the query before the box (false: the box alone)."))
     same_type_batches: bool = field(default=True, metadata=_h(
@@ -254,6 +259,9 @@ class SftConfig:
                "needs 'describe' in data.sample_types")
         _check(d.warmup_describe == 0 or d.same_type_batches, "data.warmup_describe",
                "needs data.same_type_batches (the rows are trained in order)")
+        _check(d.matching_warmup >= 0, "data.matching_warmup", f"must be >= 0, got {d.matching_warmup}")
+        _check(d.matching_warmup == 0 or ("recognition" in d.sample_types and d.same_type_batches),
+               "data.matching_warmup", "needs 'recognition' in data.sample_types and data.same_type_batches: true")
         if d.synth:
             from covip.training.data.synth import SynthConfig
 

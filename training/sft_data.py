@@ -53,6 +53,7 @@ __all__ = [
     "sft_row",
     "describe_items",
     "describe_row",
+    "matching_rows",
     "order_rows",
     "build_sft_dataset",
     "load_sft_samples",
@@ -228,14 +229,33 @@ def order_rows(groups: Mapping[str, Sequence[dict[str, Any]]], *, batch_size: in
     return [*warmup, *(row for batch in batches for row in batch)]
 
 
+def matching_rows(samples: Sequence[Sample], world: World, n: int, rng: random.Random, *,
+                  rationale: bool = True) -> list[dict[str, Any]]:
+    """``n`` recognition rows whose query image is the present concept's own memory photo (identical pixels),
+    from the one-concept recognition samples cycled in a seeded order: the matching curriculum."""
+    import dataclasses
+
+    single = [s for s in samples if s.sample_type == "recognition" and len(s.answer or ()) == 1]
+    if n and not single:
+        raise InputError("data.matching_warmup needs recognition samples with one present concept")
+    rows: list[dict[str, Any]] = []
+    while len(rows) < n:
+        rng.shuffle(single)
+        for s in single[:n - len(rows)]:
+            copy = dataclasses.replace(s, images=[*s.images[:-1], s.images[int(s.answer[0])]])
+            rows.append(sft_row(copy, world, rng, rationale=rationale))
+    return rows
+
+
 def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0, describe: bool = False,
                       types: Sequence[str] | None = None, batch_size: int | None = None,
-                      warmup_describe: int = 0, rationale: bool = True) -> Any:
+                      warmup_describe: int = 0, rationale: bool = True, matching_warmup: int = 0) -> Any:
     """A ``datasets.Dataset`` of :func:`sft_row` rows (and, with ``describe``, :func:`describe_row` rows of the
     samples' one-concept photos), after :func:`check_training_concepts`; ``types`` limits the sample rows.
 
     With ``batch_size`` the rows come in the order of :func:`order_rows` (for a sequential sampler), after
-    ``warmup_describe`` description rows (the describe items cycled in a seeded order).
+    ``warmup_describe`` description rows (the describe items cycled in a seeded order), then
+    ``matching_warmup`` rows of :func:`matching_rows`.
     """
     import datasets
 
@@ -260,6 +280,7 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
         while len(warmup) < warmup_describe:
             rng.shuffle(cycle)
             warmup += [describe_row(path, look) for path, look in cycle[:warmup_describe - len(warmup)]]
+    warmup += matching_rows(samples, world, matching_warmup, rng, rationale=rationale)
     rows = order_rows(groups, batch_size=batch_size, seed=seed, warmup=warmup)
     return datasets.Dataset.from_list(rows, features=_features())
 

@@ -225,6 +225,27 @@ def test_describe_rows_and_training_order(world_dir):
     assert order_rows(groups, batch_size=4, seed=3) == order_rows(groups, batch_size=4, seed=3)
 
 
+def test_matching_warmup_rows_show_the_concepts_own_photo_first(world_dir):
+    from covip.training.rewards import parse_index_set
+    from covip.training.sft_config import SftDataSection
+    from covip.training.sft_data import build_sft_dataset, load_sft_samples, load_world
+
+    world = load_world(world_dir)
+    samples = load_sft_samples(SftDataSection(), world_dir)
+    ds = build_sft_dataset(samples, world, types=["recognition"], batch_size=4, matching_warmup=5, rationale=False)
+    rows = ds.to_list()
+    n_rec = sum(s.sample_type == "recognition" for s in samples)
+    assert len(rows) == 5 + n_rec
+    for row in rows[:5]:  # the query is one of the concept images, and the answer names exactly that one
+        paths = [im["path"] for im in row["images"]]
+        assert paths[-1] in paths[:-1]
+        box = parse_index_set(row["completion"][0]["content"][0]["text"])
+        assert box == {paths[:-1].index(paths[-1])}
+    for row in rows[5:]:  # the real samples follow, unchanged
+        paths = [im["path"] for im in row["images"]]
+        assert paths[-1] not in paths[:-1]
+
+
 def test_missing_world_and_foreign_samples_fail_clearly(tmp_path, world_dir):
     from covip.training.data import Sample
     from covip.training.sft_data import load_world, target_for
