@@ -304,15 +304,15 @@ def prompt_layout(engine_name: str, engine: Any, messages: list[dict]) -> tuple[
         return len(ids), spans
     # llama.cpp: no public API gives the tokenized layout; use the engine's own (private) tokenizer path,
     # which does not touch the KV cache, and free what it allocates
-    from covip.sdk.engines._llamacpp_util import _item_tokens, _Media
+    from covip.sdk.support import Media, item_tokens
 
     text, images = engine._render(messages)
     items, chunks, bitmaps = engine._tokenize_multimodal(text, images)
     try:
         spans, pos = [], 0
         for item in items:
-            n = _item_tokens(item)
-            if isinstance(item, _Media):
+            n = item_tokens(item)
+            if isinstance(item, Media):
                 spans.append((pos, pos + n))
             pos += n
         return pos, spans

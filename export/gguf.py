@@ -110,19 +110,19 @@ def kquant_incompatibility(gguf_path: str | os.PathLike[str]) -> tuple[int, int,
 def quantize_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str], quant: str, *,
                   nthread: int | None = None) -> Path:
     """Quantize a text GGUF with llama.cpp's ``llama_model_quantize`` (native log routed to logging)."""
-    from covip.sdk.engines._llamacpp_util import _error_mark, _last_native_error, _native
+    from covip.sdk.support import error_mark, last_native_error, native_lib
 
     if quant not in GGUF_QUANTS:
         raise ExportError(f"unknown GGUF quant {quant!r}; choose from {', '.join(GGUF_QUANTS)}")
-    llama, _ = _native()
+    llama, _ = native_lib()
     params = llama.llama_model_quantize_default_params()
     params.ftype = GGUF_QUANTS[quant]
     params.nthread = nthread or max(1, (os.cpu_count() or 2))
-    mark = _error_mark()
+    mark = error_mark()
     rc = llama.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
     if rc != 0 or not Path(dst).is_file():
         raise ExportError(f"llama.cpp could not quantize {src} to {quant} (code {rc}: "
-                          f"{_last_native_error(mark) or 'no reason given'})")
+                          f"{last_native_error(mark) or 'no reason given'})")
     return Path(dst)
 
 

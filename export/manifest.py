@@ -31,7 +31,7 @@ from covip.sdk.export_manifest import (
     read_manifest,
     sha256_file,
 )
-from covip.sdk.memory.files import atomic_write_bytes
+from covip.sdk.files import atomic_write_bytes
 
 __all__ = [
     "MANIFEST_NAME",

@@ -109,7 +109,7 @@ def merge_lora(adapter_dir: str | os.PathLike[str], out_dir: str | os.PathLike[s
     ``adapter_config.json``. ``dtype``: the saved dtype, ``auto`` = the base's (the merge itself runs in
     float32).
     """
-    from covip.sdk._extras import require
+    from covip.sdk.support import require
 
     torch = require("torch", feature="LoRA merge", extra="export")
     tf = require("transformers", feature="LoRA merge", extra="export")
@@ -124,10 +124,10 @@ def merge_lora(adapter_dir: str | os.PathLike[str], out_dir: str | os.PathLike[s
     source, base_dir = _resolve_base(str(base_name), what=f"the adapter {adapter}")
     out = Path(out_dir)
     log.info("merging LoRA adapter %s into %s", adapter, source)
-    from covip.sdk.engines._hf_util import _quiet_progress
+    from covip.sdk.support import quiet_progress
 
     try:
-        with _quiet_progress(tf):
+        with quiet_progress(tf):
             model = tf.AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as exc:
         raise ExportError(f"cannot load the base model {source!r} of {adapter} ({type(exc).__name__}: "
@@ -152,7 +152,7 @@ def merge_lora(adapter_dir: str | os.PathLike[str], out_dir: str | os.PathLike[s
         raise ExportError(f"cannot load the processor of {proc_src!r} ({exc}); the export needs the "
                           "tokenizer and chat template") from exc
     out.mkdir(parents=True, exist_ok=True)
-    with _quiet_progress(tf):
+    with quiet_progress(tf):
         merged.save_pretrained(str(out))
     processor.save_pretrained(str(out))
     if read_chat_template(out) is None and getattr(processor, "chat_template", None):
@@ -234,7 +234,7 @@ def resolve_checkpoint(model: str | os.PathLike[str], *, base: str | None = None
         raise ExportError(f"{spec} does not exist: give an HF checkpoint directory, a LoRA adapter directory, a "
                           "GSPO run directory, 'tiny' or a hub id")
     # a hub id: load and save locally so the converter can read plain files
-    from covip.sdk._extras import require
+    from covip.sdk.support import require
 
     tf = require("transformers", feature="exporting a hub model", extra="export")
     w, tmp = _work()

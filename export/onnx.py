@@ -226,7 +226,7 @@ def export_onnx(model: str | os.PathLike[str], out: str | os.PathLike[str], *, i
     """
     from covip.export.manifest import add_files, new_manifest, publish_export, write_manifest
     from covip.export.merge import read_chat_template, resolve_checkpoint
-    from covip.sdk._extras import require
+    from covip.sdk.support import require
 
     torch = require("torch", feature="ONNX export", extra="export")
     tf = require("transformers", feature="ONNX export", extra="export")
@@ -260,11 +260,11 @@ def export_onnx(model: str | os.PathLike[str], out: str | os.PathLike[str], *, i
             lower, upper = max(factor, image_size // factor * factor), -(-image_size // factor) * factor
             raise ExportError(f"--image-size {image_size} is not a multiple of patch x merge = {factor} for this "
                               f"model; use {lower} or {upper}")
-        from covip.sdk.engines._hf_util import _quiet_progress
+        from covip.sdk.support import quiet_progress
 
         try:
             processor = tf.AutoProcessor.from_pretrained(str(ck.path))
-            with _quiet_progress(tf):
+            with quiet_progress(tf):
                 hf = tf.AutoModelForImageTextToText.from_pretrained(str(ck.path), dtype=torch.float32).eval()
         except (OSError, ValueError, KeyError) as exc:
             raise ExportError(f"cannot load {ck.path} ({type(exc).__name__}: {str(exc)[:300]})") from exc

@@ -132,8 +132,7 @@ class HfReference:
 def hf_reference(model_dir: str | os.PathLike[str], *, cases: Sequence[PromptCase] | None = None,
                  max_new_tokens: int = 16) -> HfReference:
     """Run the HF checkpoint (float32, CPU) greedily on ``cases`` (default :func:`default_cases`)."""
-    from covip.sdk._extras import require
-    from covip.sdk.engines._hf_util import _quiet_progress, _set_pixels
+    from covip.sdk.support import quiet_progress, require, set_pixels
 
     torch = require("torch", feature="export verification", extra="export")
     tf = require("transformers", feature="export verification", extra="export")
@@ -141,14 +140,14 @@ def hf_reference(model_dir: str | os.PathLike[str], *, cases: Sequence[PromptCas
     cases = list(cases) if cases is not None else default_cases(d)
     try:
         processor = tf.AutoProcessor.from_pretrained(str(d))
-        with _quiet_progress(tf):
+        with quiet_progress(tf):
             model = tf.AutoModelForImageTextToText.from_pretrained(str(d), dtype=torch.float32).eval()
     except (OSError, ValueError, KeyError) as exc:
         raise ExportError(f"cannot load the reference model {d} ({type(exc).__name__}: {str(exc)[:300]})") from exc
     factor = _vision_factor(d)
     ip = getattr(processor, "image_processor", None)
     if ip is not None:  # keep the test image's size: what llama.cpp / the ONNX export see too
-        _set_pixels(ip, factor * factor, 4096 * 4096)
+        set_pixels(ip, factor * factor, 4096 * 4096)
     tok = processor.tokenizer
     eos = {i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")) if isinstance(i, int)}
     gen_eos = getattr(model.generation_config, "eos_token_id", None)
@@ -384,8 +383,8 @@ def _llama_teacher_forced(engine: Any, case: CaseReference) -> tuple[list[int], 
     what the SDK runs."""
     import numpy as np
 
-    from covip.sdk.engines._llamacpp_util import _Media
     from covip.sdk.engines.base import check_messages
+    from covip.sdk.support import Media
 
     llama = engine._llama
     engine.reset()
@@ -422,7 +421,7 @@ def _llama_teacher_forced(engine: Any, case: CaseReference) -> tuple[list[int], 
     image_id = case.image_token_id
     prompt: list[int] = []
     for it in items:
-        if isinstance(it, _Media):
+        if isinstance(it, Media):
             prompt.extend([image_id if image_id is not None else -1] * it.n_tokens)
         else:
             prompt.append(int(it))

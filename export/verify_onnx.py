@@ -48,15 +48,13 @@ def check_preprocessing(model_dir: str | os.PathLike[str], spec: Any, image: Any
     """Max |numpy pixel_values - HF processor pixel_values| for ``image`` at the export's fixed size."""
     import numpy as np
 
-    from covip.sdk._extras import require
-    from covip.sdk.engines._hf_util import _set_pixels
-    from covip.sdk.engines._onnx_util import preprocess_image
+    from covip.sdk.support import preprocess_image, require, set_pixels
 
     tf = require("transformers", feature="export verification", extra="export")
     processor = tf.AutoProcessor.from_pretrained(str(model_dir))
     ip = processor.image_processor
     n = spec.height * spec.width
-    _set_pixels(ip, n, n)
+    set_pixels(ip, n, n)
     out = ip(images=[image], return_tensors="pt")
     theirs = out["pixel_values"].float().numpy()
     grid = [int(x) for x in out["image_grid_thw"].reshape(-1).tolist()]
@@ -97,8 +95,8 @@ def _ratio(manifest: Any, entry: Any) -> float | None:
 def verify_onnx(manifest: Any, ref: Any, opts: Any) -> list[Any]:
     """One :class:`~covip.export.verify.FileCheck` per decoder graph of the export (see the module doc)."""
     from covip.export.verify import FileCheck, check_case
-    from covip.sdk.engines._onnx_util import ImageSpec
     from covip.sdk.engines.onnx import OnnxEngine, OnnxEngineConfig
+    from covip.sdk.support import ImageSpec
 
     section = manifest.onnx or {}
     spec = ImageSpec.from_dict(section["image"]) if section.get("image") else None

@@ -64,7 +64,7 @@ def read_settings(home: Path) -> dict[str, Any]:
 
 def write_settings(home: Path, settings: dict[str, Any]) -> Path:
     """Write ``config.json`` atomically (0600, like every file of the home)."""
-    from covip.sdk.memory.files import atomic_write_bytes, private_dir
+    from covip.sdk.files import atomic_write_bytes, private_dir
 
     private_dir(home)  # 0700 whatever the umask: the home is private from the start
     path = home / SETTINGS_FILE

@@ -1,7 +1,9 @@
-"""Atomic file writes, reads and cross-process locks for the memory home; every file is private.
+"""Atomic file writes, reads and cross-process locks; every file of a memory home is private.
 
-Every file covip writes goes through here: files are created 0600 and folders 0700 whatever the umask
-(another OS user must not read anyone's dialogues or photos), and written atomically (temp file, rename).
+Every file covip writes goes through here: files of a memory home are created 0600 and folders 0700 whatever
+the umask (another OS user must not read anyone's dialogues or photos), and everything is written atomically
+(temp file, fsync, rename). Training and export outputs (configs, results, datasets) use the same
+:func:`atomic_write_bytes` with ``private=False``: the usual file mode (0666 minus the umask).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["atomic_write_bytes", "atomic_replace", "file_lock", "fsync_dir", "tmp_path", "sweep_dead_tmp",
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_replace", "file_lock", "fsync_dir", "tmp_path", "sweep_dead_tmp",
            "private_dir", "create_private_file", "read_bytes", "PRIVATE_FILE_MODE", "PRIVATE_DIR_MODE"]
 
 PRIVATE_FILE_MODE = 0o600
@@ -85,34 +87,60 @@ def tmp_path(tmp_dir: Path, suffix: str = ".part") -> Path:
         return path
 
 
-def atomic_replace(tmp: Path, dest: Path, *, durable: bool = True) -> None:
+def _umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def atomic_replace(tmp: Path, dest: Path, *, durable: bool = True, private: bool = True) -> None:
     """Rename ``tmp`` over ``dest`` (readers see old or new, never half); ``durable`` fsyncs the file before
     and the directory after, so the rename also survives power loss, not only a process crash. The file
-    becomes 0600 first, whoever created it (e.g. a zip writer that honours the umask)."""
-    os.chmod(tmp, PRIVATE_FILE_MODE)
+    becomes 0600 first, whoever created it (e.g. a zip writer that honours the umask); with
+    ``private=False`` it gets the usual mode (0666 minus the umask) instead."""
+    os.chmod(tmp, PRIVATE_FILE_MODE if private else 0o666 & ~_umask())
     if durable:
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-    private_dir(dest.parent)
+    if private:
+        private_dir(dest.parent)
+    else:
+        dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, dest)
     if durable:
         fsync_dir(dest.parent)
 
 
-def atomic_write_bytes(dest: Path, data: bytes | memoryview, tmp_dir: Path, *, durable: bool = True) -> None:
-    """Write ``data`` to ``dest`` atomically (a 0600 temp file in ``tmp_dir`` on the same filesystem, rename)."""
-    tmp = tmp_path(tmp_dir)
+def atomic_write_bytes(dest: Path, data: bytes | memoryview, tmp_dir: Path | None = None, *, durable: bool = True,
+                       private: bool = True) -> Path:
+    """Write ``data`` to ``dest`` atomically: a temp file in ``tmp_dir`` (same filesystem; None = beside
+    ``dest``), fsync, rename. ``private`` (the default, for a memory home): 0600 file, 0700 folders;
+    ``private=False`` (training and export outputs): the usual modes."""
+    dest = Path(dest)
+    if tmp_dir is None:
+        (private_dir if private else lambda p: p.mkdir(parents=True, exist_ok=True))(dest.parent)
+        tmp = dest.parent / f".{dest.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp"
+        os.close(create_private_file(tmp))
+    else:
+        tmp = tmp_path(tmp_dir)
     try:
         with os.fdopen(create_private_file(tmp, exclusive=False), "wb") as fh:
             fh.write(data)
-        atomic_replace(tmp, dest, durable=durable)
+        atomic_replace(tmp, dest, durable=durable, private=private)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+    return dest
+
+
+def atomic_write_text(dest: Path, text: str, tmp_dir: Path | None = None, *, durable: bool = True,
+                      private: bool = True) -> Path:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    return atomic_write_bytes(dest, text.encode("utf-8"), tmp_dir, durable=durable, private=private)
 
 
 @contextlib.contextmanager

@@ -54,3 +54,26 @@ def test_every_package_folder_is_in_the_distribution() -> None:
             rel = init.parent.relative_to(ROOT / folder).parts
             found.add(".".join((pkg_name, *rel)))
     assert found == listed  # a wheel would silently lack any package missing from the list
+
+
+def test_no_package_imports_another_packages_private_names() -> None:
+    """training, export and the benchmarks reach the SDK (and each other) through public names only
+    (covip.sdk.support is the SDK's seam for them), so private modules can change freely."""
+    import ast
+
+    offenders = []
+    for folder in (*PACKAGES, "benchmarks"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("covip."):
+                    modules, names = [node.module], [a.name for a in node.names]
+                elif isinstance(node, ast.Import):
+                    modules, names = [a.name for a in node.names if a.name.startswith("covip.")], []
+                else:
+                    continue
+                for module in modules:
+                    parts = module.split(".")[1:]
+                    if parts and parts[0] != folder and (any(p.startswith("_") for p in parts)
+                                                         or any(n.startswith("_") for n in names)):
+                        offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {module} {names}")
+    assert offenders == []

@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from covip.sdk._extras import require
 from covip.sdk.errors import InputError
+from covip.sdk.support import require, set_pixels
 from covip.training.gspo_config import GspoConfig, load_config
 
 __all__ = [
@@ -127,21 +127,6 @@ def check_lora_targets(model: Any, regex: str, vision_names: Sequence[str]) -> l
     return matched
 
 
-def _set_pixels(image_processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:
-    if not (min_pixels or max_pixels):
-        return
-    size = dict(getattr(image_processor, "size", None) or {})
-    if not ("shortest_edge" in size or "longest_edge" in size or hasattr(image_processor, "min_pixels")):
-        raise InputError(f"model.min_pixels/max_pixels cannot be set on {type(image_processor).__name__}; "
-                         "leave them null")
-    for key, attr, value in (("shortest_edge", "min_pixels", min_pixels), ("longest_edge", "max_pixels", max_pixels)):
-        if value:
-            size[key] = value
-            if hasattr(image_processor, attr):
-                setattr(image_processor, attr, value)
-    image_processor.size = size
-
-
 def _resolve_source(name: str) -> tuple[str, Path | None]:
     """(what from_pretrained gets, the local directory when there is one)."""
     from covip.sdk.models import build_tiny_vlm
@@ -177,7 +162,7 @@ def load_policy(config: GspoConfig) -> tuple[Any, Any, Path | None]:
         raise InputError(f"the model {m.name_or_path!r} has no processor with a tokenizer (not a VLM?)")
     ip = getattr(processor, "image_processor", None)
     if ip is not None:
-        _set_pixels(ip, m.min_pixels, m.max_pixels)
+        set_pixels(ip, m.min_pixels, m.max_pixels)
     return model, processor, local
 
 

@@ -34,6 +34,7 @@ from typing import Any, Union
 
 from covip.sdk.errors import InputError
 from covip.training.config_io import config_from_dict, config_to_dict, read_yaml, sections_help
+from covip.training.constants import SAMPLE_TYPES
 
 __all__ = [
     "BUNDLED_CONFIG_DIR",
@@ -64,7 +65,6 @@ PAPER_LORA_TARGET_REGEX = DEFAULT_LORA_TARGET_REGEX + r"|lm_head"
 parameters = r64 on 7 projections x 36 layers, 174,587,904, plus lm_head, 9,986,048)."""
 VISION_MODULE_NAMES = ("visual", "vision_tower", "vision_model", "vision_encoder", "image_encoder")
 """A module whose dotted name has one of these components belongs to the vision tower."""
-SAMPLE_TYPES = ("caption", "recognition", "verification")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 

@@ -36,6 +36,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from covip.sdk.errors import InputError
+from covip.training.constants import CANNOT_DETERMINE, OPTION_LETTERS, SAMPLE_TYPES
 
 if TYPE_CHECKING:  # the judges import this module; import them lazily at run time
     from covip.training.judges import MCQA, Judge
@@ -65,12 +66,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_TYPES = ("caption", "recognition", "verification")
 DEFAULT_MAX_COMPLETION_TOKENS = 512
 POSITIVE_WEIGHT = Fraction(1, 3)  # per correctly answered positive question (3 questions per concept)
 DEGENERATE_REWARD = -1.0
-OPTION_LETTERS = ("A", "B", "C", "D")
-CANNOT_DETERMINE = "D"
 
 # Degeneration thresholds (COVIP_FACTS.md), compared exactly with fractions: a ratio equal to the
 # threshold fires.
@@ -473,11 +471,11 @@ class CoViPReward:
                                                   degeneration_rule=report.rule, over_length=over,
                                                   n_tokens=n_tokens)
                     continue
-                pos = [MCQA.coerce(q) for q in self._row(columns, ("pos_qas",), i, n) or ()]
+                try:
+                    pos = [MCQA.coerce(q, default=None) for q in self._row(columns, ("pos_qas",), i, n) or ()]
+                except InputError as exc:
+                    raise InputError(f"sample {i}: a positive question: {exc}") from None
                 neg = [MCQA.coerce(q) for q in self._row(columns, ("neg_qas",), i, n) or ()]
-                for q in pos:
-                    if q.answer is None:
-                        raise InputError(f"sample {i}: a positive question has no correct answer: {q.question!r}")
                 pending.append((i, pos, neg, n_tokens))
                 if text.strip():
                     items.extend(JudgeItem(text, q) for q in pos + neg)

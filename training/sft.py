@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from covip.sdk._extras import require
+from covip.sdk.support import require
 from covip.training.sft_config import SftConfig, load_sft_config
 
 __all__ = ["SftResult", "train_sft", "sft_args", "PROVENANCE_FILE"]

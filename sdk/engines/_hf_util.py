@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image
 
 from covip.sdk.engines.base import GenerationConfig
-from covip.sdk.errors import EngineError
+from covip.sdk.errors import EngineError, InputError
 from covip.sdk.imaging import Photo, load_photo
 from covip.sdk.models.tiny import TINY_MODELS, build_tiny_vlm, read_tiny_marker, resolve_tiny_name
 
@@ -84,20 +84,21 @@ def _auto_model_class(tf: Any, source: str, common: dict[str, Any]) -> Any:
     raise EngineError(f"{source!r} ({config.model_type}) is not an image-text-to-text model transformers knows")
 
 
-def _set_pixels(ip: Any, min_pixels: int | None, max_pixels: int | None) -> None:
-    size = dict(getattr(ip, "size", None) or {})
-    if "shortest_edge" in size or "longest_edge" in size or hasattr(ip, "min_pixels"):
-        if min_pixels:
-            size["shortest_edge"] = min_pixels
-            if hasattr(ip, "min_pixels"):
-                ip.min_pixels = min_pixels
-        if max_pixels:
-            size["longest_edge"] = max_pixels
-            if hasattr(ip, "max_pixels"):
-                ip.max_pixels = max_pixels
-        ip.size = size
-    else:
-        raise EngineError(f"min_pixels/max_pixels cannot be set on {type(ip).__name__}; leave them None")
+def set_pixels(image_processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:
+    """Bound the pixels a Qwen-VL image processor resizes to (``size`` shortest/longest edge, and the
+    ``min_pixels``/``max_pixels`` attributes where it has them); None leaves a bound as it is."""
+    if not (min_pixels or max_pixels):
+        return
+    size = dict(getattr(image_processor, "size", None) or {})
+    if not ("shortest_edge" in size or "longest_edge" in size or hasattr(image_processor, "min_pixels")):
+        raise InputError(f"min_pixels/max_pixels cannot be set on {type(image_processor).__name__}; leave them "
+                         "unset (None) for this model")
+    for key, attr, value in (("shortest_edge", "min_pixels", min_pixels), ("longest_edge", "max_pixels", max_pixels)):
+        if value:
+            size[key] = value
+            if hasattr(image_processor, attr):
+                setattr(image_processor, attr, value)
+    image_processor.size = size
 
 
 def _take_image(payload: Any) -> tuple[Image.Image, str]:
@@ -155,7 +156,7 @@ def _make_generator(torch: Any, config: GenerationConfig) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet_progress(tf: Any) -> Iterator[None]:
+def quiet_progress(tf: Any) -> Iterator[None]:
     """Hide transformers' "Loading weights" bar unless covip logs at INFO (the SDK is quiet by default)."""
     if logging.getLogger("covip").isEnabledFor(logging.INFO):
         yield

@@ -62,7 +62,7 @@ def set_verbose(delta: int) -> None:
     _log_state["verbose_engines"] = max(0, _log_state["verbose_engines"] + delta)
 
 
-def _native() -> tuple[Any, Any]:
+def native_lib() -> tuple[Any, Any]:
     """(llama_cpp.llama_cpp, llama_cpp.mtmd_cpp), imported once with logging routed and the backend up."""
     with _lib_lock:
         if not _lib:
@@ -89,13 +89,13 @@ def _native() -> tuple[Any, Any]:
         return _lib["llama"], _lib["mtmd"]
 
 
-def _error_mark() -> int:
-    """A mark to pass to :func:`_last_native_error` later."""
+def error_mark() -> int:
+    """A mark to pass to :func:`last_native_error` later."""
     return int(_log_state["n_errors"])
 
 
-def _last_native_error(since: int) -> str:
-    """The (last few) native error lines logged after ``since`` = an earlier :func:`_error_mark`, joined."""
+def last_native_error(since: int) -> str:
+    """The (last few) native error lines logged after ``since`` = an earlier :func:`error_mark`, joined."""
     lines = [line for n, line in list(_native_errors) if n >= since]
     return "; ".join(lines[-4:])
 
@@ -123,7 +123,7 @@ def _check_gguf(path: Path, what: str) -> Path:
 
 
 @dataclass
-class _Media:
+class Media:
     """One image chunk of a prompt: compared by key, counted in tokens, advancing ``n_pos`` positions."""
 
     key: tuple[str, int]
@@ -132,20 +132,20 @@ class _Media:
     chunk_index: int = field(compare=False)
 
 
-_Item = int | _Media  # a text token id, or a whole image chunk
+_Item = int | Media  # a text token id, or a whole image chunk
 
 
-def _item_tokens(item: _Item) -> int:
-    return item.n_tokens if isinstance(item, _Media) else 1
+def item_tokens(item: _Item) -> int:
+    return item.n_tokens if isinstance(item, Media) else 1
 
 
 def _item_pos(item: _Item) -> int:
-    return item.n_pos if isinstance(item, _Media) else 1
+    return item.n_pos if isinstance(item, Media) else 1
 
 
 def _same(a: _Item, b: _Item) -> bool:
-    if isinstance(a, _Media) or isinstance(b, _Media):
-        return isinstance(a, _Media) and isinstance(b, _Media) and a == b
+    if isinstance(a, Media) or isinstance(b, Media):
+        return isinstance(a, Media) and isinstance(b, Media) and a == b
     return a == b
 
 

@@ -47,17 +47,17 @@ from pathlib import Path
 from typing import Any
 
 from covip.sdk.engines._llamacpp_util import (
+    Media,
     _check_gguf,
-    _error_mark,
     _Item,
     _item_pos,
-    _item_tokens,
-    _last_native_error,
-    _Media,
-    _native,
     _same,
     _StopFilter,
+    error_mark,
+    item_tokens,
+    last_native_error,
     make_sampler,
+    native_lib,
     set_verbose,
 )
 from covip.sdk.engines.base import (
@@ -176,7 +176,7 @@ class LlamaCppEngine:
         if config.mmproj_path is not None:
             mmproj_path = _check_gguf(Path(os.fspath(config.mmproj_path)).expanduser(), "mmproj file")
         self.model_path, self.mmproj_path = model_path, mmproj_path
-        llama, mtmd = _native()
+        llama, mtmd = native_lib()
         self._llama, self._mtmd = llama, mtmd
         if config.verbose:
             set_verbose(+1)
@@ -191,7 +191,7 @@ class LlamaCppEngine:
 
     def _load(self, model_path: Path, mmproj_path: Path | None) -> None:
         llama, mtmd, cfg = self._llama, self._mtmd, self.config
-        mark = _error_mark()
+        mark = error_mark()
         mparams = llama.llama_model_default_params()
         mparams.n_gpu_layers = _ALL_LAYERS if cfg.n_gpu_layers == -1 else cfg.n_gpu_layers
         self._model = llama.llama_model_load_from_file(str(model_path).encode("utf-8"), mparams)
@@ -199,7 +199,7 @@ class LlamaCppEngine:
             self._model = None
             raise EngineError(
                 f"llama.cpp cannot load the model file '{model_path}' "
-                f"({_last_native_error(mark) or 'no reason given'}); the file may be truncated, "
+                f"({last_native_error(mark) or 'no reason given'}); the file may be truncated, "
                 "corrupt, an mmproj file, or a model architecture this llama-cpp-python does not know"
             )
         self._vocab = llama.llama_model_get_vocab(self._model)
@@ -215,7 +215,7 @@ class LlamaCppEngine:
             self._ctx = None
             raise EngineError(
                 f"llama.cpp cannot create a context of {cfg.n_ctx} tokens for '{model_path}' "
-                f"({_last_native_error(mark) or 'no reason given'}); try a smaller n_ctx"
+                f"({last_native_error(mark) or 'no reason given'}); try a smaller n_ctx"
             )
         self._mem = llama.llama_get_memory(self._ctx)
         self._n_ctx = int(llama.llama_n_ctx(self._ctx))
@@ -237,7 +237,7 @@ class LlamaCppEngine:
                 self._mctx = None
                 raise EngineError(
                     f"libmtmd cannot load the mmproj file '{mmproj_path}' for the model '{model_path}' "
-                    f"({_last_native_error(mark) or 'no reason given'}); the mmproj must be the projector "
+                    f"({last_native_error(mark) or 'no reason given'}); the mmproj must be the projector "
                     "converted from the same model (convert_hf_to_gguf.py --mmproj)"
                 )
             if not mtmd.mtmd_support_vision(self._mctx):
@@ -360,7 +360,7 @@ class LlamaCppEngine:
         with self._lock:
             self._check_open()
             llama = self._llama
-            items = tuple(dataclasses.replace(i) if isinstance(i, _Media) else i for i in self._cache_items)
+            items = tuple(dataclasses.replace(i) if isinstance(i, Media) else i for i in self._cache_items)
             buffer, size = None, 0
             if items:
                 cap = int(llama.llama_state_seq_get_size(self._ctx, 0))
@@ -369,7 +369,7 @@ class LlamaCppEngine:
                 if size == 0:
                     raise EngineError("llama.cpp could not copy the KV state (llama_state_seq_get_data returned 0)")
             data = _Snapshot(buffer=buffer, size=size, items=items, pos=tuple(self._cache_pos))
-            return EngineState(model_id=self.model_id, n_tokens=sum(_item_tokens(i) for i in items), nbytes=size,
+            return EngineState(model_id=self.model_id, n_tokens=sum(item_tokens(i) for i in items), nbytes=size,
                                owner=self._state_owner, data=data)
 
     def restore(self, state: EngineState) -> None:
@@ -386,18 +386,18 @@ class LlamaCppEngine:
             self._clear_cache()
             if data.buffer is None:
                 return
-            mark = _error_mark()
+            mark = error_mark()
             if not self._llama.llama_state_seq_set_data(self._ctx, data.buffer, data.size, 0):
                 self._clear_cache()
-                reason = _last_native_error(mark) or "llama_state_seq_set_data returned 0"
+                reason = last_native_error(mark) or "llama_state_seq_set_data returned 0"
                 raise EngineError(f"llama.cpp could not load the KV state ({reason})")
-            self._cache_items = [dataclasses.replace(i) if isinstance(i, _Media) else i for i in data.items]
+            self._cache_items = [dataclasses.replace(i) if isinstance(i, Media) else i for i in data.items]
             self._cache_pos = list(data.pos)
 
     @property
     def cached_tokens(self) -> int:
         """Tokens currently held in the KV cache for reuse."""
-        return sum(_item_tokens(i) for i in self._cache_items)
+        return sum(item_tokens(i) for i in self._cache_items)
 
     @property
     def n_ctx(self) -> int:
@@ -500,15 +500,15 @@ class LlamaCppEngine:
                 items, chunks, bitmaps = self._tokenize_multimodal(text, [])
             else:
                 items = list(self._tokenize(text, add_special=True))
-            if not items or isinstance(items[-1], _Media):
+            if not items or isinstance(items[-1], Media):
                 raise InputError("the rendered prompt must end with text (the chat template's generation prompt)")
-            n_prompt = sum(_item_tokens(i) for i in items)
+            n_prompt = sum(item_tokens(i) for i in items)
             if n_prompt >= self._n_ctx:
                 raise InputError(f"the prompt has {n_prompt} tokens but the context holds {self._n_ctx}; "
                                  "shorten the context or raise LlamaCppEngineConfig.n_ctx")
 
             keep = self._reuse_prefix(items)
-            cached = sum(_item_tokens(i) for i in items[:keep])
+            cached = sum(item_tokens(i) for i in items[:keep])
             t0 = time.perf_counter()
             self._prefill(items, keep, chunks)
             prefill_s = time.perf_counter() - t0
@@ -649,11 +649,11 @@ class LlamaCppEngine:
             raw = text.encode("utf-8")
             inp.text, inp.text_len, inp.add_special, inp.parse_special = raw, len(raw), True, True
             arr = (mtmd.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
-            mark = _error_mark()
+            mark = error_mark()
             rc = mtmd.mtmd_tokenize(self._mctx, chunks, ctypes.byref(inp), arr, len(bitmaps))
             if rc != 0:
                 raise EngineError(f"libmtmd failed to tokenize the prompt (code {rc}: "
-                                  f"{_last_native_error(mark) or 'image count does not match the markers?'})")
+                                  f"{last_native_error(mark) or 'image count does not match the markers?'})")
             items: list[_Item] = []
             seen: dict[str, int] = {}
             n_tok = ctypes.c_size_t()
@@ -666,7 +666,7 @@ class LlamaCppEngine:
                 else:
                     cid = (mtmd.mtmd_input_chunk_get_id(chunk) or b"").decode()
                     seen[cid] = seen.get(cid, -1) + 1
-                    items.append(_Media(key=(cid, seen[cid]),
+                    items.append(Media(key=(cid, seen[cid]),
                                         n_tokens=int(mtmd.mtmd_input_chunk_get_n_tokens(chunk)),
                                         n_pos=int(mtmd.mtmd_input_chunk_get_n_pos(chunk)), chunk_index=ci))
             return items, chunks, bitmaps
@@ -713,12 +713,12 @@ class LlamaCppEngine:
             i = start
             while i < len(items):
                 item = items[i]
-                if isinstance(item, _Media):
+                if isinstance(item, Media):
                     self._eval_media(item, chunks)
                     i += 1
                     continue
                 j = i
-                while j < len(items) and not isinstance(items[j], _Media):
+                while j < len(items) and not isinstance(items[j], Media):
                     j += 1
                 run = items[i:j]
                 pos0 = self._next_pos()
@@ -730,17 +730,17 @@ class LlamaCppEngine:
             self._clear_cache()  # a half-filled cache is not worth keeping
             raise
 
-    def _eval_media(self, item: _Media, chunks: Any) -> None:
+    def _eval_media(self, item: Media, chunks: Any) -> None:
         mtmd = self._mtmd
         chunk = mtmd.mtmd_input_chunks_get(chunks, item.chunk_index)
         pos0 = self._next_pos()
         new_pos = self._llama.llama_pos(pos0)
-        mark = _error_mark()
+        mark = error_mark()
         rc = mtmd.mtmd_helper_eval_chunk_single(self._mctx, self._ctx, chunk, pos0, 0, self._n_batch, False,
                                                 ctypes.byref(new_pos))
         if rc != 0:
             raise EngineError(f"libmtmd failed to encode/decode an image (code {rc}: "
-                              f"{_last_native_error(mark) or 'no reason given'})")
+                              f"{last_native_error(mark) or 'no reason given'})")
         if new_pos.value != pos0 + item.n_pos:
             logger.debug("image chunk advanced %d positions, expected %d", new_pos.value - pos0, item.n_pos)
             item.n_pos = new_pos.value - pos0
@@ -761,10 +761,10 @@ class LlamaCppEngine:
                 batch.logits[k] = 0
             if logits_last and last_part:
                 batch.logits[len(part) - 1] = 1
-            mark = _error_mark()
+            mark = error_mark()
             rc = llama.llama_decode(self._ctx, batch)
             if rc != 0:
-                raise EngineError(f"llama_decode failed (code {rc}: {_last_native_error(mark) or 'no reason given'})"
+                raise EngineError(f"llama_decode failed (code {rc}: {last_native_error(mark) or 'no reason given'})"
                                   + ("; the KV cache is full, raise n_ctx" if rc == 1 else ""))
 
     # -- sampling

@@ -52,11 +52,11 @@ from covip.sdk.engines._hf_util import (
     _image_spans,
     _make_generator,
     _pick_dtype,
-    _quiet_progress,
     _resolve_model,
     _same_tensors,
-    _set_pixels,
     _take_image,
+    quiet_progress,
+    set_pixels,
 )
 from covip.sdk.engines._loop import TokenLoopEngine, common_prefix
 from covip.sdk.engines.base import (
@@ -248,7 +248,7 @@ class TransformersEngine(TokenLoopEngine):
             kwargs = dict(common, dtype=self.dtype)
             if cfg.attn_implementation:
                 kwargs["attn_implementation"] = cfg.attn_implementation
-            with _quiet_progress(tf):
+            with quiet_progress(tf):
                 model = _auto_model_class(tf, source, common).from_pretrained(source, **kwargs)
         except (OSError, ValueError, KeyError, ImportError) as exc:
             if isinstance(exc, CovipError):
@@ -262,7 +262,7 @@ class TransformersEngine(TokenLoopEngine):
             raise EngineError(f"the model {cfg.model!r} has no processor with a tokenizer and a chat template")
         ip = getattr(processor, "image_processor", None)
         if ip is not None and (cfg.min_pixels or cfg.max_pixels):
-            _set_pixels(ip, cfg.min_pixels, cfg.max_pixels)
+            set_pixels(ip, cfg.min_pixels, cfg.max_pixels)
         return processor, model
 
     def _setup_model_specifics(self) -> None:

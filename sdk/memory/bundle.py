@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from covip.sdk.errors import BundleError, ConflictError, InputError
+from covip.sdk.files import atomic_replace, tmp_path
 from covip.sdk.memory import crypto
 from covip.sdk.memory.bundle_check import BUNDLE_FORMAT, BUNDLE_VERSION
 from covip.sdk.memory.bundle_read import read_bundle
-from covip.sdk.memory.files import atomic_replace, tmp_path
 from covip.sdk.memory.schema import SCHEMA_VERSION, utcnow
 from covip.sdk.memory.validate import clean_name, clean_path
 

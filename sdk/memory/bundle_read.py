@@ -27,6 +27,7 @@ from typing import IO
 import numpy as np
 
 from covip.sdk.errors import BundleError, ImageError
+from covip.sdk.files import tmp_path
 from covip.sdk.imaging import load_photo
 from covip.sdk.memory.bundle_check import (
     Manifest,
@@ -39,7 +40,6 @@ from covip.sdk.memory.bundle_check import (
     vectors_cap,
 )
 from covip.sdk.memory.crypto import PhotoSeal
-from covip.sdk.memory.files import tmp_path
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from typing import IO, Any
 
 from covip.sdk._extras import require
 from covip.sdk.errors import DecryptError, EncryptionError, InputError, MissingKeyError, WrongKeyError
-from covip.sdk.memory.files import atomic_write_bytes, private_dir, read_bytes
+from covip.sdk.files import atomic_write_bytes, private_dir, read_bytes
 from covip.sdk.memory.sealed import (
     FEATURE,
     MAGIC,

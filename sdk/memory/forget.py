@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from covip.sdk.memory.files import file_lock
+from covip.sdk.files import file_lock
 from covip.sdk.memory.schema import utcnow
 from covip.sdk.memory.types import ForgetReport
 from covip.sdk.memory.validate import clean_flag

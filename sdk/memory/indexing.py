@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from covip.sdk.errors import IndexCorruptError, NotFoundError
-from covip.sdk.memory.files import file_lock
+from covip.sdk.files import file_lock
 from covip.sdk.memory.index import VectorIndex, read_sidecar
 from covip.sdk.memory.schema import utcnow
 

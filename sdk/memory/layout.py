@@ -16,7 +16,7 @@ from pathlib import Path
 
 from covip.sdk.config import SETTINGS_FILE
 from covip.sdk.errors import DatabaseMissingError
-from covip.sdk.memory.files import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, fsync_dir, private_dir
+from covip.sdk.files import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, fsync_dir, private_dir
 
 log = logging.getLogger(__name__)
 

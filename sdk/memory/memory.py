@@ -25,11 +25,11 @@ import numpy as np
 
 from covip.sdk.config import read_settings, resolve_home
 from covip.sdk.errors import ConflictError, InputError, NotFoundError, StoreError
+from covip.sdk.files import sweep_dead_tmp
 from covip.sdk.imaging import Photo, load_photo
 from covip.sdk.memory import crypto
 from covip.sdk.memory.bundle import _BundleOps
 from covip.sdk.memory.config import MemoryConfig
-from covip.sdk.memory.files import sweep_dead_tmp
 from covip.sdk.memory.forget import _ForgetOps
 from covip.sdk.memory.indexing import _IndexEntry, _IndexOps
 from covip.sdk.memory.layout import (

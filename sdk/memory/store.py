@@ -22,9 +22,9 @@ from covip.sdk.errors import (
     StoreError,
     WrongKeyError,
 )
+from covip.sdk.files import create_private_file, file_lock
 from covip.sdk.homefiles import register_home, unregister_home
 from covip.sdk.memory.crypto import HomeKey, db_errors
-from covip.sdk.memory.files import create_private_file, file_lock
 from covip.sdk.memory.layout import recovery_steps, refuse_over_leftovers
 from covip.sdk.memory.schema import migrate, utcnow
 from covip.sdk.memory.types import Concept, Episode, PhotoRecord, Turn, User

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from covip.sdk.errors import CovipError, IndexCorruptError
+from covip.sdk.files import file_lock
 from covip.sdk.imaging import load_photo
 from covip.sdk.memory import crypto
-from covip.sdk.memory.files import file_lock
 from covip.sdk.memory.index import VectorIndex, read_sidecar
 from covip.sdk.memory.layout import (
     QUARANTINE,

@@ -35,9 +35,10 @@ from covip.training.judges import (
 
 LETTERS = {"A", "B", "C", "D"}
 
-SCARF = MCQA("What colour is Rex's scarf?", {"A": "red", "B": "blue", "C": "green"}, "A")
-PARK = MCQA("Where did Mia take Rex last weekend?", {"A": "the beach", "B": "the park by the lake", "C": "the vet"},
-            "B")
+SCARF = MCQA.coerce({"question": "What colour is Rex's scarf?", "options": {"A": "red", "B": "blue", "C": "green"},
+                     "answer": "A"})
+PARK = MCQA.coerce({"question": "Where did Mia take Rex last weekend?",
+                    "options": {"A": "the beach", "B": "the park by the lake", "C": "the vet"}, "answer": "B"})
 ITEMS = [
     JudgeItem("Rex wears his red scarf on the sofa.", SCARF),
     JudgeItem("Rex wears his red scarf on the sofa.", PARK),

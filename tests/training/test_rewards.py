@@ -446,8 +446,9 @@ def test_mcqa_reads_the_authors_format():
         MCQA.coerce({"question": "q?", "options": {"A": "x", "B": "y"}})
 
 
-def test_mcqa_reads_the_data_package_type():
+def test_mcqa_is_one_type_for_data_judges_and_rewards():
     schema = pytest.importorskip("covip.training.data.schema")
+    assert MCQA is schema.MCQA  # covip.training.judges re-exports the data package's type
     opts = {"A": "the park", "B": "the beach", "C": "home", "D": "The answer cannot be determined"}
     ours = schema.MCQA("q1", "Where?", opts, "B", concept_index=0, fact_answer="B")
     for obj in (ours, ours.to_dict()):

@@ -204,7 +204,7 @@ def load_downstream_hub(spec: str | Path, task: str) -> list[DownstreamSample]:
     Images stay in memory (PIL images from the dataset); sample ids are ``<name>-<row>``. Offline or
     missing, the error says how to download the set.
     """
-    from covip.sdk._extras import require
+    from covip.sdk.support import require
 
     if task not in TASKS:
         raise DataError(f"downstream task must be one of {list(TASKS)}, got {task!r}")

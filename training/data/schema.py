@@ -46,13 +46,14 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from covip.sdk import files
 from covip.sdk.errors import DataError
+from covip.training.constants import ANSWER_LETTERS, OPTION_LETTERS, SAMPLE_TYPES, UNDETERMINED
 
 __all__ = [
     "SAMPLE_TYPES",
@@ -75,12 +76,6 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 """Version written in every record's ``"schema"`` key; a newer one is refused on read."""
-SAMPLE_TYPES = ("caption", "recognition", "verification")
-OPTION_LETTERS = ("A", "B", "C", "D")
-ANSWER_LETTERS = ("A", "B", "C")
-"""Letters a fact can be under; D is the 'cannot be determined' option."""
-UNDETERMINED = "The answer cannot be determined"
-"""Option D's text, as in the authors' files."""
 QAS_PER_CONCEPT = 3
 """Questions generated per concept (the authors' and the synthetic generator's number)."""
 
@@ -166,6 +161,39 @@ class MCQA:
             _index(self.concept_index, sample_id, f"{where}.concept_index")
         # freeze a plain dict in A-D order so equality and to_dict are stable
         object.__setattr__(self, "options", {k: texts[k] for k in OPTION_LETTERS})
+
+    @property
+    def answer(self) -> str:
+        """The correct letter (the name judges and rewards use for :attr:`correct`)."""
+        return self.correct
+
+    @classmethod
+    def coerce(cls, obj: Any, *, default: str | None = "D") -> MCQA:
+        """An MCQA from an MCQA, a mapping or an object with ``question`` and ``options``: the covip field names,
+        the authors' (``correct_answer``) or a judge caller's (``answer``); the first of ``correct``,
+        ``correct_answer``, ``answer`` wins. Option letters may be lowercase; a missing D gets
+        :data:`UNDETERMINED`; no correct letter means ``default`` (D: the answer expected about an absent
+        concept; None refuses it, for a positive question); no id means ``"q"``."""
+        if isinstance(obj, MCQA):
+            return obj
+        if isinstance(obj, Mapping):
+            get = obj.get
+        elif hasattr(obj, "question") and hasattr(obj, "options"):
+            def get(key: str, default: Any = None) -> Any:
+                return getattr(obj, key, default)
+        else:
+            raise DataError(f"cannot read a multiple-choice question from {type(obj).__name__}")
+        options = get("options")
+        if not isinstance(options, Mapping):
+            raise _fail(None, "qa.options", f"must be a mapping of letters to texts, got {type(options).__name__}")
+        opts = {str(k).strip().upper(): v for k, v in options.items() if v is not None}
+        opts.setdefault("D", UNDETERMINED)
+        correct = next((a for a in (get("correct"), get("correct_answer"), get("answer")) if a is not None), default)
+        if correct is None:
+            raise _fail(None, "qa.correct", f"question {get('question')!r} has no correct answer")
+        concept = get("concept_index")
+        return cls(id=str(get("id") or "q"), question=get("question"), options=opts,
+                   correct=str(correct).strip().upper(), concept_index=concept, fact_answer=get("fact_answer"))
 
     @property
     def correct_text(self) -> str:
@@ -490,28 +518,9 @@ def resolve_images(sample: Sample, root: str | Path | None, *, check: bool = Tru
 
 # -- files ---------------------------------------------------------------------------------------------
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the usual file mode
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress_os():
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _umask() -> int:
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
+    """Write ``data`` to ``path`` atomically (temp file beside it, fsync, rename) with the usual file mode:
+    :func:`covip.sdk.files.atomic_write_bytes` with ``private=False``."""
+    return files.atomic_write_bytes(Path(path), data, private=False)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -530,14 +539,6 @@ def swap_into_place(tmp: Path, target: Path) -> None:
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-class _suppress_os:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: Any, *_: Any) -> bool:
-        return exc_type is not None and issubclass(exc_type, OSError)
 
 
 def write_jsonl(path: str | Path, samples: Iterable[Sample]) -> Path:

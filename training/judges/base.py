@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from covip.sdk import prompts
-from covip.sdk._config import ConfigMixin
 from covip.sdk.errors import InputError, JudgeError
-from covip.training.rewards import OPTION_LETTERS, judge_letter
+from covip.training.constants import OPTION_LETTERS, UNDETERMINED
+from covip.training.data.schema import MCQA
+from covip.training.rewards import judge_letter
 
 __all__ = [
     "MCQA",
@@ -49,14 +50,14 @@ __all__ = [
     "JUDGE_STYLES",
     "PAPER_JUDGE_MAX_TOKENS",
     "judge_messages",
-    "ConfigMixin",
     "check_sampling",
     "normalize_text",
 ]
 
 logger = logging.getLogger(__name__)
 
-CANNOT_DETERMINE_TEXT = "The answer cannot be determined from the description"
+CANNOT_DETERMINE_TEXT = UNDETERMINED
+"""Option D's text (the one text covip uses, :data:`covip.training.constants.UNDETERMINED`)."""
 JUDGE_PROMPT_VERSION = 1
 JUDGE_SYSTEM_PROMPT = prompts.JUDGE_SYSTEM
 """The strict judge's system turn in covip's prompt pack (:data:`covip.sdk.prompts.DEFAULT_PACK`)."""
@@ -65,61 +66,6 @@ JUDGE_STYLES = ("strict", "paper")
 ``paper``: as the authors' CapEval judge, it may reason briefly first and ends with its boxed letter."""
 PAPER_JUDGE_MAX_TOKENS = 4096
 """Token budget of a ``paper``-style judge: the authors set no cap (their server's context was 8,192)."""
-
-
-@dataclass(frozen=True)
-class MCQA:
-    """One multiple-choice question: options A, B, C (D = cannot be determined is added when missing).
-
-    ``answer`` is the correct letter (None when unknown, e.g. a distractor's question whose expected
-    judge answer is D anyway). :meth:`coerce` also reads the authors' dicts
-    (``{"id", "question", "options": {"A": ..}, "correct_answer"}``) and ``covip.training.data``'s
-    MCQA objects and dicts (``correct``); the first of ``correct``, ``correct_answer``, ``answer`` wins.
-    """
-
-    question: str
-    options: Mapping[str, str]
-    answer: str | None = None
-    id: str | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.question, str) or not self.question.strip():
-            raise InputError(f"an MCQA needs a non-empty question, got {self.question!r}")
-        if not isinstance(self.options, Mapping):
-            raise InputError(f"MCQA options must be a mapping letter -> text, got {type(self.options).__name__}")
-        opts = {str(k).strip().upper(): str(v) for k, v in self.options.items() if v is not None}
-        missing = [k for k in ("A", "B", "C") if not opts.get(k, "").strip()]
-        extra = sorted(set(opts) - set(OPTION_LETTERS))
-        if missing or extra:
-            raise InputError(f"MCQA {self.question!r}: options must be A, B, C (and optionally D); "
-                             f"missing {missing}, unknown {extra}")
-        opts.setdefault("D", CANNOT_DETERMINE_TEXT)
-        object.__setattr__(self, "options", {k: opts[k] for k in OPTION_LETTERS})
-        if self.answer is not None:
-            letter = str(self.answer).strip().upper()
-            if letter not in OPTION_LETTERS:
-                raise InputError(f"MCQA {self.question!r}: the correct answer must be A-D, got {self.answer!r}")
-            object.__setattr__(self, "answer", letter)
-
-    @classmethod
-    def coerce(cls, obj: Any) -> MCQA:
-        """An MCQA from an MCQA, or a mapping with question/options/(correct|correct_answer|answer)/id.
-
-        Any object with ``question`` and ``options`` attributes (e.g. the data package's own type) works too.
-        """
-        if isinstance(obj, MCQA):
-            return obj
-        if isinstance(obj, Mapping):
-            get = obj.get
-        elif hasattr(obj, "question") and hasattr(obj, "options"):
-            def get(key: str, default: Any = None) -> Any:
-                return getattr(obj, key, default)
-        else:
-            raise InputError(f"cannot read an MCQA from {type(obj).__name__}")
-        answer = next((a for a in (get("correct"), get("correct_answer"), get("answer")) if a is not None), None)
-        ident = get("id")
-        return cls(question=get("question"), options=get("options") or {}, answer=answer,
-                   id=None if ident is None else str(ident))
 
 
 @dataclass(frozen=True)

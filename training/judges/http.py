@@ -26,9 +26,9 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from covip.sdk._extras import require
 from covip.sdk.errors import InputError, JudgeError
-from covip.training.judges.base import ConfigMixin, Judge, check_sampling
+from covip.sdk.support import ConfigMixin, require
+from covip.training.judges.base import Judge, check_sampling
 
 __all__ = ["HttpJudge", "HttpJudgeConfig"]
 

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from covip.sdk._config import pick_device
-from covip.sdk._extras import require
 from covip.sdk.errors import CovipError, InputError, JudgeError
-from covip.training.judges.base import ConfigMixin, Judge, check_sampling
+from covip.sdk.support import ConfigMixin, pick_device, require
+from covip.training.judges.base import Judge, check_sampling
 
 __all__ = ["LlamaCppJudge", "LlamaCppJudgeConfig", "TransformersJudge", "TransformersJudgeConfig"]
 
