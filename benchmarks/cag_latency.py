@@ -19,7 +19,7 @@ Models
     transformers  covip.sdk.engines.transformers.TransformersEngine on the built-in tiny Qwen3-VL (random
                   weights, build_tiny_vlm("tiny-qwen3-vl")), CPU float32, torch's default thread count.
     llamacpp      covip.sdk.engines.llamacpp.LlamaCppEngine on the same model converted to GGUF (f32) + mmproj
-                  with llama.cpp's own converter (tests/gguf_fixtures.convert_tiny_to_gguf), CPU, the engine's
+                  with llama.cpp's own converter (covip.export.converter.convert_tiny_to_gguf), CPU, the engine's
                   default thread count (half the cores).
     Both models have random weights: the text is meaningless, the token counts and timings are real.
 Memory
@@ -87,14 +87,9 @@ Threads
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import math
 import os
-import platform
 import random
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -106,6 +101,10 @@ REPO = Path(__file__).resolve().parent.parent
 _OMP_DEFAULT = os.environ.get("OMP_WAIT_POLICY")
 
 
+BENCH_OPTIONS = ("--quick", "--out")
+"""The options `covip bench` passes (read from here by covip.sdk.bench.script_options)."""
+
+
 def _omp_policy_from_argv(argv: list[str]) -> str:
     joined = [a.split("=", 1)[1] for a in argv if a.startswith("--omp-wait-policy=")]
     spaced = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--omp-wait-policy"]
@@ -114,8 +113,8 @@ def _omp_policy_from_argv(argv: list[str]) -> str:
 
 if _omp_policy_from_argv(sys.argv[1:]) == "passive":
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-if str(REPO) not in sys.path:  # tests.gguf_fixtures (llama.cpp's converter) lives in the repository
-    sys.path.insert(0, str(REPO))
+import _common  # noqa: E402  (benchmarks/_common.py: the helpers every benchmark shares)
+from _common import loadavg, median, quantile  # noqa: E402
 
 from covip.sdk import Memory, prompts  # noqa: E402
 from covip.sdk.cag import CagConfig, CaptionAugmentedGenerator, KvSnapshots  # noqa: E402
@@ -143,25 +142,6 @@ EXTRA_CONCEPT = DemoConcept("Dad", "person", (40, 130, 70), "person", (
 
 
 # ----------------------------------------------------------------------------------------------------- utils
-def loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
-def jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else round(obj, 6)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 RUN_COLUMNS = ("mode", "rep", "photo_index", "photo", "order", "wall_s", "prefill_s", "decode_s", "engine_s", "other_s",
                "prefill_tokens", "cached_tokens", "decode_tokens", "image_tokens_prefilled",
                "answer_image_tokens_prefilled", "caption_cached", "n_memories", "caption_pass_kv_tokens",
@@ -187,67 +167,23 @@ def write_json(path: Path, data: dict) -> None:
     engines, tables = {}, []
     for name, res in data.get("engines", {}).items():
         if isinstance(res.get("runs"), list):
-            table = jsonable(compact_runs(res["runs"]))
+            table = _common.jsonable(compact_runs(res["runs"]))
             tables.append(table["rows"])
             res = dict(res, runs={"columns": table["columns"], "rows": f"\0ROWS{len(tables) - 1}\0"})
         engines[name] = res
-    text = json.dumps(jsonable(dict(data, engines=engines)), indent=1)
+    text = _common.dumps(dict(data, engines=engines), compact_lists=False)
     for i, rows in enumerate(tables):
         text = text.replace(json.dumps(f"\0ROWS{i}\0"), "[\n" + ",\n".join("  " + json.dumps(r) for r in rows) + "\n ]")
-    tmp = path.with_suffix(".json.part")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)
-
-
-def median(values: list[float]) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def quantile(values: list[float], q: float) -> float | None:
-    values = sorted(v for v in values if v is not None)
-    if not values:
-        return None
-    pos = (len(values) - 1) * q
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+    _common.write_text(path, text)
 
 
 def machine_info() -> dict:
-    import importlib.metadata as md
-
     import torch
 
-    try:
-        cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                          if line.startswith("model name")), None)
-    except OSError:
-        cpu_model = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=REPO).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    versions = {}
-    for pkg in ("torch", "transformers", "llama-cpp-python", "open_clip_torch", "matplotlib"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "cpu_model": cpu_model,
-        "cpu_count_logical": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "llamacpp_threads": max(1, (os.cpu_count() or 2) // 2),
-        "versions": versions,
-        "git_commit": commit,
-        "loadavg_at_start": loadavg(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "omp_wait_policy_from_environment": _OMP_DEFAULT,
-    }
+    return _common.machine_info(
+        ("torch", "transformers", "llama-cpp-python", "open_clip_torch", "matplotlib"),
+        torch_threads=torch.get_num_threads(), llamacpp_threads=max(1, (os.cpu_count() or 2) // 2),
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), omp_wait_policy_from_environment=_OMP_DEFAULT)
 
 
 # ------------------------------------------------------------------------------------------------- wrappers
@@ -364,8 +300,8 @@ def open_engine(name: str) -> tuple[Any, dict]:
 
         engine = TransformersEngine(TransformersEngineConfig(model=str(hf_dir), device="cpu"))
         return engine, {"model_dir": str(hf_dir), "device": engine.device, "dtype": str(engine.dtype)}
+    from covip.export.converter import convert_tiny_to_gguf
     from covip.sdk.engines.llamacpp import LlamaCppEngine, LlamaCppEngineConfig
-    from tests.gguf_fixtures import convert_tiny_to_gguf
 
     gguf, mmproj = convert_tiny_to_gguf(hf_dir)
     engine = LlamaCppEngine(LlamaCppEngineConfig(model_path=str(gguf), mmproj_path=str(mmproj)))

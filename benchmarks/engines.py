@@ -51,12 +51,8 @@ Metrics (medians over all measured calls of all rounds)
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import math
 import os
-import platform
-import re
 import resource
 import shutil
 import statistics
@@ -69,6 +65,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+import _common  # noqa: E402  (benchmarks/_common.py: the helpers every benchmark shares)
+from _common import jsonable, loadavg, median, write_json  # noqa: E402
+
 perf = time.perf_counter
 RESULT_MARK = "@@ENGINE_RESULT "
 SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -81,22 +80,8 @@ IMAGE_PROMPT = "Describe this photo in detail: who is in it, where it was taken 
 BASELINE = "transformers fp32"
 
 
-def loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else []
-
-
-def jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else round(obj, 6)
-    return str(obj) if isinstance(obj, Path) else obj
-
-
-def median(values: list[float | None]) -> float | None:
-    return statistics.median(vals) if (vals := [v for v in values if v is not None]) else None
+BENCH_OPTIONS = ("--quick", "--out")
+"""The options `covip bench` passes (read from here by covip.sdk.bench.script_options)."""
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -117,28 +102,8 @@ def rss_mb(field: str = "VmRSS") -> float:
 
 
 def machine_info() -> dict:
-    import importlib.metadata as md
-
-    def version(pkg: str) -> str | None:
-        try:
-            return md.version(pkg)
-        except md.PackageNotFoundError:
-            return None
-
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=REPO).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    pkgs = ("torch", "transformers", "llama-cpp-python", "onnxruntime", "onnx", "numpy", "gguf", "matplotlib")
-    return {"date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "platform": platform.platform(), "python": sys.version.split()[0],
-            "cpu_model": next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines()
-                               if ln.startswith("model name")), None),
-            "cpu_count_logical": os.cpu_count(),
-            "ram_total_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
-            "versions": {p: version(p) for p in pkgs}, "git_commit": commit, "loadavg_at_start": loadavg()}
+    return _common.machine_info(("torch", "transformers", "llama-cpp-python", "onnxruntime", "onnx", "numpy", "gguf",
+                                 "matplotlib"))
 
 
 def measure_bandwidth(size_mb: int, reps: int) -> dict:
@@ -480,15 +445,6 @@ def headline(rows: list[dict]) -> list[dict]:
                              "ratio": ratio(d, r["bandwidth_limit_tok_s"]),
                              "note": f"{mb(r['weights']['per_token_bytes']):.0f} MB of weights read per token"})
     return head
-
-
-def write_json(path: Path, data: dict) -> None:
-    """indent=1 JSON with short lists of scalars (the per-call runs, ranges) kept on one line."""
-    text = json.dumps(jsonable(data), indent=1)
-    scalar = r'(?:-?[\d.eE+-]+|null|true|false|"[^"\n]{0,24}")'
-    text = re.sub(rf"\[\s*({scalar}(?:,\s*{scalar})*)\s*\]", lambda m: "[" + re.sub(r",\s+", ", ", m[1]) + "]", text)
-    path.with_suffix(".json.part").write_text(text + "\n")
-    os.replace(path.with_suffix(".json.part"), path)
 
 
 def fmt(x: Any, spec: str = "{:.1f}") -> str:

@@ -74,13 +74,11 @@ Extra sections
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import io
 import json
 import math
 import os
-import platform
 import secrets
 import shutil
 import sqlite3
@@ -90,9 +88,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import _common  # benchmarks/_common.py: the helpers every benchmark shares
 import faiss
 import numpy as np
 import psutil
+from _common import loadavg, write_json
 
 from covip.sdk import IndexConfig, Memory, MemoryConfig
 from covip.sdk.memory.index import VectorIndex
@@ -107,6 +107,10 @@ perf = time.perf_counter
 
 
 # ----------------------------------------------------------------------------------------------------- utils
+BENCH_OPTIONS = ("--quick", "--out")
+"""The options `covip bench` passes (read from here by covip.sdk.bench.script_options)."""
+
+
 def rss_bytes() -> int:
     gc.collect()
     return psutil.Process().memory_info().rss
@@ -115,34 +119,6 @@ def rss_bytes() -> int:
 def pct(values, q) -> float | None:
     values = np.asarray(values, dtype=np.float64)
     return float(np.percentile(values, q)) if len(values) else None
-
-
-def loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
-def jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return None if math.isnan(v) or math.isinf(v) else round(v, 6)
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    return obj
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.part")
-    tmp.write_text(json.dumps(jsonable(data), indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def tree_bytes(root: Path) -> tuple[int, int, int]:
@@ -161,36 +137,11 @@ def tree_bytes(root: Path) -> tuple[int, int, int]:
 
 
 def machine_info() -> dict:
-    cpu_model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    commit = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "cpu_model": cpu_model,
-        "cpu_count_logical": os.cpu_count(),
-        "cpu_count_physical": psutil.cpu_count(logical=False),
-        "ram_total_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "ram_available_gb_at_start": round(psutil.virtual_memory().available / 2**30, 1),
-        "faiss_version": faiss.__version__,
-        "faiss_omp_threads": faiss.omp_get_max_threads(),
-        "numpy_version": np.__version__,
-        "sqlite_version": sqlite3.sqlite_version,
-        "git_commit": commit,
-        "loadavg_at_start": loadavg(),
-    }
+    return _common.machine_info(
+        ("faiss-cpu", "numpy", "psutil", "matplotlib"), cpu_count_physical=psutil.cpu_count(logical=False),
+        ram_available_gb_at_start=round(psutil.virtual_memory().available / 2**30, 1), faiss_version=faiss.__version__,
+        faiss_omp_threads=faiss.omp_get_max_threads(), numpy_version=np.__version__,
+        sqlite_version=sqlite3.sqlite_version)
 
 
 # ------------------------------------------------------------------------------------------------------ data

@@ -39,6 +39,9 @@ import numpy as np
 import psutil
 from PIL import Image
 
+BENCH_OPTIONS = ("--quick", "--out")
+"""The options `covip bench` passes (read from here by covip.sdk.bench.script_options)."""
+
 
 def big_photo(side: int, fmt: str) -> bytes:
     """A side x (side-1) photo: smooth colour ramps plus mild noise (compresses to a few MB, decodes huge)."""

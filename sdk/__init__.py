@@ -21,6 +21,7 @@ from covip.sdk.errors import (
     EmptyImageError,
     EncryptionError,
     EngineError,
+    ExportError,
     ImageError,
     ImageTooLargeError,
     IndexCorruptError,
@@ -114,4 +115,5 @@ __all__ = [
     "EngineError",
     "DataError",
     "JudgeError",
+    "ExportError",
 ]

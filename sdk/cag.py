@@ -22,13 +22,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from covip.sdk import prompts
 from covip.sdk.context import Context, ContextConfig, ContextItem, assemble
-from covip.sdk.engines.base import EngineState, Generation, GenerationConfig
+from covip.sdk.engines.base import Engine, EngineState, Generation, GenerationConfig
 from covip.sdk.errors import EngineError, InputError
 from covip.sdk.imaging import Photo, load_photo
+
+if TYPE_CHECKING:
+    from covip.sdk.memory import Memory
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ PROMPT_OVERHEAD_TOKENS = 64
 """Tokens the chat template, the headers and the instruction add around the context, photo and question."""
 
 
-def context_length(engine: Any) -> int | None:
+def context_length(engine: Engine) -> int | None:
     """The engine's context window in tokens (llama.cpp's ``n_ctx``, a transformers model's
     ``max_position_embeddings``), or None when the engine does not say."""
     for attr in ("context_length", "n_ctx"):
@@ -217,7 +220,7 @@ class CaptionAugmentedGenerator:
     ``restore()`` simply run without snapshots.
     """
 
-    def __init__(self, memory: Any, engine: Any, *, context: ContextConfig | None = None,
+    def __init__(self, memory: Memory, engine: Engine, *, context: ContextConfig | None = None,
                  config: CagConfig | None = None, kv_snapshots: KvSnapshots | None = None) -> None:
         self.memory = memory
         self.engine = engine

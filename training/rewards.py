@@ -1,4 +1,4 @@
-"""CoViP's verifiable rewards (COVIP_FACTS.md, "Rewards"), plus a trl reward-function adapter.
+"""CoViP's verifiable rewards (the paper, "Rewards"; oyt9306/CoViP gspo_pmllm.py), plus a trl reward-function adapter.
 
 One reward per sample, picked by the sample's type:
 
@@ -70,7 +70,7 @@ DEFAULT_MAX_COMPLETION_TOKENS = 512
 POSITIVE_WEIGHT = Fraction(1, 3)  # per correctly answered positive question (3 questions per concept)
 DEGENERATE_REWARD = -1.0
 
-# Degeneration thresholds (COVIP_FACTS.md), compared exactly with fractions: a ratio equal to the
+# Degeneration thresholds (the paper), compared exactly with fractions: a ratio equal to the
 # threshold fires.
 MIN_SENTENCES = 4
 SENTENCE_DUP_THRESHOLD = Fraction(3, 10)

@@ -38,6 +38,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "covip.sdk.cli.key_cmds",
     "covip.sdk.cli.chat_cmds",
     "covip.sdk.cli.serve_cmds",
+    "covip.sdk.cli.bench_cmds",
 )
 """Modules whose ``register(group)`` adds commands to ``covip``, in help order."""
 

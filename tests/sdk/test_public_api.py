@@ -15,7 +15,7 @@ import covip.training
 SDK_API = {
     "Assistant", "AssistantConfig", "Answer", "CaptionResult", "CagConfig", "Context", "ContextConfig",
     "ContextItem", "Engine", "Generation", "GenerationConfig", "make_engine", "EngineError", "DataError",
-    "JudgeError",
+    "JudgeError", "ExportError",
     "Memory", "MemoryConfig", "IndexConfig", "default_home", "Concept", "Episode", "ForgetReport", "HistoryItem",
     "Hit", "PhotoRecord", "Remembered", "Turn", "User", "VerifyReport", "Photo", "load_photo", "Embedder",
     "EmbedderConfig", "make_embedder", "CovipError", "ConfigError", "MissingExtraError", "InputError", "ImageError",

@@ -1,4 +1,4 @@
-"""The CoViP rewards, rule by rule and edge by edge (COVIP_FACTS.md, "Rewards"), plus the trl adapter."""
+"""The CoViP rewards, rule by rule and edge by edge (the paper, "Rewards"), plus the trl adapter."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Downstream diagnostic tasks (LSD, LAR, ITR): the sample type, the authors' field names, read and written.
 
-COVIP_FACTS.md, "Downstream diagnostic tasks": each sample is a user context (past images, each with its
+The paper, "Downstream diagnostic tasks" (oyt9306/CoViP downstream/): each sample is a user context (past images, each with its
 dialogue), a query image showing one of the context's concepts, a question and a reference answer:
 
 =====  ======================================================================  ===============================

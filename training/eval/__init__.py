@@ -4,8 +4,8 @@
   Acc− per number of present concepts), with the no-vision shortcut check;
 * :mod:`.downstream`: the downstream diagnostics LSD / LAR / ITR with and without CAG;
 * :mod:`.scoring`: the Acc+ / Acc− scorer;
-* :mod:`.bench`: ``covip bench``, which runs ``benchmarks/*.py`` and regenerates ``benchmarks/RESULTS.md``;
-* :mod:`.cli`: the ``covip eval`` commands and ``covip bench`` (``register(group)``, ``register_bench(group)``).
+* :mod:`.cli`: the ``covip eval`` commands (``register(group)``); ``covip bench`` is the SDK's
+  (:mod:`covip.sdk.bench`).
 
 Importing this package imports no engine, judge or torch; they load when an evaluation runs.
 """

@@ -1,6 +1,6 @@
 """CapEval-QAs: caption a test set in each sample's own context, judge every question, score Acc+ / Acc−.
 
-COVIP_FACTS.md, "CapEval-QAs evaluation". :func:`run_capeval` does the whole evaluation:
+The paper, "CapEval-QAs evaluation" (oyt9306/CoViP evaluation/). :func:`run_capeval` does the whole evaluation:
 
 1. **Test set** (:func:`load_items`): covip samples JSONL (``test.jsonl`` of ``covip data synth``; caption
    samples with known present concepts are used, other types skipped), the authors' test-set JSONL merged

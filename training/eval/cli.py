@@ -1,7 +1,7 @@
-"""``covip eval`` (``capeval``, ``downstream``) and ``covip bench``.
+"""``covip eval``: ``capeval`` and ``downstream``.
 
-:func:`register` adds the ``eval`` group and :func:`register_bench` the ``bench`` command to the ``covip``
-CLI (entry-point group ``covip.cli``). Importing this module imports click only; engines, judges, torch and
+:func:`register` adds the ``eval`` group to the ``covip`` CLI (entry-point group ``covip.cli``). Importing
+this module imports click only; engines, judges, torch and
 matplotlib load when a command runs.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-__all__ = ["eval_group", "bench", "register", "register_bench"]
+__all__ = ["eval_group", "register"]
 
 _JUDGE_HELP = ("Judge spec: 'lexical' (synthetic data only), 'http://host:port/v1#model' (OpenAI-compatible "
                "server, e.g. vLLM), 'gguf:/path/model.gguf' or 'hf:model-id-or-dir'.")
@@ -208,53 +208,6 @@ def downstream_cmd(task: str, data: str, model: str | None, answers: Path | None
     click.echo(f"wrote {result.files['json']}, {result.files['png']} and {result.files['scored']}")
 
 
-@click.command("bench")
-@click.option("--quick", is_flag=True, help="Each script's short mode (all together under 10 minutes on 2 cores).")
-@click.option("--only", multiple=True, metavar="NAME", help="Run only this benchmark (repeatable), e.g. memory_scale.")
-@click.option("--dir", "bench_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="The benchmarks folder (default: ./benchmarks, or the one of this covip checkout).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where results JSON/PNG go (default: <benchmarks>/results).")
-@click.option("--report-only", is_flag=True, help="Run nothing: regenerate RESULTS.md from the JSON files.")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=None,
-              help="Seconds one script may run (default: 900 quick, 7200 full).")
-@click.option("--md", "md_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The report to regenerate (default: <benchmarks>/RESULTS.md, or <out>/RESULTS.md with --out).")
-@click.option("--list", "list_only", is_flag=True, help="List the benchmark scripts and whether they have --quick.")
-def bench(quick: bool, only: tuple[str, ...], bench_dir: Path | None, out_dir: Path | None, report_only: bool,
-          timeout_s: float | None, md_path: Path | None, list_only: bool) -> None:
-    """Run the performance benchmarks in benchmarks/ and regenerate benchmarks/RESULTS.md from their JSON.
-
-    \b
-    Example:
-      covip bench --quick
-      covip bench --only memory_scale
-      covip bench --report-only
-    """
-    from covip.training.eval import bench as b
-
-    root = b.find_bench_dir(bench_dir)
-    out = out_dir or root / "results"
-    if list_only:
-        for name, path in b.discover(root).items():
-            click.echo(f"{name:<20} {'--quick' if '--quick' in b.script_options(path) else 'no quick mode'}")
-        return
-    failed = []
-    if not report_only:
-        runs = b.run_benchmarks(root, out=out, quick=quick, only=only,
-                                timeout_s=timeout_s or (900.0 if quick else 7200.0), echo=click.echo)
-        failed = [r.name for r in runs if r.returncode not in (0, None)]
-    md = b.write_results_md(out, md_path or (out_dir / b.RESULTS_MD if out_dir else root / b.RESULTS_MD))
-    click.echo(f"regenerated {md} from {out}/*.json")
-    if failed:
-        raise click.ClickException(f"benchmark(s) failed: {failed} (logs in {out / 'logs'})")
-
-
 def register(group: click.Group) -> None:
     """Add the ``eval`` command group to ``group`` (the ``covip`` CLI)."""
     group.add_command(eval_group)
-
-
-def register_bench(group: click.Group) -> None:
-    """Add the ``bench`` command to ``group`` (the ``covip`` CLI)."""
-    group.add_command(bench)

@@ -1,4 +1,4 @@
-"""Downstream diagnostic tasks with and without CAG: LSD, LAR, ITR (COVIP_FACTS.md, "Downstream").
+"""Downstream diagnostic tasks with and without CAG: LSD, LAR, ITR (the paper, "Downstream").
 
 Each sample (:mod:`covip.training.data.downstream`: the authors' field names) is answered by an engine in
 the sample's own context (no memory search), in one or both modes:

@@ -1,6 +1,6 @@
 """CapEval-QAs scoring: Acc+ and Acc− micro-averaged over questions, per bucket of present concepts.
 
-COVIP_FACTS.md, "CapEval-QAs evaluation": the judge answers every question of a test sample from the
+The paper, "CapEval-QAs evaluation": the judge answers every question of a test sample from the
 caption alone. A *positive* question belongs to a concept present in the query image and is right when the
 judge picks its correct letter (A/B/C); a *negative* question belongs to an absent (distractor) concept
 and is right when the judge answers D ("cannot be determined"). Unparsable judge output counts as D

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from covip.sdk.errors import InputError
-from covip.training.data.schema import atomic_write_text
+from covip.sdk.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,8 @@ __all__ = ["find_bench_dir", "discover", "script_options", "run_benchmarks", "Be
 
 RUNS_FILE = "_bench_runs.json"
 RESULTS_MD = "RESULTS.md"
-_OPTION = re.compile(r"""add_argument\(\s*["'](--[a-z0-9][a-z0-9-]*)["']""")
+OPTIONS_NAME = "BENCH_OPTIONS"
+"""The module-level tuple a benchmark script declares the runner's options in, e.g. ("--quick", "--out")."""
 
 
 def find_bench_dir(explicit: str | Path | None = None) -> Path:
@@ -72,8 +72,23 @@ def discover(bench_dir: Path) -> dict[str, Path]:
 
 
 def script_options(path: Path) -> set[str]:
-    """The ``--options`` a script declares with argparse (read from its source, without running it)."""
-    return set(_OPTION.findall(path.read_text(encoding="utf-8", errors="replace")))
+    """The options a script declares for the runner: its module-level ``BENCH_OPTIONS`` tuple, read from the
+    source without running it (an empty set when it declares none)."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"), filename=str(path))
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id == OPTIONS_NAME for t in targets) and node.value is not None:
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                raise InputError(f"{path.name}: {OPTIONS_NAME} must be a literal tuple of option names") from None
+            if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
+                raise InputError(f"{path.name}: {OPTIONS_NAME} must be a tuple of option names like '--quick'")
+            return set(value)
+    return set()
 
 
 @dataclass
@@ -145,7 +160,7 @@ def run_benchmarks(bench_dir: Path, *, out: Path, quick: bool = False, only: Seq
         echo(f"[{name}] exit {rc} after {seconds:.0f} s")
     summary = {"quick": quick, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "runs": [asdict(r) for r in runs]}
-    atomic_write_text(out / RUNS_FILE, json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(out / RUNS_FILE, json.dumps(summary, indent=1) + "\n", private=False)
     return runs
 
 
@@ -398,4 +413,4 @@ def render_results_md(results_dir: Path, md_path: Path) -> str:
 
 def write_results_md(results_dir: Path, md_path: Path) -> Path:
     """Regenerate ``md_path`` from ``results_dir`` (atomically)."""
-    return atomic_write_text(md_path, render_results_md(results_dir, md_path))
+    return atomic_write_text(md_path, render_results_md(results_dir, md_path), private=False)
