@@ -1,5 +1,12 @@
 """The shell shared by the engines that run their own token loop (transformers, ONNX): the public calls,
-one-call-at-a-time locking, stream ownership and cache reset on failure. Subclasses provide the loop."""
+one-call-at-a-time locking, stream ownership, cache reset on failure and the close protocol. Subclasses
+provide the loop (``_run_locked``) and what closing frees (``_release``).
+
+Close protocol (the same for every engine): ``close()`` is idempotent. Called from another thread while a
+call runs, it waits for that call to end, then frees the model. Called from the running call's own thread
+(an ``on_token`` callback, or between pieces of an open ``stream()``), it cannot wait for a lock its own call
+holds: it marks the engine closed, the call in progress stops with :class:`EngineError` at its next token, and
+the resources are freed as that call unwinds."""
 
 from __future__ import annotations
 
@@ -34,8 +41,19 @@ class TokenLoopEngine:
     def _reset_cache(self) -> None:
         raise NotImplementedError
 
+    def _release(self) -> None:
+        """Free the model, sessions and KV cache (called once, with the lock held, by the close protocol)."""
+        raise NotImplementedError
+
     def _after_run(self) -> None:
-        """Called with the lock held after every call (e.g. release resources of an engine closed mid-call)."""
+        """Called with the lock held after every call: frees the resources of an engine closed mid-call."""
+        if self._closed:
+            self._release_once()
+
+    def _release_once(self) -> None:
+        if not getattr(self, "_released", False):
+            self._released = True
+            self._release()
 
     # ------------------------------------------------------------------ public API
     def generate(self, messages: Sequence[Message], config: GenerationConfig | None = None, *,
@@ -90,7 +108,22 @@ class TokenLoopEngine:
         self.close()
 
     def close(self) -> None:
-        raise NotImplementedError
+        """Release the model and the KV cache (idempotent; see the module doc for calls in progress)."""
+        lock = getattr(self, "_lock", None)
+        if lock is None or getattr(self, "_released", False):
+            return
+        if getattr(self, "_owner", None) == threading.get_ident():  # from on_token, or inside an open stream
+            self._closed = True  # the call in progress stops with EngineError and frees the resources
+            return
+        with lock:
+            self._closed = True
+            self._release_once()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to report to
+            pass
 
     # ------------------------------------------------------------------ guards
     def _run(self, messages: Sequence[Message], config: GenerationConfig | None) -> Iterator[str]:
@@ -110,7 +143,10 @@ class TokenLoopEngine:
             self._check_open()
             self._owner = me
             try:
-                yield from self._run_locked(msgs, config)
+                for piece in self._run_locked(msgs, config):
+                    yield piece
+                    if self._closed:
+                        raise EngineError(f"engine {self.model_id} was closed during generation")
             except (GeneratorExit, InputError):  # a stream closed early (the cache holds exactly the tokens
                 raise  # run so far), or bad input caught before the cache was touched
             except BaseException:

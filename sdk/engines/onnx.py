@@ -339,31 +339,12 @@ class OnnxEngine(TokenLoopEngine):
             self._kv, self._ids, self._spans = list(data.kv), list(data.ids), list(data.spans)
             self._delta, self._features = data.delta, dict(data.features)
 
-    def close(self) -> None:
-        """Release the onnxruntime sessions and the KV cache (idempotent)."""
-        lock = getattr(self, "_lock", None)
-        if lock is None or getattr(self, "_closed", True) and not getattr(self, "_sessions", None):
-            return
-        if self._owner == threading.get_ident():  # from on_token or inside an open stream
-            self._closed = True  # the call in progress stops with EngineError; the sessions go with it
-            return
-        with lock:
-            self._closed = True
-            self._reset_cache()
-            self._sessions.clear()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+    def _release(self) -> None:
+        """Release the onnxruntime sessions and the KV cache."""
+        self._reset_cache()
+        self._sessions.clear()
 
     # ------------------------------------------------------------------ the decode loop
-
-    def _after_run(self) -> None:
-        if self._closed:  # closed from on_token or inside an open stream: release the sessions now
-            self._reset_cache()
-            self._sessions.clear()
 
     def _run_locked(self, msgs: list[Message], config: GenerationConfig) -> Iterator[str]:
         from covip.sdk.engines.transformers import _TextState
@@ -390,8 +371,6 @@ class OnnxEngine(TokenLoopEngine):
                 piece, stopped = state.push(token)
                 if piece:
                     yield piece
-                    if self._closed:
-                        raise EngineError("the engine was closed during generation")
                 if stopped:
                     finish = "stop"
                     break

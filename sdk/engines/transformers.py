@@ -226,15 +226,11 @@ class TransformersEngine(TokenLoopEngine):
             self._cache, self._ids, self._spans, self._delta = cache, list(data.ids), list(data.spans), data.delta
             self._image_memo = dict(data.image_memo)
 
-    def close(self) -> None:
+    def _release(self) -> None:
         """Drop the model, the processor and the KV cache, and free cached GPU memory."""
-        if self._closed:
-            return
-        with self._lock:
-            self._closed = True
-            self._reset_cache()
-            self.model = None
-            self.processor = self.tokenizer = None
+        self._reset_cache()
+        self.model = None
+        self.processor = self.tokenizer = None
         if self.device.startswith("cuda"):
             self._torch.cuda.empty_cache()
 
