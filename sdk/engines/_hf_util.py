@@ -7,13 +7,13 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from covip.sdk.engines.base import GenerationConfig
+from covip.sdk.engines.base import GenerationConfig, Message
 from covip.sdk.errors import EngineError, InputError
 from covip.sdk.imaging import Photo, load_photo
 from covip.sdk.models.tiny import TINY_MODELS, build_tiny_vlm, read_tiny_marker, resolve_tiny_name
@@ -99,6 +99,34 @@ def set_pixels(image_processor: Any, min_pixels: int | None, max_pixels: int | N
             if hasattr(image_processor, attr):
                 setattr(image_processor, attr, value)
     image_processor.size = size
+
+
+def template_messages(msgs: Sequence[Message], *, accept_image: Callable[[], None] | None = None
+                      ) -> tuple[list[dict[str, Any]], list[Image.Image], list[str]]:
+    """(messages for a chat template, with every image part a bare ``{"type": "image"}``; the photos in prompt
+    order; their pixel keys). ``accept_image`` is called before each photo is taken in (it raises when the
+    model cannot take images)."""
+    template_msgs: list[dict[str, Any]] = []
+    images: list[Image.Image] = []
+    keys: list[str] = []
+    for msg in msgs:
+        content = msg["content"]
+        if isinstance(content, str):
+            template_msgs.append({"role": msg["role"], "content": content})
+            continue
+        parts = []
+        for part in content:
+            if part["type"] == "image":
+                if accept_image is not None:
+                    accept_image()
+                img, key = _take_image(part["image"])
+                images.append(img)
+                keys.append(key)
+                parts.append({"type": "image"})
+            else:
+                parts.append({"type": "text", "text": part["text"]})
+        template_msgs.append({"role": msg["role"], "content": parts})
+    return template_msgs, images, keys
 
 
 def _take_image(payload: Any) -> tuple[Image.Image, str]:

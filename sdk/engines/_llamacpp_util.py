@@ -6,7 +6,6 @@ import ctypes
 import logging
 import threading
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,44 +146,6 @@ def _same(a: _Item, b: _Item) -> bool:
     if isinstance(a, Media) or isinstance(b, Media):
         return isinstance(a, Media) and isinstance(b, Media) and a == b
     return a == b
-
-
-class _StopFilter:
-    """Cuts text at the first stop string and holds back any tail that may begin one."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.longest = max((len(s) for s in self.stops), default=0)
-        self.text = ""
-        self.emitted = 0
-        self.stopped = False
-
-    def feed(self, piece: str) -> str:
-        """Add decoded text; return what can be shown now."""
-        start = max(0, len(self.text) - self.longest + 1)
-        self.text += piece
-        if self.stops:
-            hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
-            if hits:
-                self.text = self.text[: min(hits)]
-                self.stopped = True
-                return self.flush()
-        safe = len(self.text) - self._held_back()
-        out = self.text[self.emitted: safe] if safe > self.emitted else ""
-        self.emitted = max(self.emitted, safe)
-        return out
-
-    def flush(self) -> str:
-        out = self.text[self.emitted:]
-        self.emitted = len(self.text)
-        return out
-
-    def _held_back(self) -> int:
-        for n in range(min(self.longest - 1, len(self.text)), 0, -1):
-            tail = self.text[-n:]
-            if any(s.startswith(tail) for s in self.stops):
-                return n
-        return 0
 
 
 def make_sampler(llama: Any, vocab: Any, cfg: Any, default_seed: int | None) -> Any:

@@ -10,12 +10,17 @@ the resources are freed as that call unwinds."""
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from covip.sdk.engines._decode import Detokenizer, StopFilter, make_rng, select_token
 from covip.sdk.engines.base import Generation, GenerationConfig, Message, check_messages
 from covip.sdk.errors import EngineError, InputError
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["TokenLoopEngine", "common_prefix"]
 
@@ -124,6 +129,54 @@ class TokenLoopEngine:
             self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to report to
             pass
+
+    # ------------------------------------------------------------------ the token loop
+    _vocab: int
+    _eos: set[int] | frozenset[int]
+
+    def _token_loop(self, config: GenerationConfig, *, t0: float, n_prompt: int, reuse: int,
+                prefill: Callable[[], Any], step: Callable[[int], Any],
+                to_numpy: Callable[[Any], Any] = lambda x: x) -> Iterator[str]:
+        """The token loop every back end runs: ``prefill()`` (the prompt's uncached tokens -> last logits), then
+        pick a token (:func:`~covip.sdk.engines._decode.select_token`), stop at EOS, a stop string or the
+        budget, detokenize, and ``step(token)`` for the next logits. Sets :attr:`last` however it ends."""
+        gen_ids: list[int] = []
+        detok, stops = Detokenizer(self.tokenizer), StopFilter(config.stop)
+        finish, prefill_s, decode_start = "cancelled", 0.0, None
+        try:
+            logits = prefill()
+            prefill_s = time.perf_counter() - t0
+            rng = make_rng(config)
+            decode_start = time.perf_counter()
+            while True:
+                token = select_token(to_numpy(logits), gen_ids, config, rng, self._vocab)
+                gen_ids.append(token)
+                if token in self._eos:
+                    finish = "stop"
+                    break
+                piece = stops.feed(detok.push(token))
+                if piece:
+                    yield piece
+                if stops.stopped:
+                    finish = "stop"
+                    break
+                if len(gen_ids) >= config.max_new_tokens:
+                    finish = "length"
+                    break
+                logits = step(token)
+            if not stops.stopped:
+                tail = stops.feed(detok.flush()) + stops.flush()
+                if tail:
+                    yield tail
+        finally:
+            if decode_start is None:
+                prefill_s, decode_s = time.perf_counter() - t0, 0.0
+            else:
+                decode_s = time.perf_counter() - decode_start
+            self.last = Generation(text=stops.text, prompt_tokens=n_prompt - reuse, completion_tokens=len(gen_ids),
+                                   cached_tokens=reuse, prefill_s=prefill_s, decode_s=decode_s, finish_reason=finish)
+        logger.debug("generated %d tokens (%s); prompt %d (%d cached); prefill %.3f s, decode %.3f s",
+                     len(gen_ids), finish, n_prompt, reuse, prefill_s, decode_s)
 
     # ------------------------------------------------------------------ guards
     def _run(self, messages: Sequence[Message], config: GenerationConfig | None) -> Iterator[str]:

@@ -8,27 +8,21 @@ transformers on every export.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from covip.sdk.engines.base import GenerationConfig
-from covip.sdk.errors import EngineError, InputError
+from covip.sdk.errors import EngineError
 
 __all__ = [
     "ImageSpec",
     "preprocess_image",
     "rope_positions",
-    "compile_chat_template",
-    "select_token",
-    "make_rng",
     "ort_severity",
     "TokenizerAdapter",
 ]
@@ -153,42 +147,6 @@ def rope_positions(ids: Sequence[int], spans: Sequence[tuple[int, int]], grid: t
 # ----------------------------------------------------------------------------- chat template
 
 
-def compile_chat_template(source: str) -> Any:
-    """A Jinja2 template compiled the way transformers' ``apply_chat_template`` compiles it."""
-    import jinja2
-    import jinja2.ext
-    import jinja2.nodes
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class _Generation(jinja2.ext.Extension):  # {% generation %} ... {% endgeneration %}: render the body
-        tags = {"generation"}
-
-        def parse(self, parser: Any) -> Any:
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
-            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
-
-        def _body(self, caller: Any) -> str:
-            return caller()
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[_Generation, jinja2.ext.loopcontrols])
-
-    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None,
-               sort_keys: bool = False) -> str:
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    def raise_exception(message: str) -> None:
-        raise InputError(f"the chat template rejected the messages: {message}")
-
-    env.filters["tojson"] = tojson
-    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
-    try:
-        return env.from_string(source)
-    except jinja2.TemplateError as exc:
-        raise EngineError(f"the export's chat template cannot be parsed ({exc}); re-run `covip export onnx`") from exc
-
-
 # ----------------------------------------------------------------------------- tokenizer
 
 
@@ -224,44 +182,6 @@ class TokenizerAdapter:
 
 
 # ----------------------------------------------------------------------------- sampling
-
-
-def make_rng(config: GenerationConfig) -> np.random.Generator | None:
-    """The random generator of one sampled call (None when greedy)."""
-    if config.temperature == 0:
-        return None
-    return np.random.default_rng(config.seed)
-
-
-def select_token(logits: np.ndarray, gen_ids: Sequence[int], config: GenerationConfig,
-                 rng: np.random.Generator | None, vocab: int) -> int:
-    """Greedy or sampled next token, with the transformers engine's semantics (presence penalty, temperature,
-    top-k, then top-p over the renormalized top-k)."""
-    logits = np.asarray(logits, dtype=np.float32).reshape(-1)[:vocab]
-    if config.presence_penalty and gen_ids:
-        logits = logits.copy()
-        logits[np.fromiter(set(gen_ids), dtype=np.int64)] -= config.presence_penalty
-    if config.temperature == 0 or rng is None:
-        return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / config.temperature
-    if config.top_k and config.top_k < scaled.shape[0]:
-        index = np.argpartition(-scaled, config.top_k - 1)[: config.top_k]
-        index = index[np.argsort(-scaled[index], kind="stable")]  # most likely first
-    elif config.top_p < 1.0:
-        index = np.argsort(-scaled, kind="stable")
-    else:
-        index = np.arange(scaled.shape[0])
-    values = scaled[index]
-    probs = np.exp(values - values.max())
-    probs /= probs.sum()
-    if config.top_p < 1.0:
-        cum = np.cumsum(probs)
-        keep = int(np.searchsorted(cum, config.top_p)) + 1  # the smallest set whose mass reaches top_p
-        probs, index = probs[:keep], index[:keep]
-    cum = np.cumsum(probs)
-    u = rng.random() * cum[-1]
-    pick = min(int(np.searchsorted(cum, u, side="right")), len(cum) - 1)
-    return int(index[pick])
 
 
 # ----------------------------------------------------------------------------- onnxruntime

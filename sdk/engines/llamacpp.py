@@ -42,17 +42,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from covip.sdk.engines._decode import StopFilter, compile_chat_template
 from covip.sdk.engines._llamacpp_util import (
     Media,
     _check_gguf,
     _Item,
     _item_pos,
     _same,
-    _StopFilter,
     error_mark,
     item_tokens,
     last_native_error,
@@ -288,30 +287,8 @@ class LlamaCppEngine:
         return "covip-tiny" in name.lower().replace("_", "-")
 
     def _compile_template(self, source: str) -> Any:
-        import jinja2
-        import jinja2.ext
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        extensions: list[Any] = [jinja2.ext.loopcontrols]
-        try:
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-            extensions.append(Jinja2ChatFormatter.IgnoreGenerationTags)  # {% generation %} blocks
-        except (ImportError, AttributeError):
-            pass
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=extensions)
-        env.filters["tojson"] = lambda obj, **kw: json.dumps(obj, ensure_ascii=False, **kw)
-
-        def raise_exception(message: str) -> None:
-            raise InputError(f"the chat template rejected the messages: {message}")
-
-        env.globals.update(raise_exception=raise_exception,
-                           strftime_now=lambda fmt: datetime.now().strftime(fmt))
-        try:
-            return env.from_string(source)
-        except jinja2.TemplateError as exc:
-            raise EngineError(f"the chat template of '{self.model_path}' cannot be parsed ({exc}); "
-                              "pass LlamaCppEngineConfig(chat_template=...)") from exc
+        return compile_chat_template(source, fix=f"the template of '{self.model_path}'; pass "
+                                                 "LlamaCppEngineConfig(chat_template=...)")
 
     def _special_text(self, token: int) -> str:
         if token < 0:
@@ -520,7 +497,7 @@ class LlamaCppEngine:
 
         sampler = self._make_sampler(cfg)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = _StopFilter(cfg.stop)
+        stops = StopFilter(cfg.stop)
         n_done = 0
         n_kv = n_prompt  # cells of the KV cache in use
         finish = "length"

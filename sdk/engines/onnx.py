@@ -43,16 +43,14 @@ import numpy as np
 
 from covip.sdk._config import ConfigMixin
 from covip.sdk._extras import require
+from covip.sdk.engines._decode import compile_chat_template
 from covip.sdk.engines._loop import TokenLoopEngine, common_prefix
 from covip.sdk.engines._onnx_util import (
     ImageSpec,
     TokenizerAdapter,
-    compile_chat_template,
-    make_rng,
     ort_severity,
     preprocess_image,
     rope_positions,
-    select_token,
 )
 from covip.sdk.engines.base import (
     EngineState,
@@ -208,7 +206,7 @@ class OnnxEngine(TokenLoopEngine):
         self._vocab = len(self.tokenizer)
         if not manifest.chat_template:
             raise EngineError(f"{directory}: the manifest has no chat template; re-run `covip export onnx`")
-        self._template = compile_chat_template(manifest.chat_template)
+        self._template = compile_chat_template(manifest.chat_template, fix="re-run `covip export onnx`")
         if not self._eos:
             for name in ("<|im_end|>", self._special.get("eos_token")):
                 tid = self.tokenizer.token_to_id(name) if name else None
@@ -347,81 +345,24 @@ class OnnxEngine(TokenLoopEngine):
     # ------------------------------------------------------------------ the decode loop
 
     def _run_locked(self, msgs: list[Message], config: GenerationConfig) -> Iterator[str]:
-        from covip.sdk.engines.transformers import _TextState
-
         t0 = time.perf_counter()
         prompt = self._tokenize(msgs)
-        n_prompt = len(prompt.ids)
         reuse = self._reusable_prefix(prompt)
-        gen_ids: list[int] = []
-        state = _TextState(self.tokenizer, config.stop)
-        finish = "cancelled"
-        prefill_s, decode_start = 0.0, None
-        try:
-            logits = self._prefill(prompt, reuse)
-            prefill_s = time.perf_counter() - t0
-            rng = make_rng(config)
-            decode_start = time.perf_counter()
-            while True:
-                token = self._choose(logits, gen_ids, config, rng)
-                gen_ids.append(token)
-                if token in self._eos:
-                    finish = "stop"
-                    break
-                piece, stopped = state.push(token)
-                if piece:
-                    yield piece
-                if stopped:
-                    finish = "stop"
-                    break
-                if len(gen_ids) >= config.max_new_tokens:
-                    finish = "length"
-                    break
-                logits = self._step(token)
-            tail = state.flush()
-            if tail:
-                yield tail
-        finally:
-            if decode_start is None:
-                prefill_s, decode_s = time.perf_counter() - t0, 0.0
-            else:
-                decode_s = time.perf_counter() - decode_start
-            self.last = Generation(text=state.text, prompt_tokens=n_prompt - reuse, completion_tokens=len(gen_ids),
-                                   cached_tokens=reuse, prefill_s=prefill_s, decode_s=decode_s,
-                                   finish_reason=finish)
-        logger.debug("generated %d tokens (%s); prompt %d (%d cached); prefill %.3f s, decode %.3f s",
-                     len(gen_ids), finish, n_prompt, reuse, prefill_s, decode_s)
-
-    def _choose(self, logits: np.ndarray, gen_ids: list[int], config: GenerationConfig, rng: Any) -> int:
-        return select_token(logits, gen_ids, config, rng, self._vocab)
+        yield from self._token_loop(config, t0=t0, n_prompt=len(prompt.ids), reuse=reuse,
+                                prefill=lambda: self._prefill(prompt, reuse), step=self._step)
 
     # ------------------------------------------------------------------ prompt
 
     def _tokenize(self, msgs: list[Message]) -> _Prompt:
         """Render the chat template, take in the photos, expand the image tokens and tokenize."""
-        from covip.sdk.engines._hf_util import _image_spans, _take_image
+        from covip.sdk.engines._hf_util import _image_spans, template_messages
 
-        template_msgs: list[dict[str, Any]] = []
-        images: dict[str, Any] = {}
-        keys: list[str] = []
-        for msg in msgs:
-            content = msg["content"]
-            if isinstance(content, str):
-                template_msgs.append({"role": msg["role"], "content": content})
-                continue
-            parts = []
-            for part in content:
-                if part["type"] == "image":
-                    if self._image is None or "vision" not in self._sessions:
-                        raise InputError(f"'{self.model_id}' has no vision graph, so it cannot take images; "
-                                         "send text only")
-                    img, key = _take_image(part["image"])
-                    images.setdefault(key, img)
-                    keys.append(key)
-                    parts.append({"type": "image"})
-                else:
-                    parts.append({"type": "text", "text": part["text"]})
-            template_msgs.append({"role": msg["role"], "content": parts})
+        def accept_image() -> None:
+            if self._image is None or "vision" not in self._sessions:
+                raise InputError(f"'{self.model_id}' has no vision graph, so it cannot take images; send text only")
+
+        template_msgs, photos, keys = template_messages(msgs, accept_image=accept_image)
+        images = dict(zip(keys, photos))
         try:
             text = self._template.render(messages=template_msgs, add_generation_prompt=True, **self._special)
         except CovipError:

@@ -50,13 +50,12 @@ from covip.sdk._extras import require
 from covip.sdk.engines._hf_util import (
     _auto_model_class,
     _image_spans,
-    _make_generator,
     _pick_dtype,
     _resolve_model,
     _same_tensors,
-    _take_image,
     quiet_progress,
     set_pixels,
+    template_messages,
 )
 from covip.sdk.engines._loop import TokenLoopEngine, common_prefix
 from covip.sdk.engines.base import (
@@ -295,7 +294,6 @@ class TransformersEngine(TokenLoopEngine):
         torch = self._torch
         t0 = time.perf_counter()
         prompt = self._tokenize(msgs)
-        n_prompt = len(prompt.ids)
         reuse = self._reusable_prefix(prompt)
         if reuse == 0 or self._cache is None:
             self._cache = self._new_cache()
@@ -305,79 +303,25 @@ class TransformersEngine(TokenLoopEngine):
         self._ids = self._ids[:reuse]
         self._spans = [s for s in self._spans if s[1] <= reuse]
 
-        gen_ids: list[int] = []
-        state = _TextState(self.tokenizer, config.stop)
-        finish = "cancelled"
-        decode_start = None
-        try:
+        def prefill() -> Any:
             with torch.inference_mode():  # never held across a yield: the caller's code runs outside it
-                positions, delta = self._positions(prompt)
-                self._delta = delta
+                positions, self._delta = self._positions(prompt)
                 logits = self._prefill(prompt, reuse, positions)
-            self._ids = list(prompt.ids)
-            self._spans = list(prompt.spans)
-            generator = _make_generator(torch, config)
-            prefill_s = time.perf_counter() - t0
-            decode_start = time.perf_counter()
-            while True:
-                with torch.inference_mode():
-                    token = self._select(logits, gen_ids, config, generator)
-                gen_ids.append(token)
-                if token in self._eos:
-                    finish = "stop"
-                    break
-                piece, stopped = state.push(token)
-                if piece:
-                    yield piece
-                if stopped:
-                    finish = "stop"
-                    break
-                if len(gen_ids) >= config.max_new_tokens:
-                    finish = "length"
-                    break
-                with torch.inference_mode():
-                    logits = self._step(token)
-                self._ids.append(token)
-            tail = state.flush()
-            if tail:
-                yield tail
-        finally:
-            if decode_start is None:
-                prefill_s, decode_s = time.perf_counter() - t0, 0.0
-            else:
-                decode_s = time.perf_counter() - decode_start
-            self.last = Generation(
-                text=state.text,
-                prompt_tokens=n_prompt - reuse,
-                completion_tokens=len(gen_ids),
-                cached_tokens=reuse,
-                prefill_s=prefill_s,
-                decode_s=decode_s,
-                finish_reason=finish,
-            )
-        logger.debug("generated %d tokens (%s); prompt %d (%d cached); prefill %.3f s, decode %.3f s",
-                     len(gen_ids), finish, n_prompt, reuse, prefill_s, decode_s)
+            self._ids, self._spans = list(prompt.ids), list(prompt.spans)
+            return logits
+
+        def step(token: int) -> Any:
+            with torch.inference_mode():
+                logits = self._step(token)
+            self._ids.append(token)
+            return logits
+
+        yield from self._token_loop(config, t0=t0, n_prompt=len(prompt.ids), reuse=reuse, prefill=prefill, step=step,
+                                to_numpy=lambda t: t.float().cpu().numpy())
 
     def _tokenize(self, msgs: list[Message]) -> _Prompt:
         """Render the chat template, take in the photos, and run the processor on text + images."""
-        template_msgs: list[dict[str, Any]] = []
-        images: list[Image.Image] = []
-        keys: list[str] = []
-        for msg in msgs:
-            content = msg["content"]
-            if isinstance(content, str):
-                template_msgs.append({"role": msg["role"], "content": content})
-                continue
-            parts = []
-            for part in content:
-                if part["type"] == "image":
-                    img, key = _take_image(part["image"])
-                    images.append(img)
-                    keys.append(key)
-                    parts.append({"type": "image"})
-                else:
-                    parts.append({"type": "text", "text": part["text"]})
-            template_msgs.append({"role": msg["role"], "content": parts})
+        template_msgs, images, keys = template_messages(msgs)
         try:
             text = self.processor.apply_chat_template(template_msgs, tokenize=False, add_generation_prompt=True)
             tensors = self._process(text, images, keys)
@@ -531,34 +475,6 @@ class TransformersEngine(TokenLoopEngine):
         out = self.model(**kwargs)
         return out.logits[0, -1]
 
-    def _select(self, logits: Any, gen_ids: list[int], config: GenerationConfig, generator: Any) -> int:
-        torch = self._torch
-        logits = logits.float()
-        if logits.shape[-1] > self._vocab:
-            logits = logits[: self._vocab]
-        if config.presence_penalty and gen_ids:
-            seen = torch.tensor(sorted(set(gen_ids)), device=logits.device)
-            logits = logits.clone()
-            logits[seen] -= config.presence_penalty
-        if config.temperature == 0:
-            return int(torch.argmax(logits).item())
-        logits = logits.cpu() / config.temperature
-        if config.top_k and config.top_k < logits.shape[-1]:
-            values, index = torch.topk(logits, config.top_k)  # sorted, most likely first
-        else:
-            values, index = logits, None
-        probs = torch.softmax(values, dim=-1)
-        if config.top_p < 1.0:
-            if index is None:
-                probs, index = torch.sort(probs, descending=True)
-            cum = torch.cumsum(probs, dim=-1)
-            keep = int(torch.searchsorted(cum, torch.tensor([config.top_p]))[0].item()) + 1
-            probs, index = probs[:keep], index[:keep]  # the smallest set whose mass reaches top_p
-        cum = torch.cumsum(probs.double(), dim=-1)
-        u = torch.rand((), generator=generator, dtype=torch.float64) * cum[-1]
-        pick = min(int(torch.searchsorted(cum, u.reshape(1), right=True)[0].item()), cum.shape[0] - 1)
-        return int(index[pick].item()) if index is not None else pick
-
     # ------------------------------------------------------------------ helpers
 
     def _new_cache(self) -> Any:
@@ -581,48 +497,6 @@ class TransformersEngine(TokenLoopEngine):
         self._spans: list[tuple[int, int, str]] = []
         self._delta = 0
 
-
-
-class _TextState:
-    """Incremental detokenization with stop strings: emits only text that can no longer change."""
-
-    def __init__(self, tokenizer: Any, stop: tuple[str, ...]) -> None:
-        self._tok = tokenizer
-        self._stop = tuple(s for s in stop if s)
-        self._ids: list[int] = []
-        self._emitted = 0
-        self.text = ""
-
-    def push(self, token: int) -> tuple[str, bool]:
-        """Add a token; return (new safe text, whether a stop string ended the text)."""
-        self._ids.append(token)
-        full = self._tok.decode(self._ids, skip_special_tokens=True)
-        if self._stop:
-            hits = [i for i in (full.find(s) for s in self._stop) if i >= 0]
-            if hits:
-                self.text = full[: min(hits)]
-                return self._take(len(self.text)), True
-        self.text = full
-        safe = len(full)
-        if full.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
-            safe = len(full.rstrip("\ufffd"))
-        for s in self._stop:  # hold back a tail that may be the start of a stop string
-            for k in range(min(len(s) - 1, len(full)), 0, -1):
-                if full.endswith(s[:k]):
-                    safe = min(safe, len(full) - k)
-                    break
-        return self._take(safe), False
-
-    def flush(self) -> str:
-        """The rest of the text at the end of generation."""
-        return self._take(len(self.text))
-
-    def _take(self, upto: int) -> str:
-        if upto <= self._emitted:
-            return ""
-        piece = self.text[self._emitted : upto]
-        self._emitted = upto
-        return piece
 
 
 # ----------------------------------------------------------------------------- module helpers
