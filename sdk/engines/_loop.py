@@ -17,7 +17,14 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from covip.sdk.engines._decode import Detokenizer, StopFilter, make_rng, select_token
-from covip.sdk.engines.base import Generation, GenerationConfig, Message, check_messages
+from covip.sdk.engines.base import (
+    EngineState,
+    Generation,
+    GenerationConfig,
+    Message,
+    check_messages,
+    state_data,
+)
 from covip.sdk.errors import EngineError, InputError
 
 logger = logging.getLogger(__name__)
@@ -37,7 +44,23 @@ class TokenLoopEngine:
     _closed: bool
     _ids: list[int]
 
+    def _init_shell(self) -> None:
+        """The shell's own state: the call lock, the stream owner, the snapshot owner token, closed, last."""
+        self._lock = threading.Lock()
+        self._owner = None
+        self._state_owner = object()  # identifies the EngineStates this instance made
+        self._closed = False
+        self.last = None
+
     def _run_locked(self, msgs: list[Message], config: GenerationConfig) -> Iterator[str]:
+        raise NotImplementedError
+
+    def _capture(self) -> tuple[Any, int, int]:
+        """(a private copy of the KV state and its bookkeeping, tokens it holds, bytes it takes); lock held."""
+        raise NotImplementedError
+
+    def _install(self, data: Any) -> None:
+        """Make the engine hold ``data`` from :meth:`_capture` (copying what later calls would mutate)."""
         raise NotImplementedError
 
     def _tokenize(self, msgs: list[Message]) -> Any:
@@ -99,9 +122,33 @@ class TokenLoopEngine:
         """The token ids whose keys/values the engine holds for reuse by the next call."""
         return list(self._ids)
 
+    def snapshot(self) -> EngineState:
+        """A copy of the KV state kept from the last call (tokens, photos, positions), for :meth:`restore`.
+        Raises EngineError while this thread is consuming a :meth:`stream`."""
+        self._check_open()
+        self._check_not_streaming("snapshot()")
+        with self._lock:
+            self._check_open()
+            data, n_tokens, nbytes = self._capture()
+            return EngineState(model_id=self.model_id, n_tokens=n_tokens, nbytes=nbytes, owner=self._state_owner,
+                               data=data)
+
+    def restore(self, state: EngineState) -> None:
+        """Make the engine hold ``state`` (from this engine's :meth:`snapshot`), as right after that call: the
+        next call reuses its longest common prefix with the restored tokens. EngineError for a state another
+        engine made."""
+        self._check_open()
+        data = state_data(state, self._state_owner, self.model_id)
+        self._check_not_streaming("restore()")
+        with self._lock:
+            self._check_open()
+            self._install(data)
+
     def reset(self) -> None:
         """Forget the KV cache of the last call (the next call prefills its whole prompt)."""
+        self._check_not_streaming("reset()")
         with self._lock:
+            self._check_open()
             self._reset_cache()
 
     def __enter__(self) -> Any:

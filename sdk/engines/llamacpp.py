@@ -31,16 +31,14 @@ unless an engine was opened with ``verbose=True``), and the last native error is
 from __future__ import annotations
 
 import codecs
-import contextlib
 import ctypes
 import dataclasses
 import hashlib
 import json
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,13 +57,11 @@ from covip.sdk.engines._llamacpp_util import (
     native_lib,
     set_verbose,
 )
+from covip.sdk.engines._loop import TokenLoopEngine
 from covip.sdk.engines.base import (
-    EngineState,
     Generation,
     GenerationConfig,
     Message,
-    check_messages,
-    state_data,
 )
 from covip.sdk.errors import EngineError, InputError
 
@@ -144,7 +140,7 @@ class _Snapshot:
 # ----------------------------------------------------------------------------- the engine
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(TokenLoopEngine):
     """A GGUF chat model (plus optional mmproj) behind :class:`~covip.sdk.engines.base.Engine`.
 
     ``LlamaCppEngine(LlamaCppEngineConfig(model_path=..., mmproj_path=...))`` or
@@ -158,17 +154,12 @@ class LlamaCppEngine:
         if not isinstance(config, LlamaCppEngineConfig):
             raise InputError("LlamaCppEngine needs a LlamaCppEngineConfig or the path of a GGUF file")
         self.config = config
-        self.last: Generation | None = None
+        self._init_shell()
         self._model = self._ctx = self._mctx = self._batch = None
         self._batch_cap = 0
-        self._closed = False
         self._verbose_counted = False
-        self._lock = threading.RLock()
-        self._busy_thread: int | None = None
-        self._close_requested = False
         self._cache_items: list[_Item] = []  # what the KV cache of sequence 0 holds, in order
         self._cache_pos: list[int] = []  # the position of each cached item
-        self._state_owner = object()  # identifies the EngineStates this instance made
 
         model_path = _check_gguf(Path(os.fspath(config.model_path)).expanduser(), "model file")
         mmproj_path = None
@@ -297,20 +288,6 @@ class LlamaCppEngine:
 
     # -- public API
 
-    def generate(self, messages: Sequence[Message], config: GenerationConfig | None = None, *,
-                 on_token: Callable[[str], None] | None = None) -> Generation:
-        """Generate the assistant's next turn (reusing the KV cache of the previous call where it can)."""
-        with contextlib.closing(self._run(messages, config)) as pieces:  # closed even if on_token raises
-            for piece in pieces:
-                if on_token is not None:
-                    on_token(piece)
-        assert self.last is not None
-        return self.last
-
-    def stream(self, messages: Sequence[Message], config: GenerationConfig | None = None) -> Iterator[str]:
-        """Yield text pieces as they are decoded; the finished :class:`Generation` is ``self.last``."""
-        return self._run(messages, config)
-
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` costs with this model's tokenizer (special tokens parsed, no BOS added)."""
         if not isinstance(text, str):
@@ -318,58 +295,45 @@ class LlamaCppEngine:
         self._check_open()
         return len(self._tokenize(text, add_special=False))
 
-    def reset(self) -> None:
-        """Forget the KV cache (the next call prefills everything)."""
-        if self._busy_thread == threading.get_ident():
-            raise EngineError("cannot reset the cache while this thread is generating (an unfinished stream?)")
-        with self._lock:
-            self._check_open()
+    def _reset_cache(self) -> None:
+        self._clear_cache()
+
+    def _capture(self) -> tuple[_Snapshot, int, int]:
+        """A copy of the KV cache (sequence 0: llama.cpp's serialized state, host memory) and what it holds."""
+        llama = self._llama
+        items = tuple(dataclasses.replace(i) if isinstance(i, Media) else i for i in self._cache_items)
+        buffer, size = None, 0
+        if items:
+            cap = int(llama.llama_state_seq_get_size(self._ctx, 0))
+            buffer = (ctypes.c_uint8 * cap)()
+            size = int(llama.llama_state_seq_get_data(self._ctx, buffer, cap, 0))
+            if size == 0:
+                raise EngineError("llama.cpp could not copy the KV state (llama_state_seq_get_data returned 0)")
+        return _Snapshot(buffer=buffer, size=size, items=items, pos=tuple(self._cache_pos)), \
+            sum(item_tokens(i) for i in items), size
+
+    def _install(self, data: _Snapshot) -> None:
+        """Load a captured state (EngineError when llama.cpp cannot: the cache is then empty)."""
+        self._clear_cache()
+        if data.buffer is None:
+            return
+        mark = error_mark()
+        if not self._llama.llama_state_seq_set_data(self._ctx, data.buffer, data.size, 0):
             self._clear_cache()
+            reason = last_native_error(mark) or "llama_state_seq_set_data returned 0"
+            raise EngineError(f"llama.cpp could not load the KV state ({reason})")
+        self._cache_items = [dataclasses.replace(i) if isinstance(i, Media) else i for i in data.items]
+        self._cache_pos = list(data.pos)
 
-    def snapshot(self) -> EngineState:
-        """A copy of the KV cache (sequence 0) and of what it holds, for :meth:`restore`.
+    def prompt_token_ids(self, messages: Sequence[Message]) -> list[int]:
+        """Not available: llama.cpp's multimodal prompts are text and image chunks, not one id list."""
+        raise EngineError("the llama.cpp engine tokenizes images into media chunks, not token ids; count tokens "
+                          "with count_tokens() or see Generation.prompt_tokens")
 
-        ``nbytes`` is the size of llama.cpp's serialized state (host memory). Raises EngineError while this
-        thread is generating (an unfinished stream).
-        """
-        if self._busy_thread == threading.get_ident():
-            raise EngineError("cannot snapshot the cache while this thread is generating (an unfinished stream?)")
-        with self._lock:
-            self._check_open()
-            llama = self._llama
-            items = tuple(dataclasses.replace(i) if isinstance(i, Media) else i for i in self._cache_items)
-            buffer, size = None, 0
-            if items:
-                cap = int(llama.llama_state_seq_get_size(self._ctx, 0))
-                buffer = (ctypes.c_uint8 * cap)()
-                size = int(llama.llama_state_seq_get_data(self._ctx, buffer, cap, 0))
-                if size == 0:
-                    raise EngineError("llama.cpp could not copy the KV state (llama_state_seq_get_data returned 0)")
-            data = _Snapshot(buffer=buffer, size=size, items=items, pos=tuple(self._cache_pos))
-            return EngineState(model_id=self.model_id, n_tokens=sum(item_tokens(i) for i in items), nbytes=size,
-                               owner=self._state_owner, data=data)
-
-    def restore(self, state: EngineState) -> None:
-        """Make the cache hold ``state`` (from this engine's :meth:`snapshot`), as right after that call.
-
-        EngineError for a state another engine made, or when llama.cpp cannot load it (the cache is then
-        empty).
-        """
-        if self._busy_thread == threading.get_ident():
-            raise EngineError("cannot restore the cache while this thread is generating (an unfinished stream?)")
-        with self._lock:
-            self._check_open()
-            data: _Snapshot = state_data(state, self._state_owner, self.model_id)
-            self._clear_cache()
-            if data.buffer is None:
-                return
-            mark = error_mark()
-            if not self._llama.llama_state_seq_set_data(self._ctx, data.buffer, data.size, 0):
-                self._clear_cache()
-                reason = last_native_error(mark) or "llama_state_seq_set_data returned 0"
-                raise EngineError(f"llama.cpp could not load the KV state ({reason})")
-            self._cache_items = [dataclasses.replace(i) if isinstance(i, Media) else i for i in data.items]
-            self._cache_pos = list(data.pos)
+    @property
+    def cached_token_ids(self) -> list[int]:
+        """Not available (see :meth:`prompt_token_ids`); :attr:`cached_tokens` counts them."""
+        raise EngineError("the llama.cpp engine's cache holds media chunks, not token ids; use cached_tokens")
 
     @property
     def cached_tokens(self) -> int:
@@ -384,23 +348,11 @@ class LlamaCppEngine:
     def multimodal(self) -> bool:
         return self._mctx is not None
 
-    def close(self) -> None:
-        """Free the native model, context and projector (idempotent; waits for another thread's call)."""
-        lock = getattr(self, "_lock", None)
-        if lock is None:
-            return
-        if self._busy_thread == threading.get_ident():  # from on_token or inside an open stream
-            self._close_requested = True  # freed when that call unwinds; it stops with EngineError
-            return
-        with lock:
-            self._close_locked()
-
-    def _close_locked(self) -> None:
+    def _release(self) -> None:
+        """Free the native model, context and projector."""
         if getattr(self, "_verbose_counted", False):
             set_verbose(-1)
             self._verbose_counted = False
-        if getattr(self, "_closed", True) and self._model is None:
-            return
         self._closed = True
         llama, mtmd = getattr(self, "_llama", None), getattr(self, "_mtmd", None)
         if llama is None:
@@ -419,18 +371,6 @@ class LlamaCppEngine:
             self._model = None
         self._cache_items, self._cache_pos = [], []
 
-    def __enter__(self) -> LlamaCppEngine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"n_ctx={getattr(self, '_n_ctx', '?')}"
         return f"LlamaCppEngine({getattr(self, 'model_id', self.config.model_path)!r}, " \
@@ -441,29 +381,6 @@ class LlamaCppEngine:
     def _check_open(self) -> None:
         if self._closed or self._ctx is None:
             raise EngineError("this LlamaCppEngine is closed; open a new one")
-
-    def _run(self, messages: Sequence[Message], config: GenerationConfig | None) -> Iterator[str]:
-        """Validate now (so stream() fails at the call, not at the first piece); generate lazily."""
-        msgs = check_messages(messages)
-        cfg = config if config is not None else GenerationConfig()
-        if not isinstance(cfg, GenerationConfig):
-            raise InputError("config must be a GenerationConfig or None")
-        self._check_open()
-        return self._guarded(msgs, cfg)
-
-    def _guarded(self, msgs: list[Message], cfg: GenerationConfig) -> Iterator[str]:
-        if self._busy_thread == threading.get_ident():
-            raise EngineError("this engine is already generating in this thread (an unfinished stream()?); "
-                              "finish or close that stream first")
-        with self._lock:
-            self._check_open()
-            self._busy_thread = threading.get_ident()
-            try:
-                yield from self._run_locked(msgs, cfg)
-            finally:
-                self._busy_thread = None
-                if self._close_requested:
-                    self._close_locked()
 
     def _run_locked(self, msgs: list[Message], cfg: GenerationConfig) -> Iterator[str]:
         llama = self._llama
@@ -512,8 +429,6 @@ class LlamaCppEngine:
                 out = stops.feed(decoder.decode(self._piece(token)))
                 if out:
                     yield out
-                    if self._close_requested:  # close() from on_token or the stream's consumer
-                        raise EngineError("the engine was closed during generation")
                 if stops.stopped:
                     finish = "stop"
                     break
@@ -528,12 +443,7 @@ class LlamaCppEngine:
                 tail = stops.feed(decoder.decode(b"", final=True)) + stops.flush()
                 if tail:
                     yield tail
-        except GeneratorExit:
-            raise  # the consumer closed the stream: the cache is consistent
-        except BaseException:
-            self._clear_cache()
-            raise
-        finally:
+        finally:  # on failure the shell resets the cache (a stream closed early leaves it consistent)
             llama.llama_sampler_free(sampler)
             self.last = Generation(
                 text=stops.text,

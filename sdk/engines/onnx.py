@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,12 +52,9 @@ from covip.sdk.engines._onnx_util import (
     rope_positions,
 )
 from covip.sdk.engines.base import (
-    EngineState,
-    Generation,
     GenerationConfig,
     Message,
     check_messages,
-    state_data,
 )
 from covip.sdk.errors import CovipError, EngineError, InputError
 
@@ -136,12 +132,8 @@ class OnnxEngine(TokenLoopEngine):
         if not isinstance(config, OnnxEngineConfig):
             raise InputError("OnnxEngine needs an OnnxEngineConfig or the path of an ONNX export directory")
         self.config = config.with_overrides(**overrides)
-        self._lock = threading.Lock()
-        self._owner: int | None = None
-        self._state_owner = object()
-        self._closed = False
+        self._init_shell()
         self._sessions: dict[str, Any] = {}
-        self.last: Generation | None = None
         self._ort = require("onnxruntime", feature="the ONNX engine", extra="onnx")
         require("jinja2", feature="the ONNX engine (chat templates)", extra="onnx")
         self._reset_cache()
@@ -313,29 +305,17 @@ class OnnxEngine(TokenLoopEngine):
     def multimodal(self) -> bool:
         return "vision" in self._sessions
 
-    def snapshot(self) -> EngineState:
-        """The KV cache and what it holds (token ids, photos, RoPE delta), for :meth:`restore`."""
-        self._check_open()
-        self._check_not_streaming("snapshot()")
-        with self._lock:
-            self._check_open()
-            data = _Snapshot(kv=tuple(self._kv), ids=tuple(self._ids), spans=tuple(self._spans), delta=self._delta,
-                             features=dict(self._features))
-            nbytes = sum(_nbytes(v) for v in data.kv) + sum(
-                a.nbytes + (b.nbytes if b is not None else 0) for a, b in data.features.values())
-            return EngineState(model_id=self.model_id, n_tokens=len(data.ids), nbytes=nbytes,
-                               owner=self._state_owner, data=data)
+    def _capture(self) -> tuple[_Snapshot, int, int]:
+        data = _Snapshot(kv=tuple(self._kv), ids=tuple(self._ids), spans=tuple(self._spans), delta=self._delta,
+                         features=dict(self._features))
+        nbytes = sum(_nbytes(v) for v in data.kv) + sum(
+            a.nbytes + (b.nbytes if b is not None else 0) for a, b in data.features.values())
+        return data, len(data.ids), nbytes
 
-    def restore(self, state: EngineState) -> None:
-        """Make the engine hold ``state`` (from this engine's :meth:`snapshot`), as right after that call."""
-        self._check_open()
-        data: _Snapshot = state_data(state, self._state_owner, self.model_id)
-        self._check_not_streaming("restore()")
-        with self._lock:
-            self._check_open()
-            self._reset_cache()
-            self._kv, self._ids, self._spans = list(data.kv), list(data.ids), list(data.spans)
-            self._delta, self._features = data.delta, dict(data.features)
+    def _install(self, data: _Snapshot) -> None:  # OrtValues are never written to after they are made
+        self._reset_cache()
+        self._kv, self._ids, self._spans = list(data.kv), list(data.ids), list(data.spans)
+        self._delta, self._features = data.delta, dict(data.features)
 
     def _release(self) -> None:
         """Release the onnxruntime sessions and the KV cache."""

@@ -37,7 +37,6 @@ import importlib
 import inspect
 import logging
 import re
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -59,11 +58,8 @@ from covip.sdk.engines._hf_util import (
 )
 from covip.sdk.engines._loop import TokenLoopEngine, common_prefix
 from covip.sdk.engines.base import (
-    EngineState,
-    Generation,
     GenerationConfig,
     Message,
-    state_data,
 )
 from covip.sdk.errors import CovipError, EngineError, InputError
 
@@ -179,11 +175,7 @@ class TransformersEngine(TokenLoopEngine):
         self.processor, self.model = self._load(source)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self._setup_model_specifics()
-        self._lock = threading.Lock()
-        self._owner: int | None = None
-        self._state_owner = object()  # identifies the EngineStates this instance made
-        self._closed = False
-        self.last: Generation | None = None
+        self._init_shell()
         self._reset_cache()
         logger.info("transformers engine %s ready on %s", self.model_id, self.device)
 
@@ -193,37 +185,18 @@ class TransformersEngine(TokenLoopEngine):
 
     # ------------------------------------------------------------------ public API
 
-    def snapshot(self) -> EngineState:
-        """A copy of the KV cache and what it holds (token ids, photos, RoPE delta), for :meth:`restore`.
+    def _capture(self) -> tuple[_Snapshot, int, int]:
+        """The cache copied on the engine's device; bytes = its key/value tensors + the photos' pixel tensors."""
+        data = _Snapshot(cache=self._copy_cache(self._cache), ids=tuple(self._ids), spans=tuple(self._spans),
+                         delta=self._delta, image_memo=dict(self._image_memo))
+        nbytes = _tensor_bytes(data.cache) + sum(_tensor_bytes(v) for v in data.image_memo.values())
+        return data, len(data.ids), nbytes
 
-        The copy lives on the engine's device; ``nbytes`` counts its key/value tensors and the photos' pixel
-        tensors it keeps. Raises EngineError while this thread is consuming a :meth:`stream`.
-        """
-        self._check_open()
-        self._check_not_streaming("snapshot()")
-        with self._lock:
-            self._check_open()
-            data = _Snapshot(cache=self._copy_cache(self._cache), ids=tuple(self._ids), spans=tuple(self._spans),
-                             delta=self._delta, image_memo=dict(self._image_memo))
-            nbytes = _tensor_bytes(data.cache) + sum(_tensor_bytes(v) for v in data.image_memo.values())
-            return EngineState(model_id=self.model_id, n_tokens=len(data.ids), nbytes=nbytes,
-                               owner=self._state_owner, data=data)
-
-    def restore(self, state: EngineState) -> None:
-        """Make the engine hold ``state`` (from this engine's :meth:`snapshot`), as right after that call.
-
-        The next call reuses its longest common prefix with the restored tokens, exactly as it would have
-        right after the snapshotted call. EngineError for a state another engine made.
-        """
-        self._check_open()
-        data: _Snapshot = state_data(state, self._state_owner, self.model_id)
-        self._check_not_streaming("restore()")
-        with self._lock:
-            self._check_open()
-            cache = self._copy_cache(data.cache)  # the snapshot stays untouched by the calls that follow
-            self._reset_cache()
-            self._cache, self._ids, self._spans, self._delta = cache, list(data.ids), list(data.spans), data.delta
-            self._image_memo = dict(data.image_memo)
+    def _install(self, data: _Snapshot) -> None:
+        cache = self._copy_cache(data.cache)  # the snapshot stays untouched by the calls that follow
+        self._reset_cache()
+        self._cache, self._ids, self._spans, self._delta = cache, list(data.ids), list(data.spans), data.delta
+        self._image_memo = dict(data.image_memo)
 
     def _release(self) -> None:
         """Drop the model, the processor and the KV cache, and free cached GPU memory."""

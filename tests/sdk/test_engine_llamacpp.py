@@ -147,7 +147,7 @@ def test_text_counts_and_limits(smol, smollm2_path):
 def test_a_stream_holds_the_engine_until_closed(smol):
     stream = smol.stream(QUESTION, GREEDY)
     first = next(stream)
-    with pytest.raises(EngineError, match="already generating"):
+    with pytest.raises(EngineError, match="still consuming a stream"):
         smol.generate(QUESTION, GREEDY)
     stream.close()
     assert smol.last.text == first
@@ -257,9 +257,9 @@ def test_vlm_empty_and_foreign_states(vlm, vlm_config):
         vlm.restore(object())  # type: ignore[arg-type]
     stream = vlm.stream([{"role": "user", "content": "Hello"}], GenerationConfig(max_new_tokens=4))
     next(stream)
-    with pytest.raises(EngineError, match="generating"):
+    with pytest.raises(EngineError, match="still consuming a stream"):
         vlm.snapshot()
-    with pytest.raises(EngineError, match="generating"):
+    with pytest.raises(EngineError, match="still consuming a stream"):
         vlm.restore(state)
     stream.close()
     vlm.restore(state)
