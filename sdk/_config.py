@@ -9,7 +9,7 @@ from typing import Any
 
 from covip.sdk.errors import CovipError, InputError
 
-__all__ = ["ConfigMixin", "pick_device", "cache_root"]
+__all__ = ["ConfigMixin", "pick_device", "cache_root", "option_help"]
 
 
 def cache_root() -> Path:
@@ -20,6 +20,15 @@ def cache_root() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("covip", appauthor=False))
+
+
+def option_help(cls: type, name: str) -> str:
+    """A CLI option's help from a config dataclass field: its help text and its default, so the CLI never
+    restates (and never drifts from) what the config says."""
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name == name:
+            return f"{f.metadata.get('help', '').rstrip('.')}. Default: {f.default}."
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
 
 
 class ConfigMixin:

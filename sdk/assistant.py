@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -20,6 +21,7 @@ from typing import Any
 from covip.sdk.cag import Answer, CagConfig, CaptionAugmentedGenerator, CaptionResult
 from covip.sdk.config import read_settings, resolve_home
 from covip.sdk.context import ContextConfig
+from covip.sdk.errors import InputError
 from covip.sdk.memory import Memory, MemoryConfig
 
 log = logging.getLogger(__name__)
@@ -66,13 +68,16 @@ class Assistant:
 
     @classmethod
     def open(cls, config: AssistantConfig | None = None, **overrides: Any) -> Assistant:
-        """Open with a config (keyword overrides win, e.g. ``Assistant.open(home=..., model="tiny")``)."""
+        """Open with a config (keyword overrides win, e.g. ``Assistant.open(home=..., model="tiny")``); the
+        caller's config is left as it was (the overrides go into a copy)."""
         config = config or AssistantConfig()
-        for key, value in overrides.items():
-            if not hasattr(config, key):
-                raise TypeError(f"AssistantConfig has no field {key!r}")
-            setattr(config, key, Path(value).expanduser() if key == "home" and value is not None else value)
-        return cls(config)
+        known = {f.name for f in dataclasses.fields(config)}
+        bad = sorted(set(overrides) - known)
+        if bad:
+            raise InputError(f"unknown AssistantConfig field(s) {bad}; known: {sorted(known)}")
+        if "home" in overrides and overrides["home"] is not None:
+            overrides["home"] = Path(overrides["home"]).expanduser()
+        return cls(dataclasses.replace(config, **overrides) if overrides else config)
 
     def __enter__(self) -> Assistant:
         return self

@@ -47,7 +47,7 @@ MANIFEST_VERSION = 1
 FILE_KINDS = ("gguf-text", "gguf-mmproj", "onnx-vision", "onnx-embed", "onnx-decoder")
 QUANTS = ("f32", "f16", "q8_0", "q4_0", "q4_k_m", "fp32", "int8", "int4")
 #: GGUF text quants from most to least faithful: the default pick is the first one present.
-GGUF_QUANT_ORDER = ("f32", "f16", "q8_0", "q4_k_m", "q4_0")
+GGUF_QUANT_ORDER = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

@@ -24,7 +24,10 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.core import ParameterSource
 
+from covip.sdk._config import option_help
+from covip.sdk.cag import CagConfig
 from covip.sdk.cli.common import CliState, echo_json, is_interactive, json_option, pass_state, user_option
+from covip.sdk.context import ContextConfig
 from covip.sdk.errors import ConfigError, CovipError, InputError, NotFoundError
 
 if TYPE_CHECKING:
@@ -154,14 +157,14 @@ _INFERENCE_OPTIONS: tuple[Callable[[Any], Any], ...] = (
                  help="Override the model chosen by `covip init --model`: 'tiny' (random weights), a hub id "
                       f"such as {REAL_MODEL_HINT}, a local HF model dir, or a GGUF + mmproj export dir."),
     click.option("-k", "--top", "k", type=click.IntRange(min=1), metavar="N",
-                 help="At most N remembered photos in the context (default 4)."),
+                 help=option_help(ContextConfig, "k")),
     click.option("--floor", type=click.FloatRange(-1.0, 1.0), metavar="SIM",
-                 help="Similarity floor: ignore memories less similar than this cosine similarity "
-                      "(default 0.2); with none left, answer without personal context and say so."),
+                 help=option_help(ContextConfig, "similarity_floor")),
     click.option("--budget", type=click.IntRange(min=1), metavar="TOKENS",
-                 help="Tokens the context may use, images and dialogues together (default 4096)."),
+                 help=option_help(ContextConfig, "token_budget")),
     click.option("--max-tokens", "max_tokens", type=click.IntRange(min=1), metavar="N",
-                 help="Stop the caption and the answer after N generated tokens (default 512 / 256; "
+                 help="Stop the caption and the answer after N generated tokens (default "
+                      f"{CagConfig().caption.max_new_tokens} / {CagConfig().answer.max_new_tokens}; "
                       f"{TINY_MAX_TOKENS} with a random-weight model)."),
     click.option("--caption-only", is_flag=True,
                  help="For weak devices: memories carry a cached plain caption of their photo instead of the "

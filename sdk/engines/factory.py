@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from covip.sdk.errors import EngineError, ExportError, InputError
-from covip.sdk.export_manifest import has_manifest, read_manifest
+from covip.sdk.export_manifest import GGUF_QUANT_ORDER, has_manifest, read_manifest
+from covip.sdk.models.tiny import resolve_tiny_name
 
 log = logging.getLogger(__name__)
 
 __all__ = ["make_engine", "describe_model_spec", "check_gguf_pair"]
 
-TINY_NAMES = {"tiny", "tiny-qwen3-vl", "tiny-qwen2.5-vl"}
 
 
 def _gguf_pair(directory: Path) -> tuple[Path, Path | None] | None:
@@ -25,8 +25,8 @@ def _gguf_pair(directory: Path) -> tuple[Path, Path | None] | None:
     text = [p for p in ggufs if p not in mmproj]
     if not text:
         raise InputError(f"{directory} holds only mmproj GGUFs; the text model GGUF is missing")
-    # prefer the least quantized file when several exist
-    order = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
+    # prefer the least quantized file when several exist (the export manifest's order)
+    order = GGUF_QUANT_ORDER
     text.sort(key=lambda p: next((n for n, q in enumerate(order) if q in p.name.lower()), len(order)))
     return text[0], (mmproj[0] if mmproj else None)
 
@@ -110,7 +110,7 @@ def describe_model_spec(spec: str) -> str:
 
     An export directory (``covip_export.json``) selects by its manifest; a directory of bare GGUFs or a
     ``.gguf`` file selects llama.cpp."""
-    if spec in TINY_NAMES:
+    if resolve_tiny_name(spec) is not None and not Path(spec).expanduser().exists():
         return "tiny"
     path = Path(spec).expanduser()
     if path.is_dir() and has_manifest(path):

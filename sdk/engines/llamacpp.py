@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from covip.sdk._config import ConfigMixin
 from covip.sdk.engines._decode import StopFilter, compile_chat_template
 from covip.sdk.engines._llamacpp_util import (
     Media,
@@ -77,7 +78,7 @@ _CHATML_TEMPLATE = (
 
 
 @dataclass
-class LlamaCppEngineConfig:
+class LlamaCppEngineConfig(ConfigMixin):
     """Settings of a :class:`LlamaCppEngine` (a GGUF model, optionally with its mmproj projector)."""
 
     model_path: str | os.PathLike[str] = field(
@@ -144,16 +145,17 @@ class LlamaCppEngine(TokenLoopEngine):
     """A GGUF chat model (plus optional mmproj) behind :class:`~covip.sdk.engines.base.Engine`.
 
     ``LlamaCppEngine(LlamaCppEngineConfig(model_path=..., mmproj_path=...))`` or
-    ``LlamaCppEngine("model.gguf")``. Not safe for concurrent calls from several threads (calls are
-    serialized by a lock). Close it (or use ``with``) to free the native model deterministically.
+    ``LlamaCppEngine("model.gguf")``. Calls from several threads are serialized by the shared engine shell
+    (:class:`~covip.sdk.engines._loop.TokenLoopEngine`), which also owns the close protocol. Close it (or use
+    ``with``) to free the native model deterministically.
     """
 
-    def __init__(self, config: LlamaCppEngineConfig | str | os.PathLike[str]) -> None:
+    def __init__(self, config: LlamaCppEngineConfig | str | os.PathLike[str], **overrides: Any) -> None:
         if isinstance(config, (str, os.PathLike)):
             config = LlamaCppEngineConfig(model_path=config)
         if not isinstance(config, LlamaCppEngineConfig):
             raise InputError("LlamaCppEngine needs a LlamaCppEngineConfig or the path of a GGUF file")
-        self.config = config
+        self.config = config = config.with_overrides(**overrides)
         self._init_shell()
         self._model = self._ctx = self._mctx = self._batch = None
         self._batch_cap = 0

@@ -285,3 +285,14 @@ def test_kv_snapshots_lru_and_budget() -> None:
     assert not KvSnapshots(0).put(("u", "m", "v", "a", ()), "A", state(1))
     with pytest.raises(InputError):
         CagConfig(kv_snapshot_mb=-1)
+
+
+def test_assistant_open_leaves_the_callers_config_alone(home, tiny_embedder, tiny_engine) -> None:
+    memory = Memory.open(home, embedder=tiny_embedder)
+    base = AssistantConfig(context=ContextConfig(k=2))
+    with Assistant.open(base, home=str(home)) as bot:
+        assert bot.config.home == home and bot.config is not base
+    assert base.home is None and base.context.k == 2  # the override went into a copy
+    with pytest.raises(InputError, match="unknown AssistantConfig field"):
+        Assistant.open(base, homme=str(home))
+    memory.close()
