@@ -16,7 +16,6 @@ from click.testing import CliRunner
 from PIL import Image
 
 from covip.sdk import prompts
-from covip.sdk.engines.base import Generation
 from covip.sdk.errors import DataError, InputError
 from covip.training.data import SynthConfig, synthesize
 from covip.training.data.downstream import PAPER_QUESTIONS, load_downstream
@@ -34,6 +33,7 @@ from covip.training.eval.protocols import (
 )
 from covip.training.eval.scoring import parser_disagreement, question_record, score_records
 from covip.training.judges import Judge
+from tests.training.test_eval import ScriptedEngine
 
 
 # -- CapEval judge parsing ---------------------------------------------------------------------------------
@@ -207,21 +207,6 @@ def test_captions_in_the_authors_formats(tmp_path: Path) -> None:
 
 
 # -- downstream: the paper layout, a perfect paper answerer, scoring only ----------------------------------
-class ScriptedEngine:
-    """Answers each query image with a scripted reply; records the chats it was given."""
-
-    model_id, meaningless = "scripted", False
-
-    def __init__(self, replies: dict[str, str]) -> None:
-        self.replies, self.chats = replies, []
-
-    def generate(self, messages, config=None, **kw):
-        self.chats.append(messages)
-        user = next(m for m in messages if m["role"] == "user")
-        query = [p["image"] for p in user["content"] if p["type"] == "image"][-1]
-        return Generation(text=self.replies[str(query)], prompt_tokens=1, completion_tokens=1)
-
-
 @pytest.mark.parametrize("task", ["lsd", "lar", "itr"])
 def test_paper_layout_and_a_perfect_paper_answerer(synth: Path, tmp_path: Path, task: str) -> None:
     samples = load_downstream(synth / f"downstream_{task}.jsonl", task)
@@ -277,6 +262,7 @@ def test_scoring_only_reads_three_answer_layouts(synth: Path, tmp_path: Path) ->
     ('{"id": "nope", "answer": "x"}\n', "not in the data file"),
     ('{"id": "lsd-00000", "answer": "x", "mode": "weird"}\n', "mode"),
     ("not json\n", "not valid JSON"),
+    ('["a list"]\n{"id": "lsd-00000", "answer": "x"}\n', "not valid JSON objects"),
     ('{"id": "lsd-00000"}\n', "answer"),
 ])
 def test_bad_answer_files_are_refused_with_the_reason(synth: Path, tmp_path: Path, text: str, match: str) -> None:

@@ -65,7 +65,7 @@ from covip.training.data.downstream import (
     DownstreamSample,
     load_downstream,
 )
-from covip.training.eval.common import JsonlStore, run_meta, write_json, write_jsonl
+from covip.training.eval.common import JsonlStore, read_jsonl_records, run_meta, write_json, write_jsonl
 from covip.training.eval.protocols import (
     DEFAULT_PROTOCOL,
     check_protocol,
@@ -289,15 +289,10 @@ def read_answers(path: str | Path, samples: Sequence[DownstreamSample]) -> dict[
     if isinstance(whole, dict) and "answer" not in whole:
         records = [{"id": k, "answer": v} for k, v in whole.items()]
     else:
-        records = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg}); expected "
-                                f'{{"id": ..., "answer": ...}} per line') from None
+        records, bad = read_jsonl_records(path)
+        if bad:
+            raise DataError(f"{path}: {bad} line(s) are not valid JSON objects; expected "
+                            f'{{"id": ..., "answer": ...}} per line')
     known = set(ids)
     for i, rec in enumerate(records, start=1):
         if not isinstance(rec, dict) or not isinstance(rec.get("answer"), str) or "id" not in rec:
