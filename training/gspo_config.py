@@ -48,6 +48,7 @@ __all__ = [
     "JudgeSection",
     "GspoSection",
     "RunSection",
+    "TrainRunSection",
     "GspoConfig",
     "bundled_configs",
     "resolve_config_path",
@@ -208,27 +209,39 @@ class GspoSection:
 
 
 @dataclass
-class RunSection:
-    """Where and how the run executes."""
+class TrainRunSection:
+    """Where and how a training run executes (the fields every stage shares: GSPO, SFT)."""
+
+    output_dir: str = field(default="runs/train", metadata=_h("Run folder (checkpoints, logs/, results)."))
+    seed: int = field(default=0, metadata=_h("Training seed."))
+    bf16: bool = field(default=False, metadata=_h("bfloat16 mixed precision (GPU runs)."))
+    use_cpu: bool = field(default=False, metadata=_h("Train on the CPU even when a GPU is present."))
+    torch_threads: int | None = field(default=None, metadata=_h(
+        "torch CPU threads (None = torch's default; 1 is faster when other processes share the cores)."))
+    logging_steps: int = field(default=1, metadata=_h("Log metrics every this many optimizer steps."))
+    save_steps: int = field(default=0, metadata=_h("Write a checkpoint every this many steps (0 = never)."))
+    save_total_limit: int | None = field(default=2, metadata=_h("Keep at most this many checkpoints."))
+    resume_from_checkpoint: bool | str | None = field(default=None, metadata=_h(
+        "true = resume from the newest checkpoint in output_dir; a path = that checkpoint; null = start fresh."))
+    report_to: list[str] = field(default_factory=list, metadata=_h(
+        "Extra trainer integrations (wandb, ...); covip always writes its own JSONL logs."))
+    tensorboard: bool = field(default=False, metadata=_h("Write TensorBoard event files under logs/tensorboard."))
+    progress: bool = field(default=True, metadata=_h("Show progress bars."))
+
+
+@dataclass
+class RunSection(TrainRunSection):
+    """Where and how the GSPO run executes."""
 
     output_dir: str = field(default="runs/gspo", metadata=_h(
         "Run folder: checkpoints, adapter/, merged/, logs/ (metrics.jsonl, samples.jsonl, tensorboard/)."))
     seed: int = field(default=42, metadata=_h("Training seed (LoRA init, sampling, data order)."))
     bf16: bool = field(default=False, metadata=_h("bfloat16 mixed precision (GPU runs; paper: on)."))
-    use_cpu: bool = field(default=False, metadata=_h("Train on the CPU even when a GPU is present."))
-    torch_threads: int | None = field(default=None, metadata=_h("torch CPU threads (None = torch's default)."))
-    logging_steps: int = field(default=1, metadata=_h("Log metrics every this many optimizer steps."))
     save_steps: int = field(default=100, metadata=_h("Write a checkpoint every this many steps (0 = never)."))
-    save_total_limit: int | None = field(default=2, metadata=_h("Keep at most this many checkpoints."))
-    resume_from_checkpoint: bool | str | None = field(default=None, metadata=_h(
-        "true = resume from the newest checkpoint in output_dir; a path = that checkpoint; null = start fresh."))
-    report_to: list[str] = field(default_factory=list, metadata=_h(
-        "Extra trainer integrations (wandb, ...); covip always writes its own JSONL and TensorBoard logs."))
     tensorboard: bool = field(default=True, metadata=_h("Write TensorBoard event files under logs/tensorboard."))
     log_samples: bool = field(default=True, metadata=_h(
         "Write every completion's reward components (r_vis, r_caps parts, degeneration, judge letters) to "
         "logs/samples.jsonl."))
-    progress: bool = field(default=True, metadata=_h("Show the tqdm progress bar."))
     save_adapter: bool = field(default=True, metadata=_h("Save the LoRA adapter to <output_dir>/adapter."))
     merge: bool = field(default=True, metadata=_h(
         "Save a merged checkpoint (base + LoRA, with the processor) to <output_dir>/merged for export."))

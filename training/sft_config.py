@@ -28,6 +28,7 @@ from covip.training.config_io import config_from_dict, config_to_dict, read_yaml
 from covip.training.gspo_config import (
     DTYPES,
     ModelSection,
+    TrainRunSection,
     _check,
     parse_overrides,
     resolve_config_path,
@@ -147,24 +148,14 @@ class SftEvalSection:
 
 
 @dataclass
-class SftRunSection:
-    """Where and how the run executes."""
+class SftRunSection(TrainRunSection):
+    """Where and how the SFT run executes."""
 
     output_dir: str = field(default="runs/sft", metadata=_h(
         "Run folder: model/ (the SFT checkpoint with its processor), logs/metrics.jsonl, eval.json, result.json."))
     seed: int = field(default=0, metadata=_h("Training seed (data order, dropout)."))
-    bf16: bool = field(default=False, metadata=_h("bfloat16 mixed precision (GPU runs)."))
-    use_cpu: bool = field(default=False, metadata=_h("Train on the CPU even when a GPU is present."))
-    torch_threads: int | None = field(default=None, metadata=_h(
-        "torch CPU threads (None = torch's default; 1 is faster when other processes share the cores)."))
     logging_steps: int = field(default=10, metadata=_h("Log metrics every this many optimizer steps."))
-    save_steps: int = field(default=0, metadata=_h("Write a checkpoint every this many steps (0 = never)."))
     save_total_limit: int | None = field(default=1, metadata=_h("Keep at most this many checkpoints."))
-    resume_from_checkpoint: bool | str | None = field(default=None, metadata=_h(
-        "true = resume from the newest checkpoint in output_dir; a path = that checkpoint; null = start fresh."))
-    report_to: list[str] = field(default_factory=list, metadata=_h("Extra trainer integrations (wandb, ...)."))
-    tensorboard: bool = field(default=False, metadata=_h("Write TensorBoard event files under logs/tensorboard."))
-    progress: bool = field(default=True, metadata=_h("Show progress bars."))
 
 
 _SECTIONS: dict[str, type] = {
