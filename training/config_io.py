@@ -15,7 +15,7 @@ from typing import Any
 
 from covip.sdk.errors import InputError
 
-__all__ = ["config_from_dict", "config_to_dict", "read_yaml", "sections_help"]
+__all__ = ["config_from_dict", "config_to_dict", "read_yaml", "sections_help", "apply_overrides"]
 
 
 def config_from_dict(cls: type, sections: Mapping[str, type], data: Any, *, what: str, unknown: str,
@@ -83,3 +83,27 @@ def sections_help(sections: Mapping[str, type]) -> dict[str, str]:
                 default = None
             out[f"{section}.{f.name}"] = f"{f.metadata.get('help', '')} [default: {default!r}]"
     return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: Any, *, what: str, open_groups: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``data`` (a config's nested mapping, changed in place and returned) with dotted-key overrides applied:
+    ``{"gspo.max_steps": 2}`` or ``["gspo.max_steps=2"]`` (values read as YAML). Every key must exist, except
+    below the groups named in ``open_groups`` (e.g. ``"data.synth"``, whose keys another config checks);
+    ``what`` names the config in errors ("SFT config key")."""
+    from covip.training.gspo_config import parse_overrides
+
+    for key, value in parse_overrides(overrides).items():
+        parts = key.split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(child, dict):
+                raise InputError(f"unknown {what} {key!r}: {part!r} is not a group")
+            node = child
+        free = ".".join(parts[:-1]) in open_groups
+        if parts[-1] not in node and not free:
+            raise InputError(f"unknown {what} {key!r} in the overrides; known keys"
+                             f"{' of ' + repr('.'.join(parts[:-1])) if len(parts) > 1 else ''}: {sorted(node)}")
+        node[parts[-1]] = value
+    return data
+

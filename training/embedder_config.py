@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from covip.sdk.errors import InputError
-from covip.training.config_io import config_from_dict, config_to_dict, read_yaml
-from covip.training.gspo_config import _check, parse_overrides
+from covip.training.config_io import apply_overrides, config_from_dict, config_to_dict, read_yaml
+from covip.training.gspo_config import _check
 
 __all__ = [
     "EMBEDDER_CONFIG_DIR",
@@ -146,13 +146,7 @@ class EmbedderTrainConfig:
         """A copy with dotted-key overrides applied (``{"trainer.max_steps": 2}`` or ``["trainer.max_steps=2"]``)."""
         if not overrides:
             return copy.deepcopy(self)
-        data = self.to_dict()
-        for key, value in parse_overrides(overrides).items():
-            parts = key.split(".")
-            if len(parts) != 2 or parts[0] not in _SECTIONS or parts[1] not in data[parts[0]]:
-                known = sorted(f"{s}.{k}" for s in _SECTIONS for k in data[s])
-                raise InputError(f"unknown embedder config key {key!r} in the overrides; known keys: {known}")
-            data[parts[0]][parts[1]] = value
+        data = apply_overrides(self.to_dict(), overrides, what="embedder config key")
         return EmbedderTrainConfig.from_dict(data, source=self.source)
 
     def quick_variant(self) -> EmbedderTrainConfig:

@@ -33,7 +33,13 @@ from pathlib import Path
 from typing import Any, Union
 
 from covip.sdk.errors import InputError
-from covip.training.config_io import config_from_dict, config_to_dict, read_yaml, sections_help
+from covip.training.config_io import (
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    read_yaml,
+    sections_help,
+)
 from covip.training.constants import SAMPLE_TYPES
 
 __all__ = [
@@ -293,18 +299,7 @@ class GspoConfig:
         """A copy with dotted-key overrides applied (``{"gspo.max_steps": 2}`` or ``["gspo.max_steps=2"]``)."""
         if not overrides:
             return copy.deepcopy(self)
-        data = self.to_dict()
-        for key, value in parse_overrides(overrides).items():
-            parts = key.split(".")
-            node = data
-            for part in parts[:-1]:
-                if not isinstance(node.get(part), dict):
-                    raise InputError(f"unknown config key {key!r}: {part!r} is not a group")
-                node = node[part]
-            if parts[-1] not in node:
-                raise InputError(f"unknown config key {key!r} in the overrides; known keys"
-                                 f"{' of ' + repr(parts[0]) if len(parts) > 1 else ''}: {sorted(node)}")
-            node[parts[-1]] = value
+        data = apply_overrides(self.to_dict(), overrides, what="config key")
         return GspoConfig.from_dict(data, source=self.source)
 
     # -- checks --------------------------------------------------------------------------------------

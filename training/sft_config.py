@@ -24,13 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from covip.sdk.errors import InputError
-from covip.training.config_io import config_from_dict, config_to_dict, read_yaml, sections_help
+from covip.training.config_io import (
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    read_yaml,
+    sections_help,
+)
 from covip.training.gspo_config import (
     DTYPES,
     ModelSection,
     TrainRunSection,
     _check,
-    parse_overrides,
     resolve_config_path,
 )
 
@@ -209,23 +214,7 @@ class SftConfig:
         """
         if not overrides:
             return copy.deepcopy(self)
-        data = self.to_dict()
-        for key, value in parse_overrides(overrides).items():
-            parts = key.split(".")
-            node = data
-            for part in parts[:-1]:
-                child = node.get(part) if isinstance(node, dict) else None
-                if part == "synth" and child is not None and isinstance(child, dict):
-                    node = child
-                    continue
-                if not isinstance(child, dict):
-                    raise InputError(f"unknown SFT config key {key!r}: {part!r} is not a group")
-                node = child
-            is_synth = len(parts) == 3 and parts[:2] == ["data", "synth"]
-            if parts[-1] not in node and not is_synth:
-                raise InputError(f"unknown SFT config key {key!r} in the overrides; known keys"
-                                 f"{' of ' + repr(parts[0]) if len(parts) > 1 else ''}: {sorted(node)}")
-            node[parts[-1]] = value
+        data = apply_overrides(self.to_dict(), overrides, what="SFT config key", open_groups=("data.synth",))
         return SftConfig.from_dict(data, source=self.source)
 
     def quick_variant(self) -> SftConfig:
