@@ -1,6 +1,7 @@
-"""The shell shared by the engines that run their own token loop (transformers, ONNX): the public calls,
-one-call-at-a-time locking, stream ownership, cache reset on failure and the close protocol. Subclasses
-provide the loop (``_run_locked``) and what closing frees (``_release``).
+"""The one engine shell (transformers, ONNX Runtime, llama.cpp): the public calls, one-call-at-a-time
+locking, stream ownership, cache reset on failure, the close protocol, the snapshot/restore skeleton and the
+token loop. Back ends implement only hooks: ``_run_locked`` (usually prefill + :meth:`~TokenLoopEngine._token_loop`
+with their prefill/step), ``_tokenize``, ``_reset_cache``, ``_capture``/``_install`` and ``_release``.
 
 Close protocol (the same for every engine): ``close()`` is idempotent. Called from another thread while a
 call runs, it waits for that call to end, then frees the model. Called from the running call's own thread
@@ -33,8 +34,8 @@ __all__ = ["TokenLoopEngine", "common_prefix"]
 
 
 class TokenLoopEngine:
-    """Engine shell: subclasses set ``model_id``, ``tokenizer``, ``_lock``, ``_owner``, ``_closed``, ``last``
-    and implement ``_run_locked``, ``_tokenize`` and ``_reset_cache``."""
+    """Engine shell: subclasses call :meth:`_init_shell` in ``__init__``, set ``model_id`` (and ``tokenizer``,
+    ``_vocab``, ``_eos`` when they use :meth:`_token_loop`) and implement the hooks (see the module doc)."""
 
     model_id: str
     tokenizer: Any
@@ -182,8 +183,8 @@ class TokenLoopEngine:
     _eos: set[int] | frozenset[int]
 
     def _token_loop(self, config: GenerationConfig, *, t0: float, n_prompt: int, reuse: int,
-                prefill: Callable[[], Any], step: Callable[[int], Any],
-                to_numpy: Callable[[Any], Any] = lambda x: x) -> Iterator[str]:
+                    prefill: Callable[[], Any], step: Callable[[int], Any],
+                    to_numpy: Callable[[Any], Any] = lambda x: x) -> Iterator[str]:
         """The token loop every back end runs: ``prefill()`` (the prompt's uncached tokens -> last logits), then
         pick a token (:func:`~covip.sdk.engines._decode.select_token`), stop at EOS, a stop string or the
         budget, detokenize, and ``step(token)`` for the next logits. Sets :attr:`last` however it ends."""
