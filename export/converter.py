@@ -245,8 +245,9 @@ def convert_hf_to_gguf(hf_dir: str | os.PathLike[str], outfile: str | os.PathLik
     if outtype not in ("f32", "f16", "bf16", "q8_0"):
         raise ExportError(f"the converter writes f32, f16, bf16 or q8_0, not {outtype!r}")
     conv = converter if isinstance(converter, Path) and _is_converter(converter) else converter_dir(converter)
-    out = Path(outfile)
-    args = [str(Path(hf_dir)), "--outtype", outtype, "--outfile", str(out)]
+    # the converter runs in its own folder (cwd): every path it gets must be absolute
+    out = Path(outfile).expanduser().resolve()
+    args = [str(Path(hf_dir).expanduser().resolve()), "--outtype", outtype, "--outfile", str(out)]
     if mmproj:
         args.append("--mmproj")
     if model_name:
