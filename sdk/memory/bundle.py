@@ -258,14 +258,24 @@ class _BundleOps:
                             db.execute("INSERT OR IGNORE INTO photo_concepts (photo_id, concept_id) VALUES (?, ?)",
                                        [pmap[p["id"]], cmap[cid]])
                     for e in rows.episodes:
-                        eid = db["episodes"].insert({
-                            "user_id": uid, "photo_id": pmap[e["photo_id"]], "dialogue": json.dumps(e["dialogue"]),
-                            "taken_at": e["taken_at"], "place": e["place"],
-                            "created_at": e["created_at"] or utcnow()}).last_pk
+                        # an episode is its photo, its dialogue and its time: one already here (this bundle
+                        # merged before, or synced from another device) is not added again
+                        dialogue = json.dumps(e["dialogue"])
+                        same = self.store.one(
+                            "SELECT id FROM episodes WHERE user_id = ? AND photo_id IS ? AND dialogue = ? "
+                            "AND taken_at IS ? AND created_at IS ?",
+                            [uid, pmap[e["photo_id"]], dialogue, e["taken_at"], e["created_at"]])
+                        if same is not None:
+                            eid = same["id"]
+                        else:
+                            eid = db["episodes"].insert({
+                                "user_id": uid, "photo_id": pmap[e["photo_id"]], "dialogue": dialogue,
+                                "taken_at": e["taken_at"], "place": e["place"],
+                                "created_at": e["created_at"] or utcnow()}).last_pk
+                            counts["episodes"] += 1
                         for cid in e["concepts"]:
                             db.execute("INSERT OR IGNORE INTO episode_concepts (episode_id, concept_id) VALUES (?,?)",
                                        [eid, cmap[cid]])
-                        counts["episodes"] += 1
                     for model, photo_ids, vecs in bundle.vectors:
                         for old_pid, vec in zip(photo_ids.tolist(), vecs):
                             pid = pmap[old_pid]

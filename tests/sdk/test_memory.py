@@ -301,10 +301,17 @@ def test_export_import_round_trip(mem: Memory, photo_factory, tmp_path) -> None:
     bori = next(c for c in mem.concepts("ana-copy") if c.name == "Bori")
     assert (bori.kind, bori.notes, bori.photo_count) == ("pet", "white jindo", 3)
     assert [h.photo.place for h in mem.history("ana-copy")] == [h.photo.place for h in mem.history("ana")]
-    # merging the same bundle again adds episodes but no duplicate photos or vectors
+    # merging the same bundle again is idempotent: no duplicate photos, vectors or episodes (how devices sync)
+    history = [(h.photo.sha256, h.episode.text) for h in mem.history("ana-copy")]
     again = mem.import_bundle(bundle, user="ana-copy", merge=True)
-    assert (again["photos"], again["vectors"], again["concepts"]) == (0, 0, 0)
+    assert (again["photos"], again["vectors"], again["concepts"], again["episodes"]) == (0, 0, 0, 0)
+    assert [(h.photo.sha256, h.episode.text) for h in mem.history("ana-copy")] == history
     assert len(mem.photos("ana-copy")) == 3
+    # a bundle made after one more talk brings exactly that episode
+    mem.remember("ana", photo_factory(1), "User: a third talk about day 1", concepts=["Bori"])
+    newer = mem.export_user("ana", tmp_path / "ana-newer.zip")
+    assert mem.import_bundle(newer, user="ana-copy", merge=True)["episodes"] == 1
+    assert len(mem.history("ana-copy")) == len(mem.history("ana")) == len(history) + 1
     assert mem.verify().ok
 
     # a fresh home, as on another device
