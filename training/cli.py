@@ -46,14 +46,15 @@ def train() -> None:
 @click.option("--output", "output_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder (overrides run.output_dir).")
 @click.option("--resume", is_flag=True, help="Resume from the newest checkpoint-N in the run folder.")
+@click.option("--force", is_flag=True, help="Replace an earlier run in the run folder (default: refuse).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after N optimizer steps.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set gspo.learning_rate=1e-5 --set data.train=data/train.jsonl "
                    "(repeatable; values are read as YAML).")
 @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit without training.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's result as JSON.")
-def gspo(config_name: str, output_dir: Path | None, resume: bool, max_steps: int | None, overrides: tuple[str, ...],
-         print_config: bool, as_json: bool) -> None:
+def gspo(config_name: str, output_dir: Path | None, resume: bool, force: bool, max_steps: int | None,
+         overrides: tuple[str, ...], print_config: bool, as_json: bool) -> None:
     """Train with GSPO (trl GRPOTrainer, sequence-level importance ratio) as a config file says.
 
     Writes under the run folder: checkpoint-N/ (resumable), adapter/ (LoRA), merged/ (base + LoRA merged,
@@ -74,6 +75,7 @@ def gspo(config_name: str, output_dir: Path | None, resume: bool, max_steps: int
     if print_config:
         click.echo(config.to_yaml(), nl=False)
         return
+    _check_fresh(Path(config.run.output_dir), resume, force)
     from covip.training.gspo import train_gspo
 
     with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its log dicts; stdout is for the result
@@ -101,6 +103,7 @@ def gspo(config_name: str, output_dir: Path | None, resume: bool, max_steps: int
 @click.option("--output", "output_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder (overrides run.output_dir).")
 @click.option("--resume", is_flag=True, help="Resume from the newest checkpoint-N in the run folder.")
+@click.option("--force", is_flag=True, help="Replace an earlier run in the run folder (default: refuse).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after N optimizer steps.")
 @click.option("--max-time", "max_time_s", type=click.FloatRange(min=1), default=None,
               help="Stop training after this many seconds (overrides trainer.max_time_s).")
@@ -110,7 +113,7 @@ def gspo(config_name: str, output_dir: Path | None, resume: bool, max_steps: int
                    "(repeatable; values are read as YAML).")
 @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit without training.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's result as JSON.")
-def sft(config_name: str, quick: bool, output_dir: Path | None, resume: bool, max_steps: int | None,
+def sft(config_name: str, quick: bool, output_dir: Path | None, resume: bool, force: bool, max_steps: int | None,
         max_time_s: float | None, no_eval: bool, overrides: tuple[str, ...], print_config: bool, as_json: bool) -> None:
     """Supervised warm start (trl SFTTrainer) on the synthetic world's ground truth, training concepts only.
 
@@ -134,6 +137,7 @@ def sft(config_name: str, quick: bool, output_dir: Path | None, resume: bool, ma
     if print_config:
         click.echo(config.to_yaml(), nl=False)
         return
+    _check_fresh(Path(config.run.output_dir), resume, force)
     from covip.training.sft import train_sft
 
     with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its log dicts; stdout is for the result
@@ -194,6 +198,20 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+_RUN_MARKS = ("result.json", "adapter", "merged", "model", "logs/metrics.jsonl")
+
+
+def _check_fresh(output_dir: Path, resume: bool, force: bool) -> None:
+    """Refuse to train over an earlier run unless asked to continue it (--resume) or replace it (--force)."""
+    if resume or force or not output_dir.is_dir():
+        return
+    found = [m for m in _RUN_MARKS if (output_dir / m).exists()] + sorted(
+        p.name for p in output_dir.glob("checkpoint-*"))[:1]
+    if found:
+        raise click.ClickException(f"{output_dir} already holds a run ({', '.join(found)}); pass --resume to "
+                                   "continue it, --force to replace it, or --output another folder")
 
 
 def _run_overrides(overrides: Sequence[str], output_dir: Any, resume: bool, steps_key: str,

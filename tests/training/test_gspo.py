@@ -269,6 +269,11 @@ def test_cli_tiny_cpu_writes_adapter_merged_and_logs(tmp_path):
     metrics = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "reward" in m] == [1, 2, 3]  # the resumed run appends
 
+    # a new run into the same folder is refused: it would silently replace the one there
+    again = CliRunner().invoke(cli, ["train", "gspo", "--config", "tiny-cpu", "--output", str(out), "--max-steps", "1"])
+    assert again.exit_code != 0 and "already holds a run" in again.output and "--force" in again.output
+    assert json.loads((out / "result.json").read_text())["global_step"] == 3  # nothing was touched
+
     with TransformersEngine(TransformersEngineConfig(model=str(merged), device="cpu")) as engine:
         from covip.sdk import prompts
 

@@ -351,7 +351,7 @@ def test_time_budget_stops_training():
 # ----------------------------------------------------------------------------- the CLI
 
 
-def test_cli_prints_the_quick_config_and_lists_the_recipe():
+def test_cli_prints_the_quick_config_and_lists_the_recipe(tmp_path):
     from click.testing import CliRunner
 
     from covip.sdk.cli.main import cli
@@ -369,3 +369,9 @@ def test_cli_prints_the_quick_config_and_lists_the_recipe():
     assert listed.exit_code == 0 and "mini-cpu" in listed.output
     bad = runner.invoke(cli, ["train", "sft", "--config", "mini-cpu", "--print-config", "--set", "trainer.nope=1"])
     assert bad.exit_code != 0 and "trainer.nope" in bad.output
+    earlier = tmp_path / "earlier-run"
+    (earlier / "model").mkdir(parents=True)
+    (earlier / "result.json").write_text("{}")
+    refused = runner.invoke(cli, ["train", "sft", "--config", "mini-cpu", "--quick", "--output", str(earlier)])
+    assert refused.exit_code != 0 and "already holds a run" in refused.output
+    assert (earlier / "result.json").read_text() == "{}"
