@@ -26,7 +26,10 @@ from covip.sdk.memory import Memory, MemoryConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AssistantConfig", "Assistant"]
+__all__ = ["AssistantConfig", "Assistant", "TINY_MAX_TOKENS"]
+
+TINY_MAX_TOKENS = 32
+"""Default cap on the caption and answer of a random-weight model, which never stops by itself."""
 
 
 @dataclass
@@ -43,6 +46,9 @@ class AssistantConfig:
     cag: CagConfig = field(default_factory=CagConfig, metadata={"help": "Caption and answer passes."})
     engine_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "Extra engine settings "
                                                                           "(device, dtype, n_ctx, ...)."})
+    meaningless_max_tokens: int | None = field(default=TINY_MAX_TOKENS, metadata={"help": (
+        "A random-weight model (the offline 'tiny' ones) never stops by itself: its caption and answer are cut "
+        "at this many tokens (when the cag config allows more). None = no cap.")})
 
 
 class Assistant:
@@ -63,7 +69,13 @@ class Assistant:
         else:
             self._owns_engine = False
         self.engine = engine
-        self.cag = CaptionAugmentedGenerator(self.memory, engine, context=config.context, config=config.cag)
+        cag = config.cag
+        cap = config.meaningless_max_tokens
+        if cap and getattr(engine, "meaningless", False):  # one default for the API, the CLI and the server
+            cag = dataclasses.replace(
+                cag, caption=dataclasses.replace(cag.caption, max_new_tokens=min(cag.caption.max_new_tokens, cap)),
+                answer=dataclasses.replace(cag.answer, max_new_tokens=min(cag.answer.max_new_tokens, cap)))
+        self.cag = CaptionAugmentedGenerator(self.memory, engine, context=config.context, config=cag)
         self._lock = threading.Lock()  # one model instance: one generation at a time
 
     @classmethod

@@ -25,6 +25,7 @@ import click
 from click.core import ParameterSource
 
 from covip.sdk._config import option_help
+from covip.sdk.assistant import TINY_MAX_TOKENS
 from covip.sdk.cag import CagConfig
 from covip.sdk.cli.common import CliState, echo_json, is_interactive, json_option, pass_state, user_option
 from covip.sdk.context import ContextConfig
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["register", "check_model_spec", "TINY_MAX_TOKENS"]
 
-TINY_MAX_TOKENS = 32
 """Random-weight models never stop on their own: without --max-tokens their output is capped at this."""
 
 REAL_MODEL_HINT = "Qwen/Qwen3-VL-2B-Instruct"
@@ -225,13 +225,11 @@ def _resolve_model(state: CliState, mem: Memory, override: str | None) -> str:
 
 
 def _limit_meaningless(assistant: Assistant, opts: InferenceOptions, *, say: Callable[[str], None]) -> None:
-    """A random-weight model never stops by itself: cap its output unless --max-tokens says otherwise."""
+    """Say that a random-weight model's answers mean nothing (the Assistant caps their length unless
+    --max-tokens asked for a length)."""
     if not getattr(assistant.engine, "meaningless", False):
         return
-    capped = ""
-    if opts.max_tokens is None:
-        _cap_tokens(assistant.cag.config, TINY_MAX_TOKENS)
-        capped = f"output capped at {TINY_MAX_TOKENS} tokens; "
+    capped = f"output capped at {TINY_MAX_TOKENS} tokens; " if opts.max_tokens is None else ""
     say(f"notice: model {assistant.engine.model_id} has random weights, so its answers are meaningless "
         f"({capped}choose a real model with --model {REAL_MODEL_HINT})")
 
@@ -241,7 +239,8 @@ def _open_assistant(state: CliState, mem: Memory, opts: InferenceOptions) -> Ass
     from covip.sdk.assistant import Assistant, AssistantConfig
 
     model = _resolve_model(state, mem, opts.model)
-    config = AssistantConfig(home=mem.home, model=model, context=opts.context_config(), cag=opts.cag_config())
+    config = AssistantConfig(home=mem.home, model=model, context=opts.context_config(), cag=opts.cag_config(),
+                             meaningless_max_tokens=TINY_MAX_TOKENS if opts.max_tokens is None else None)
     state.embedder(mem)  # builds it; says once when its similarities are meaningless
     log.info("loading model %s", _model_label(model))
     assistant = Assistant(config, memory=mem)
@@ -718,11 +717,11 @@ def demo_cmd(state: CliState, embedder_spec: str | None, demo_home: Path | None,
             write_settings(home, {"embedder": {"model": emb_config.model, "pretrained": emb_config.pretrained},
                                   "model": model})
         config = AssistantConfig(home=home, model=model, embedder=embedder_spec, context=opts.context_config(),
-                                 cag=opts.cag_config())
+                                 cag=opts.cag_config(),
+                                 meaningless_max_tokens=TINY_MAX_TOKENS if opts.max_tokens is None else None)
         log.info("loading model %s", _model_label(model))
         with Assistant(config) as assistant:
             if getattr(assistant.engine, "meaningless", False) and opts.max_tokens is None:
-                _cap_tokens(assistant.cag.config, TINY_MAX_TOKENS)
                 say(f"(random-weight model: output capped at {TINY_MAX_TOKENS} tokens; --max-tokens changes it)")
             result = run_demo(assistant, home / "demo-photos", say=say)
             model_id, embedder_id = assistant.engine.model_id, assistant.memory.embedder.model_id

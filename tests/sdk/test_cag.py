@@ -296,3 +296,15 @@ def test_assistant_open_leaves_the_callers_config_alone(home, tiny_embedder, tin
     with pytest.raises(InputError, match="unknown AssistantConfig field"):
         Assistant.open(base, homme=str(home))
     memory.close()
+
+
+def test_a_random_weight_model_is_capped_by_default_in_the_api(home, tiny_embedder, tiny_engine) -> None:
+    memory = Memory.open(home, embedder=tiny_embedder)
+    base = AssistantConfig(home=home)
+    with Assistant(base, memory=memory, engine=tiny_engine) as bot:  # the CLI and the server get the same
+        assert bot.cag.config.caption.max_new_tokens == bot.cag.config.answer.max_new_tokens == 32
+    assert base.cag.answer.max_new_tokens == 256  # the caller's config is not touched
+    uncapped = AssistantConfig(home=home, meaningless_max_tokens=None)
+    with Assistant(uncapped, memory=memory, engine=tiny_engine) as bot:
+        assert bot.cag.config.answer.max_new_tokens == 256
+    memory.close()
