@@ -1,8 +1,8 @@
 """Bring your own model: open a GGUF + mmproj export directory (llama.cpp), a Hugging Face model id or a
 local save_pretrained directory (transformers), and stream an answer from it.
 
-Without an argument, or when the model cannot be opened (e.g. a hub id on an offline machine), it falls
-back to the offline tiny model (random weights: meaningless text).
+Without an argument it uses the offline tiny model (random weights: meaningless text). A model you name that
+cannot be opened (e.g. a hub id on an offline machine) stops the script with the reason and exit status 1.
 
     python examples/bring_your_own_model.py ./export/qwen3-vl-2b-gguf     # covip export's GGUF + mmproj
     python examples/bring_your_own_model.py Qwen/Qwen3-VL-2B-Instruct     # downloaded on first use
@@ -15,19 +15,18 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from covip.sdk import Answer, Assistant, AssistantConfig, CovipError, GenerationConfig, make_engine
+from covip.sdk import Answer, Assistant, AssistantConfig, CovipError, make_engine
 from covip.sdk.demo import DEMO_CONCEPTS, draw_concept
 from covip.sdk.engines.factory import describe_model_spec
 
 
 def open_engine(spec: str):
-    """The engine for ``spec`` (its back end is picked from the spec), or the tiny model when it fails."""
+    """The engine for ``spec`` (its back end is picked from the spec); exit 1 with the reason when it fails."""
     print(f"opening {spec} with the {describe_model_spec(spec)} back end")
     try:
         return make_engine(spec)  # options like n_ctx=, device=, dtype= go here as keywords
     except (CovipError, OSError) as exc:
-        print(f"could not open {spec}: {exc}\nfalling back to the offline tiny model")
-        return make_engine("tiny")
+        raise SystemExit(f"could not open {spec}: {exc}") from None
 
 
 def main() -> None:
@@ -36,14 +35,18 @@ def main() -> None:
     parser.add_argument("--embedder", default="tiny", help="'tiny' or e.g. ViT-B-32/laion2b_s34b_b79k")
     parser.add_argument("--home", type=Path, help="memory home (default: a new temporary folder)")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="covip-byom-"))
-
     engine = open_engine(args.model)
+    with tempfile.TemporaryDirectory(prefix="covip-byom-") as tmp:  # removed at the end, photos and all
+        try:
+            run(engine, Path(tmp), args.home or Path(tmp) / "home", args.embedder)
+        finally:
+            engine.close()
+
+
+def run(engine, work: Path, home: Path, embedder: str) -> None:
+    """Remember one photo, then stream an answer about a new one."""
     print(f"model: {engine.model_id}")
-    config = AssistantConfig(home=args.home or work / "home", embedder=args.embedder)
-    if getattr(engine, "meaningless", False):  # random weights never stop: keep it short
-        config.cag.caption = GenerationConfig(max_new_tokens=16)
-        config.cag.answer = GenerationConfig(max_new_tokens=16)
+    config = AssistantConfig(home=home, embedder=embedder)  # a random-weight model's output is capped at 32 tokens
     with Assistant(config, engine=engine) as bot:  # an engine you pass in stays yours to close
         bot.memory.add_user("ana", exist_ok=True)
         draw_concept(DEMO_CONCEPTS[0], 0).save(work / "bori.png")
@@ -60,7 +63,6 @@ def main() -> None:
         t = reply.timings
         print(f"prefill {t['answer_prefill_s']:.3f} s, decode {t['answer_decode_s']:.3f} s, "
               f"{reply.tokens['answer_cached']} prompt tokens reused from the caption pass's KV cache")
-    engine.close()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ the same photo we stored). With real CLIP weights, `Memory.open(home, embedder="
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -35,6 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     work = Path(tempfile.mkdtemp(prefix="covip-walkthrough-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # nothing is left behind
     home = args.home or work / "home"
 
     bori = make_photo(work / "bori.png", (250, 250, 245), "round")

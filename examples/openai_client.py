@@ -12,9 +12,11 @@ home) and stops it at the end.
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,7 +58,9 @@ def main() -> None:
     proc = None
     url = args.url
     if url is None:
-        proc, url = start_server(args.home or Path(tempfile.mkdtemp(prefix="covip-openai-")) / "home")
+        work = Path(tempfile.mkdtemp(prefix="covip-openai-"))
+        atexit.register(shutil.rmtree, work, ignore_errors=True)  # nothing is left behind
+        proc, url = start_server(args.home or work / "home")
         print(f"started covip serve at {url}")
     token = os.environ.get("COVIP_API_TOKEN", "unused-on-loopback")
     try:

@@ -9,7 +9,9 @@ while she is remembered, and its bundles are encrypted too.
 from __future__ import annotations
 
 import argparse
+import atexit
 import io
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -31,6 +33,7 @@ def main() -> None:
     parser.add_argument("--home", type=Path, help="memory home (default: a new temporary folder)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="covip-privacy-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # nothing is left behind
     home = args.home or work / "home"
 
     buf = io.BytesIO()

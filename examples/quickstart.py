@@ -10,6 +10,8 @@ answers: --model Qwen/Qwen3-VL-2B-Instruct --embedder ViT-B-32/laion2b_s34b_b79k
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("--embedder", default="tiny", help="'tiny' or an open_clip spec")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="covip-quickstart-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # nothing is left behind
     home = args.home or work / "home"
 
     # One Assistant = the memory (SQLite + vector index in `home`) + the embedder + the VLM, loaded once.
