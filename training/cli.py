@@ -88,6 +88,9 @@ def gspo(config_name: str, output_dir: Path | None, resume: bool, force: bool, m
     click.echo(f"trained {result.global_step} steps on {result.n_samples} samples in {result.runtime_s:.1f}s")
     if result.reward_history:
         click.echo(f"  reward: first step {result.reward_history[0]:.4f}, last step {result.reward_history[-1]:.4f}")
+    note = all_penalized_note(result.samples_path, config.gspo.max_completion_length)
+    if note:
+        click.echo(f"  note: {note}")
     for label, path in (("adapter", result.adapter_dir), ("merged", result.merged_dir),
                         ("metrics", result.metrics_path), ("samples", result.samples_path),
                         ("tensorboard", result.tensorboard_dir)):
@@ -198,6 +201,21 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def all_penalized_note(samples_path: Path | None, max_tokens: int) -> str | None:
+    """Why a run learned nothing when every completion got the degeneration penalty (reward -1, equal rewards
+    in every group, so zero advantage and zero gradient); None when that is not the case."""
+    if samples_path is None or not Path(samples_path).is_file():
+        return None
+    rows = [json.loads(line) for line in Path(samples_path).read_text().splitlines() if line.strip()]
+    if not rows or any(r.get("reward") != -1.0 for r in rows):
+        return None
+    over = sum(bool(r.get("over_length")) for r in rows)
+    return (f"every completion got reward -1 ({over} of {len(rows)} hit the {max_tokens}-token cap "
+            f"gspo.max_completion_length, the rest were degenerate), so each group's rewards are equal and the "
+            "gradient is 0 (grad_norm 0): nothing was learned. Random-weight models never stop by themselves; "
+            "with a real model, raise gspo.max_completion_length or check the prompts.")
 
 
 _RUN_MARKS = ("result.json", "adapter", "merged", "model", "logs/metrics.jsonl")

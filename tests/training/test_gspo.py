@@ -473,3 +473,16 @@ def test_dataset_columns_feed_the_covip_reward(tmp_path, synth_train):
             assert rec["r_caps_pos"] == pytest.approx(len(row["present"])) and rec["r_caps_neg"] > -1
         else:
             assert score == 1.0, (row["sample_type"], rec)
+
+
+def test_a_run_where_every_completion_was_penalized_says_why(tmp_path):
+    from covip.training.cli import all_penalized_note
+
+    samples = tmp_path / "samples.jsonl"
+    rows = [{"reward": -1.0, "over_length": True}] * 3 + [{"reward": -1.0, "over_length": False}]
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    note = all_penalized_note(samples, 12)
+    assert "3 of 4 hit the 12-token cap" in note and "gradient is 0" in note
+    samples.write_text("".join(json.dumps(r) + "\n" for r in [*rows, {"reward": 0.5, "over_length": False}]))
+    assert all_penalized_note(samples, 12) is None  # some learning signal: nothing to explain
+    assert all_penalized_note(None, 12) is None and all_penalized_note(tmp_path / "missing.jsonl", 12) is None
