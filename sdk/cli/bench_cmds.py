@@ -13,12 +13,16 @@ __all__ = ["bench", "register"]
 
 
 @click.command("bench")
-@click.option("--quick", is_flag=True, help="Each script's short mode (all together under 10 minutes on 2 cores).")
+@click.option("--quick", is_flag=True, help="Each script's short mode (all together under 10 minutes on 2 cores); "
+                                            "results and their report go to <benchmarks>/results/quick, so the "
+                                            "committed results and RESULTS.md stay as they are unless --out says "
+                                            "otherwise.")
 @click.option("--only", multiple=True, metavar="NAME", help="Run only this benchmark (repeatable), e.g. memory_scale.")
 @click.option("--dir", "bench_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="The benchmarks folder (default: ./benchmarks, or the one of this covip checkout).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where results JSON/PNG go (default: <benchmarks>/results).")
+              help="Where results JSON/PNG go (default: <benchmarks>/results; with --quick "
+                   "<benchmarks>/results/quick).")
 @click.option("--report-only", is_flag=True, help="Run nothing: regenerate RESULTS.md from the JSON files.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=None,
               help="Seconds one script may run (default: 900 quick, 7200 full).")
@@ -38,6 +42,8 @@ def bench(quick: bool, only: tuple[str, ...], bench_dir: Path | None, out_dir: P
     from covip.sdk import bench as b
 
     root = b.find_bench_dir(bench_dir)
+    if out_dir is None and quick:  # a quick run never overwrites the full results a checkout reports
+        out_dir = root / "results" / "quick"
     out = out_dir or root / "results"
     if list_only:
         for name, path in b.discover(root).items():

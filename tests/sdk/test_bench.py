@@ -113,15 +113,20 @@ def test_cli_bench_runs_a_script_and_regenerates_results_md(tmp_path: Path) -> N
     (bdir / "_helper.py").write_text("raise SystemExit(1)\n")
     group = click.Group("covip")
     register(group)
+    (bdir / "RESULTS.md").write_text("the committed report\n")
     res = CliRunner().invoke(group, ["bench", "--dir", str(bdir), "--quick"])
     assert res.exit_code == 0, res.output
     assert "[fake] measuring" in res.output and "[slow] skipped" in res.output and "_helper" not in res.output
-    text = (bdir / "RESULTS.md").read_text()
+    assert (bdir / "RESULTS.md").read_text() == "the committed report\n"  # a quick run leaves it alone
+    quick = bdir / "results" / "quick"
+    text = (quick / "RESULTS.md").read_text()
     assert "## fake" in text and "10.00x" in text and "**quick mode**" in text and "numpy 9.9" in text
-    runs = json.loads((bdir / "results" / "_bench_runs.json").read_text())
+    runs = json.loads((quick / "_bench_runs.json").read_text())
     assert [(r["name"], r["returncode"], bool(r["skipped"])) for r in runs["runs"]] == [("fake", 0, False),
                                                                                         ("slow", None, True)]
-    assert (bdir / "results" / "logs" / "fake.log").read_text().strip() == "measuring"
+    assert (quick / "logs" / "fake.log").read_text().strip() == "measuring"
+    res = CliRunner().invoke(group, ["bench", "--dir", str(bdir), "--only", "fake"])  # a full run reports in place
+    assert res.exit_code == 0 and "## fake" in (bdir / "RESULTS.md").read_text()
     res = CliRunner().invoke(group, ["bench", "--dir", str(bdir), "--only", "slow"])  # full run: fails
     assert res.exit_code != 0 and "slow" in res.output
     res = CliRunner().invoke(group, ["bench", "--dir", str(bdir), "--only", "nope"])
