@@ -79,8 +79,9 @@ def file_entry(directory: str | os.PathLike[str], rel: str, kind: str, quant: st
     p = Path(directory) / rel
     if not p.is_file():
         raise ExportError(f"cannot add {rel!r} to the manifest: {p} does not exist")
-    return ExportFile(path=Path(rel).as_posix(), kind=kind, quant=quant, sha256=sha256_file(p),
-                      bytes=p.stat().st_size)
+    st = p.stat()
+    return ExportFile(path=Path(rel).as_posix(), kind=kind, quant=quant, sha256=sha256_file(p), bytes=st.st_size,
+                      mtime_ns=st.st_mtime_ns)
 
 
 def add_files(manifest: ExportManifest, directory: str | os.PathLike[str],

@@ -61,10 +61,13 @@ class Assistant:
         self.memory = memory or Memory(MemoryConfig(home=home), embedder=config.embedder)
         self._owns_memory = memory is None
         model = config.model or settings.get("model") or "tiny"
+        options = dict(config.engine_options)
+        if config.model is None and settings.get("quant") and "quant" not in options:
+            options["quant"] = settings["quant"]  # the file `covip init --quant` chose for the home's model
         if engine is None:
             from covip.sdk.engines.factory import make_engine
 
-            engine = make_engine(model, **config.engine_options)
+            engine = make_engine(model, **options)
             self._owns_engine = True
         else:
             self._owns_engine = False

@@ -68,6 +68,9 @@ class ExportFile:
     quant: str
     sha256: str
     bytes: int
+    mtime_ns: int | None = None
+    """The file's modification time when it was hashed: an open finds it unchanged by size + mtime and
+    skips the hash (None in manifests written before covip recorded it: hashed at every open)."""
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "") -> ExportFile:
@@ -89,7 +92,16 @@ class ExportFile:
             size = int(d["bytes"])
         except (TypeError, ValueError):
             raise ExportError(f"{where}: file {rel!r} has a bad 'bytes' value {d['bytes']!r}") from None
-        return cls(path=rel, kind=str(d["kind"]), quant=str(d["quant"]), sha256=str(d["sha256"]), bytes=size)
+        mtime = d.get("mtime_ns")
+        if mtime is not None and (isinstance(mtime, bool) or not isinstance(mtime, int)):
+            raise ExportError(f"{where}: file {rel!r} has a bad 'mtime_ns' value {mtime!r}")
+        return cls(path=rel, kind=str(d["kind"]), quant=str(d["quant"]), sha256=str(d["sha256"]), bytes=size,
+                   mtime_ns=mtime)
+
+    def unchanged(self, path: Path) -> bool:
+        """True when ``path`` has the recorded size and modification time (so its hash need not be checked)."""
+        st = path.stat()
+        return self.mtime_ns is not None and st.st_size == self.bytes and st.st_mtime_ns == self.mtime_ns
 
 
 @dataclass

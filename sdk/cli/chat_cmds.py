@@ -126,6 +126,7 @@ class InferenceOptions:
     budget: int | None = None
     max_tokens: int | None = None
     caption_only: bool = False
+    quant: str | None = None
 
     def context_config(self) -> Any:
         from covip.sdk.context import ContextConfig
@@ -166,11 +167,15 @@ _INFERENCE_OPTIONS: tuple[Callable[[Any], Any], ...] = (
                  help="Stop the caption and the answer after N generated tokens (default "
                       f"{CagConfig().caption.max_new_tokens} / {CagConfig().answer.max_new_tokens}; "
                       f"{TINY_MAX_TOKENS} with a random-weight model)."),
+    click.option("--quant", metavar="QUANT",
+                 help="For an export directory (covip export): which of its model files to open, e.g. q4_k_m or "
+                      "q8_0 (GGUF), int8 or int4 (ONNX). Default: the one `covip init --quant` chose, else the "
+                      "most faithful file."),
     click.option("--caption-only", is_flag=True,
                  help="For weak devices: memories carry a cached plain caption of their photo instead of the "
                       "image, so only the asked-about photo is encoded."),
 )
-_INFERENCE_KEYS = ("model", "k", "floor", "budget", "max_tokens", "caption_only")
+_INFERENCE_KEYS = ("model", "k", "floor", "budget", "max_tokens", "caption_only", "quant")
 
 
 def inference_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -239,14 +244,33 @@ def _open_assistant(state: CliState, mem: Memory, opts: InferenceOptions) -> Ass
     from covip.sdk.assistant import Assistant, AssistantConfig
 
     model = _resolve_model(state, mem, opts.model)
+    quant = opts.quant or (mem.settings.get("quant") if opts.model is None else None)
+    if quant is not None:
+        check_quant(model, quant)
     config = AssistantConfig(home=mem.home, model=model, context=opts.context_config(), cag=opts.cag_config(),
-                             meaningless_max_tokens=TINY_MAX_TOKENS if opts.max_tokens is None else None)
+                             meaningless_max_tokens=TINY_MAX_TOKENS if opts.max_tokens is None else None,
+                             engine_options={"quant": quant} if quant is not None else {})
     state.embedder(mem)  # builds it; says once when its similarities are meaningless
     log.info("loading model %s", _model_label(model))
     assistant = Assistant(config, memory=mem)
     click.get_current_context().call_on_close(assistant.close)
     _limit_meaningless(assistant, opts, say=lambda s: click.echo(s, err=True))
     return assistant
+
+
+def check_quant(model: str, quant: str) -> None:
+    """A quant can only be picked in an export directory that has it; UsageError naming the choices."""
+    from covip.sdk.export_manifest import has_manifest, read_manifest
+
+    path = Path(model).expanduser()
+    if not (path.is_dir() and has_manifest(path)):
+        raise click.UsageError(f"--quant picks a file of an export directory (covip export gguf/onnx); {model!r} "
+                               "is not one")
+    manifest = read_manifest(path, verify="none")
+    have = manifest.gguf_quants() if manifest.kind == "gguf" else sorted(
+        {f.quant for f in manifest.files if f.kind == "onnx-decoder"})
+    if quant not in have:
+        raise click.UsageError(f"{model} has no {quant!r} model file; it has {', '.join(have)}")
 
 
 def _snippet(text: str, width: int = 110) -> str:

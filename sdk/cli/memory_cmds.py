@@ -47,6 +47,9 @@ __all__ = ["register"]
                    "Qwen/Qwen3-VL-2B-Instruct, a local HF model dir, an export dir with GGUF + mmproj files "
                    "(llama.cpp), or 'tiny' (random weights, tests/offline only). With --force and no --model, "
                    "the current one is kept.")
+@click.option("--quant", metavar="QUANT",
+              help="With an export directory as --model: the model file `ask`, `chat` and `serve` open by default "
+                   "(e.g. q4_k_m, q8_0; int8, int4 for ONNX).")
 @click.option("--force", is_flag=True, help="Overwrite an existing config.json (the memory itself is kept; "
               "without --embedder the current embedder is kept).")
 @click.option("--encrypt", is_flag=True,
@@ -56,8 +59,8 @@ __all__ = ["register"]
 @click.option("--keyring", "use_keyring", is_flag=True,
               help="Keep the passphrase in the OS keyring, so later commands unlock the memory without asking.")
 @pass_state
-def init_cmd(state: CliState, spec: str, pretrained: str | None, model: str | None, force: bool, encrypt: bool,
-             use_keyring: bool) -> None:
+def init_cmd(state: CliState, spec: str, pretrained: str | None, model: str | None, quant: str | None, force: bool,
+             encrypt: bool, use_keyring: bool) -> None:
     """Create a memory home and choose its embedding model and its vision-language model.
 
     Writes config.json in the home (which embedder `remember` and `recall` use, which model `ask`,
@@ -86,6 +89,12 @@ def init_cmd(state: CliState, spec: str, pretrained: str | None, model: str | No
         from covip.sdk.cli.chat_cmds import check_model_spec
 
         model, backend, model_notes = check_model_spec(model)  # before anything is written
+    if quant is not None:
+        from covip.sdk.cli.chat_cmds import check_quant
+
+        if model is None:
+            raise click.UsageError("--quant chooses a file of the export directory given with --model; add --model")
+        check_quant(model, quant)
     if pretrained is not None:
         local = Path(pretrained).expanduser()
         config = config.with_overrides(pretrained=str(local.resolve()) if local.exists() else pretrained)
@@ -110,6 +119,9 @@ def init_cmd(state: CliState, spec: str, pretrained: str | None, model: str | No
     settings["embedder"] = {"model": config.model, "pretrained": config.pretrained}
     if model is not None:
         settings["model"] = model
+        settings.pop("quant", None)  # a quant belongs to the model it was chosen for
+    if quant is not None:
+        settings["quant"] = quant
     write_settings(home, settings)
     mem = state.memory(create=True, key=key)
     label = config.model + (f"/{config.pretrained}" if config.pretrained else "")
@@ -120,7 +132,7 @@ def init_cmd(state: CliState, spec: str, pretrained: str | None, model: str | No
         click.echo("encrypted at rest: keep the passphrase and keyfile.json safe, without either the memory cannot "
                    "be read" + (" (passphrase stored in the OS keyring)" if use_keyring else ""), err=True)
     if model is not None:
-        click.echo(f"model: {model} (back end: {backend})")
+        click.echo(f"model: {model} (back end: {backend}" + (f", {quant}" if quant else "") + ")")
     elif settings.get("model"):
         click.echo(f"model: {settings['model']} (kept)")
     else:

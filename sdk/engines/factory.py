@@ -126,13 +126,14 @@ def describe_model_spec(spec: str) -> str:
 
 def _engine_from_export(directory: Path, options: dict[str, Any]) -> Any:
     """Open an export directory by its manifest: GGUF text (``quant=``, default the most faithful) + mmproj
-    (``mmproj_quant=``) -> LlamaCppEngine; ONNX graphs -> OnnxEngine. ``verify=`` "sha256" (default: the
-    files opened are hashed), "size" or "none"."""
+    (``mmproj_quant=``) -> LlamaCppEngine; ONNX graphs -> OnnxEngine. ``verify=`` "auto" (default: a file
+    opened is hashed unless its size and modification time are the ones recorded when it was exported),
+    "sha256" (always hashed), "size" or "none"."""
     quant = options.pop("quant", None)
     mmproj_quant = options.pop("mmproj_quant", None)
-    verify = options.pop("verify", "sha256")
-    if verify not in ("sha256", "size", "none", True, False):
-        raise InputError(f"verify must be 'sha256', 'size' or 'none', not {verify!r}")
+    verify = options.pop("verify", "auto")
+    if verify not in ("auto", "sha256", "size", "none", True, False):
+        raise InputError(f"verify must be 'auto', 'sha256', 'size' or 'none', not {verify!r}")
     verify = {True: "sha256", False: "none"}.get(verify, verify)
     manifest = read_manifest(directory, verify="none" if verify == "none" else "size")
     kind = manifest.kind
@@ -146,10 +147,12 @@ def _engine_from_export(directory: Path, options: dict[str, Any]) -> Any:
         chosen = [f for f in manifest.files if f.kind.startswith("onnx-")]
     else:
         raise ExportError(f"{directory}: the manifest lists no model files")
-    if verify == "sha256":
+    if verify in ("sha256", "auto"):
         from covip.sdk.export_manifest import sha256_file
 
         for f in chosen:
+            if verify == "auto" and f.unchanged(manifest.path_of(f)):
+                continue  # as exported: same size and modification time
             if sha256_file(manifest.path_of(f)) != f.sha256:
                 raise ExportError(f"{directory}: file {f.path!r} does not match the sha256 in its manifest "
                                   "(corrupted or replaced); re-run the export")

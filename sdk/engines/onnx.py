@@ -64,7 +64,7 @@ logger = logging.getLogger(__name__)
 
 _PROVIDERS = ("auto", "cpu", "cuda")
 _QUANTS = ("auto", "fp32", "int8", "int4")
-_VERIFY = ("sha256", "size", "none")
+_VERIFY = ("auto", "sha256", "size", "none")
 _FALLBACK = {"fp32": ("fp32",), "int8": ("int8", "fp32"), "int4": ("int4", "int8", "fp32")}
 _ONNX_FORMAT = 1
 
@@ -85,9 +85,10 @@ class OnnxEngineConfig(ConfigMixin):
     threads: int | None = field(
         default=None, metadata={"help": "CPU threads per graph run; None = onnxruntime's default (all cores)."})
     verify: str = field(
-        default="sha256",
-        metadata={"help": "Check the export's files on open: 'sha256' (hashes and sizes), 'size' (fast) or "
-                  "'none'."})
+        default="auto",
+        metadata={"help": "Check the export's files on open: 'auto' (a graph is hashed unless its size and "
+                  "modification time are the ones recorded at export), 'sha256' (always hashed), 'size' (fast) "
+                  "or 'none'."})
 
     def __post_init__(self) -> None:
         if not isinstance(self.export_dir, (str, os.PathLike)) or not os.fspath(self.export_dir):
@@ -227,8 +228,8 @@ class OnnxEngine(TokenLoopEngine):
                     continue
                 raise EngineError(f"{directory}: the export has no {role} graph; re-run `covip export onnx`")
             self.files[role] = entry.path
-            if cfg.verify == "sha256":
-                self._check_hashes(entry)
+            if cfg.verify in ("sha256", "auto"):
+                self._check_hashes(entry, always=cfg.verify == "sha256")
             self._sessions[role] = self._session(directory / entry.path, providers)
         self._check_decoder()
         model_id = str(spec.get("model_id") or directory.name)
@@ -249,11 +250,14 @@ class OnnxEngine(TokenLoopEngine):
                     return f
         return None
 
-    def _check_hashes(self, entry: Any) -> None:
-        """The sha256 of a graph and of its external-data file (when it has one) against the manifest."""
+    def _check_hashes(self, entry: Any, *, always: bool = True) -> None:
+        """The sha256 of a graph and of its external-data file (when it has one) against the manifest; with
+        ``always=False`` a file with the size and modification time recorded at export is taken as is."""
         from covip.sdk.export_manifest import sha256_file
 
         for f in [entry] + [g for g in self.manifest.files if g.path == entry.path + ".data"]:
+            if not always and f.unchanged(self.manifest.path_of(f)):
+                continue
             if sha256_file(self.manifest.path_of(f)) != f.sha256:
                 raise EngineError(f"{self.export_dir}: file {f.path!r} does not match the sha256 in its manifest "
                                   "(corrupted or replaced); re-run `covip export onnx`")

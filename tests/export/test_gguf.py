@@ -9,6 +9,7 @@ through :func:`covip.export.gguf.export_gguf`.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -221,6 +222,11 @@ def test_damaged_exports_give_clear_errors(tmp_path, qwen3, qwen25) -> None:
         read_manifest(bad_hash)
     read_manifest(bad_hash, verify="size")  # the fast mode checks sizes only
     with pytest.raises(ExportError, match="model-q8_0.gguf.*sha256"):
+        make_engine(str(bad_hash), quant="q8_0", verify="sha256")
+    # by default an open trusts a file with the size and modification time recorded at export (no hashing)
+    make_engine(str(bad_hash), quant="q8_0").close()
+    os.utime(bad_hash / entry["path"])  # touched since: hashed again, and the mismatch is found
+    with pytest.raises(ExportError, match="model-q8_0.gguf.*sha256"):
         make_engine(str(bad_hash), quant="q8_0")
     # a manifest that is not JSON / not ours
     (bad_hash / MANIFEST_NAME).write_text("{not json")
@@ -300,3 +306,22 @@ def test_q4_k_m_on_a_model_with_256_wide_rows(tmp_path, converter) -> None:
     assert files["q4_k_m"].bytes < files["q8_0"].bytes < files["f16"].bytes
     report = {f.quant: f for f in result.verify.files}
     assert result.verify.parity_ok and report["q4_k_m"].top1_agreement >= 0.5
+
+
+def test_init_quant_chooses_the_file_ask_and_the_api_open(qwen3, tmp_path) -> None:
+    from covip.sdk import Assistant, AssistantConfig
+
+    _, _, out, _ = qwen3
+    cli, home = _cli(), tmp_path / "home"
+    res = CliRunner().invoke(cli, ["--home", str(home), "init", "--embedder", "tiny", "--model", str(out),
+                                   "--quant", "q8_0"])
+    assert res.exit_code == 0 and "q8_0" in res.output, res.output
+    with Assistant(AssistantConfig(home=home, embedder="tiny")) as bot:  # the home's choice, not the f32 file
+        assert Path(bot.engine.model_path).name.endswith("q8_0.gguf")
+    with Assistant(AssistantConfig(home=home, embedder="tiny", engine_options={"quant": "q4_0"})) as bot:
+        assert Path(bot.engine.model_path).name.endswith("q4_0.gguf")  # an explicit choice wins
+    bad = CliRunner().invoke(cli, ["--home", str(home), "init", "--force", "--model", str(out), "--quant", "q2_k"])
+    assert bad.exit_code != 0 and "has no 'q2_k' model file" in bad.output and "q8_0" in bad.output
+    other = CliRunner().invoke(cli, ["--home", str(tmp_path / "h2"), "init", "--embedder", "tiny", "--model", "tiny",
+                                     "--quant", "q8_0"])
+    assert other.exit_code != 0 and "is not one" in other.output

@@ -381,9 +381,10 @@ def test_damaged_exports_give_clear_errors(tmp_path, qwen3) -> None:
     next(f for f in manifest["files"] if f["path"] == "vision.onnx")["sha256"] = "0" * 64
     (bad_hash / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(EngineError, match=r"vision.onnx.*sha256.*corrupted or replaced"):
-        OnnxEngine(bad_hash)
+        OnnxEngine(OnnxEngineConfig(export_dir=bad_hash, verify="sha256"))
     with pytest.raises(ExportError, match=r"vision.onnx.*sha256"):
-        make_engine(str(bad_hash))
+        make_engine(str(bad_hash), verify="sha256")
+    OnnxEngine(bad_hash).close()  # by default unchanged files (size + modification time) are not hashed again
 
     # a tokenizer that was replaced, a quant that is not there, a directory that is not an export
     tok = tmp_path / "tok"
