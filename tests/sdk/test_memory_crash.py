@@ -31,6 +31,7 @@ from pathlib import Path
 
 from covip.sdk import Memory
 from covip.sdk.errors import NotFoundError
+from covip.sdk.files import _pid_alive
 from covip.sdk.memory.index import VectorIndex, read_sidecar
 
 MODEL = "crash/32"
@@ -159,16 +160,6 @@ def _wait_ready(proc: subprocess.Popen, timeout: float = 20.0) -> float:
 def _tmp_files(home: Path) -> list[str]:
     tmp = home / "tmp"
     return sorted(p.name for p in tmp.iterdir()) if tmp.is_dir() else []
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _check_round(home: Path, acks_path: Path, rounds_done: int, rng: random.Random,
