@@ -184,20 +184,25 @@ class TokenLoopEngine:
 
     def _token_loop(self, config: GenerationConfig, *, t0: float, n_prompt: int, reuse: int,
                     prefill: Callable[[], Any], step: Callable[[int], Any],
-                    to_numpy: Callable[[Any], Any] = lambda x: x) -> Iterator[str]:
+                    to_numpy: Callable[[Any], Any] = lambda x: x,
+                    argmax: Callable[[Any], int] | None = None) -> Iterator[str]:
         """The token loop every back end runs: ``prefill()`` (the prompt's uncached tokens -> last logits), then
         pick a token (:func:`~covip.sdk.engines._decode.select_token`), stop at EOS, a stop string or the
-        budget, detokenize, and ``step(token)`` for the next logits. Sets :attr:`last` however it ends."""
+        budget, detokenize, and ``step(token)`` for the next logits. ``argmax`` (optional) picks a greedy token
+        where the logits live (e.g. on the GPU), so plain greedy decoding never copies them to the host.
+        Sets :attr:`last` however it ends."""
         gen_ids: list[int] = []
         detok, stops = Detokenizer(self.tokenizer), StopFilter(config.stop)
         finish, prefill_s, decode_start = "cancelled", 0.0, None
+        plain_greedy = argmax is not None and config.temperature == 0 and not config.presence_penalty
         try:
             logits = prefill()
             prefill_s = time.perf_counter() - t0
             rng = make_rng(config)
             decode_start = time.perf_counter()
             while True:
-                token = select_token(to_numpy(logits), gen_ids, config, rng, self._vocab)
+                token = argmax(logits) if plain_greedy else select_token(to_numpy(logits), gen_ids, config, rng,
+                                                                         self._vocab)
                 gen_ids.append(token)
                 if token in self._eos:
                     finish = "stop"

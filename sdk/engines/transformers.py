@@ -290,7 +290,8 @@ class TransformersEngine(TokenLoopEngine):
             return logits
 
         yield from self._token_loop(config, t0=t0, n_prompt=len(prompt.ids), reuse=reuse, prefill=prefill, step=step,
-                                to_numpy=lambda t: t.float().cpu().numpy())
+                                to_numpy=lambda t: t.float().cpu().numpy(),
+                                argmax=lambda t: int(t[: self._vocab].argmax()))
 
     def _tokenize(self, msgs: list[Message]) -> _Prompt:
         """Render the chat template, take in the photos, and run the processor on text + images."""

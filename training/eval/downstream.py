@@ -48,6 +48,7 @@ mode), ``scored_<task>.jsonl`` (per sample and mode: the score and, for LAR, the
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import textwrap
@@ -265,8 +266,6 @@ def _grade(task: str, rows: list[dict[str, Any]], judge: Any, protocol: str,
 
 def read_answers(path: str | Path, samples: Sequence[DownstreamSample]) -> dict[tuple[str, str], str]:
     """Answers made elsewhere, keyed by (sample id, mode); formats in the module doc."""
-    import json
-
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
