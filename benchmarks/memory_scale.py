@@ -678,7 +678,7 @@ def run_memory(checkpoints: list[int], args, deadline: float, results: dict, sav
                 groups_ms = f"n/a ({exc.__class__.__name__})"
             kind = None
             try:
-                kind = next(iter(mem._indexes.values())).index.kind
+                kind = next(iter(mem.indexes.entries.values())).index.kind
             except Exception:  # noqa: BLE001
                 pass
             apparent, allocated, nfiles = tree_bytes(home)

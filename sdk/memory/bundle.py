@@ -1,4 +1,5 @@
-"""Portable memory bundles: one user's memory as a zip (manifest, rows, images, vectors), and back.
+"""Portable memory bundles: one user's memory as a zip (manifest, rows, images, vectors), and back, written and
+read by :class:`BundleIO`, the collaborator of :class:`~covip.sdk.memory.memory.Memory` for export and import.
 
 Layout of a bundle::
 
@@ -24,6 +25,7 @@ import io
 import json
 import logging
 import os
+import weakref
 import zipfile
 from importlib import metadata
 from pathlib import Path
@@ -71,32 +73,36 @@ def refuse_inside_home(home: Path, path: Path, action: str) -> None:
                          "(e.g. ~/covip-backups/NAME.covip.zip)")
 
 
-class _BundleOps:
-    """Export/import of :class:`~covip.sdk.memory.memory.Memory` (a mixin; see that class)."""
+class BundleIO:
+    """Export/import of a Memory (see the Memory methods of the same names); photo bytes are read through
+    ``mem.photo_files`` and new vectors reach the index files through ``mem.indexes``."""
 
-    def export_user(self: Memory, user: str, path: str | os.PathLike, *, plain: bool = False) -> Path:
-        """Write ``user``'s memory to a zip bundle at ``path`` (atomically, outside the home); returns the path.
-        From an encrypted home the bundle is encrypted with the home's passphrase (or raw key) unless ``plain``."""
+    def __init__(self, mem: Memory) -> None:
+        self.mem = weakref.proxy(mem)  # weak: an unclosed Memory that is dropped is freed at once, as before
+
+    def export_user(self, user: str, path: str | os.PathLike, *, plain: bool = False) -> Path:
+        """Write ``user``'s memory to a zip bundle (see Memory.export_user)."""
+        mem = self.mem
         if not isinstance(plain, bool):
             raise InputError(f"plain must be True or False, not {plain!r:.40}")
         dest = clean_path(path, "bundle path")
         if dest.is_dir():
             raise InputError(f"{dest} is a directory; give a file name such as {dest / (user + '.covip.zip')}")
-        refuse_inside_home(self.home, dest, "write the bundle to")
-        with self._lock:
-            self._check_open()
-            with self.store.read():
-                uid = self._uid(user)
-                concepts = self.store.rows("SELECT id, name, kind, notes FROM concepts WHERE user_id = ? ORDER BY id",
-                                           [uid])
-                photos = self.store.rows("SELECT * FROM photos WHERE user_id = ? ORDER BY id", [uid])
-                links = self.store.rows("SELECT pc.photo_id, pc.concept_id FROM photo_concepts pc "
-                                        "JOIN photos p ON p.id = pc.photo_id WHERE p.user_id = ?", [uid])
-                episodes = self.store.rows("SELECT * FROM episodes WHERE user_id = ? ORDER BY id", [uid])
-                elinks = self.store.rows("SELECT ec.episode_id, ec.concept_id FROM episode_concepts ec "
-                                         "JOIN episodes e ON e.id = ec.episode_id WHERE e.user_id = ?", [uid])
-                vec_rows = self.store.rows("SELECT photo_id, model_id, dim, vector FROM embeddings "
-                                           "WHERE user_id = ? ORDER BY id", [uid])
+        refuse_inside_home(mem.home, dest, "write the bundle to")
+        with mem._lock:
+            mem._check_open()
+            with mem.store.read():
+                uid = mem._uid(user)
+                concepts = mem.store.rows("SELECT id, name, kind, notes FROM concepts WHERE user_id = ? ORDER BY id",
+                                          [uid])
+                photos = mem.store.rows("SELECT * FROM photos WHERE user_id = ? ORDER BY id", [uid])
+                links = mem.store.rows("SELECT pc.photo_id, pc.concept_id FROM photo_concepts pc "
+                                       "JOIN photos p ON p.id = pc.photo_id WHERE p.user_id = ?", [uid])
+                episodes = mem.store.rows("SELECT * FROM episodes WHERE user_id = ? ORDER BY id", [uid])
+                elinks = mem.store.rows("SELECT ec.episode_id, ec.concept_id FROM episode_concepts ec "
+                                        "JOIN episodes e ON e.id = ec.episode_id WHERE e.user_id = ?", [uid])
+                vec_rows = mem.store.rows("SELECT photo_id, model_id, dim, vector FROM embeddings "
+                                          "WHERE user_id = ? ORDER BY id", [uid])
             by_photo: dict[int, list[int]] = {}
             for r in links:
                 by_photo.setdefault(r["photo_id"], []).append(r["concept_id"])
@@ -106,12 +112,12 @@ class _BundleOps:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = tmp_path(dest.parent, ".zip.part")
             try:
-                with crypto.bundle_sink(tmp, None if plain else self.crypto) as sink, \
+                with crypto.bundle_sink(tmp, None if plain else mem.crypto) as sink, \
                         zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
                     files: dict[str, str] = {}
                     out_photos = []
                     for p in photos:
-                        name = f"images/{p['sha256']}{self._photo_suffix(p)}"
+                        name = f"images/{p['sha256']}{_photo_suffix(p)}"
                         files[name] = self._export_photo_file(zf, p, name)
                         entry = {k: p[k] for k in ("id", "sha256", "format", "width", "height", "bytes", "taken_at",
                                                    "gps_lat", "gps_lon", "place", "created_at")}
@@ -152,23 +158,14 @@ class _BundleOps:
             log.info("exported user %s (%d photos) to %s", user, len(photos), dest)
             return dest
 
-    @staticmethod
-    def _photo_suffix(row: dict[str, Any]) -> str:
-        path = row["stored_path"] or row["source_path"] or ""
-        suffix = Path(path).suffix.lower()
-        if suffix == ".enc":  # an encrypted home's stored name says nothing of the format
-            from covip.sdk.imaging import _EXTENSIONS
-
-            return _EXTENSIONS.get(str(row["format"]).upper(), ".img")
-        return suffix if suffix[1:].isalnum() and len(suffix) <= 9 else ".img"
-
-    def _export_photo_file(self: Memory, zf: zipfile.ZipFile, row: dict[str, Any], name: str) -> str:
+    def _export_photo_file(self, zf: zipfile.ZipFile, row: dict[str, Any], name: str) -> str:
         """Copy one photo's bytes into the bundle (streamed); they must still hash to the remembered sha256."""
+        home = self.mem.home
         if row["stored_path"]:
-            src, where = self.home / row["stored_path"], "stored file"
+            src, where = home / row["stored_path"], "stored file"
         elif row["source_path"]:  # a home with store_copies=False keeps only the original path
             src, where = Path(row["source_path"]), "original file"
-            if inside_home(self.home, src):  # only the store opens the home's own files
+            if inside_home(home, src):  # only the store opens the home's own files
                 raise BundleError(f"photo {row['id']}'s original path {src} lies inside the memory home; "
                                   "remember the photo again from its real location, then export again")
         else:
@@ -176,7 +173,7 @@ class _BundleOps:
                               "(covip forget --photo) and export again")
         h = hashlib.sha256()
         try:
-            with self._open_photo_row(row) as fh, zf.open(name, "w", force_zip64=True) as out:
+            with self.mem.photo_files.open_row(row) as fh, zf.open(name, "w", force_zip64=True) as out:
                 while chunk := fh.read(_CHUNK):
                     h.update(chunk)
                     out.write(chunk)
@@ -188,62 +185,62 @@ class _BundleOps:
                               "`covip verify`, restore the file or forget the photo, then export again")
         return row["sha256"]
 
-    def import_bundle(self: Memory, path: str | os.PathLike, *, user: str | None = None,
+    def import_bundle(self, path: str | os.PathLike, *, user: str | None = None,
                       merge: bool = False, key: Any = None) -> dict[str, Any]:
-        """Load a bundle into ``user`` (default: the bundle's user). The whole bundle is checked before anything
-        is written, and the write is one transaction. ``merge=True`` adds into an existing user. An encrypted
-        bundle opens with ``key``, ``$COVIP_PASSPHRASE`` / ``$COVIP_KEY``, or this home's own passphrase."""
+        """Load a checked bundle into ``user`` (see Memory.import_bundle)."""
+        mem = self.mem
         src = clean_path(path, "bundle path")
         if not src.is_file():
             raise InputError(f"bundle {src} does not exist or is not a file")
-        refuse_inside_home(self.home, src, "import a bundle from")
+        refuse_inside_home(mem.home, src, "import a bundle from")
         target = clean_name(user, "user name") if user is not None else None
-        self._check_open()
+        mem._check_open()
         with contextlib.ExitStack() as stack:
             source: Any = src
             if crypto.is_sealed(src):  # decrypted as a seekable stream: no plaintext zip on disk
-                source = stack.enter_context(crypto.open_sealed_bundle(src, crypto.bundle_secrets(key, self.crypto)))
-            seal = crypto.PhotoSeal(self.crypto) if self.crypto is not None else None
-            bundle = stack.enter_context(read_bundle(source, tmp_dir=self.home / "tmp", seal=seal,
-                                                     max_pixels=self.config.max_pixels, label=f"bundle {src.name}"))
+                source = stack.enter_context(crypto.open_sealed_bundle(src, crypto.bundle_secrets(key, mem.crypto)))
+            seal = crypto.PhotoSeal(mem.crypto) if mem.crypto is not None else None
+            bundle = stack.enter_context(read_bundle(source, tmp_dir=mem.home / "tmp", seal=seal,
+                                                     max_pixels=mem.config.max_pixels, label=f"bundle {src.name}"))
             return self._import_checked(bundle, target or bundle.manifest.user, merge)
 
-    def _import_checked(self: Memory, bundle: Any, target: str, merge: bool) -> dict[str, Any]:
+    def _import_checked(self, bundle: Any, target: str, merge: bool) -> dict[str, Any]:
         """Write a checked bundle as one transaction; photo files move from tmp into the photo store."""
+        mem = self.mem
         rows = bundle.rows
         counts = {"user": target, "concepts": 0, "photos": 0, "episodes": 0, "vectors": 0}
         created: list[Path] = []
         new_vec_keys: set[tuple[int, str, int]] = set()
-        durable = self.config.synchronous != "NORMAL"
-        with self._lock:
-            self._check_open()
+        durable = mem.config.synchronous != "NORMAL"
+        with mem._lock:
+            mem._check_open()
             try:
-                with self.store.write() as db:
-                    row = self.store.one("SELECT id FROM users WHERE name = ?", [target])
+                with mem.store.write() as db:
+                    row = mem.store.one("SELECT id FROM users WHERE name = ?", [target])
                     if row is not None and not merge:
                         raise ConflictError(f"user {target!r} already exists; import with merge=True "
                                             "(--merge) or choose another --user")
                     self._check_bundle_models(bundle)
                     if row is None:
                         uid = int(db["users"].insert({"name": target, "created_at": utcnow()}).last_pk)
-                        self.store.audit("add_user", uid, "user", uid)
+                        mem.store.audit("add_user", uid, "user", uid)
                     else:
                         uid = int(row["id"])
                     cmap = {}
                     for c in rows.concepts:
-                        existed = self.store.concept_row(uid, c["name"]) is not None
-                        cmap[c["id"]] = self._ensure_concept(uid, c["name"], c["kind"], c["notes"])
+                        existed = mem.store.concept_row(uid, c["name"]) is not None
+                        cmap[c["id"]] = mem._ensure_concept(uid, c["name"], c["kind"], c["notes"])
                         counts["concepts"] += 0 if existed else 1
                     pmap = {}
                     for p in rows.photos:
-                        have = self.store.one("SELECT id FROM photos WHERE user_id = ? AND sha256 = ?",
-                                              [uid, p["sha256"]])
+                        have = mem.store.one("SELECT id FROM photos WHERE user_id = ? AND sha256 = ?",
+                                             [uid, p["sha256"]])
                         if have is not None:
                             pmap[p["id"]] = have["id"]
                             continue
                         img = bundle.images[p["id"]]
-                        stored = self._photo_file(uid, img)
-                        dest = self.home / stored
+                        stored = mem.photo_files.name(uid, img)
+                        dest = mem.home / stored
                         if not dest.exists():
                             atomic_replace(img.tmp, dest, durable=durable)  # sealed already if encrypted
                             created.append(dest)
@@ -252,7 +249,7 @@ class _BundleOps:
                             "format": img.format, "width": img.width, "height": img.height, "bytes": img.size,
                             "taken_at": p["taken_at"], "gps_lat": p["gps_lat"], "gps_lon": p["gps_lon"],
                             "place": p["place"], "created_at": p["created_at"] or utcnow()}).last_pk
-                        self.store.audit("import_photo", uid, "photo", pmap[p["id"]])
+                        mem.store.audit("import_photo", uid, "photo", pmap[p["id"]])
                         counts["photos"] += 1
                         for cid in p["concepts"]:
                             db.execute("INSERT OR IGNORE INTO photo_concepts (photo_id, concept_id) VALUES (?, ?)",
@@ -261,7 +258,7 @@ class _BundleOps:
                         # an episode is its photo, its dialogue and its time: one already here (this bundle
                         # merged before, or synced from another device) is not added again
                         dialogue = json.dumps(e["dialogue"])
-                        same = self.store.one(
+                        same = mem.store.one(
                             "SELECT id FROM episodes WHERE user_id = ? AND photo_id IS ? AND dialogue = ? "
                             "AND taken_at IS ? AND created_at IS ?",
                             [uid, pmap[e["photo_id"]], dialogue, e["taken_at"], e["created_at"]])
@@ -279,36 +276,46 @@ class _BundleOps:
                     for model, photo_ids, vecs in bundle.vectors:
                         for old_pid, vec in zip(photo_ids.tolist(), vecs):
                             pid = pmap[old_pid]
-                            if self.store.scalar("SELECT 1 FROM embeddings WHERE photo_id = ? AND model_id = ?",
-                                                 [pid, model.model_id]):
+                            if mem.store.scalar("SELECT 1 FROM embeddings WHERE photo_id = ? AND model_id = ?",
+                                                [pid, model.model_id]):
                                 continue
                             db["embeddings"].insert({"user_id": uid, "photo_id": pid, "model_id": model.model_id,
                                                      "dim": model.dim, "vector": vec.tobytes()})
                             counts["vectors"] += 1
                             new_vec_keys.add((uid, model.model_id, model.dim))
-                    self.store.audit("import_bundle", uid, "user", uid, photos=counts["photos"])
+                    mem.store.audit("import_bundle", uid, "user", uid, photos=counts["photos"])
             except BaseException:
                 for f in created:
                     f.unlink(missing_ok=True)
                 raise
             for uid, model_id, dim in new_vec_keys:
-                self._save_index((uid, model_id), self._entry(uid, model_id, dim))
+                mem.indexes.save((uid, model_id), mem.indexes.entry(uid, model_id, dim))
             log.info("imported %s", counts)
             return counts
 
-    def _check_bundle_models(self: Memory, bundle: Any) -> None:
+    def _check_bundle_models(self, bundle: Any) -> None:
         """Vectors must have the dimension this home already uses for their model id (else every search and
         index rebuild of that model would break); checked inside the import's write transaction."""
         for model, _ids, _vecs in bundle.vectors:
-            dims = {int(r[0]) for r in self.store.db.execute("SELECT DISTINCT dim FROM embeddings WHERE model_id = ?",
-                                                              [model.model_id])}
-            emb = self._embedder
+            dims = {int(r[0]) for r in self.mem.store.db.execute(
+                "SELECT DISTINCT dim FROM embeddings WHERE model_id = ?", [model.model_id])}
+            emb = self.mem._embedder
             if emb is not None and not isinstance(emb, str) and getattr(emb, "model_id", None) == model.model_id:
                 dims.add(int(emb.dim))
             if dims - {model.dim}:
                 raise BundleError(f"{bundle.label}: its vectors of model {model.model_id!r} have {model.dim} "
                                   f"dimensions but this memory's have {sorted(dims)[0]}; the bundle is damaged or "
                                   "from a different model with the same name")
+
+
+def _photo_suffix(row: dict[str, Any]) -> str:
+    path = row["stored_path"] or row["source_path"] or ""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".enc":  # an encrypted home's stored name says nothing of the format
+        from covip.sdk.imaging import _EXTENSIONS
+
+        return _EXTENSIONS.get(str(row["format"]).upper(), ".img")
+    return suffix if suffix[1:].isalnum() and len(suffix) <= 9 else ".img"
 
 
 def _write_member(zf: zipfile.ZipFile, name: str, data: bytes) -> str:

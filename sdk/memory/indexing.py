@@ -1,8 +1,10 @@
-"""Index plumbing of :class:`~covip.sdk.memory.memory.Memory`: load, catch up with SQLite, persist.
+"""The vector indexes of one memory home: :class:`IndexSet`, a collaborator of
+:class:`~covip.sdk.memory.memory.Memory` that loads, catches up and persists them.
 
 Each (user, embedding model) has one in-memory :class:`VectorIndex`. It is caught up with SQLite when
 another connection has committed (``PRAGMA data_version``) and saved under a cross-process file lock
-after a final catch-up, so a stale writer can never put forgotten vectors back into the file.
+after a final catch-up, so a stale writer can never put forgotten vectors back into the file. It lives
+apart from the Memory because it needs only the home, the store, the config and the key.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from covip.sdk.memory.index import VectorIndex, read_sidecar
 from covip.sdk.memory.schema import utcnow
 
 if TYPE_CHECKING:
-    from covip.sdk.memory.memory import Memory
+    from covip.sdk.memory.config import MemoryConfig
+    from covip.sdk.memory.crypto import HomeKey
+    from covip.sdk.memory.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +34,7 @@ __all__: list[str] = []
 
 
 @dataclass
-class _IndexEntry:
+class IndexEntry:
     index: VectorIndex
     data_version: int
     count: int  # SQLite's count and max id the index was last caught up with
@@ -43,44 +47,55 @@ def _slug(model_id: str) -> str:
     return f"{base}-{hashlib.sha1(model_id.encode()).hexdigest()[:8]}"
 
 
-class _IndexOps:
-    """Index operations of Memory (a mixin)."""
+class IndexSet:
+    """The in-memory index of every (user id, model id) in use, kept in step with SQLite and the index files.
 
-    def _index_path(self: Memory, uid: int, model_id: str) -> Path:
+    Not thread-safe on its own: the owning Memory calls it under its lock."""
+
+    def __init__(self, home: Path, store: Store, config: MemoryConfig, key: HomeKey | None) -> None:
+        self.home = home
+        self.store = store
+        self.config = config
+        self.crypto = key
+        self.entries: dict[tuple[int, str], IndexEntry] = {}
+
+    def path(self, uid: int, model_id: str) -> Path:
+        """The index file of (user, model)."""
         return self.home / "index" / f"u{uid}-{_slug(model_id)}.faiss"
 
-    def _lock_path(self: Memory, uid: int, model_id: str) -> Path:
+    def lock_path(self, uid: int, model_id: str) -> Path:
+        """The cross-process lock file guarding (user, model)'s index file."""
         return self.home / "locks" / f"u{uid}-{_slug(model_id)}.lock"
 
-    def _group_dim(self: Memory, uid: int, model_id: str) -> int | None:
+    def group_dim(self, uid: int, model_id: str) -> int | None:
         """The vector length of (user, model): the loaded index's, else SQLite's usual one (None: no vectors)."""
-        entry = self._indexes.get((uid, model_id))
+        entry = self.entries.get((uid, model_id))
         return entry.index.dim if entry is not None else self.store.embedding_dim(uid, model_id)
 
-    def _entry(self: Memory, uid: int, model_id: str, dim: int | None = None) -> _IndexEntry:
+    def entry(self, uid: int, model_id: str, dim: int | None = None) -> IndexEntry:
         """The in-memory index for (user, model), loaded from its file and caught up with SQLite. Its
         dimension is SQLite's usual one for the group (``dim`` only when the group has no vectors yet)."""
         key = (uid, model_id)
-        entry = self._indexes.get(key)
+        entry = self.entries.get(key)
         if entry is None:
             dim = self.store.embedding_dim(uid, model_id) or dim
             if dim is None:
                 raise NotFoundError(f"user {uid} has no vectors of model {model_id!r}")
-            path = self._index_path(uid, model_id)
+            path = self.path(uid, model_id)
             index = None
             if path.exists():
                 try:
                     index = VectorIndex.load(path, dim, self.config.index, key=self.crypto)
                 except IndexCorruptError as exc:
                     log.warning("%s; rebuilding it from SQLite", exc)
-            entry = _IndexEntry(index or VectorIndex(dim, self.config.index), -1, -1, -1)
-            self._indexes[key] = entry
-            self._sync(key, entry, force=True)
+            entry = IndexEntry(index or VectorIndex(dim, self.config.index), -1, -1, -1)
+            self.entries[key] = entry
+            self.sync(key, entry, force=True)
         elif self.store.data_version() != entry.data_version:
-            self._sync(key, entry)
+            self.sync(key, entry)
         return entry
 
-    def _sync(self: Memory, key: tuple[int, str], entry: _IndexEntry, *, force: bool = False) -> None:
+    def sync(self, key: tuple[int, str], entry: IndexEntry, *, force: bool = False) -> None:
         """Make the index hold exactly SQLite's vectors for (user, model)."""
         uid, model_id = key
         entry.data_version = self.store.data_version()
@@ -112,48 +127,47 @@ class _IndexOps:
         if len(extra) or len(missing):
             log.debug("index u%d/%s caught up: +%d -%d", uid, model_id, len(missing), len(extra))
 
-    def _index_added(self: Memory, uid: int, model_id: str, eid: int, vec: np.ndarray) -> None:
+    def added(self, uid: int, model_id: str, eid: int, vec: np.ndarray) -> None:
+        """Take in a vector just committed to SQLite (saving the index when it is due)."""
         key = (uid, model_id)
-        entry = self._indexes.get(key)
+        entry = self.entries.get(key)
         if entry is None:
-            entry = self._entry(uid, model_id, int(vec.shape[0]))  # the sync picks up the new vector
+            entry = self.entry(uid, model_id, int(vec.shape[0]))  # the sync picks up the new vector
         elif self.store.data_version() != entry.data_version:
             # Another connection committed since the last catch-up: a blind add would leave its changes
             # out while count/max_id looked current, so catch up from SQLite (that picks up eid too).
-            self._sync(key, entry)
+            self.sync(key, entry)
         else:
             entry.index.add(np.array([eid]), vec[None, :])
             entry.count += 1
             entry.max_id = max(entry.max_id, eid)
         if entry.index.needs_flush():
-            self._save_index(key, entry)
+            self.save(key, entry)
 
-    def _save_index(self: Memory, key: tuple[int, str], entry: _IndexEntry) -> None:
+    def save(self, key: tuple[int, str], entry: IndexEntry) -> None:
         """Persist one index under its cross-process lock, after a last catch-up (never resurrects forgotten ids)."""
         uid, model_id = key
-        with file_lock(self._lock_path(uid, model_id)):
-            self._sync(key, entry, force=True)
+        with file_lock(self.lock_path(uid, model_id)):
+            self.sync(key, entry, force=True)
             if entry.index.ntotal == 0:  # another connection forgot them all: no file (verify flags empty ones)
-                self._remove_index_files(uid, model_id)
+                self.remove_files(uid, model_id)
                 return
-            entry.index.save(self._index_path(uid, model_id), self.home / "tmp",
+            entry.index.save(self.path(uid, model_id), self.home / "tmp",
                              meta={"user_id": uid, "model_id": model_id, "saved_at": utcnow(),
                                    "synced": [entry.count, entry.max_id]}, key=self.crypto)
 
-    def flush(self: Memory) -> None:
-        """Write every index with unsaved changes now (close() does this too)."""
-        with self._lock:
-            self._check_open()
-            for key, entry in list(self._indexes.items()):
-                if entry.index.unsaved:
-                    self._save_index(key, entry)
+    def save_unsaved(self) -> None:
+        """Write every index with unsaved changes (Memory.flush and Memory.close)."""
+        for key, entry in list(self.entries.items()):
+            if entry.index.unsaved:
+                self.save(key, entry)
 
-    def _catch_up_index_files(self: Memory) -> None:
+    def catch_up_files(self) -> None:
         """On open: bring index files that lag SQLite (e.g. after a crash) up to date; drop orphaned ones."""
         live = set()
         for g in self.store.embedding_groups():
             key = (int(g["user_id"]), g["model_id"])
-            path = self._index_path(*key)
+            path = self.path(*key)
             live.add(path.name)
             side = read_sidecar(path, self.crypto)
             if g["dim"] is None:
@@ -162,22 +176,39 @@ class _IndexOps:
                 continue
             if path.exists() and side and _synced(side) == [g["count"], g["max_id"]]:
                 continue
-            entry = self._entry(key[0], key[1], int(g["dim"]))
-            self._save_index(key, entry)
+            entry = self.entry(key[0], key[1], int(g["dim"]))
+            self.save(key, entry)
         for path in (self.home / "index").glob("*.faiss"):
             if path.name not in live:
                 side = read_sidecar(path, self.crypto) or {}
                 uid, mid = side.get("user_id"), side.get("model_id")
                 if isinstance(uid, int) and isinstance(mid, str):
-                    with file_lock(self._lock_path(uid, mid)):
+                    with file_lock(self.lock_path(uid, mid)):
                         if self.store.embedding_stats(uid, mid)[0] == 0:
-                            self._remove_index_files(uid, mid)
+                            self.remove_files(uid, mid)
 
-    def _remove_index_files(self: Memory, uid: int, model_id: str) -> None:
-        path = self._index_path(uid, model_id)
+    def remove_files(self, uid: int, model_id: str) -> None:
+        """Delete (user, model)'s index file and sidecar, and drop its in-memory index."""
+        path = self.path(uid, model_id)
         for p in (path, path.with_suffix(".json")):
             p.unlink(missing_ok=True)
-        self._indexes.pop((uid, model_id), None)
+        self.entries.pop((uid, model_id), None)
+
+    def drop(self, key: tuple[int, str]) -> None:
+        """Forget the in-memory index of (user, model); the next use reloads it from its file and SQLite."""
+        self.entries.pop(key, None)
+
+    def drop_user(self, uid: int) -> None:
+        """Forget every in-memory index of a user."""
+        for key in [k for k in self.entries if k[0] == uid]:
+            self.entries.pop(key, None)
+
+    def remove_user_files(self, uid: int) -> None:
+        """Delete every index and lock file of a (forgotten) user."""
+        for path in (self.home / "index").glob(f"u{uid}-*"):
+            path.unlink(missing_ok=True)
+        for path in (self.home / "locks").glob(f"u{uid}-*"):
+            path.unlink(missing_ok=True)
 
 
 def _synced(side: dict) -> list:

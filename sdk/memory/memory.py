@@ -1,5 +1,12 @@
 """The memory facade: one home directory, SQLite as the source of truth, FAISS indexes derived from it.
 
+:class:`Memory` owns the lock, the store and users, concepts, remember and search. Each other concern is a
+collaborator in its own module, so each can be read and tested alone: the vector indexes
+(:class:`~covip.sdk.memory.indexing.IndexSet`), the stored photo files
+(:class:`~covip.sdk.memory.photo_store.PhotoFiles`), bundles (:class:`~covip.sdk.memory.bundle.BundleIO`),
+verify/repair (:class:`~covip.sdk.memory.verify.Verifier`) and forgetting
+(:class:`~covip.sdk.memory.forget.Forgetter`). Every public call still runs under the Memory's one lock.
+
 Usage::
 
     from covip.sdk import Memory
@@ -28,10 +35,10 @@ from covip.sdk.errors import ConflictError, InputError, NotFoundError, StoreErro
 from covip.sdk.files import sweep_dead_tmp
 from covip.sdk.imaging import Photo, load_photo
 from covip.sdk.memory import crypto
-from covip.sdk.memory.bundle import _BundleOps
+from covip.sdk.memory.bundle import BundleIO
 from covip.sdk.memory.config import MemoryConfig
-from covip.sdk.memory.forget import _ForgetOps
-from covip.sdk.memory.indexing import _IndexEntry, _IndexOps
+from covip.sdk.memory.forget import Forgetter, finish_pending_deletions
+from covip.sdk.memory.indexing import IndexSet
 from covip.sdk.memory.layout import (
     DB_FILE,
     DB_SIDE_FILES,
@@ -40,17 +47,19 @@ from covip.sdk.memory.layout import (
     move_to_quarantine,
     new_quarantine,
 )
-from covip.sdk.memory.photo_store import _PhotoStoreOps
+from covip.sdk.memory.photo_store import PhotoFiles
 from covip.sdk.memory.schema import utcnow
 from covip.sdk.memory.store import Store, sqlite_errors_as_store_errors
 from covip.sdk.memory.types import (
     CONCEPT_KINDS,
     Concept,
+    ForgetReport,
     HistoryItem,
     Hit,
     PhotoRecord,
     Remembered,
     User,
+    VerifyReport,
 )
 from covip.sdk.memory.validate import (
     MAX_CONCEPTS,
@@ -69,7 +78,7 @@ from covip.sdk.memory.validate import (
     clean_text,
     clean_time,
 )
-from covip.sdk.memory.verify import _VerifyOps
+from covip.sdk.memory.verify import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +88,7 @@ PhotoInput = str | os.PathLike | bytes | Photo | Any  # PIL.Image.Image is accep
 
 
 @sqlite_errors_as_store_errors
-class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps, _PhotoStoreOps):
+class Memory:
     """A user's on-device episodic memory. Open with :meth:`Memory.open`; close it (or use ``with``)."""
 
     def __init__(self, config: MemoryConfig | None = None, *, embedder: Any = None, key: Any = None) -> None:
@@ -94,14 +103,18 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps, _PhotoStoreOps):
         self._embedder = embedder
         self._owns_embedder = False
         self._lock = threading.RLock()
-        self._indexes: dict[tuple[int, str], _IndexEntry] = {}
         self.store = Store(self.home / DB_FILE, home=self.home, busy_timeout_s=self.config.busy_timeout_s,
                            synchronous=self.config.synchronous, key=self.crypto)
+        self.indexes = IndexSet(self.home, self.store, self.config, self.crypto)  # per (user id, model id)
+        self.photo_files = PhotoFiles(self.home, self.store, self.crypto)
+        self._bundles = BundleIO(self)
+        self._forgetter = Forgetter(self)
+        self._verifier = Verifier(self)
         self._closed = False
         try:
             sweep_dead_tmp(self.home / "tmp")
-            self._finish_pending_deletions()
-            self._catch_up_index_files()
+            finish_pending_deletions(self.store)
+            self.indexes.catch_up_files()
         except BaseException:
             self.store.close()
             raise
@@ -160,14 +173,18 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps, _PhotoStoreOps):
             if self._closed:
                 return
             try:
-                for key, entry in list(self._indexes.items()):
-                    if entry.index.unsaved:
-                        self._save_index(key, entry)
+                self.indexes.save_unsaved()
             finally:
                 self._closed = True
                 self.store.close()
                 if self._owns_embedder and hasattr(self._embedder, "close"):
                     self._embedder.close()
+
+    def flush(self) -> None:
+        """Write every index with unsaved changes now (close() does this too)."""
+        with self._lock:
+            self._check_open()
+            self.indexes.save_unsaved()
 
     # ------------------------------------------------------------------ embedder
     @property
@@ -372,11 +389,6 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps, _PhotoStoreOps):
         return self.store.invalidate_captions_for_photos(photo_ids)
 
     # ------------------------------------------------------------------ remember
-    def _photo_file(self, uid: int, photo: Photo) -> str:
-        if self.crypto is not None:
-            return self._sealed_photo_file(uid, photo.sha256)
-        return f"photos/u{uid}/{photo.sha256[:2]}/{photo.sha256}{photo.extension}"
-
     def _check_embedding(self, embedding: Any, dim: int | None) -> np.ndarray:
         if isinstance(embedding, (str, bytes)):
             raise InputError(f"embedding must be a vector of numbers, not {type(embedding).__name__}")
@@ -402,9 +414,9 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps, _PhotoStoreOps):
             model_id = clean_model_id(model_id)
             if embedding is None:
                 raise InputError("model_id was given without an embedding; pass both, or neither")
-            return model_id, self._group_dim(uid, model_id)
+            return model_id, self.indexes.group_dim(uid, model_id)
         emb = self.embedder
-        stored = self._group_dim(uid, emb.model_id)
+        stored = self.indexes.group_dim(uid, emb.model_id)
         if stored is not None and stored != emb.dim:
             raise StoreError(f"this memory's vectors of model {emb.model_id!r} have {stored} dimensions but the "
                              f"embedder makes {emb.dim}; run `covip verify --repair` to rebuild them")
@@ -459,12 +471,12 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps, _PhotoStoreOps):
                     if new_photo:
                         stored = None
                         if self.config.store_copies:
-                            stored = self._photo_file(uid, pic)
+                            stored = self.photo_files.name(uid, pic)
                             dest = self.home / stored
                             if not dest.exists():
                                 # fsync only when SQLite does (synchronous=FULL): with NORMAL a power cut
                                 # can drop the commit anyway, and both survive a process crash
-                                self._write_photo(dest, pic.data, durable=self.config.synchronous != "NORMAL")
+                                self.photo_files.write(dest, pic.data, durable=self.config.synchronous != "NORMAL")
                                 created_file = dest
                         pid = db["photos"].insert({
                             "user_id": uid, "sha256": pic.sha256, "stored_path": stored,
@@ -508,7 +520,7 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps, _PhotoStoreOps):
                     created_file.unlink(missing_ok=True)
                 raise
             if eid is not None:
-                self._index_added(uid, mid, int(eid), vec)
+                self.indexes.added(uid, mid, int(eid), vec)
             return Remembered(photo=record, episode=episode, new_photo=new_photo, embedding_id=eid)
 
     # ------------------------------------------------------------------ search
@@ -546,10 +558,10 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps, _PhotoStoreOps):
             vec, mid = self._query_vector(image, embedding, model_id)
             dim = int(vec.shape[0])
             candidates: list[tuple[float, int, int, frozenset[int] | None]] = []  # score, eid, owner, concepts
-            own_dim = self._group_dim(uid, mid)
+            own_dim = self.indexes.group_dim(uid, mid)
             if own_dim is not None:
                 self._check_dim(mid, own_dim, dim)
-                scores, ids = self._entry(uid, mid, dim).index.search(vec[None, :], k)
+                scores, ids = self.indexes.entry(uid, mid, dim).index.search(vec[None, :], k)
                 candidates += [(float(s), int(i), uid, None) for s, i in zip(scores[0], ids[0]) if i >= 0]
             if include_shared:
                 candidates += self._search_shared(uid, mid, vec, k)
@@ -582,7 +594,7 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps, _PhotoStoreOps):
             by_owner.setdefault(int(r["owner"]), set()).add(int(r["concept_id"]))
         out = []
         for owner, concept_ids in by_owner.items():
-            owner_dim = self._group_dim(owner, mid)
+            owner_dim = self.indexes.group_dim(owner, mid)
             if owner_dim is None:
                 continue
             self._check_dim(mid, owner_dim, int(vec.shape[0]))
@@ -593,7 +605,7 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps, _PhotoStoreOps):
                 [mid, owner, *sorted(concept_ids)])]
             if not allowed:
                 continue
-            scores, ids = self._entry(owner, mid, int(vec.shape[0])).index.search(
+            scores, ids = self.indexes.entry(owner, mid, int(vec.shape[0])).index.search(
                 vec[None, :], k, allowed_ids=np.array(allowed, dtype=np.int64))
             out += [(float(s), int(i), owner, frozenset(concept_ids)) for s, i in zip(scores[0], ids[0]) if i >= 0]
         return out
@@ -651,6 +663,25 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps, _PhotoStoreOps):
                 raise NotFoundError(f"user {user!r} has no remembered photo matching {photo!r:.100}")
             return self.store.to_photo(row)
 
+    # ------------------------------------------------------------------ photo files
+    @property
+    def encrypted(self) -> bool:
+        """Whether this home is encrypted at rest (``covip init --encrypt`` / ``Memory.open(key=...)``)."""
+        return self.crypto is not None
+
+    def read_photo_bytes(self, photo: PhotoRecord | int) -> bytes:
+        """The original bytes of a remembered photo (by record or id): its stored copy, decrypted in an encrypted
+        home, else its original file; checked against the sha256 it was remembered with. The only way covip
+        reads remembered photos, so no caller opens ``PhotoRecord.path`` itself."""
+        with self._lock:
+            self._check_open()
+            row = self.photo_files.row(photo)
+        return self.photo_files.row_bytes(row)
+
+    def load_memory_photo(self, photo: PhotoRecord | int, *, max_side: int | None = None) -> Photo:
+        """A remembered photo decoded (through :meth:`read_photo_bytes`), e.g. as a context image for a model."""
+        return load_photo(self.read_photo_bytes(photo), max_pixels=self.config.max_pixels, max_side=max_side)
+
     # ------------------------------------------------------------------ caption cache (used by CAG)
     def cached_caption(self, user: str, *, model_id: str, prompt_version: str, photo_sha256: str,
                        context_ids: Sequence[int]) -> str | None:
@@ -691,3 +722,46 @@ class Memory(_IndexOps, _ForgetOps, _BundleOps, _VerifyOps, _PhotoStoreOps):
                     "created_at": utcnow()}).last_pk
                 for pid in ([int(p) for p in key.split(",")] if key else []):
                     db.execute("INSERT INTO caption_cache_items (cache_id, photo_id) VALUES (?, ?)", [cid, pid])
+
+    # ------------------------------------------------------------------ forgetting (forget.py)
+    def forget_photo(self, user: str, photo: Any) -> ForgetReport:
+        """Forget one photo (by id, path or bytes): its episodes, vectors, cached captions and stored copy."""
+        return self._forgetter.forget_photo(user, photo)
+
+    def forget_concept(self, user: str, name: str, *, keep_shared_photos: bool = False) -> ForgetReport:
+        """Forget a concept with every photo showing it and every dialogue tied to it.
+
+        ``keep_shared_photos=True`` keeps photos that also show other concepts (only the link and the
+        dialogues tied to this concept go).
+        """
+        return self._forgetter.forget_concept(user, name, keep_shared_photos=keep_shared_photos)
+
+    def forget_user(self, user: str) -> ForgetReport:
+        """Forget a user entirely: photos, concepts, dialogues, vectors, captions, shares and files."""
+        return self._forgetter.forget_user(user)
+
+    # ------------------------------------------------------------------ bundles (bundle.py)
+    def export_user(self, user: str, path: str | os.PathLike, *, plain: bool = False) -> Path:
+        """Write ``user``'s memory to a zip bundle at ``path`` (atomically, outside the home); returns the path.
+        From an encrypted home the bundle is encrypted with the home's passphrase (or raw key) unless ``plain``."""
+        return self._bundles.export_user(user, path, plain=plain)
+
+    def import_bundle(self, path: str | os.PathLike, *, user: str | None = None,
+                      merge: bool = False, key: Any = None) -> dict[str, Any]:
+        """Load a bundle into ``user`` (default: the bundle's user). The whole bundle is checked before anything
+        is written, and the write is one transaction. ``merge=True`` adds into an existing user. An encrypted
+        bundle opens with ``key``, ``$COVIP_PASSPHRASE`` / ``$COVIP_KEY``, or this home's own passphrase."""
+        return self._bundles.import_bundle(path, user=user, merge=merge, key=key)
+
+    # ------------------------------------------------------------------ verify / repair (verify.py)
+    def verify(self, *, deep: bool = True) -> VerifyReport:
+        """Check SQLite integrity, photo files (hashes when ``deep``), stored vectors, every index file, the
+        home's file modes and its quarantine."""
+        return self._verifier.verify(deep=deep)
+
+    def repair(self) -> VerifyReport:
+        """Rebuild every index from SQLite (re-embedding or dropping unusable stored vectors first), remove stale
+        index files, move photo files that belong to no memory to quarantine, drop dangling cached captions
+        and make the home private. Returns the verify report after repairing (``repaired`` lists what was
+        done). A damaged database is left untouched: the report names the recovery path."""
+        return self._verifier.repair()

@@ -1,9 +1,11 @@
-"""The photo store's one reading and writing seam: every remembered photo's bytes pass through here.
+"""The photo store's one reading and writing seam: :class:`PhotoFiles`, a collaborator of
+:class:`~covip.sdk.memory.memory.Memory` through which every remembered photo's bytes pass.
 
 In an encrypted home the stored copies are sealed (see :mod:`covip.sdk.memory.crypto`), so nothing else may
 open ``home / stored_path`` or ``PhotoRecord.path`` itself: verify, bundle export, the HTTP server and the
-engines' context photos all read through :meth:`_PhotoStoreOps.read_photo_bytes` (or the stream and check
-helpers below). Every read is checked against the sha256 the photo was remembered with.
+engines' context photos all read through ``Memory.read_photo_bytes`` (or the stream and check helpers
+below). Every read is checked against the sha256 the photo was remembered with. It needs only the home,
+the store and the key, so it is built from those, not from the Memory.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -22,7 +25,8 @@ from covip.sdk.memory.types import PhotoRecord
 
 if TYPE_CHECKING:
     from covip.sdk.imaging import Photo
-    from covip.sdk.memory.memory import Memory
+    from covip.sdk.memory.crypto import HomeKey
+    from covip.sdk.memory.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -31,24 +35,31 @@ __all__: list[str] = []
 _PHOTO = "photo"
 
 
-class _PhotoStoreOps:
-    """Photo-store reads and writes of :class:`~covip.sdk.memory.memory.Memory` (a mixin; see that class)."""
+class PhotoFiles:
+    """Names, writes, reads (sha256-checked) and checks the stored photo copies of one home."""
 
-    @property
-    def encrypted(self: Memory) -> bool:
-        """Whether this home is encrypted at rest (``covip init --encrypt`` / ``Memory.open(key=...)``)."""
-        return self.crypto is not None
+    def __init__(self, home: Path, store: Store, key: HomeKey | None) -> None:
+        self.home = home
+        self.store = store
+        self.crypto = key
 
-    def _sealed_photo_file(self: Memory, uid: int, sha256: str) -> str:
+    def sealed_name(self, uid: int, sha256: str) -> str:
         """Where an encrypted home stores a photo: named by a keyed hash, no format in the name."""
         name = self.crypto.photo_name(sha256)
         return f"photos/u{uid}/{name[:2]}/{name}.enc"
 
-    def _write_photo(self: Memory, dest: Path, data: bytes, *, durable: bool) -> None:
+    def name(self, uid: int, photo: Photo) -> str:
+        """Where a new photo of a user is stored, relative to the home."""
+        if self.crypto is not None:
+            return self.sealed_name(uid, photo.sha256)
+        return f"photos/u{uid}/{photo.sha256[:2]}/{photo.sha256}{photo.extension}"
+
+    def write(self, dest: Path, data: bytes, *, durable: bool) -> None:
         """Write a stored photo copy atomically (sealed in an encrypted home)."""
         crypto.write_file(dest, data, self.home / "tmp", self.crypto, _PHOTO, durable=durable)
 
-    def _photo_row(self: Memory, photo: PhotoRecord | int) -> dict[str, Any]:
+    def row(self, photo: PhotoRecord | int) -> dict[str, Any]:
+        """The photo's id, sha256 and paths (by record or id); InputError, or NotFoundError when there is none."""
         pid = photo.id if isinstance(photo, PhotoRecord) else photo
         if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2**63:
             raise InputError(f"photo must be a PhotoRecord or a photo id (a positive integer), not {photo!r:.60}")
@@ -57,18 +68,19 @@ class _PhotoStoreOps:
             raise NotFoundError(f"no photo with id {pid}")
         return row
 
-    def _stored_path(self: Memory, row: dict[str, Any]) -> Path:
+    def stored_path(self, row: dict[str, Any]) -> Path:
+        """The photo's stored copy (StoreError when the row names a path outside the photo store)."""
         path = self.store.stored_file(row["stored_path"])
         if path is None:
             raise StoreError(f"photo {row['id']}'s stored path is not inside the photo store; run `covip verify`")
         return path
 
     @contextlib.contextmanager
-    def _open_photo_row(self: Memory, row: dict[str, Any]) -> Iterator[IO[bytes]]:
+    def open_row(self, row: dict[str, Any]) -> Iterator[IO[bytes]]:
         """A binary stream of one photo's original bytes (decrypted on the fly in an encrypted home). The caller
-        checks the sha256 (see :meth:`_photo_row_bytes`); OSError and DecryptError pass through."""
+        checks the sha256 (see :meth:`row_bytes`); OSError and DecryptError pass through."""
         if row["stored_path"]:
-            path = self._stored_path(row)
+            path = self.stored_path(row)
             if self.crypto is None:
                 with open(path, "rb") as fh:
                     yield fh
@@ -89,10 +101,10 @@ class _PhotoStoreOps:
         else:
             raise StoreError(f"photo {row['id']} has neither a stored copy nor an original file; forget it")
 
-    def _photo_row_bytes(self: Memory, row: dict[str, Any]) -> bytes:
+    def row_bytes(self, row: dict[str, Any]) -> bytes:
         """One photo's original bytes, checked against its remembered sha256 (StoreError/DecryptError if not)."""
         try:
-            with self._open_photo_row(row) as fh:
+            with self.open_row(row) as fh:
                 data = fh.read()
         except OSError as exc:
             raise StoreError(f"photo {row['id']}'s file cannot be read ({exc.strerror or exc}); run `covip verify`"
@@ -102,22 +114,7 @@ class _PhotoStoreOps:
                              "(restore it from a backup or forget the photo)")
         return data
 
-    def read_photo_bytes(self: Memory, photo: PhotoRecord | int) -> bytes:
-        """The original bytes of a remembered photo (by record or id): its stored copy, decrypted in an encrypted
-        home, else its original file; checked against the sha256 it was remembered with. The only way covip
-        reads remembered photos, so no caller opens ``PhotoRecord.path`` itself."""
-        with self._lock:
-            self._check_open()
-            row = self._photo_row(photo)
-        return self._photo_row_bytes(row)
-
-    def load_memory_photo(self: Memory, photo: PhotoRecord | int, *, max_side: int | None = None) -> Photo:
-        """A remembered photo decoded (through :meth:`read_photo_bytes`), e.g. as a context image for a model."""
-        from covip.sdk.imaging import load_photo
-
-        return load_photo(self.read_photo_bytes(photo), max_pixels=self.config.max_pixels, max_side=max_side)
-
-    def _stored_photo_problem(self: Memory, row: dict[str, Any], *, deep: bool) -> str | None:
+    def problem(self, row: dict[str, Any], *, deep: bool) -> str | None:
         """What is wrong with one photo's stored file (missing, altered, fails authentication), or None.
         ``deep`` reads and checks the content; otherwise only that the file exists."""
         path = self.store.stored_file(row["stored_path"])
@@ -136,3 +133,7 @@ class _PhotoStoreOps:
         if hashlib.sha256(data).hexdigest() != row["sha256"]:
             return f"stored file {row['stored_path']} has been altered"
         return None
+
+    def remove_user(self, uid: int) -> None:
+        """Delete a (forgotten) user's whole photo folder."""
+        shutil.rmtree(self.home / "photos" / f"u{uid}", ignore_errors=True)

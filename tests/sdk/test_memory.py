@@ -377,13 +377,13 @@ def test_index_switches_to_hnsw_and_back(home, photo_factory) -> None:
         mem.add_user("ana")
         for i in range(25):
             mem.remember("ana", photo_factory(i, size=24), f"d{i}", embedding=unit_vector(i), model_id=MODEL)
-        entry = mem._indexes[(1, MODEL)]
+        entry = mem.indexes.entries[(1, MODEL)]
         assert entry.index.kind == "hnsw"
         for i in range(25):
             assert mem.search("ana", embedding=unit_vector(i), model_id=MODEL, k=1)[0].episodes[0].dialogue[0].text == f"d{i}"
         for i in range(16):  # HNSW cannot delete in place: forget rebuilds, below half the threshold -> flat
             mem.forget_photo("ana", photo_factory(i, size=24))
-        assert mem._indexes[(1, MODEL)].index.kind == "flat"
+        assert mem.indexes.entries[(1, MODEL)].index.kind == "flat"
         assert mem.search("ana", embedding=unit_vector(20), model_id=MODEL, k=1)[0].episodes[0].dialogue[0].text == "d20"
         assert mem.verify().ok
 
