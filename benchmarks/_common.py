@@ -68,6 +68,21 @@ def write_json(path: Path, data: Any, *, compact_lists: bool = True) -> None:
     write_text(path, dumps(data, compact_lists=compact_lists))
 
 
+def finish_run(results: dict[str, Any], meta: dict[str, Any], start: float, json_path: Path, png_path: Path, *,
+               plot: Any, print_table: Any, write: Any = None) -> int:
+    """The end every benchmark shares: stamp elapsed time and load, write the JSON (``write``, default
+    :func:`write_json`), draw the PNG, print the table."""
+    import time
+
+    meta["elapsed_s"] = time.perf_counter() - start
+    meta["loadavg_at_end"] = loadavg()
+    (write or write_json)(json_path, results)
+    plot(results, png_path)
+    print_table(results)
+    print(f"\nwrote {json_path} and {png_path} in {meta['elapsed_s']:.0f} s")
+    return 0
+
+
 def median(values: Iterable[float | None]) -> float | None:
     """The median of the values that are not None (None when there are none)."""
     vals = [v for v in values if v is not None]

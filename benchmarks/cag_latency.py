@@ -114,7 +114,7 @@ def _omp_policy_from_argv(argv: list[str]) -> str:
 if _omp_policy_from_argv(sys.argv[1:]) == "passive":
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import _common  # noqa: E402  (benchmarks/_common.py: the helpers every benchmark shares)
-from _common import loadavg, median, quantile  # noqa: E402
+from _common import finish_run, loadavg, median, quantile  # noqa: E402
 
 from covip.sdk import Memory, prompts  # noqa: E402
 from covip.sdk.cag import CagConfig, CaptionAugmentedGenerator, KvSnapshots  # noqa: E402
@@ -857,13 +857,8 @@ def main(argv=None) -> int:
         "after tokenization (its rendering, tokenization and image bitmaps fall under other_s).")
     if problems:
         results["notes"].append(f"problems seen: {problems}")
-    meta["elapsed_s"] = perf() - start
-    meta["loadavg_at_end"] = loadavg()
-    write_json(json_path, results)
-    plot(results, png_path)
-    print_table(results)
-    print(f"\nwrote {json_path} and {png_path} in {meta['elapsed_s']:.0f} s")
-    return 0
+    return finish_run(results, meta, start, json_path, png_path, plot=plot, print_table=print_table,
+                      write=write_json)
 
 
 if __name__ == "__main__":

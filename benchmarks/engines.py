@@ -66,7 +66,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 import _common  # noqa: E402  (benchmarks/_common.py: the helpers every benchmark shares)
-from _common import jsonable, loadavg, median, write_json  # noqa: E402
+from _common import finish_run, jsonable, loadavg, median  # noqa: E402
 
 perf = time.perf_counter
 RESULT_MARK = "@@ENGINE_RESULT "
@@ -642,13 +642,7 @@ def main(argv=None) -> int:
     results["ratios"] = side_by_side(results["engines"])
     results["headline"] = headline(results["engines"])
     results["notes"] = notes(results)
-    meta["elapsed_s"] = perf() - start
-    meta["loadavg_at_end"] = loadavg()
-    write_json(json_path, results)
-    plot(results, png_path)
-    print_table(results)
-    print(f"\nwrote {json_path} and {png_path} in {meta['elapsed_s']:.0f} s")
-    return 0
+    return finish_run(results, meta, start, json_path, png_path, plot=plot, print_table=print_table)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,54 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 from covip.sdk.errors import CovipError, InputError
 
-__all__ = ["ConfigMixin", "pick_device", "cache_root", "option_help"]
+__all__ = ["ConfigMixin", "pick_device", "cache_root", "option_help", "parse_overrides"]
+
+Overrides = Mapping[str, Any] | Sequence[str] | None
+"""What every config's ``with_overrides`` takes: ``{"key": value}`` or ``["key=value", ...]`` (the CLI's
+``--set`` form, values read as YAML), with dotted keys for grouped configs."""
+
+
+def parse_overrides(overrides: Overrides) -> dict[str, Any]:
+    """Overrides as a dict; ``"key=value"`` strings have their value read as YAML (``2``, ``true``), or as
+    JSON when PyYAML is not installed (the SDK alone does not need it)."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, Mapping):
+        return dict(overrides)
+    if isinstance(overrides, (str, bytes)):
+        raise InputError(f"overrides must be a mapping or a list of 'key=value' strings, not one string {overrides!r}")
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = str(item).partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"an override must look like key=value (group.key=value in grouped configs), got {item!r}")
+        out[key.strip()] = _scalar(raw)
+    return out
+
+
+def _scalar(raw: str) -> Any:
+    if not raw.strip():
+        return None
+    try:
+        import yaml
+    except ImportError:
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
 
 
 def cache_root() -> Path:
@@ -39,8 +79,10 @@ class ConfigMixin:
         """Map each field name to its help text (for CLI options and docs)."""
         return {f.name: f.metadata.get("help", "") for f in fields(cls)}  # type: ignore[arg-type]
 
-    def with_overrides(self, **overrides: Any) -> Any:
-        """A copy with the given fields replaced (unknown names raise InputError)."""
+    def with_overrides(self, overrides: Overrides = None, /, **values: Any) -> Any:
+        """A copy with fields replaced, given as keywords, a mapping or ``["name=value"]`` strings (every
+        covip config takes the same three forms); unknown names raise InputError."""
+        overrides = {**parse_overrides(overrides), **values}
         known = {f.name for f in fields(self)}  # type: ignore[arg-type]
         bad = sorted(set(overrides) - known)
         if bad:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from covip.sdk._config import ConfigMixin
 from covip.sdk.cag import Answer, CagConfig, CaptionAugmentedGenerator, CaptionResult
 from covip.sdk.config import read_settings, resolve_home
 from covip.sdk.context import ContextConfig
@@ -33,7 +34,7 @@ TINY_MAX_TOKENS = 32
 
 
 @dataclass
-class AssistantConfig:
+class AssistantConfig(ConfigMixin):
     """Everything an app chooses: where the memory lives, which models, how much context."""
 
     home: Path | None = field(default=None, metadata={"help": "Memory home (default: $COVIP_HOME or the user "

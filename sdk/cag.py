@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from covip.sdk import prompts
+from covip.sdk._config import ConfigMixin
 from covip.sdk.context import Context, ContextConfig, ContextItem, assemble
 from covip.sdk.engines.base import Engine, EngineState, Generation, GenerationConfig
 from covip.sdk.errors import EngineError, InputError
@@ -58,7 +59,7 @@ def context_length(engine: Engine) -> int | None:
 
 
 @dataclass
-class CagConfig:
+class CagConfig(ConfigMixin):
     """Sampling settings of the two passes and the caption-only switch."""
 
     caption: GenerationConfig = field(

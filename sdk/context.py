@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from covip.sdk._config import ConfigMixin
 from covip.sdk.errors import InputError
 from covip.sdk.memory.types import Episode, Hit, PhotoRecord, Turn
 
@@ -23,7 +24,7 @@ __all__ = ["ContextConfig", "ContextItem", "Context", "assemble", "select_items"
 
 
 @dataclass
-class ContextConfig:
+class ContextConfig(ConfigMixin):
     """How many memories to show the model and how much room they may take."""
 
     k: int = field(default=4, metadata={"help": "At most this many context items (the paper uses 1-4 concepts "

@@ -8,6 +8,7 @@ or llama.cpp, load on first use.
 * :func:`require`: import an optional dependency or raise :class:`~covip.sdk.errors.MissingExtraError` naming
   the ``pip install`` line.
 * :class:`ConfigMixin`: the typed-dataclass helpers every config uses (overrides, YAML/JSON, field help).
+* :func:`parse_overrides`, ``Overrides``: the one override form every config's ``with_overrides`` takes.
 * :func:`pick_device`: ``"auto"`` -> ``"cuda"``/``"mps"``/``"cpu"``.
 * :func:`quiet_progress`: hide transformers' "Loading weights" bar unless covip logs at INFO.
 * :func:`set_pixels`: bound a Qwen-VL image processor's pixels (min/max).
@@ -23,7 +24,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from covip.sdk._config import ConfigMixin, pick_device
+from covip.sdk._config import ConfigMixin, Overrides, parse_overrides, pick_device
 from covip.sdk._extras import require
 
 if TYPE_CHECKING:  # loaded on first use (see __getattr__): they import transformers or llama.cpp
@@ -31,7 +32,7 @@ if TYPE_CHECKING:  # loaded on first use (see __getattr__): they import transfor
     from covip.sdk.engines._llamacpp_util import Media, error_mark, item_tokens, last_native_error, native_lib
     from covip.sdk.engines._onnx_util import ImageSpec, preprocess_image
 
-__all__ = ["require", "ConfigMixin", "pick_device", "quiet_progress", "set_pixels", "preprocess_image", "ImageSpec",
+__all__ = ["require", "ConfigMixin", "Overrides", "parse_overrides", "pick_device", "quiet_progress", "set_pixels", "preprocess_image", "ImageSpec",
            "Media", "item_tokens", "native_lib", "error_mark", "last_native_error"]
 
 _LAZY = {

@@ -11,11 +11,12 @@ import copy
 from collections.abc import Mapping
 from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from covip.sdk.errors import InputError
+from covip.sdk.support import Overrides, parse_overrides
 
-__all__ = ["config_from_dict", "config_to_dict", "read_yaml", "sections_help", "apply_overrides"]
+__all__ = ["config_from_dict", "config_to_dict", "read_yaml", "sections_help", "apply_overrides", "GroupedConfigMixin"]
 
 
 def config_from_dict(cls: type, sections: Mapping[str, type], data: Any, *, what: str, unknown: str,
@@ -90,8 +91,6 @@ def apply_overrides(data: dict[str, Any], overrides: Any, *, what: str, open_gro
     ``{"gspo.max_steps": 2}`` or ``["gspo.max_steps=2"]`` (values read as YAML). Every key must exist, except
     below the groups named in ``open_groups`` (e.g. ``"data.synth"``, whose keys another config checks);
     ``what`` names the config in errors ("SFT config key")."""
-    from covip.training.gspo_config import parse_overrides
-
     for key, value in parse_overrides(overrides).items():
         parts = key.split(".")
         node = data
@@ -107,3 +106,20 @@ def apply_overrides(data: dict[str, Any], overrides: Any, *, what: str, open_gro
         node[parts[-1]] = value
     return data
 
+
+
+class GroupedConfigMixin:
+    """``with_overrides`` of the grouped training configs: the SDK configs' signature, with dotted keys
+    (``{"trainer.max_steps": 2}``, ``["trainer.max_steps=2"]``) reaching into the groups."""
+
+    override_what: ClassVar[str] = "config key"  # how errors name a key ("SFT config key")
+    open_groups: ClassVar[tuple[str, ...]] = ()  # groups whose keys another config checks (see apply_overrides)
+
+    def with_overrides(self, overrides: Overrides = None, /, **values: Any) -> Any:
+        """A copy with dotted-key overrides applied, as a mapping, ``"key=value"`` strings or keywords."""
+        merged = {**parse_overrides(overrides), **values}
+        if not merged:
+            return copy.deepcopy(self)
+        data = apply_overrides(self.to_dict(), merged, what=self.override_what,  # type: ignore[attr-defined]
+                               open_groups=self.open_groups)
+        return type(self).from_dict(data, source=self.source)  # type: ignore[attr-defined]

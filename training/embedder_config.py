@@ -14,13 +14,17 @@ The architecture is not part of the recipe: it is the SDK's preset ``covip-mini-
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from covip.sdk.errors import InputError
-from covip.training.config_io import apply_overrides, config_from_dict, config_to_dict, read_yaml
+from covip.training.config_io import (
+    GroupedConfigMixin,
+    config_from_dict,
+    config_to_dict,
+    read_yaml,
+)
 from covip.training.gspo_config import _check
 
 __all__ = [
@@ -112,8 +116,10 @@ _SECTIONS: dict[str, type] = {"data": EmbedderDataSection, "trainer": EmbedderTr
 
 
 @dataclass
-class EmbedderTrainConfig:
+class EmbedderTrainConfig(GroupedConfigMixin):
     """A whole recipe (see the module doc)."""
+
+    override_what: ClassVar[str] = "embedder config key"
 
     data: EmbedderDataSection = field(default_factory=EmbedderDataSection, metadata=_h("Training pairs."))
     trainer: EmbedderTrainerSection = field(default_factory=EmbedderTrainerSection, metadata=_h("Training."))
@@ -141,13 +147,6 @@ class EmbedderTrainConfig:
         """What decides the weights: data, trainer and seed (not the eval, device, threads, cache or names)."""
         d = self.to_dict()
         return {"data": d["data"], "trainer": d["trainer"], "seed": self.run.seed}
-
-    def with_overrides(self, overrides: dict[str, Any] | list[str] | tuple[str, ...] | None) -> EmbedderTrainConfig:
-        """A copy with dotted-key overrides applied (``{"trainer.max_steps": 2}`` or ``["trainer.max_steps=2"]``)."""
-        if not overrides:
-            return copy.deepcopy(self)
-        data = apply_overrides(self.to_dict(), overrides, what="embedder config key")
-        return EmbedderTrainConfig.from_dict(data, source=self.source)
 
     def quick_variant(self) -> EmbedderTrainConfig:
         """This recipe with its ``quick`` overrides applied (a build of about a minute)."""

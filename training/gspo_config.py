@@ -24,7 +24,6 @@ the update equals the plain group-normalized policy gradient.
 
 from __future__ import annotations
 
-import copy
 import re
 import types
 import typing
@@ -33,8 +32,9 @@ from pathlib import Path
 from typing import Any, Union
 
 from covip.sdk.errors import InputError
+from covip.sdk.support import parse_overrides
 from covip.training.config_io import (
-    apply_overrides,
+    GroupedConfigMixin,
     config_from_dict,
     config_to_dict,
     read_yaml,
@@ -260,7 +260,7 @@ _SECTIONS: dict[str, type] = {
 
 
 @dataclass
-class GspoConfig:
+class GspoConfig(GroupedConfigMixin):
     """A whole GSPO run: the six groups plus a name and a description (see the module doc)."""
 
     model: ModelSection = field(default_factory=ModelSection, metadata=_h("The policy model."))
@@ -294,13 +294,6 @@ class GspoConfig:
         import yaml
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
-
-    def with_overrides(self, overrides: dict[str, Any] | list[str] | tuple[str, ...] | None) -> GspoConfig:
-        """A copy with dotted-key overrides applied (``{"gspo.max_steps": 2}`` or ``["gspo.max_steps=2"]``)."""
-        if not overrides:
-            return copy.deepcopy(self)
-        data = apply_overrides(self.to_dict(), overrides, what="config key")
-        return GspoConfig.from_dict(data, source=self.source)
 
     # -- checks --------------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -485,24 +478,6 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
         return bundled[stem]
     raise InputError(f"no config file {text!r}: give a YAML file path or one of the bundled configs "
                      f"({', '.join(bundled) or 'none installed'})")
-
-
-def parse_overrides(overrides: dict[str, Any] | list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Dotted overrides as a dict; ``"key=value"`` strings have their value read as YAML (``2``, ``true``)."""
-    if isinstance(overrides, dict):
-        return dict(overrides)
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, raw = str(item).partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"an override must look like group.key=value, got {item!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            out[key.strip()] = raw
-    return out
 
 
 def load_config(name_or_path: str | Path, overrides: dict[str, Any] | list[str] | None = None) -> GspoConfig:

@@ -18,14 +18,13 @@ accepts both. Unknown keys are errors naming the dotted key; values are converte
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from covip.sdk.errors import InputError
 from covip.training.config_io import (
-    apply_overrides,
+    GroupedConfigMixin,
     config_from_dict,
     config_to_dict,
     read_yaml,
@@ -170,8 +169,11 @@ _SECTIONS: dict[str, type] = {
 
 
 @dataclass
-class SftConfig:
+class SftConfig(GroupedConfigMixin):
     """A whole SFT run: the six groups, the ``quick`` overrides, a name and a description."""
+
+    override_what: ClassVar[str] = "SFT config key"
+    open_groups: ClassVar[tuple[str, ...]] = ("data.synth",)
 
     model: ModelSection = field(default_factory=lambda: ModelSection(name_or_path="mini-qwen3-vl",
                                                                      gradient_checkpointing=False),
@@ -206,16 +208,6 @@ class SftConfig:
         import yaml
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
-
-    def with_overrides(self, overrides: dict[str, Any] | list[str] | tuple[str, ...] | None) -> SftConfig:
-        """A copy with dotted-key overrides applied (``{"trainer.max_steps": 2}`` or ``["trainer.max_steps=2"]``).
-
-        ``data.synth.<field>`` reaches into the synthetic world's settings.
-        """
-        if not overrides:
-            return copy.deepcopy(self)
-        data = apply_overrides(self.to_dict(), overrides, what="SFT config key", open_groups=("data.synth",))
-        return SftConfig.from_dict(data, source=self.source)
 
     def quick_variant(self) -> SftConfig:
         """This config with its ``quick`` overrides applied (the minutes-long run of the same recipe)."""

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from covip.sdk._config import ConfigMixin
 from covip.sdk.errors import EngineError, InputError
 
 __all__ = ["Message", "GenerationConfig", "Generation", "EngineState", "Engine", "check_messages", "iter_images"]
@@ -33,7 +34,7 @@ Message = dict[str, Any]
 
 
 @dataclass
-class GenerationConfig:
+class GenerationConfig(ConfigMixin):
     """Sampling settings for one call (temperature 0 = greedy)."""
 
     max_new_tokens: int = field(default=256, metadata={"help": "Stop after this many generated tokens."})

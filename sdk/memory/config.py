@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from covip.sdk._config import ConfigMixin
 from covip.sdk.config import resolve_home
 from covip.sdk.errors import InputError
 from covip.sdk.memory.index import IndexConfig
@@ -13,7 +14,7 @@ __all__ = ["MemoryConfig"]
 
 
 @dataclass
-class MemoryConfig:
+class MemoryConfig(ConfigMixin):
     """How a memory home is opened. Pass one to :meth:`covip.sdk.Memory.open`."""
 
     home: Path | None = field(

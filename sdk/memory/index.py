@@ -19,6 +19,7 @@ from typing import Literal
 import faiss
 import numpy as np
 
+from covip.sdk._config import ConfigMixin
 from covip.sdk.errors import DecryptError, IndexCorruptError, InputError
 from covip.sdk.memory import crypto
 from covip.sdk.memory.crypto import HomeKey
@@ -32,7 +33,7 @@ IndexKind = Literal["auto", "flat", "hnsw"]
 
 
 @dataclass
-class IndexConfig:
+class IndexConfig(ConfigMixin):
     """How the per-user vector index is built and persisted."""
 
     kind: IndexKind = field(

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from covip.sdk._config import ConfigMixin
 from covip.sdk.errors import InputError
 from covip.sdk.homefiles import PRIVATE_DIRS
 
@@ -30,7 +31,7 @@ def is_loopback(host: str) -> bool:
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(ConfigMixin):
     """Address, access and limits of the local HTTP API (``covip serve``)."""
 
     host: str = field(default="127.0.0.1", metadata={

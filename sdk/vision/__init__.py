@@ -35,10 +35,11 @@ def parse_embedder_spec(spec: str) -> EmbedderConfig:
 
 def make_embedder(spec: str | EmbedderConfig | Embedder = TINY_MODEL, **overrides: Any) -> Embedder:
     """Build an embedder from a spec string or config; keyword overrides (None = not given) win."""
+    given = {k: v for k, v in overrides.items() if v is not None}
     if isinstance(spec, EmbedderConfig):
-        config = spec.with_overrides(**overrides)
+        config = spec.with_overrides(given)
     elif isinstance(spec, str):
-        config = parse_embedder_spec(spec).with_overrides(**overrides)
+        config = parse_embedder_spec(spec).with_overrides(given)
     elif isinstance(spec, Embedder):
         if any(v is not None for v in overrides.values()):
             raise InputError("make_embedder() got an already-built embedder and options to change it")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -117,16 +117,6 @@ class EmbedderConfig(ConfigMixin):
             raise InputError(
                 f"EmbedderConfig.device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}"
             )
-
-    def with_overrides(self, **overrides: Any) -> EmbedderConfig:
-        """Copy with the given fields replaced; ``None`` values mean 'not given' and are skipped."""
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise InputError(f"unknown embedder option(s) {unknown}; known options are {sorted(known)}")
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return EmbedderConfig(**values)
 
     @property
     def is_tiny(self) -> bool:

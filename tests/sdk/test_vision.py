@@ -160,9 +160,10 @@ def test_config_fields_all_have_help_and_validate() -> None:
     with pytest.raises(InputError, match="device"):
         EmbedderConfig(device="cuda:x")
     assert EmbedderConfig(device="cuda:1").device == "cuda:1"
-    with pytest.raises(InputError, match="unknown embedder option"):
+    with pytest.raises(InputError, match="unknown EmbedderConfig field"):
         cfg.with_overrides(colour="red")
-    assert cfg.with_overrides(seed=3, pretrained=None).seed == 3  # None means "not given"
+    assert cfg.with_overrides(seed=3).seed == 3
+    assert cfg.with_overrides({"seed": 4}).seed == 4 and cfg.with_overrides(["seed=5"]).seed == 5
 
 
 def test_spec_parsing() -> None:

@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from covip.sdk.errors import InputError
+from covip.sdk.support import ConfigMixin
 from covip.training.data.downstream import DEFAULT_QUESTIONS, TASKS, DownstreamSample, write_downstream
 from covip.training.data.loaders import (
     capeval_entry_from_sample,
@@ -114,7 +115,7 @@ def _help(text: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class SynthConfig:
+class SynthConfig(ConfigMixin):
     """What :func:`synthesize` builds (every field has a ``help`` text, used by the CLI)."""
 
     n_concepts: int = field(default=40, metadata=_help("Concepts in the world (train + test)."))
