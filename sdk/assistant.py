@@ -121,12 +121,16 @@ class Assistant:
         with self._lock:
             return self.cag.caption(user, photo)
 
-    def ask(self, user: str, photo: Any, question: str, *, cag: bool = True) -> Answer:
-        """Answer a question about a photo from the user's memories (CAG unless ``cag=False``)."""
+    def ask(self, user: str, photo: Any, question: str, *, cag: bool = True, history: Any = None,
+            system: str | None = None) -> Answer:
+        """Answer a question about a photo from the user's memories (CAG unless ``cag=False``); ``history``:
+        the conversation's earlier (question, answer) pairs about this photo, ``system``: the app's system
+        text (see :meth:`CaptionAugmentedGenerator.ask`)."""
         with self._lock:
-            return self.cag.ask(user, photo, question, cag=cag)
+            return self.cag.ask(user, photo, question, cag=cag, history=history, system=system)
 
-    def ask_stream(self, user: str, photo: Any, question: str, *, cag: bool = True) -> Iterator[str | Answer]:
+    def ask_stream(self, user: str, photo: Any, question: str, *, cag: bool = True, history: Any = None,
+                   system: str | None = None) -> Iterator[str | Answer]:
         """Yield answer text pieces as they are decoded, then the final :class:`Answer` (for chat UIs)."""
         pieces: queue.Queue = queue.Queue()
         done = object()
@@ -135,7 +139,8 @@ class Assistant:
         def run() -> None:
             try:
                 with self._lock:
-                    result["answer"] = self.cag.ask(user, photo, question, cag=cag, on_token=pieces.put)
+                    result["answer"] = self.cag.ask(user, photo, question, cag=cag, on_token=pieces.put,
+                                                   history=history, system=system)
             except BaseException as exc:  # handed to the consumer below
                 result["error"] = exc
             finally:

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 __all__ = ["CagConfig", "CaptionResult", "Answer", "CaptionAugmentedGenerator", "KvSnapshots", "context_length"]
 _MIB = 1 << 20
 PROMPT_OVERHEAD_TOKENS = 64
+TURN_OVERHEAD_TOKENS = 12  # the role markers around one earlier (question, answer) exchange
 """Tokens the chat template, the headers and the instruction add around the context, photo and question."""
 
 
@@ -132,6 +133,8 @@ class Answer:
     cag: bool
     timings: dict[str, float]
     tokens: dict[str, int]
+    history_turns: int = 0  # earlier exchanges the model saw
+    history_dropped: int = 0  # the oldest exchanges left out to fit the context window
 
     @property
     def memories(self) -> tuple[ContextItem, ...]:
@@ -141,7 +144,8 @@ class Answer:
         return {"answer": self.answer, "caption": self.caption, "cag": self.cag,
                 "caption_cached": self.caption_cached, "abstained": self.context.abstained,
                 "abstain_reason": self.context.reason or None,
-                "memories": [m.to_dict() for m in self.memories], "timings": self.timings, "tokens": self.tokens}
+                "memories": [m.to_dict() for m in self.memories], "timings": self.timings, "tokens": self.tokens,
+                "history_turns": self.history_turns, "history_dropped": self.history_dropped}
 
 
 SnapshotKey = tuple[str, str, str, str, tuple[int, ...]]  # user, model id, prompt version, photo sha256, context
@@ -231,6 +235,7 @@ class CaptionAugmentedGenerator:
         if kv_snapshots is None:
             kv_snapshots = KvSnapshots(self.config.kv_snapshot_mb * _MIB)
         self.kv_snapshots = kv_snapshots
+        self._live: tuple[SnapshotKey, Any] | None = None  # the conversation the engine's KV cache now holds
 
     # -------------------------------------------------------------- context
     def context_for(self, user: str, photo: Photo) -> Context:
@@ -316,13 +321,15 @@ class CaptionAugmentedGenerator:
 
     def _caption(self, user: str, pic: Photo, on_token: Callable[[str], None] | None,
                  timings: dict[str, float] | None = None, question: str | None = None,
-                 ) -> tuple[CaptionResult, SnapshotKey]:
+                 fit: Callable[[int], int] | None = None) -> tuple[CaptionResult, SnapshotKey]:
         """The caption and its KV snapshot key; a generated caption's pass is snapshotted at once. With the
-        ``question`` that follows, its prompt is checked against the context window before the caption pass."""
+        ``question`` that follows, its prompt is checked against the context window before the caption pass
+        (``fit(context tokens)`` -> the tokens of the system text and earlier turns that come with it)."""
         t0 = time.perf_counter()
         context = self.context_for(user, pic)
         if question is not None:
-            self.check_question(question, cag=True, context_tokens=context.tokens)
+            extra = fit(context.tokens) if fit is not None else 0
+            self.check_question(question, cag=True, context_tokens=context.tokens + extra)
         key = {"model_id": self.engine.model_id, "prompt_version": self._prompt_version(),
                "photo_sha256": pic.sha256, "context_ids": context.photo_ids}
         skey: SnapshotKey = (user, key["model_id"], key["prompt_version"], pic.sha256,
@@ -380,19 +387,59 @@ class CaptionAugmentedGenerator:
         return (f"{self.pack.tag()}{'/caption-only' if self.config.caption_only else ''}"
                 f"/max{cap.max_new_tokens}/t{cap.temperature:g}")
 
+    def _fit_history(self, history: list[prompts.Turn], system: str | None, question: str, *, cag: bool,
+                     context_tokens: int) -> tuple[list[prompts.Turn], int]:
+        """The newest earlier exchanges that fit the context window after the memories, the photo, the caption,
+        the question and the answer (oldest dropped first), and the tokens they take with the system text."""
+        window = context_length(self.engine)
+        system_tokens = self.engine.count_tokens(system) + TURN_OVERHEAD_TOKENS if system else 0
+        if window is None:
+            return history, system_tokens + sum(self._turn_tokens(t) for t in history)
+        room = (window - self._reserved_tokens(cag=cag) - context_tokens - system_tokens
+                - self.engine.count_tokens(question))
+        kept: list[prompts.Turn] = []
+        used = chars = 0
+        for turn in reversed(history):
+            chars += len(turn[0]) + len(turn[1])
+            if chars > 64 * window:  # no tokenizer packs 64 characters per token: cannot fit, left uncounted
+                break
+            need = self._turn_tokens(turn)
+            if used + need > room:
+                break
+            kept.append(turn)
+            used += need
+        kept.reverse()
+        return kept, system_tokens + used
+
+    def _turn_tokens(self, turn: prompts.Turn) -> int:
+        return self.engine.count_tokens(turn[0]) + self.engine.count_tokens(turn[1]) + TURN_OVERHEAD_TOKENS
+
     def ask(self, user: str, photo: Any, question: str, *, cag: bool = True,
-            on_token: Callable[[str], None] | None = None) -> Answer:
+            on_token: Callable[[str], None] | None = None, history: Sequence[prompts.Turn] | None = None,
+            system: str | None = None) -> Answer:
         """Answer ``question`` about ``photo`` from the user's memories; ``cag=False`` asks directly.
 
-        A question whose prompt cannot fit the model's context window is refused (InputError with the
-        token counts) before the photo is even read."""
+        ``history``: the earlier (question, answer) exchanges of this conversation about the same photo, oldest
+        first; the newest that fit the context window are shown (oldest dropped first; the Answer says how
+        many), and a follow-up reuses the engine's KV cache of the previous turn, so it prefills only its new
+        tokens. ``system``: the app's system text, shown first. A question whose prompt cannot fit the model's
+        context window is refused (InputError with the token counts) before the photo is even read."""
+        turns, system = _clean_history(history), _clean_system(system)
         self.check_question(question, cag=cag)
         pic = self._load(photo)
         t0 = time.perf_counter()
         tokens: dict[str, int] = {}
         timings: dict[str, float] = {}
+        kept: list[prompts.Turn] = []
+
+        def fit(context_tokens: int) -> int:
+            nonlocal kept
+            kept, extra = self._fit_history(turns, system, question, cag=cag, context_tokens=context_tokens)
+            return extra
+
+        skey: SnapshotKey | None = None
         if cag:
-            cap, skey = self._caption(user, pic, None, timings, question=question)
+            cap, skey = self._caption(user, pic, None, timings, question=question, fit=fit)
             timings["caption_s"] = cap.seconds
             if cap.generation is not None:
                 tokens.update(caption_prompt=cap.generation.prompt_tokens,
@@ -400,24 +447,68 @@ class CaptionAugmentedGenerator:
                               caption_completion=cap.generation.completion_tokens)
             if self.config.layout == "paper":  # nothing past the system turn matches the caption pass: no restore
                 messages = prompts.paper_answer_messages(self._entries(user, cap.context), pic.image, cap.caption,
-                                                         question, pack=self.pack)
+                                                         question, history=kept, app_system=system, pack=self.pack)
+                skey = None
             else:
                 messages = prompts.answer_messages(self._entries(user, cap.context), pic.image, cap.caption,
-                                                   question, pack=self.pack)
-                if cap.cached:  # after _entries(), which may run describe passes (caption-only mode)
+                                                   question, history=kept, system=system, pack=self.pack)
+                # after _entries(), which may run describe passes (caption-only mode); a follow-up whose previous
+                # turn is still in the engine's cache continues it instead
+                if cap.cached and not system and not (kept and self._continues(skey)):
                     self._restore(skey, cap.caption, timings, tokens)
             context, caption, cached = cap.context, cap.caption, cap.cached
         else:
             context = self.context_for(user, pic)
-            self.check_question(question, cag=cag, context_tokens=context.tokens)
-            messages = prompts.direct_messages(self._entries(user, context), pic.image, question, pack=self.pack)
+            extra = fit(context.tokens)
+            self.check_question(question, cag=cag, context_tokens=context.tokens + extra)
+            messages = prompts.direct_messages(self._entries(user, context), pic.image, question, history=kept,
+                                               system=system, pack=self.pack)
             caption, cached = None, False
         t1 = time.perf_counter()
         gen = self.engine.generate(messages, self.config.answer, on_token=on_token)
+        self._live = (skey, getattr(self.engine, "last", None)) if skey is not None else None
         timings.update(answer_s=time.perf_counter() - t1, total_s=time.perf_counter() - t0,
                        answer_prefill_s=gen.prefill_s, answer_decode_s=gen.decode_s)
         tokens.update(answer_prompt=gen.prompt_tokens, answer_cached=gen.cached_tokens,
                       answer_completion=gen.completion_tokens)
         return Answer(answer=gen.text.strip(), caption=caption.strip() if caption is not None else None,
                       context=context, caption_cached=cached, cag=cag,
-                      timings={k: round(v, 4) for k, v in timings.items()}, tokens=tokens)
+                      timings={k: round(v, 4) for k, v in timings.items()}, tokens=tokens,
+                      history_turns=len(kept), history_dropped=len(turns) - len(kept))
+
+    def _continues(self, skey: SnapshotKey) -> bool:
+        """Whether the engine's KV cache still holds this conversation's previous answer pass (nothing else ran
+        on the engine since), which a follow-up extends: restoring the caption snapshot would throw it away."""
+        live = self._live
+        return live is not None and live[0] == skey and live[1] is not None and getattr(self.engine, "last", None) is live[1]
+
+
+MAX_HISTORY_TURNS = 1000
+
+
+def _clean_history(history: Any) -> list[prompts.Turn]:
+    """Earlier exchanges as (question, answer) string pairs; InputError naming the bad one."""
+    if history is None:
+        return []
+    if isinstance(history, (str, bytes)) or not isinstance(history, Sequence):
+        raise InputError(f"history must be a list of (question, answer) pairs, not {type(history).__name__}")
+    if len(history) > MAX_HISTORY_TURNS:
+        history = history[-MAX_HISTORY_TURNS:]  # more than any context window holds: the oldest go unread
+    out: list[prompts.Turn] = []
+    for i, turn in enumerate(history):
+        if (not isinstance(turn, (tuple, list)) or len(turn) != 2
+                or not all(isinstance(x, str) for x in turn)):
+            raise InputError(f"history item {i + 1} must be a (question, answer) pair of strings, got "
+                             f"{type(turn).__name__}")
+        if not turn[0].strip():
+            raise InputError(f"history item {i + 1} has an empty question")
+        out.append((turn[0], turn[1]))
+    return out
+
+
+def _clean_system(system: Any) -> str | None:
+    if system is None:
+        return None
+    if not isinstance(system, str):
+        raise InputError(f"the system text must be a string, not {type(system).__name__}")
+    return system.strip() or None

@@ -50,6 +50,7 @@ __all__ = [
     "CAPTION_INSTRUCTION",
     "RECOGNITION_INSTRUCTION",
     "ContextEntry",
+    "Turn",
     "caption_messages",
     "answer_messages",
     "direct_messages",
@@ -421,23 +422,51 @@ def caption_messages(context: Sequence[ContextEntry], query_image: Any, *, heade
     return _vision_ids([_caption_turn(context, query_image, header, rng, instruction, pack)], pack)
 
 
+Turn = tuple[str, str]
+"""One earlier exchange of a conversation about the same photo: (the user's question, the assistant's answer)."""
+
+
+def _turns(history: Sequence[Turn]) -> list[dict]:
+    """Earlier exchanges as chat turns, oldest first (kept as given: the engine's KV cache of the previous
+    turn is reused only when the same text comes back)."""
+    out: list[dict] = []
+    for question, answer in history:
+        out += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return out
+
+
+def _user_system(system: str | None) -> list[dict]:
+    return [{"role": "system", "content": system}] if system else []
+
+
 def answer_messages(context: Sequence[ContextEntry], query_image: Any, caption: str, question: str, *,
+                    history: Sequence[Turn] = (), system: str | None = None,
                     pack: PromptPack | None = None) -> list[dict]:
-    """The CAG answer pass: the caption chat + the caption as the assistant's turn + the question."""
+    """The CAG answer pass: [the app's system turn], the caption chat, the caption as the assistant's turn,
+    the earlier exchanges about this photo, then the question (each follow-up extends the previous prompt)."""
     question = _check_question(question)
     pack = _pack(pack)
-    return _vision_ids([_caption_turn(context, query_image, None, None, None, pack),
-                        {"role": "assistant", "content": caption}, {"role": "user", "content": question}], pack)
+    return _vision_ids([*_user_system(system), _caption_turn(context, query_image, None, None, None, pack),
+                        {"role": "assistant", "content": caption}, *_turns(history),
+                        {"role": "user", "content": question}], pack)
 
 
 def direct_messages(context: Sequence[ContextEntry], query_image: Any, question: str, *,
+                    history: Sequence[Turn] = (), system: str | None = None,
                     pack: PromptPack | None = None) -> list[dict]:
-    """Without CAG: the context dialogues, the query image and the question in one turn."""
+    """Without CAG: [the app's system turn], the context dialogues, the query image and the first question in
+    one turn, then the earlier answers and follow-ups, then the question."""
     question = _check_question(question)
     pack = _pack(pack)
+    first, rest = (history[0][0], history) if history else (question, ())
     parts = _context_parts(context, pack)
-    parts += [_text(_query_header(None, None, pack)), _image(query_image), _text(question)]
-    return _vision_ids([{"role": "user", "content": parts}], pack)
+    parts += [_text(_query_header(None, None, pack)), _image(query_image), _text(first)]
+    turns = [{"role": "user", "content": parts}]
+    if rest:
+        turns.append({"role": "assistant", "content": rest[0][1]})
+        turns += _turns(rest[1:])
+        turns.append({"role": "user", "content": question})
+    return _vision_ids([*_user_system(system), *turns], pack)
 
 
 def _paper_block(context: Sequence[ContextEntry], query_image: Any, pack: PromptPack) -> list[dict[str, Any]]:
@@ -449,21 +478,26 @@ def _paper_block(context: Sequence[ContextEntry], query_image: Any, pack: Prompt
 _SYSTEMS = ("caption", "personalization", "none")
 
 
-def _system(system: str, pack: PromptPack) -> list[dict]:
+def _system(system: str, pack: PromptPack, app_system: str | None = None) -> list[dict]:
     if system not in _SYSTEMS:
         raise InputError(f"system must be one of {_SYSTEMS}, got {system!r}")
     text = {"caption": pack.caption_instruction, "personalization": pack.personalization_prompt}.get(system)
+    text = "\n\n".join(t for t in (text, app_system) if t)  # one system turn: many templates allow no second
     return [{"role": "system", "content": text}] if text else []
 
 
 def paper_answer_messages(context: Sequence[ContextEntry], query_image: Any, caption: str, question: str, *,
-                          system: str = "caption", pack: PromptPack | None = None) -> list[dict]:
+                          system: str = "caption", history: Sequence[Turn] = (), app_system: str | None = None,
+                          pack: PromptPack | None = None) -> list[dict]:
     """The paper's CAG answer pass: a system turn (``"caption"``: the captioning instruction,
-    ``"personalization"``: the personalization prompt, ``"none"``), context + query image, caption, question."""
+    ``"personalization"``: the personalization prompt, ``"none"``) with the app's own system text after it,
+    context + query image, caption, the earlier exchanges, question."""
     question = _check_question(question)
     pack = _pack(pack)
-    return _vision_ids([*_system(system, pack), {"role": "user", "content": _paper_block(context, query_image, pack)},
-                        {"role": "assistant", "content": caption}, {"role": "user", "content": question}], pack)
+    return _vision_ids([*_system(system, pack, app_system),
+                        {"role": "user", "content": _paper_block(context, query_image, pack)},
+                        {"role": "assistant", "content": caption}, *_turns(history),
+                        {"role": "user", "content": question}], pack)
 
 
 def paper_direct_messages(context: Sequence[ContextEntry], query_image: Any, question: str, *,

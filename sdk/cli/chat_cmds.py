@@ -325,7 +325,7 @@ def _echo_stats(reply: Answer) -> None:
 
 
 def _stream_answer(assistant: Assistant, user: str, photo: Any, question: str, *, cag: bool,
-                   prefix: str = "") -> Answer:
+                   prefix: str = "", history: Any = None) -> Answer:
     """Stream the answer's pieces to stdout as they are decoded; return the final Answer."""
     from covip.sdk.cag import Answer
 
@@ -333,7 +333,7 @@ def _stream_answer(assistant: Assistant, user: str, photo: Any, question: str, *
     if prefix:
         out.write(prefix)
     started = False
-    for piece in assistant.ask_stream(user, photo, question, cag=cag):
+    for piece in assistant.ask_stream(user, photo, question, cag=cag, history=history):
         if isinstance(piece, Answer):
             out.write("\n")
             out.flush()
@@ -456,9 +456,11 @@ commands:
   /concept NAME    tag the current photo with a person, pet, object or place
   /forget          forget the current photo (its dialogues, vectors and cached captions)
   /cag on|off      answer with (default) or without the personalized caption first
+  /new             start a new conversation about the current photo (forget the earlier questions)
   /help            this list
   /quit            leave (Ctrl-D too)
-anything else is a question about the current photo"""
+anything else is a question about the current photo; follow-ups see the earlier questions and
+answers about it (the newest that fit the model's context), until another photo is attached"""
 
 
 @dataclass
@@ -466,6 +468,7 @@ class _ChatState:
     photo: Path | None = None
     pending: list[str] = dataclasses.field(default_factory=list)  # concepts for the next /remember
     cag: bool = True
+    turns: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # this photo's (question, answer)s
 
 
 def _dropped_path(line: str) -> Path | None:
@@ -529,6 +532,8 @@ class _Chat:
             return
         path = _path_arg(arg)
         pic = _check_photo(self.mem, path)
+        if path != self.s.photo:
+            self.s.turns = []  # a new photo starts a new conversation
         self.s.photo, self.s.pending = path, []
         known = self._known(path)
         where = (f"already remembered as photo {known.id}" if known is not None else "not remembered yet")
@@ -536,10 +541,21 @@ class _Chat:
 
     def ask(self, question: str) -> None:
         photo = self._need_photo()
-        reply = _stream_answer(self.assistant, self.user, photo, question, cag=self.s.cag, prefix="assistant: ")
+        reply = _stream_answer(self.assistant, self.user, photo, question, cag=self.s.cag, prefix="assistant: ",
+                               history=self.s.turns)
+        self.s.turns.append((question, reply.answer))
         how = (f"caption {'cached' if reply.caption_cached else 'generated'}" if reply.cag else "no CAG")
+        if reply.history_turns or reply.history_dropped:
+            how += f", {reply.history_turns} earlier turn(s)"
+            if reply.history_dropped:
+                how += f" ({reply.history_dropped} oldest left out to fit)"
+        reused = reply.tokens.get("answer_cached", 0)
         click.echo(f"  memories used: {_short_memories(reply.context)}  "
-                   f"[{how}, {reply.timings.get('total_s', 0.0):.2f}s]")
+                   f"[{how}, {reused} prompt tokens reused, {reply.timings.get('total_s', 0.0):.2f}s]")
+
+    def new_conversation(self) -> None:
+        self.s.turns = []
+        click.echo("new conversation: earlier questions about this photo are forgotten (the memories stay)")
 
     def caption(self) -> None:
         result = self.assistant.caption(self.user, self._need_photo())
@@ -648,7 +664,7 @@ def chat_cmd(state: CliState, user: str, first_photo: Path | None, create_user: 
     commands: dict[str, Callable[[str], None]] = {
         "/photo": chat.attach, "/caption": lambda _: chat.caption(), "/remember": chat.remember,
         "/concept": chat.concept, "/forget": lambda _: chat.forget(), "/cag": chat.set_cag,
-        "/help": lambda _: click.echo(CHAT_HELP)}
+        "/new": lambda _: chat.new_conversation(), "/help": lambda _: click.echo(CHAT_HELP)}
     first_error: int | None = None
     for raw in _read_lines(interactive):
         line = raw.strip()

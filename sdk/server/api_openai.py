@@ -2,9 +2,12 @@
 
 The answer is covip's personalized CAG answer about the photo in the conversation: the last user message's
 text is the question, the newest ``image_url`` part in the user messages is the photo, and the ``user``
-field names whose memory to use. Earlier turns and system messages are not sent to the model (CAG is one
-question about one photo). Responses add a ``covip`` field with the provenance: the memories used, the
-caption, whether it came from the cache, timings and token counts.
+field names whose memory to use. The conversation about that photo is kept: the exchanges from the message
+that carried the photo up to the question go to the model as earlier turns (the newest that fit the context
+window; the oldest are dropped first), so a text-only follow-up is answered about the same photo, and
+system/developer messages are the app's system text. Turns before the photo are about other photos and are
+left out. Responses add a ``covip`` field with the provenance: the memories used, the caption, whether it
+came from the cache, how many earlier turns were kept and dropped, timings and token counts.
 """
 
 from __future__ import annotations
@@ -77,26 +80,59 @@ class ChatRequest(BaseModel):
     cag: bool = Field(True, description="covip: caption the photo from the memories first (default).")
 
 
-def _question_and_photo(messages: list[ChatMessage]) -> tuple[str, str]:
-    """(the last user message's text, the newest image URL in the user messages)."""
-    users = [m for m in messages if m.role == "user"]
+def _text_of(message: ChatMessage) -> str:
+    content = message.content
+    if isinstance(content, str):
+        return content
+    return "\n".join(p.text for p in content or [] if isinstance(p, TextPart))
+
+
+class Conversation(BaseModel):
+    """What covip takes from an OpenAI conversation: the question, the photo, the earlier exchanges about it
+    and the app's system text."""
+
+    question: str
+    photo_url: str
+    history: list[tuple[str, str]]
+    system: str | None
+
+
+def read_conversation(messages: list[ChatMessage]) -> Conversation:
+    """The last user message's text, the newest image URL in the user messages, the (question, answer) pairs
+    from the message carrying that image on, and the system/developer messages' text."""
+    users = [i for i, m in enumerate(messages) if m.role == "user"]
     if not users:
         raise InputError("the conversation has no user message; ask a question in a message with role 'user'")
-    content = users[-1].content
-    if isinstance(content, str):
-        question = content
-    else:
-        question = "\n".join(p.text for p in content or [] if isinstance(p, TextPart))
+    last = users[-1]
+    question = _text_of(messages[last])
     if not question.strip():
         raise InputError("the last user message has no text; ask a question about the photo")
-    for message in reversed(users):
-        parts = message.content if isinstance(message.content, list) else []
+    system = "\n\n".join(_text_of(m).strip() for m in messages if m.role in ("system", "developer")
+                          and _text_of(m).strip()) or None
+    for i in reversed(users):
+        parts = messages[i].content if isinstance(messages[i].content, list) else []
         images = [p.image_url.url for p in parts if isinstance(p, ImagePart)]
         if images:
-            return question.strip(), images[-1]
+            return Conversation(question=question.strip(), photo_url=images[-1],
+                                history=_exchanges(messages[i:last]), system=system)
     raise InputError("no photo in the conversation: covip answers questions about a photo, so add a part "
                      "{\"type\": \"image_url\", \"image_url\": {\"url\": \"data:image/jpeg;base64,...\"}} "
                      "to a user message")
+
+
+def _exchanges(messages: list[ChatMessage]) -> list[tuple[str, str]]:
+    """(question, answer) pairs: each user message with text, and the assistant text that follows it (a user
+    message left unanswered keeps an empty answer; tool and system messages are skipped)."""
+    pairs: list[tuple[str, str]] = []
+    for m in messages:
+        if m.role == "user":
+            text = _text_of(m).strip()
+            if text:
+                pairs.append((text, ""))
+        elif m.role == "assistant" and pairs:
+            answer = _text_of(m).strip()
+            pairs[-1] = (pairs[-1][0], (pairs[-1][1] + "\n" + answer).strip())
+    return pairs
 
 
 def _state(request: Request) -> ServerState:
@@ -143,7 +179,8 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
     if body.user is None or not body.user.strip():
         raise InputError("set the request's 'user' field to the memory owner's name (e.g. user=\"ana\"); "
                          "covip answers from that user's memories")
-    question, url = _question_and_photo(body.messages)
+    talk = read_conversation(body.messages)
+    question, url = talk.question, talk.photo_url
     if len(question) > state.config.max_question_chars:  # before the photo is decoded or anything tokenized
         raise InputError(f"the question is {len(question):,} characters, more than this server's limit of "
                          f"{state.config.max_question_chars:,} (ServeConfig.max_question_chars); shorten it")
@@ -160,11 +197,11 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
             _stream(state, meta, user, photo, question, cag=body.cag, max_tokens=requested, limit=effective,
-                    include_usage=include_usage),
+                    include_usage=include_usage, history=talk.history, system=talk.system),
             media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     answer = await state.runner.run(
         lambda cancel: answer_job(state.assistant, user, photo, question, cag=body.cag, max_tokens=requested,
-                                  on_piece=None, cancel=cancel),
+                                  on_piece=None, cancel=cancel, history=talk.history, system=talk.system),
         gate=True, what="answering")
     return {**meta, "object": "chat.completion", "system_fingerprint": None,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.answer, "refusal": None},
@@ -182,7 +219,8 @@ def _chunk(meta: dict, delta: dict, finish: str | None = None, **extra: Any) -> 
 
 
 async def _stream(state: ServerState, meta: dict, user: str, photo: Any, question: str, *, cag: bool,
-                  max_tokens: int | None, limit: int, include_usage: bool) -> AsyncIterator[str]:
+                  max_tokens: int | None, limit: int, include_usage: bool, history: list[tuple[str, str]],
+                  system: str | None) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk format; an error after the start is an ``error`` event."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
@@ -193,7 +231,7 @@ async def _stream(state: ServerState, meta: dict, user: str, photo: Any, questio
 
     future = state.runner.submit(
         lambda c: answer_job(state.assistant, user, photo, question, cag=cag, max_tokens=max_tokens,
-                             on_piece=on_piece, cancel=c), cancel, gate=True)
+                             on_piece=on_piece, cancel=c, history=history, system=system), cancel, gate=True)
     future.add_done_callback(lambda f: loop.call_soon_threadsafe(queue.put_nowait, ("done", f)))
     deadline = loop.time() + state.config.timeout_s
     finished = False

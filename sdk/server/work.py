@@ -228,7 +228,8 @@ def check_user(mem: Any, user: str) -> str:
 
 
 def answer_job(assistant: Any, user: str, photo: Photo, question: str, *, cag: bool, max_tokens: int | None,
-               on_piece: Callable[[str], None] | None, cancel: threading.Event) -> Any:
+               on_piece: Callable[[str], None] | None, cancel: threading.Event, history: Any = None,
+               system: str | None = None) -> Any:
     """Answer with CAG (the caller holds the Assistant's lock, so the config swap below is private to this
     request); a set ``cancel`` stops generation at the next token."""
     generator = assistant.cag
@@ -244,7 +245,7 @@ def answer_job(assistant: Any, user: str, photo: Photo, question: str, *, cag: b
         generator.config = dataclasses.replace(
             base, answer=dataclasses.replace(base.answer, max_new_tokens=max_tokens))
     try:
-        return generator.ask(user, photo, question, cag=cag, on_token=on_token)
+        return generator.ask(user, photo, question, cag=cag, on_token=on_token, history=history, system=system)
     finally:
         generator.config = base
 

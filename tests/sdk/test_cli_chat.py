@@ -236,6 +236,20 @@ def test_chat_piped(home: Path, photos: dict[str, Path]) -> None:
     assert "no dialogues" in ok(run(home, "history", "--user", "ana", "--concept", "blue bike")).stdout
 
 
+def test_chat_follow_ups_keep_the_conversation(home: Path, photos: dict[str, Path]) -> None:
+    """Follow-ups see the earlier turns about the photo and reuse their KV cache; /new and another photo
+    start over."""
+    script = "\n".join([f"/photo {photos['bori']}", "Who is this?", "Where was that?", "/new", "And now?",
+                        f"/photo {photos['mom']}", "Who is this?"]) + "\n"
+    lines = [x for x in ok(run(home, "chat", "--user", "ana", *FAST, input=script)).stdout.splitlines()
+             if "memories used:" in x]
+    assert len(lines) == 4
+    assert "earlier turn" not in lines[0] and "1 earlier turn(s)" in lines[1]
+    assert "earlier turn" not in lines[2] and "earlier turn" not in lines[3]  # after /new, after a new photo
+    reused = [int(x.split(" prompt tokens reused")[0].rsplit(" ", 1)[1]) for x in lines]
+    assert reused[1] > 0
+
+
 def test_chat_errors_do_not_end_it_but_set_the_exit_code(home: Path, photos: dict[str, Path]) -> None:
     script = f"Who is this?\n/photo {photos['bori']}.missing\n/bogus\n/photo {photos['mom']}\nWho?\n"
     result = fail(run(home, "chat", "--user", "ana", *FAST, input=script), 2, "no photo attached",

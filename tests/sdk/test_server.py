@@ -112,6 +112,26 @@ def test_raw_sse_format_and_follow_up_question(client, ana):
     assert docs[-1]["choices"][0]["finish_reason"] in ("stop", "length") and "covip" in docs[-1]
 
 
+def test_conversation_turns_and_system_messages_reach_the_model(client, ana):
+    """A text-only follow-up is answered about the photo of an earlier turn, with that turn shown to the model;
+    turns before the photo are about another photo and are left out; system/developer text is honoured."""
+    first = client.post("/v1/chat/completions", json=chat_body("ana", data_url(png("Bori", 5)))).json()
+    answer = first["choices"][0]["message"]["content"]
+    other = chat_body("ana", data_url(png("Mom", 4)), "Who was that?")["messages"]
+    messages = [{"role": "system", "content": "Answer in one short sentence."}, *other,
+                {"role": "assistant", "content": "Mom."},
+                *chat_body("ana", data_url(png("Bori", 5)))["messages"],
+                {"role": "assistant", "content": answer}, {"role": "user", "content": "Where was that?"}]
+    r = client.post("/v1/chat/completions", json={"user": "ana", "messages": messages})
+    assert r.status_code == 200, r.text
+    covip = r.json()["covip"]
+    assert covip["history_turns"] == 1 and covip["history_dropped"] == 0  # only the turn about this photo
+    usage = r.json()["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] > 0  # the previous turn's prompt was reused
+    no_system = client.post("/v1/chat/completions", json={"user": "ana", "messages": messages[1:]}).json()
+    assert usage["prompt_tokens"] > no_system["usage"]["prompt_tokens"]  # the system text was in the prompt
+
+
 def test_max_tokens_may_shorten_never_lengthen(client, ana, assistant):
     photo = data_url(png("Bori", 7))
     short = client.post("/v1/chat/completions", json=chat_body("ana", photo, max_tokens=1)).json()
