@@ -387,8 +387,8 @@ class CaptionAugmentedGenerator:
         return (f"{self.pack.tag()}{'/caption-only' if self.config.caption_only else ''}"
                 f"/max{cap.max_new_tokens}/t{cap.temperature:g}")
 
-    def _fit_history(self, history: list[prompts.Turn], system: str | None, question: str, *, cag: bool,
-                     context_tokens: int) -> tuple[list[prompts.Turn], int]:
+    def _fit_history(self, history: list[prompts.Exchange], system: str | None, question: str, *, cag: bool,
+                     context_tokens: int) -> tuple[list[prompts.Exchange], int]:
         """The newest earlier exchanges that fit the context window after the memories, the photo, the caption,
         the question and the answer (oldest dropped first), and the tokens they take with the system text."""
         window = context_length(self.engine)
@@ -397,7 +397,7 @@ class CaptionAugmentedGenerator:
             return history, system_tokens + sum(self._turn_tokens(t) for t in history)
         room = (window - self._reserved_tokens(cag=cag) - context_tokens - system_tokens
                 - self.engine.count_tokens(question))
-        kept: list[prompts.Turn] = []
+        kept: list[prompts.Exchange] = []
         used = chars = 0
         for turn in reversed(history):
             chars += len(turn[0]) + len(turn[1])
@@ -411,11 +411,11 @@ class CaptionAugmentedGenerator:
         kept.reverse()
         return kept, system_tokens + used
 
-    def _turn_tokens(self, turn: prompts.Turn) -> int:
+    def _turn_tokens(self, turn: prompts.Exchange) -> int:
         return self.engine.count_tokens(turn[0]) + self.engine.count_tokens(turn[1]) + TURN_OVERHEAD_TOKENS
 
     def ask(self, user: str, photo: Any, question: str, *, cag: bool = True,
-            on_token: Callable[[str], None] | None = None, history: Sequence[prompts.Turn] | None = None,
+            on_token: Callable[[str], None] | None = None, history: Sequence[prompts.Exchange] | None = None,
             system: str | None = None) -> Answer:
         """Answer ``question`` about ``photo`` from the user's memories; ``cag=False`` asks directly.
 
@@ -430,7 +430,7 @@ class CaptionAugmentedGenerator:
         t0 = time.perf_counter()
         tokens: dict[str, int] = {}
         timings: dict[str, float] = {}
-        kept: list[prompts.Turn] = []
+        kept: list[prompts.Exchange] = []
 
         def fit(context_tokens: int) -> int:
             nonlocal kept
@@ -486,7 +486,7 @@ class CaptionAugmentedGenerator:
 MAX_HISTORY_TURNS = 1000
 
 
-def _clean_history(history: Any) -> list[prompts.Turn]:
+def _clean_history(history: Any) -> list[prompts.Exchange]:
     """Earlier exchanges as (question, answer) string pairs; InputError naming the bad one."""
     if history is None:
         return []
@@ -494,7 +494,7 @@ def _clean_history(history: Any) -> list[prompts.Turn]:
         raise InputError(f"history must be a list of (question, answer) pairs, not {type(history).__name__}")
     if len(history) > MAX_HISTORY_TURNS:
         history = history[-MAX_HISTORY_TURNS:]  # more than any context window holds: the oldest go unread
-    out: list[prompts.Turn] = []
+    out: list[prompts.Exchange] = []
     for i, turn in enumerate(history):
         if (not isinstance(turn, (tuple, list)) or len(turn) != 2
                 or not all(isinstance(x, str) for x in turn)):

@@ -50,7 +50,7 @@ __all__ = [
     "CAPTION_INSTRUCTION",
     "RECOGNITION_INSTRUCTION",
     "ContextEntry",
-    "Turn",
+    "Exchange",
     "caption_messages",
     "answer_messages",
     "direct_messages",
@@ -422,11 +422,11 @@ def caption_messages(context: Sequence[ContextEntry], query_image: Any, *, heade
     return _vision_ids([_caption_turn(context, query_image, header, rng, instruction, pack)], pack)
 
 
-Turn = tuple[str, str]
+Exchange = tuple[str, str]
 """One earlier exchange of a conversation about the same photo: (the user's question, the assistant's answer)."""
 
 
-def _turns(history: Sequence[Turn]) -> list[dict]:
+def _turns(history: Sequence[Exchange]) -> list[dict]:
     """Earlier exchanges as chat turns, oldest first (kept as given: the engine's KV cache of the previous
     turn is reused only when the same text comes back)."""
     out: list[dict] = []
@@ -440,7 +440,7 @@ def _user_system(system: str | None) -> list[dict]:
 
 
 def answer_messages(context: Sequence[ContextEntry], query_image: Any, caption: str, question: str, *,
-                    history: Sequence[Turn] = (), system: str | None = None,
+                    history: Sequence[Exchange] = (), system: str | None = None,
                     pack: PromptPack | None = None) -> list[dict]:
     """The CAG answer pass: [the app's system turn], the caption chat, the caption as the assistant's turn,
     the earlier exchanges about this photo, then the question (each follow-up extends the previous prompt)."""
@@ -452,7 +452,7 @@ def answer_messages(context: Sequence[ContextEntry], query_image: Any, caption: 
 
 
 def direct_messages(context: Sequence[ContextEntry], query_image: Any, question: str, *,
-                    history: Sequence[Turn] = (), system: str | None = None,
+                    history: Sequence[Exchange] = (), system: str | None = None,
                     pack: PromptPack | None = None) -> list[dict]:
     """Without CAG: [the app's system turn], the context dialogues, the query image and the first question in
     one turn, then the earlier answers and follow-ups, then the question."""
@@ -487,7 +487,7 @@ def _system(system: str, pack: PromptPack, app_system: str | None = None) -> lis
 
 
 def paper_answer_messages(context: Sequence[ContextEntry], query_image: Any, caption: str, question: str, *,
-                          system: str = "caption", history: Sequence[Turn] = (), app_system: str | None = None,
+                          system: str = "caption", history: Sequence[Exchange] = (), app_system: str | None = None,
                           pack: PromptPack | None = None) -> list[dict]:
     """The paper's CAG answer pass: a system turn (``"caption"``: the captioning instruction,
     ``"personalization"``: the personalization prompt, ``"none"``) with the app's own system text after it,

@@ -1,4 +1,5 @@
-"""Moving and checking a memory: export-memory, import-memory, verify."""
+"""Moving and checking a memory: export-memory, import-memory (hidden aliases: the Python API's older names
+export-user and import-bundle), verify."""
 
 from __future__ import annotations
 
@@ -33,9 +34,9 @@ __all__ = ["register"]
 def export_cmd(state: CliState, user: str, out: Path, force: bool, plain: bool) -> None:
     """Write one user's whole memory to a portable zip bundle.
 
-    The bundle holds the concepts, photos (their bytes), dialogues and embedding vectors, with
-    checksums; `covip import-memory` loads it on another device. Shares, cached captions and the
-    photos' original paths are not exported. The file is written atomically, outside the home.
+    The bundle holds the concepts, photos (their bytes and original file names), dialogues and
+    embedding vectors, with checksums; `covip import-memory` loads it on another device. Shares,
+    cached captions and the photos' original paths are not exported. The file is written atomically, outside the home.
 
     \b
     Example:
@@ -49,7 +50,7 @@ def export_cmd(state: CliState, user: str, out: Path, force: bool, plain: bool) 
     if out.exists() and not force:
         raise ConflictError(f"{out} already exists; pass --force to overwrite it")
     n = len(mem.photos(user))
-    path = mem.export_user(user, out, plain=plain)
+    path = mem.export_memory(user, out, plain=plain)
     sealed = " (encrypted with this memory's passphrase)" if mem.encrypted and not plain else ""
     click.echo(f"exported user {user!r} ({plural(n, 'photo')}) to {path}{sealed}")
 
@@ -77,12 +78,12 @@ def import_cmd(state: CliState, bundle: Path, user: str | None, merge: bool, as_
     """
     mem = state.memory()
     try:
-        counts = mem.import_bundle(bundle, user=user, merge=merge)
+        counts = mem.import_memory(bundle, user=user, merge=merge)
     except MissingKeyError:  # an encrypted bundle and no passphrase in the environment or this memory
         if not is_interactive():
             raise
         key = click.prompt(f"passphrase of the encrypted bundle {bundle}", hide_input=True, err=True)
-        counts = mem.import_bundle(bundle, user=user, merge=merge, key=key)
+        counts = mem.import_memory(bundle, user=user, merge=merge, key=key)
     if as_json:
         echo_json({"bundle": str(bundle), "imported": counts})
         return
@@ -173,5 +174,9 @@ def verify_cmd(ctx: click.Context, state: CliState, repair: bool, quick: bool, s
 
 def register(group: click.Group) -> None:
     """Add this module's commands to the ``covip`` group."""
+    from covip.sdk.cli.memory_cmds import hidden_alias
+
     for command in (export_cmd, import_cmd, verify_cmd):
         group.add_command(command)
+    group.add_command(hidden_alias(export_cmd, "export-user"))
+    group.add_command(hidden_alias(import_cmd, "import-bundle"))

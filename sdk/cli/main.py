@@ -34,8 +34,10 @@ __all__ = ["cli", "main", "exit_code_for", "COMMAND_MODULES", "EXIT_CODES"]
 COMMAND_MODULES: tuple[str, ...] = (
     "covip.sdk.cli.memory_cmds",
     "covip.sdk.cli.people_cmds",
+    "covip.sdk.cli.edit_cmds",
     "covip.sdk.cli.bundle_cmds",
     "covip.sdk.cli.key_cmds",
+    "covip.sdk.cli.ask_cmds",
     "covip.sdk.cli.chat_cmds",
     "covip.sdk.cli.serve_cmds",
     "covip.sdk.cli.bench_cmds",

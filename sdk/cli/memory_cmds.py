@@ -1,7 +1,12 @@
-"""Memory commands: init, remember, recall, history, forget."""
+"""Memory commands: init, remember, recall, history, forget (a photo, an episode, a concept or a user).
+
+``covip search`` is a hidden alias of ``covip recall`` (the Python API's older name, see the README's "One
+vocabulary"); :func:`hidden_alias` makes such aliases for the other command modules too.
+"""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import sys
@@ -31,7 +36,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["register"]
+__all__ = ["register", "hidden_alias", "photo_line"]
+
+
+def hidden_alias(command: click.Command, name: str) -> click.Command:
+    """``command`` under another name that works but is left out of `covip --help` (another spelling of it)."""
+    alias = copy.copy(command)
+    alias.name = name
+    alias.hidden = True
+    alias.help = f"Alias of `covip {command.name}`. {command.help or ''}"
+    return alias
 
 
 # ---------------------------------------------------------------------------------------------- init
@@ -86,11 +100,11 @@ def init_cmd(state: CliState, spec: str, pretrained: str | None, model: str | No
     model_notes: list[str] = []
     backend = None
     if model is not None:
-        from covip.sdk.cli.chat_cmds import check_model_spec
+        from covip.sdk.cli.inference import check_model_spec
 
         model, backend, model_notes = check_model_spec(model)  # before anything is written
     if quant is not None:
-        from covip.sdk.cli.chat_cmds import check_quant
+        from covip.sdk.cli.inference import check_quant
 
         if model is None:
             raise click.UsageError("--quant chooses a file of the export directory given with --model; add --model")
@@ -276,10 +290,11 @@ def _echo_episode(ep: Episode, indent: str = "    ") -> None:
             click.echo(f"{indent}  {line}")
 
 
-def _photo_line(photo: PhotoRecord) -> str:
-    """'photo 3: /path/to/file.png (taken ... at ...)'."""
+def photo_line(photo: PhotoRecord) -> str:
+    """'photo 3 "bori.jpg": /path/to/file.png (taken ... at ...)' (the name it was remembered from, if any)."""
     extra = _when_where(photo.taken_at, photo.place)
-    return f"photo {photo.id}: {photo.path or '(no stored file)'}" + (f" ({extra})" if extra else "")
+    name = f' "{photo.original_name}"' if photo.original_name else ""
+    return f"photo {photo.id}{name}: {photo.path or '(no stored file)'}" + (f" ({extra})" if extra else "")
 
 
 @click.command("recall")
@@ -293,8 +308,8 @@ def recall_cmd(state: CliState, photo: Path, user: str, k: int, as_json: bool) -
     """Find the remembered photos most similar to PHOTO, with their concepts and dialogues.
 
     Searches only this user's memory (plus concepts other users shared with them). Each hit shows
-    the similarity score, the concepts in the photo, where its copy is stored, when and where it was
-    taken, and the dialogues about it.
+    the similarity score, the concepts in the photo, its id and the file name it was remembered
+    from, where its copy is stored, when and where it was taken, and the dialogues about it.
 
     \b
     Example:
@@ -307,7 +322,7 @@ def recall_cmd(state: CliState, photo: Path, user: str, k: int, as_json: bool) -
     _ensure_user(mem, user, create=None)
     query = load_photo(photo, max_pixels=mem.config.max_pixels)  # bad input fails before the model loads
     emb = state.embedder(mem)
-    hits = mem.search(user, image=query, k=k)
+    hits = mem.recall(user, image=query, k=k)
     if as_json:
         echo_json({"user": user, "query": str(photo), "k": k,
                    "embedder": {"model_id": emb.model_id, "meaningless": bool(getattr(emb, "meaningless", False))},
@@ -319,7 +334,7 @@ def recall_cmd(state: CliState, photo: Path, user: str, k: int, as_json: bool) -
     for n, hit in enumerate(hits, 1):
         shared = "  [shared]" if hit.shared else ""
         click.echo(f"{n}. score {hit.score:.3f}  {', '.join(hit.concepts) or '(no concepts)'}{shared}")
-        click.echo(f"   {_photo_line(hit.photo)}")
+        click.echo(f"   {photo_line(hit.photo)}")
         for ep in hit.episodes:
             _echo_episode(ep, indent="     ")
 
@@ -335,7 +350,9 @@ def history_cmd(state: CliState, user: str, concept: str | None, limit: int | No
     """List the user's remembered dialogues, newest first, with the photo each is about.
 
     Ordered by when the photo was taken (else when it was remembered). --concept narrows the list
-    to one person, pet, object or place.
+    to one person, pet, object or place. Each dialogue shows its episode id and its photo's id and
+    original file name: `covip episode update`, `covip forget --episode` and `covip photo tag|untag|move`
+    take those ids.
 
     \b
     Example:
@@ -354,13 +371,30 @@ def history_cmd(state: CliState, user: str, concept: str | None, limit: int | No
         ep = item.episode
         when = _when_where(ep.taken_at, ep.place) or f"remembered {ep.created_at}"
         click.echo(f"{when}  [{', '.join(ep.concepts)}]  episode {ep.id}")
-        click.echo(f"    {_photo_line(item.photo)}")
+        click.echo(f"    {photo_line(item.photo)}")
         _echo_episode(ep)
 
 
 # ---------------------------------------------------------------------------------------------- forget
-def _forget_target(mem: Memory, user: str, photo: str | None, concept: str | None) -> tuple[str, Any]:
+def find_episode(mem: Memory, user: str, episode_id: int) -> Any:
+    """The user's history item of episode ``episode_id`` (NotFoundError naming where the ids are listed)."""
+    from covip.sdk.memory.validate import clean_id
+
+    episode_id = clean_id(episode_id, "episode id")
+    for item in mem.history(user):
+        if item.episode.id == episode_id and item.photo.owner == user:
+            return item
+    raise NotFoundError(f"user {user!r} has no episode {episode_id}; `covip history --user {user}` lists them "
+                        "with their ids")
+
+
+def _forget_target(mem: Memory, user: str, photo: str | None, concept: str | None,
+                   episode: int | None) -> tuple[str, Any]:
     """Describe what will be forgotten (for the prompt) and resolve a --photo to its record."""
+    if episode is not None:
+        item = find_episode(mem, user, episode)
+        first = item.episode.text.splitlines()[0][:60] if item.episode.text else ""
+        return f"episode {episode} of user {user!r} ({first!r}; photo {item.photo.id} stays)", None
     if photo is not None:
         ref: Any = int(photo) if photo.isdigit() and not Path(photo).exists() else photo
         record = mem.find_photo(user, ref)
@@ -378,6 +412,8 @@ def _forget_target(mem: Memory, user: str, photo: str | None, concept: str | Non
 @click.command("forget")
 @user_option()
 @click.option("--photo", metavar="PATH|ID", help="Forget one photo: its file (matched by content) or its id.")
+@click.option("--episode", type=int, metavar="ID",
+              help="Forget one dialogue episode by its id (`covip history` shows them); its photo stays.")
 @click.option("--concept", "-c", metavar="NAME", help="Forget a concept, every photo showing it and its dialogues.")
 @click.option("--all", "everything", is_flag=True, help="Forget the whole user and everything they remembered.")
 @click.option("--keep-shared-photos", is_flag=True,
@@ -385,9 +421,9 @@ def _forget_target(mem: Memory, user: str, photo: str | None, concept: str | Non
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required when not on a terminal).")
 @json_option()
 @pass_state
-def forget_cmd(state: CliState, user: str, photo: str | None, concept: str | None, everything: bool,
-               keep_shared_photos: bool, yes: bool, as_json: bool) -> None:
-    """Forget a photo, a concept, or a whole user, for good.
+def forget_cmd(state: CliState, user: str, photo: str | None, episode: int | None, concept: str | None,
+               everything: bool, keep_shared_photos: bool, yes: bool, as_json: bool) -> None:
+    """Forget a photo, one dialogue episode, a concept, or a whole user, for good.
 
     Removes the rows, vectors, cached captions and stored files, and scrubs the database so the
     forgotten data cannot be read back. Asks for confirmation on a terminal; elsewhere --yes is
@@ -396,20 +432,23 @@ def forget_cmd(state: CliState, user: str, photo: str | None, concept: str | Non
     \b
     Example:
       covip forget --user ana --photo bori.jpg
+      covip forget --user ana --episode 12 --yes
       covip forget --user ana --concept Bori
       covip forget --user ana --all --yes
     """
-    if sum(x is not None and x is not False for x in (photo, concept, everything)) != 1:
-        raise click.UsageError("give exactly one of --photo, --concept or --all")
+    if sum(x is not None and x is not False for x in (photo, episode, concept, everything)) != 1:
+        raise click.UsageError("give exactly one of --photo, --episode, --concept or --all")
     if keep_shared_photos and concept is None:
         raise click.UsageError("--keep-shared-photos only goes with --concept")
     mem = state.memory()
-    what, photo_id = _forget_target(mem, user, photo, concept)
+    what, photo_id = _forget_target(mem, user, photo, concept, episode)
     if not yes:
         if not is_interactive():
             raise InputError(f"refusing to forget {what} without confirmation; pass --yes")
         click.confirm(f"Forget {what}? This cannot be undone", abort=True, err=True)
-    if photo_id is not None:
+    if episode is not None:
+        report = mem.forget_episode(user, episode)
+    elif photo_id is not None:
         report = mem.forget_photo(user, photo_id)
     elif concept is not None:
         report = mem.forget_concept(user, concept, keep_shared_photos=keep_shared_photos)
@@ -431,3 +470,4 @@ def register(group: click.Group) -> None:
     """Add this module's commands to the ``covip`` group."""
     for command in (init_cmd, remember_cmd, recall_cmd, history_cmd, forget_cmd):  # help lists them in this order
         group.add_command(command)
+    group.add_command(hidden_alias(recall_cmd, "search"))

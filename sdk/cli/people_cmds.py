@@ -1,4 +1,4 @@
-"""Users and concepts: user add/list, concepts, concept add/rename/merge/share/unshare."""
+"""Users and concepts: user add/list, concepts, concept add/update/rename/merge/share/unshare."""
 
 from __future__ import annotations
 
@@ -89,11 +89,14 @@ def concepts_cmd(state: CliState, user: str, as_json: bool) -> None:
 
 @click.group("concept")
 def concept_group() -> None:
-    """Add, rename, merge and share a user's concepts.
+    """Add, change, rename, merge and share a user's concepts.
+
+    A photo filed under the wrong concept is moved with `covip photo move`.
 
     \b
     Example:
       covip concept add --user ana Bori --kind pet --notes "my corgi"
+      covip concept update --user ana Bori --notes "my corgi, 3 years old"
       covip concept merge --user ana Boribori --into Bori
     """
 
@@ -114,6 +117,30 @@ def concept_add_cmd(state: CliState, user: str, name: str, kind: str, notes: str
     """
     c = state.memory().add_concept(user, name, kind=kind, notes=notes)
     click.echo(f"added concept {c.name!r} ({c.kind}) for {user!r}")
+
+
+@concept_group.command("update")
+@user_option()
+@click.argument("name")
+@click.option("--kind", type=click.Choice(CONCEPT_KINDS), help="What the concept is.")
+@click.option("--notes", help="New free text about the concept (replaces the old notes; '' clears them).")
+@json_option()
+@pass_state
+def concept_update_cmd(state: CliState, user: str, name: str, kind: str | None, notes: str | None,
+                       as_json: bool) -> None:
+    """Change a concept's kind or notes; cached captions that used its photos are dropped.
+
+    \b
+    Example:
+      covip concept update --user ana Bori --kind pet --notes "my corgi, 3 years old"
+    """
+    if kind is None and notes is None:
+        raise click.UsageError("give --kind, --notes or both")
+    c = state.memory().update_concept(user, name, kind=kind, notes=notes)
+    if as_json:
+        echo_json({"user": user, "concept": c})
+        return
+    click.echo(f"updated concept {c.name!r} ({c.kind})" + (f": {c.notes}" if c.notes else ""))
 
 
 @concept_group.command("rename")

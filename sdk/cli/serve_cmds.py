@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from covip.sdk.cli.chat_cmds import InferenceOptions, _open_assistant, inference_options
 from covip.sdk.cli.common import CliState, pass_state
+from covip.sdk.cli.inference import InferenceOptions, _open_assistant, inference_options
 
 log = logging.getLogger(__name__)
 

@@ -4,12 +4,13 @@ read by :class:`BundleIO`, the collaborator of :class:`~covip.sdk.memory.memory.
 Layout of a bundle::
 
     manifest.json   format, bundle/schema/covip versions, user, counts, embedding models, sha256 of members
-    rows.json       concepts, photos (with concept ids), episodes (with concept ids)
+    rows.json       concepts, photos (with concept ids and original file names), episodes (with concept ids)
     images/<sha256><ext>     the bytes of every photo (a bundle always carries them)
     vectors/model-<n>.npz    photo_ids + float32 unit vectors per embedding model
 
 Shares and cached captions are not exported (they belong to other users / are derived), nor are the
-photos' original paths (they name files on this device). Import trusts nothing in a bundle: it is read
+photos' original paths (they name files on this device); their original file names (base names only) are.
+Bundles written before file names were kept (no ``original_name``) import as photos without one. Import trusts nothing in a bundle: it is read
 and checked whole by :func:`~covip.sdk.memory.bundle_read.read_bundle` before anything is written, its
 photos go into the photo store, and no path from a bundle is ever opened or stored.
 
@@ -120,7 +121,7 @@ class BundleIO:
                         name = f"images/{p['sha256']}{_photo_suffix(p)}"
                         files[name] = self._export_photo_file(zf, p, name)
                         entry = {k: p[k] for k in ("id", "sha256", "format", "width", "height", "bytes", "taken_at",
-                                                   "gps_lat", "gps_lon", "place", "created_at")}
+                                                   "gps_lat", "gps_lon", "place", "created_at", "original_name")}
                         entry["concepts"] = sorted(by_photo.get(p["id"], []))
                         entry["file"] = name
                         out_photos.append(entry)
@@ -233,10 +234,12 @@ class BundleIO:
                         counts["concepts"] += 0 if existed else 1
                     pmap = {}
                     for p in rows.photos:
-                        have = mem.store.one("SELECT id FROM photos WHERE user_id = ? AND sha256 = ?",
+                        have = mem.store.one("SELECT id, original_name FROM photos WHERE user_id = ? AND sha256 = ?",
                                              [uid, p["sha256"]])
                         if have is not None:
                             pmap[p["id"]] = have["id"]
+                            if have["original_name"] is None and p["original_name"] is not None:
+                                db["photos"].update(have["id"], {"original_name": p["original_name"]})
                             continue
                         img = bundle.images[p["id"]]
                         stored = mem.photo_files.name(uid, img)
@@ -248,7 +251,8 @@ class BundleIO:
                             "user_id": uid, "sha256": img.sha256, "stored_path": stored, "source_path": None,
                             "format": img.format, "width": img.width, "height": img.height, "bytes": img.size,
                             "taken_at": p["taken_at"], "gps_lat": p["gps_lat"], "gps_lon": p["gps_lon"],
-                            "place": p["place"], "created_at": p["created_at"] or utcnow()}).last_pk
+                            "place": p["place"], "created_at": p["created_at"] or utcnow(),
+                            "original_name": p["original_name"]}).last_pk
                         mem.store.audit("import_photo", uid, "photo", pmap[p["id"]])
                         counts["photos"] += 1
                         for cid in p["concepts"]:

@@ -23,6 +23,7 @@ from covip.sdk.memory.validate import (
     MAX_VECTOR_DIM,
     NORM_TOLERANCE,
     clean_dialogue,
+    clean_file_name,
     clean_model_id,
     clean_name,
     clean_place,
@@ -247,8 +248,11 @@ def _check_photo(p: Any, n: int, label: str, concept_ids: set[int], files: dict[
     if (lat is None) != (lon is None):
         raise _bad(label, f"{where} has only one of gps_lat and gps_lon")
     # source_path (older bundles) is deliberately dropped: it names a file on another device, and a
-    # path from a bundle must never be stored where code could open it.
+    # path from a bundle must never be stored where code could open it. original_name is a base name only
+    # (checked like remember's; absent in bundles written before names were kept), shown and never opened.
+    name = p.get("original_name")
     return {"id": pid, "sha256": sha, "file": file, "gps_lat": lat, "gps_lon": lon,
+            "original_name": None if name is None else _clean(clean_file_name, name, where, label),
             "taken_at": _time(p.get("taken_at"), f"{where} taken_at", label),
             "created_at": _time(p.get("created_at"), f"{where} created_at", label),
             "place": _clean(clean_place, p.get("place"), where, label),

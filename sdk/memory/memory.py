@@ -4,8 +4,13 @@
 collaborator in its own module, so each can be read and tested alone: the vector indexes
 (:class:`~covip.sdk.memory.indexing.IndexSet`), the stored photo files
 (:class:`~covip.sdk.memory.photo_store.PhotoFiles`), bundles (:class:`~covip.sdk.memory.bundle.BundleIO`),
-verify/repair (:class:`~covip.sdk.memory.verify.Verifier`) and forgetting
-(:class:`~covip.sdk.memory.forget.Forgetter`). Every public call still runs under the Memory's one lock.
+verify/repair (:class:`~covip.sdk.memory.verify.Verifier`), forgetting (:class:`~covip.sdk.memory.forget.Forgetter`)
+and corrections by id (:class:`~covip.sdk.memory.edit.Editor`). Every public call runs under the Memory's one lock.
+
+One word per action across Python, the CLI and HTTP (README, "One vocabulary"): :meth:`Memory.recall` (alias
+``search``), :meth:`Memory.export_memory` / :meth:`Memory.import_memory` (aliases ``export_user`` /
+``import_bundle``), ``forget_*``, :meth:`Memory.move_photo` (alias ``retag_photo``), :meth:`Memory.forget_episode`
+(alias ``delete_episode``).
 
 Usage::
 
@@ -13,7 +18,7 @@ Usage::
     with Memory.open("~/covip-home", embedder="tiny") as mem:
         mem.add_user("ana")
         mem.remember("ana", "bori.jpg", "User: This is Bori at the Han river.", concepts=["Bori"])
-        for hit in mem.search("ana", image="new.jpg", k=3):
+        for hit in mem.recall("ana", image="new.jpg", k=3):
             print(hit.score, hit.concepts, hit.episodes[0].text)
 """
 
@@ -37,6 +42,7 @@ from covip.sdk.imaging import Photo, load_photo
 from covip.sdk.memory import crypto
 from covip.sdk.memory.bundle import BundleIO
 from covip.sdk.memory.config import MemoryConfig
+from covip.sdk.memory.edit import Editor
 from covip.sdk.memory.forget import Forgetter, finish_pending_deletions
 from covip.sdk.memory.indexing import IndexSet
 from covip.sdk.memory.layout import (
@@ -53,10 +59,12 @@ from covip.sdk.memory.store import Store, sqlite_errors_as_store_errors
 from covip.sdk.memory.types import (
     CONCEPT_KINDS,
     Concept,
+    Episode,
     ForgetReport,
     HistoryItem,
     Hit,
     PhotoRecord,
+    PhotoTags,
     Remembered,
     User,
     VerifyReport,
@@ -67,6 +75,7 @@ from covip.sdk.memory.validate import (
     DialogueInput,
     clean_context_ids,
     clean_dialogue,
+    clean_file_name,
     clean_flag,
     clean_id,
     clean_k,
@@ -109,6 +118,7 @@ class Memory:
         self.photo_files = PhotoFiles(self.home, self.store, self.crypto)
         self._bundles = BundleIO(self)
         self._forgetter = Forgetter(self)
+        self._editor = Editor(self)
         self._verifier = Verifier(self)
         self._closed = False
         try:
@@ -286,107 +296,24 @@ class Memory:
 
     def update_concept(self, user: str, name: str, *, kind: str | None = None,
                        notes: str | None = None) -> Concept:
-        """Change a concept's kind or notes."""
-        with self._lock:
-            self._check_open()
-            with self.store.write() as db:
-                uid = self._uid(user)
-                row = self._concept(uid, name)
-                changes: dict[str, Any] = {"updated_at": utcnow()}
-                if kind is not None:
-                    changes["kind"] = self._clean_kind(kind)
-                if notes is not None:
-                    changes["notes"] = clean_text(notes, "notes")
-                db["concepts"].update(row["id"], changes)
-                self._invalidate_concept_captions(row["id"])
-                self.store.audit("update_concept", uid, "concept", row["id"])
-                return self.store.to_concept(self.store.one("SELECT * FROM concepts WHERE id = ?", [row["id"]]))
+        """Change a concept's kind or notes; cached captions that used its photos are dropped."""
+        return self._editor.update_concept(user, name, kind=kind, notes=notes)
 
     def rename_concept(self, user: str, old: str, new: str) -> Concept:
         """Rename a concept; cached captions that used its photos are dropped."""
-        new = clean_name(new, "new concept name")
-        with self._lock:
-            self._check_open()
-            with self.store.write() as db:
-                uid = self._uid(user)
-                row = self._concept(uid, old)
-                other = self.store.concept_row(uid, new)
-                if other is not None and other["id"] != row["id"]:
-                    raise ConflictError(f"user {user!r} already has a concept named {new!r}; "
-                                        "use merge_concepts to combine them")
-                db["concepts"].update(row["id"], {"name": new, "updated_at": utcnow()})
-                self._invalidate_concept_captions(row["id"])
-                self.store.audit("rename_concept", uid, "concept", row["id"])
-                return self.store.to_concept(self.store.one("SELECT * FROM concepts WHERE id = ?", [row["id"]]))
+        return self._editor.rename_concept(user, old, new)
 
     def merge_concepts(self, user: str, sources: Sequence[str] | str, into: str) -> Concept:
         """Fold ``sources`` into ``into``: their photos, episodes and shares move over; sources disappear."""
-        if isinstance(sources, str):
-            sources = [sources]
-        if not isinstance(sources, (list, tuple)):
-            raise InputError(f"sources must be a concept name or a list of them, not {type(sources).__name__}")
-        sources = [clean_name(x, "source concept name") for x in sources]
-        into = clean_name(into, "target concept name")
-        with self._lock:
-            self._check_open()
-            with self.store.write() as db:
-                uid = self._uid(user)
-                target = self._concept(uid, into)
-                src_rows = [self._concept(uid, s) for s in sources]
-                if not src_rows:
-                    raise InputError("merge_concepts needs at least one source concept")
-                for src in src_rows:
-                    if src["id"] == target["id"]:
-                        raise ConflictError(f"cannot merge concept {src['name']!r} into itself")
-                notes = [target["notes"]] if target["notes"] else []
-                for src in src_rows:
-                    sid, tid = src["id"], target["id"]
-                    self._invalidate_concept_captions(sid)
-                    for table, col in (("photo_concepts", "photo_id"), ("episode_concepts", "episode_id")):
-                        db.execute(f"INSERT OR IGNORE INTO {table} ({col}, concept_id) "
-                                   f"SELECT {col}, ? FROM {table} WHERE concept_id = ?", [tid, sid])
-                        db.execute(f"DELETE FROM {table} WHERE concept_id = ?", [sid])
-                    db.execute("INSERT OR IGNORE INTO concept_shares (concept_id, user_id, created_at) "
-                               "SELECT ?, user_id, created_at FROM concept_shares WHERE concept_id = ?", [tid, sid])
-                    db.execute("DELETE FROM concept_shares WHERE concept_id = ?", [sid])
-                    db.execute("DELETE FROM concepts WHERE id = ?", [sid])
-                    if src["notes"]:
-                        notes.append(src["notes"])
-                    self.store.audit("merge_concept", uid, "concept", tid, merged=sid)
-                db["concepts"].update(target["id"], {"notes": "\n".join(notes), "updated_at": utcnow()})
-                self._invalidate_concept_captions(target["id"])
-                return self.store.to_concept(self.store.one("SELECT * FROM concepts WHERE id = ?",
-                                                            [target["id"]]))
+        return self._editor.merge_concepts(user, sources, into)
 
     def share_concept(self, user: str, name: str, with_user: str) -> None:
         """Let ``with_user`` see this concept's photos and the dialogues tied to it (nothing else)."""
-        with self._lock:
-            self._check_open()
-            with self.store.write() as db:
-                uid = self._uid(user)
-                other = self._uid(with_user)
-                if other == uid:
-                    raise ConflictError("a user cannot share a concept with themselves")
-                row = self._concept(uid, name)
-                db.execute("INSERT OR IGNORE INTO concept_shares (concept_id, user_id, created_at) VALUES (?,?,?)",
-                           [row["id"], other, utcnow()])
-                self.store.audit("share_concept", uid, "concept", row["id"], with_user=other)
+        self._editor.share_concept(user, name, with_user)
 
     def unshare_concept(self, user: str, name: str, with_user: str) -> None:
         """Stop sharing a concept with ``with_user``."""
-        with self._lock:
-            self._check_open()
-            with self.store.write() as db:
-                uid = self._uid(user)
-                other = self._uid(with_user)
-                row = self._concept(uid, name)
-                db.execute("DELETE FROM concept_shares WHERE concept_id = ? AND user_id = ?", [row["id"], other])
-                self.store.audit("unshare_concept", uid, "concept", row["id"], with_user=other)
-
-    def _invalidate_concept_captions(self, concept_id: int) -> int:
-        photo_ids = [r[0] for r in self.store.db.execute(
-            "SELECT photo_id FROM photo_concepts WHERE concept_id = ?", [concept_id])]
-        return self.store.invalidate_captions_for_photos(photo_ids)
+        self._editor.unshare_concept(user, name, with_user)
 
     # ------------------------------------------------------------------ remember
     def _check_embedding(self, embedding: Any, dim: int | None) -> np.ndarray:
@@ -424,11 +351,13 @@ class Memory:
 
     def remember(self, user: str, photo: PhotoInput, dialogue: DialogueInput = None,
                  concepts: Iterable[str] = (), *, taken_at: datetime | str | None = None,
-                 place: str | None = None, embedding: Any = None, model_id: str | None = None) -> Remembered:
+                 place: str | None = None, embedding: Any = None, model_id: str | None = None,
+                 original_name: str | None = None) -> Remembered:
         """Store a photo with the dialogue about it, tied to concepts (created as needed), a time and a place.
 
         The same photo remembered again keeps one copy and gains another episode. Everything is one
         transaction: on any error nothing is written. ``embedding`` + ``model_id`` skip the embedder.
+        ``original_name`` (a file name, no path) defaults to the name of the file ``photo`` was read from.
         """
         with self._lock:
             self._check_open()
@@ -448,8 +377,11 @@ class Memory:
             turns = clean_dialogue(dialogue)
             taken = clean_time(taken_at)
             place = clean_place(place)
+            if original_name is not None:
+                original_name = clean_file_name(original_name)
             uid = self._uid(user)
             pic = load_photo(photo, max_pixels=self.config.max_pixels)
+            original_name = original_name or _file_name(pic)
             mid, dim = self._model_and_dim(uid, model_id, embedding)
             existing = self.store.one("SELECT id FROM photos WHERE user_id = ? AND sha256 = ?", [uid, pic.sha256])
             have_vec = existing is not None and self.store.scalar(
@@ -484,11 +416,13 @@ class Memory:
                             "format": pic.format, "width": pic.width, "height": pic.height,
                             "bytes": len(pic.data), "taken_at": taken,
                             "gps_lat": pic.gps[0] if pic.gps else None, "gps_lon": pic.gps[1] if pic.gps else None,
-                            "place": place, "created_at": utcnow(),
+                            "place": place, "created_at": utcnow(), "original_name": original_name,
                         }).last_pk
                         self.store.audit("remember_photo", uid, "photo", pid)
                     else:
                         pid = row["id"]
+                        if original_name is not None and row.get("original_name") is None:
+                            db["photos"].update(pid, {"original_name": original_name})
                         self.store.invalidate_captions_for_photos([pid])
                     eid = None
                     if self.store.scalar(
@@ -542,7 +476,7 @@ class Memory:
         vec = self.embedder.embed_images([pic.image])[0]
         return self._check_embedding(vec, self.embedder.dim), self.embedder.model_id
 
-    def search(self, user: str, image: PhotoInput | None = None, *, embedding: Any = None, k: int = 5,
+    def recall(self, user: str, image: PhotoInput | None = None, *, embedding: Any = None, k: int = 5,
                model_id: str | None = None, include_shared: bool = True) -> list[Hit]:
         """Top-``k`` remembered photos of ``user`` most similar to ``image`` (or ``embedding``), best first.
 
@@ -577,6 +511,8 @@ class Memory:
                                     episodes=self.store.photo_episodes(pid, allowed),
                                     shared=owner != uid))
             return hits
+
+    search = recall  # the older name, kept (the CLI and HTTP say recall too)
 
     @staticmethod
     def _check_dim(model_id: str, stored: int, dim: int) -> None:
@@ -740,18 +676,52 @@ class Memory:
         """Forget a user entirely: photos, concepts, dialogues, vectors, captions, shares and files."""
         return self._forgetter.forget_user(user)
 
+    # ------------------------------------------------------------------ corrections by id (edit.py)
+    def photo_concepts(self, user: str, photo: Any) -> tuple[str, ...]:
+        """The concepts one of the user's photos (id, path or bytes) is tagged with, by name."""
+        return self._editor.photo_concepts(user, photo)
+
+    def tag_photo(self, user: str, photo: Any, concept: str) -> PhotoTags:
+        """Tag a photo (id, path or bytes) and its dialogues with a concept (created as needed)."""
+        return self._editor.tag_photo(user, photo, concept)
+
+    def untag_photo(self, user: str, photo: Any, concept: str) -> PhotoTags:
+        """Take a concept off a photo and its dialogues (NotFoundError when the photo lacks it)."""
+        return self._editor.untag_photo(user, photo, concept)
+
+    def move_photo(self, user: str, photo: Any, from_concept: str, to_concept: str) -> PhotoTags:
+        """Move a photo (and its dialogues) from a wrong concept to the right one: untag + tag, one transaction."""
+        return self._editor.move_photo(user, photo, from_concept, to_concept)
+
+    retag_photo = move_photo
+
+    def update_episode(self, user: str, episode_id: int, *, dialogue: DialogueInput | Any = ...,
+                       taken_at: datetime | str | None | Any = ..., place: str | None | Any = ...) -> Episode:
+        """Correct one episode (id from :meth:`history`): arguments left out stay, None clears taken_at or place;
+        the old text is scrubbed and captions that used the photo are dropped."""
+        return self._editor.update_episode(user, episode_id, dialogue=dialogue, taken_at=taken_at, place=place)
+
+    def forget_episode(self, user: str, episode_id: int) -> ForgetReport:
+        """Forget one dialogue episode (id from :meth:`history`), scrubbed; its photo and vector stay."""
+        return self._editor.forget_episode(user, episode_id)
+
+    delete_episode = forget_episode
+
     # ------------------------------------------------------------------ bundles (bundle.py)
-    def export_user(self, user: str, path: str | os.PathLike, *, plain: bool = False) -> Path:
+    def export_memory(self, user: str, path: str | os.PathLike, *, plain: bool = False) -> Path:
         """Write ``user``'s memory to a zip bundle at ``path`` (atomically, outside the home); returns the path.
         From an encrypted home the bundle is encrypted with the home's passphrase (or raw key) unless ``plain``."""
         return self._bundles.export_user(user, path, plain=plain)
 
-    def import_bundle(self, path: str | os.PathLike, *, user: str | None = None,
+    def import_memory(self, path: str | os.PathLike, *, user: str | None = None,
                       merge: bool = False, key: Any = None) -> dict[str, Any]:
         """Load a bundle into ``user`` (default: the bundle's user). The whole bundle is checked before anything
         is written, and the write is one transaction. ``merge=True`` adds into an existing user. An encrypted
         bundle opens with ``key``, ``$COVIP_PASSPHRASE`` / ``$COVIP_KEY``, or this home's own passphrase."""
         return self._bundles.import_bundle(path, user=user, merge=merge, key=key)
+
+    export_user = export_memory  # older names, kept
+    import_bundle = import_memory
 
     # ------------------------------------------------------------------ verify / repair (verify.py)
     def verify(self, *, deep: bool = True) -> VerifyReport:
@@ -765,3 +735,14 @@ class Memory:
         and make the home private. Returns the verify report after repairing (``repaired`` lists what was
         done). A damaged database is left untouched: the report names the recovery path."""
         return self._verifier.repair()
+
+
+def _file_name(pic: Photo) -> str | None:
+    """The base name of the file a photo was read from, when it is one a PhotoRecord can carry."""
+    if pic.source_path is None:
+        return None
+    try:
+        return clean_file_name(pic.source_path.name)
+    except InputError:  # undecodable bytes or control characters in the name: keep the photo, not the name
+        log.info("not keeping the original file name of %r: it is no printable file name", pic.source_path.name)
+        return None

@@ -152,11 +152,18 @@ def _m4_embedding_dims(db: sqlite_utils.Database) -> None:
     db.execute("DROP INDEX embeddings_user_model")
 
 
+def _m5_original_names(db: sqlite_utils.Database) -> None:
+    """Photos keep the file name they were remembered from (a base name only, never a path; NULL when they came
+    as bytes or from a database older than this step)."""
+    db.execute("ALTER TABLE photos ADD COLUMN original_name TEXT")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _m1_core),
     Migration(2, "caption cache", _m2_caption_cache),
     Migration(3, "concept sharing", _m3_concept_shares),
     Migration(4, "embedding dimension index", _m4_embedding_dims),
+    Migration(5, "original photo file names", _m5_original_names),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -309,7 +309,7 @@ class Store:
         return PhotoRecord(
             id=row["id"], owner=self.user_name(row["user_id"]), sha256=row["sha256"], path=path,
             format=row["format"], width=row["width"], height=row["height"], taken_at=row["taken_at"],
-            place=row["place"], gps=gps, created_at=row["created_at"],
+            place=row["place"], gps=gps, created_at=row["created_at"], original_name=row.get("original_name"),
         )
 
     def photo(self, photo_id: int) -> PhotoRecord:

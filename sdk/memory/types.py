@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["User", "Concept", "PhotoRecord", "Turn", "Episode", "Hit", "HistoryItem", "Remembered", "ForgetReport", "VerifyReport"]
+__all__ = ["User", "Concept", "PhotoRecord", "Turn", "Episode", "Hit", "HistoryItem", "Remembered", "ForgetReport",
+           "PhotoTags", "VerifyReport"]
 
 CONCEPT_KINDS = ("person", "pet", "object", "place", "other")
 
@@ -29,7 +30,8 @@ class Concept:
 
 @dataclass(frozen=True)
 class PhotoRecord:
-    """A remembered photo. ``path`` is the stored copy under the home, or the original path."""
+    """A remembered photo. ``path`` is the stored copy under the home, or the original path; ``original_name`` is
+    the file name it was remembered from (a base name, never a path; None when it came as bytes or an image)."""
 
     id: int
     owner: str
@@ -42,6 +44,7 @@ class PhotoRecord:
     place: str | None
     gps: tuple[float, float] | None
     created_at: str
+    original_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,17 @@ class ForgetReport:
     files: int = 0
     users: int = 0
     scrubbed: bool = True
+
+
+@dataclass(frozen=True)
+class PhotoTags:
+    """A photo's concepts after :meth:`Memory.tag_photo`, ``untag_photo`` or ``move_photo``: ``changed`` is False
+    when nothing had to change (already tagged), ``captions`` counts the cached captions dropped."""
+
+    photo: PhotoRecord
+    concepts: tuple[str, ...]
+    changed: bool = True
+    captions: int = 0
 
 
 @dataclass

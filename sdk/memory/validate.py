@@ -16,7 +16,7 @@ from covip.sdk.memory.types import Turn
 
 __all__ = ["DialogueInput", "clean_name", "clean_dialogue", "clean_time", "clean_place", "clean_model_id",
            "clean_id", "clean_k", "clean_limit", "clean_flag", "clean_path", "clean_text", "clean_key",
-           "clean_context_ids", "vector_problem", "MAX_K", "MAX_ID",
+           "clean_context_ids", "clean_file_name", "file_name_or_none", "vector_problem", "MAX_K", "MAX_ID",
            "MAX_TURNS", "MAX_CONCEPTS",
            "MAX_VECTOR_DIM", "NORM_TOLERANCE"]
 
@@ -207,6 +207,35 @@ def clean_context_ids(context_ids: Any, limit: int = 10_000) -> str:
     if len(context_ids) > limit:
         raise InputError(f"context_ids has {len(context_ids)} ids; the limit is {limit}")
     return ",".join(str(i) for i in sorted({clean_id(i, "context photo id") for i in context_ids}))
+
+
+def clean_file_name(value: Any, what: str = "original file name") -> str:
+    """A file's base name (``bori.jpg``): printable text of at most 255 characters with no path parts (no ``/``
+    or ``\\``, not ``.`` or ``..``). Photos keep it to be recognizable; it is only ever shown, never opened."""
+    if not isinstance(value, str):
+        raise InputError(f"{what} must be text, not {type(value).__name__}")
+    if not value.strip() or value in (".", "..") or value != value.strip():
+        raise InputError(f"{what} {value!r:.80} is empty, '.', '..' or has surrounding spaces; give a file name "
+                         "such as 'bori.jpg'")
+    if "/" in value or "\\" in value:
+        raise InputError(f"{what} {value!r:.80} has path parts; give only the file's name, such as 'bori.jpg'")
+    if not value.isprintable():  # also refuses lone surrogates (undecodable bytes), which SQLite cannot store
+        raise InputError(f"{what} {value!r:.80} contains control or unprintable characters; use printable text")
+    if len(value.encode()) > 255:
+        raise InputError(f"{what} is {len(value.encode())} bytes long; file names have at most 255")
+    return value
+
+
+def file_name_or_none(value: Any) -> str | None:
+    """The base name of a path a client sent (an upload's file name), or None when nothing usable is left: a
+    name is worth keeping, never worth failing a request over."""
+    if not isinstance(value, str):
+        return None
+    base = value.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    try:
+        return clean_file_name(base)
+    except InputError:
+        return None
 
 
 def clean_path(value: Any, what: str = "path") -> Path:

@@ -1,6 +1,10 @@
-"""Memory endpoints: users, remembering photos with dialogues, search by photo, concepts, photo bytes,
-forgetting (photo / concept / user) and moving a user's memory as a bundle (export / import).
+"""Memory endpoints: users, remembering photos with dialogues, recall by photo, history, concepts (add, change,
+rename, merge, share), a photo's concepts (tag, untag, move), episodes (update, forget), photo bytes, forgetting
+(photo / concept / user) and moving a user's memory as a bundle (export-memory / import-memory).
 
+The words are the CLI's and the Python API's (README, "One vocabulary"); the older paths ``/search``,
+``/export`` and ``/import`` still work and are left out of the OpenAPI document. Photos and episodes are
+addressed by the ids ``GET .../history`` shows; another user's id is a 404 like an id that does not exist.
 Photos arrive as multipart uploads and go through :func:`~covip.sdk.imaging.load_photo` like everywhere
 else (format check, pixel limit). Work that runs a model or changes the memory holds the model gate.
 """
@@ -10,15 +14,15 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path as FsPath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Path, Request, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
 from covip.sdk.errors import InputError, NotFoundError
-from covip.sdk.memory.validate import MAX_K
+from covip.sdk.memory.validate import MAX_K, file_name_or_none
 from covip.sdk.server.app import ERROR_RESPONSES, ServerState
 from covip.sdk.server.work import (
     episode_json,
@@ -34,6 +38,13 @@ router = APIRouter(prefix="/v1", tags=["memory"], responses=ERROR_RESPONSES)
 
 UserName = Annotated[str, Path(description="The memory owner's name.", min_length=1, max_length=200)]
 PhotoId = Annotated[int, Path(description="A remembered photo's id.", ge=1, le=2**62)]
+EpisodeId = Annotated[int, Path(description="A dialogue episode's id (GET .../history shows them).", ge=1,
+                                le=2**62)]
+ConceptName = Annotated[str, Path(description="A concept's name (case-insensitive per user).", min_length=1,
+                                  max_length=200)]
+OtherUser = Annotated[str, Path(description="The user to share with.", min_length=1, max_length=200)]
+Kind = Literal["person", "pet", "object", "place", "other"]
+Name = Annotated[str, Field(min_length=1, max_length=200)]
 _MEDIA = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp",
           "BMP": "image/bmp", "DIB": "image/bmp", "TIFF": "image/tiff", "ICO": "image/x-icon",
           "AVIF": "image/avif", "HEIF": "image/heif"}
@@ -42,6 +53,47 @@ _MEDIA = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "GIF": 
 class NewUser(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     exist_ok: bool = Field(False, description="Answer 200 instead of 409 when the user exists.")
+
+
+class NewConcept(BaseModel):
+    name: Name
+    kind: Kind = "other"
+    notes: str = Field("", max_length=100_000)
+
+
+class ConceptChange(BaseModel):
+    name: Name | None = Field(None, description="A new name (rename; 409 when the user has a concept by that "
+                                                "name: merge instead).")
+    kind: Kind | None = None
+    notes: str | None = Field(None, max_length=100_000)
+
+
+class MergeSources(BaseModel):
+    sources: list[Name] = Field(min_length=1, max_length=1000, description="Concepts to fold into this one; "
+                                "their photos, dialogues and shares move over and they disappear.")
+
+
+class PhotoTag(BaseModel):
+    concept: Name = Field(description="The concept to tag the photo with (created as needed).")
+
+
+class PhotoMove(BaseModel):
+    from_concept: Name = Field(description="The wrong concept, taken off the photo and its dialogues.")
+    to_concept: Name = Field(description="The right concept (created as needed).")
+
+
+class TurnIn(BaseModel):
+    role: Literal["user", "assistant"]
+    text: str = Field(min_length=1, max_length=100_000)
+
+
+class EpisodeChange(BaseModel):
+    """Fields left out stay as they are; ``taken_at`` or ``place`` null clears it."""
+
+    dialogue: str | list[TurnIn] | None = Field(None, description="The corrected dialogue: 'User: ...' / "
+                                                "'Assistant: ...' lines, or a list of turns.")
+    taken_at: str | None = Field(None, max_length=100, description="ISO 8601 date/time; null clears it.")
+    place: str | None = Field(None, max_length=500, description="Where; null clears it.")
 
 
 def _state(request: Request) -> ServerState:
@@ -57,6 +109,15 @@ async def _read_upload(upload: UploadFile) -> bytes:
 
 def _opt(text: str | None) -> str | None:
     return text if text is not None and text.strip() else None
+
+
+def _concept_json(c: Any) -> dict[str, Any]:
+    return {"name": c.name, "kind": c.kind, "notes": c.notes, "owner": c.user, "photo_count": c.photo_count}
+
+
+def _tags_json(user: str, tags: Any) -> dict[str, Any]:
+    return {"user": user, "photo": photo_json(tags.photo), "concepts": list(tags.concepts), "changed": tags.changed,
+            "captions_dropped": tags.captions}
 
 
 # ---------------------------------------------------------------------------------------------- users
@@ -91,9 +152,67 @@ async def list_concepts(user: UserName, request: Request) -> dict[str, Any]:
     """The user's people, pets, objects and places (plus concepts shared with them)."""
     state = _state(request)
     concepts = await state.runner.run(lambda _: state.memory.concepts(user), what="listing concepts")
-    return {"object": "list", "user": user, "data": [
-        {"name": c.name, "kind": c.kind, "notes": c.notes, "owner": c.user, "photo_count": c.photo_count}
-        for c in concepts]}
+    return {"object": "list", "user": user, "data": [_concept_json(c) for c in concepts]}
+
+
+@router.post("/users/{user}/concepts", status_code=201)
+async def add_concept(user: UserName, body: NewConcept, request: Request) -> dict[str, Any]:
+    """Add a concept before any photo of it is remembered (409 when the user has one by that name)."""
+    state = _state(request)
+    concept = await state.runner.run(
+        lambda _: state.memory.add_concept(user, body.name, kind=body.kind, notes=body.notes), gate=True,
+        what="adding the concept", writes=True)
+    return _concept_json(concept)
+
+
+@router.patch("/users/{user}/concepts/{concept}")
+async def change_concept(user: UserName, concept: ConceptName, body: ConceptChange,
+                         request: Request) -> dict[str, Any]:
+    """Rename a concept (``name``) and/or change its ``kind`` or ``notes``; cached captions that used its photos
+    are dropped."""
+    state = _state(request)
+    if body.name is None and body.kind is None and body.notes is None:
+        raise InputError("give at least one of name (rename), kind or notes")
+
+    def work(_: Any) -> Any:
+        done = None
+        if body.name is not None:  # the body is checked already, so the update below cannot refuse its input
+            done = state.memory.rename_concept(user, concept, body.name)
+        if body.kind is None and body.notes is None:
+            return done
+        return state.memory.update_concept(user, done.name if done else concept, kind=body.kind, notes=body.notes)
+
+    done = await state.runner.run(work, gate=True, what="changing the concept", writes=True)
+    return _concept_json(done)
+
+
+@router.post("/users/{user}/concepts/{concept}/merge")
+async def merge_concepts(user: UserName, concept: ConceptName, body: MergeSources,
+                         request: Request) -> dict[str, Any]:
+    """Fold ``sources`` into this concept: their photos, dialogues and shares move over; they disappear."""
+    state = _state(request)
+    done = await state.runner.run(lambda _: state.memory.merge_concepts(user, body.sources, concept), gate=True,
+                                  what="merging the concepts", writes=True)
+    return _concept_json(done)
+
+
+@router.post("/users/{user}/concepts/{concept}/shares/{other}")
+async def share_concept(user: UserName, concept: ConceptName, other: OtherUser, request: Request) -> dict[str, Any]:
+    """Let ``other`` recall this concept's photos and the dialogues tied to it (nothing else)."""
+    state = _state(request)
+    await state.runner.run(lambda _: state.memory.share_concept(user, concept, other), gate=True,
+                           what="sharing the concept", writes=True)
+    return {"user": user, "concept": concept, "shared_with": other, "shared": True}
+
+
+@router.delete("/users/{user}/concepts/{concept}/shares/{other}")
+async def unshare_concept(user: UserName, concept: ConceptName, other: OtherUser,
+                          request: Request) -> dict[str, Any]:
+    """Stop sharing this concept with ``other``."""
+    state = _state(request)
+    await state.runner.run(lambda _: state.memory.unshare_concept(user, concept, other), gate=True,
+                           what="unsharing the concept", writes=True)
+    return {"user": user, "concept": concept, "shared_with": other, "shared": False}
 
 
 @router.delete("/users/{user}/concepts/{concept}")
@@ -146,6 +265,83 @@ async def forget_photo(user: UserName, photo_id: PhotoId, request: Request) -> d
     return {"user": user, "photo_id": photo_id, **report_json(report)}
 
 
+@router.post("/users/{user}/photos/{photo_id}/concepts")
+async def tag_photo(user: UserName, photo_id: PhotoId, body: PhotoTag, request: Request) -> dict[str, Any]:
+    """Tag the photo and its dialogues with a concept (created as needed); ``changed`` is false when it was
+    tagged already. Cached captions that used the photo are dropped."""
+    state = _state(request)
+    tags = await state.runner.run(lambda _: state.memory.tag_photo(user, photo_id, body.concept), gate=True,
+                                  what="tagging the photo", writes=True)
+    return _tags_json(user, tags)
+
+
+@router.delete("/users/{user}/photos/{photo_id}/concepts/{concept}")
+async def untag_photo(user: UserName, photo_id: PhotoId, concept: ConceptName, request: Request) -> dict[str, Any]:
+    """Take a concept off the photo and its dialogues (404 when the photo is not tagged with it)."""
+    state = _state(request)
+    tags = await state.runner.run(lambda _: state.memory.untag_photo(user, photo_id, concept), gate=True,
+                                  what="untagging the photo", writes=True)
+    return _tags_json(user, tags)
+
+
+@router.post("/users/{user}/photos/{photo_id}/move")
+async def move_photo(user: UserName, photo_id: PhotoId, body: PhotoMove, request: Request) -> dict[str, Any]:
+    """Move the photo and its dialogues from a wrong concept to the right one (untag + tag, one transaction)."""
+    state = _state(request)
+    tags = await state.runner.run(
+        lambda _: state.memory.move_photo(user, photo_id, body.from_concept, body.to_concept), gate=True,
+        what="moving the photo", writes=True)
+    return _tags_json(user, tags)
+
+
+# ---------------------------------------------------------------------------------------------- episodes
+@router.get("/users/{user}/history")
+async def history(user: UserName, request: Request,
+                  concept: Annotated[str | None, Query(min_length=1, max_length=200,
+                                                       description="Only dialogues tied to this concept.")] = None,
+                  limit: Annotated[int | None, Query(ge=1, le=2**62, description="At most this many.")] = None,
+                  ) -> dict[str, Any]:
+    """The user's dialogue episodes, newest first, each with its photo (their ids address the edit routes)."""
+    state = _state(request)
+    items = await state.runner.run(lambda _: state.memory.history(user, concept, limit=limit),
+                                   what="reading the history")
+    data = []
+    for item in items:
+        photo = photo_json(item.photo)
+        if item.photo.owner != user:  # a photo shared through a concept: its bytes stay with its owner
+            photo["url"] = None
+        data.append({"episode": episode_json(item.episode), "photo": photo})
+    return {"object": "list", "user": user, "concept": concept, "data": data}
+
+
+@router.patch("/users/{user}/episodes/{episode_id}")
+async def update_episode(user: UserName, episode_id: EpisodeId, body: EpisodeChange,
+                         request: Request) -> dict[str, Any]:
+    """Correct one episode's dialogue, time or place (fields left out stay; null clears taken_at or place). The
+    old text is scrubbed from the database files and cached captions that used the photo are dropped."""
+    state = _state(request)
+    given = body.model_fields_set
+    changes: dict[str, Any] = {}
+    if "dialogue" in given:
+        changes["dialogue"] = (body.dialogue if not isinstance(body.dialogue, list)
+                               else [t.model_dump() for t in body.dialogue])
+    for field in ("taken_at", "place"):
+        if field in given:
+            changes[field] = getattr(body, field)
+    episode = await state.runner.run(lambda _: state.memory.update_episode(user, episode_id, **changes), gate=True,
+                                     what="updating the episode", writes=True)
+    return {"user": user, "episode": episode_json(episode)}
+
+
+@router.delete("/users/{user}/episodes/{episode_id}")
+async def forget_episode(user: UserName, episode_id: EpisodeId, request: Request) -> dict[str, Any]:
+    """Forget one dialogue episode, scrubbed; its photo (and the photo's other dialogues) stay."""
+    state = _state(request)
+    report = await state.runner.run(lambda _: state.memory.forget_episode(user, episode_id), gate=True,
+                                    what="forgetting the episode", writes=True)
+    return {"user": user, "episode_id": episode_id, **report_json(report)}
+
+
 @router.post("/users/{user}/memories", status_code=201)
 async def remember(user: UserName, request: Request,
                    photo: Annotated[UploadFile, File(description="The photo (JPEG, PNG, WebP, ...).")],
@@ -169,15 +365,16 @@ async def remember(user: UserName, request: Request,
         if create_user:
             state.memory.add_user(user, exist_ok=True)
         return state.memory.remember(user, pic, _opt(dialogue), names, taken_at=_opt(taken_at),
-                                     place=_opt(place))
+                                     place=_opt(place), original_name=file_name_or_none(photo.filename))
 
     done = await state.runner.run(work, gate=True, what="remembering the photo", writes=True)
     return {"user": user, "new_photo": done.new_photo, "photo": photo_json(done.photo),
             "episode": episode_json(done.episode) if done.episode is not None else None}
 
 
-@router.post("/users/{user}/search")
-async def search(user: UserName, request: Request,
+@router.post("/users/{user}/recall")
+@router.post("/users/{user}/search", include_in_schema=False)  # the older name, kept
+async def recall(user: UserName, request: Request,
                  photo: Annotated[UploadFile, File(description="The query photo.")],
                  k: Annotated[int, Form(ge=1, le=MAX_K, description="How many results (1 to MAX_K, the "
                                         "memory's one search limit).")] = 5) -> dict[str, Any]:
@@ -188,22 +385,23 @@ async def search(user: UserName, request: Request,
     def work(cancel: Any) -> Any:
         pic = photo_from_upload(data, photo.filename, max_pixels=state.max_pixels, max_side=state.photo_max_side,
                                 slots=state.decode_slots, cancel=cancel)
-        return state.memory.search(user, image=pic, k=k)
+        return state.memory.recall(user, image=pic, k=k)
 
     hits = await state.runner.run(work, gate=True, what="searching the memory")
     return {"object": "list", "user": user, "data": [hit_json(h, user) for h in hits]}
 
 
 # ---------------------------------------------------------------------------------------------- bundles
-@router.get("/users/{user}/export", response_class=FileResponse,
+@router.get("/users/{user}/export-memory", response_class=FileResponse,
             responses={200: {"content": {"application/zip": {}}, "description": "The user's memory bundle"}})
-async def export_user(user: UserName, request: Request) -> FileResponse:
+@router.get("/users/{user}/export", response_class=FileResponse, include_in_schema=False)  # the older path, kept
+async def export_memory(user: UserName, request: Request) -> FileResponse:
     """Download the user's whole memory as a bundle (zip: manifest, rows, photos, vectors)."""
     state = _state(request)
     folder = FsPath(tempfile.mkdtemp(prefix="covip-export-"))
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in user)[:80] or "user"
     try:
-        path = await state.runner.run(lambda _: state.memory.export_user(user, folder / f"{safe}.covip.zip"),
+        path = await state.runner.run(lambda _: state.memory.export_memory(user, folder / f"{safe}.covip.zip"),
                                       what="exporting the memory")
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
@@ -212,8 +410,9 @@ async def export_user(user: UserName, request: Request) -> FileResponse:
                         background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
 
-@router.post("/import", status_code=201)
-async def import_bundle(request: Request,
+@router.post("/import-memory", status_code=201)
+@router.post("/import", status_code=201, include_in_schema=False)  # the older path, kept
+async def import_memory(request: Request,
                         bundle: Annotated[UploadFile, File(description="A bundle from export.")],
                         user: Annotated[str | None, Form(description="Import as this user (default: the "
                                                          "bundle's).")] = None,
@@ -227,7 +426,7 @@ async def import_bundle(request: Request,
         path = folder / "upload.covip.zip"
         path.write_bytes(data)
         counts = await state.runner.run(
-            lambda _: state.memory.import_bundle(path, user=_opt(user), merge=merge), gate=True,
+            lambda _: state.memory.import_memory(path, user=_opt(user), merge=merge), gate=True,
             what="importing the bundle", writes=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -43,6 +43,7 @@ from covip.sdk.errors import (
 from covip.sdk.homefiles import PHOTO_STORE
 from covip.sdk.server.config import ServeConfig, check_allowed_dirs, is_loopback
 from covip.sdk.server.work import RequestTimeout, Runner
+from covip.sdk.serverfile import home_id
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +307,7 @@ def _same_origin(origin: str, host: str) -> bool:
 # ---------------------------------------------------------------------------------------------- the app
 def create_app(assistant: Any, config: ServeConfig | None = None) -> FastAPI:
     """The ASGI app serving ``assistant`` (its one model instance is shared by all requests)."""
+    from covip.sdk.server.api_assist import router as assist_router
     from covip.sdk.server.api_memory import router as memory_router
     from covip.sdk.server.api_openai import router as openai_router
 
@@ -327,6 +329,7 @@ def create_app(assistant: Any, config: ServeConfig | None = None) -> FastAPI:
     _install_error_handlers(app)
     app.include_router(openai_router)
     app.include_router(memory_router)
+    app.include_router(assist_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -339,8 +342,10 @@ def create_app(assistant: Any, config: ServeConfig | None = None) -> FastAPI:
 
     @app.get("/v1/health", tags=["server"], responses=ERROR_RESPONSES)
     async def health() -> dict[str, Any]:
-        """Whether the server is up, with the model it serves."""
-        return {"status": "ok", "model": state.model_name, "meaningless": bool(assistant.meaningless)}
+        """Whether the server is up, with the model it serves and which memory (an opaque id of its home, so
+        the CLI can tell its own home's server without the server revealing where the home is)."""
+        return {"status": "ok", "model": state.model_name, "meaningless": bool(assistant.meaningless),
+                "home_id": home_id(state.home)}
 
     @app.get("/v1/verify", tags=["memory"], responses=ERROR_RESPONSES)
     async def verify(deep: bool = False) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -13,6 +14,7 @@ import uvicorn
 from covip.sdk.errors import ConfigError
 from covip.sdk.server.app import create_app
 from covip.sdk.server.config import ServeConfig
+from covip.sdk.serverfile import announce
 
 __all__ = ["serve", "BackgroundServer", "bind_socket"]
 
@@ -42,6 +44,14 @@ def _uvicorn_config(app: Any, *, log_level: str, access_log: bool) -> uvicorn.Co
                           timeout_graceful_shutdown=5, server_header=False)
 
 
+def _announced(assistant: Any, url: str, config: ServeConfig) -> Any:
+    """The home's server file while serving on loopback (the CLI of that home then answers through this
+    server); nothing is announced for a server reachable from other machines."""
+    if not config.loopback:
+        return contextlib.nullcontext()
+    return announce(assistant.memory.home, url, str(assistant.engine.model_id))
+
+
 def serve(assistant: Any, config: ServeConfig, *, on_ready: Callable[[str], None] | None = None,
           log_level: str = "warning") -> None:
     """Serve ``assistant`` until interrupted (Ctrl-C); ``on_ready(url)`` runs once the socket listens."""
@@ -52,7 +62,8 @@ def serve(assistant: Any, config: ServeConfig, *, on_ready: Callable[[str], None
     if on_ready is not None:
         on_ready(url)
     try:
-        server.run(sockets=[sock])
+        with _announced(assistant, url, config):
+            server.run(sockets=[sock])
     finally:
         sock.close()
 
@@ -61,8 +72,11 @@ class BackgroundServer:
     """The app on uvicorn in a daemon thread: ``with BackgroundServer(assistant, config) as srv: srv.url``."""
 
     def __init__(self, assistant: Any, config: ServeConfig | None = None, *, app: Any = None,
-                 log_level: str = "warning") -> None:
+                 log_level: str = "warning", announce: bool = False) -> None:
+        """``announce``: write the home's server file while running, as ``covip serve`` does."""
         self.config = config or ServeConfig(port=0)
+        self._announce = contextlib.ExitStack()
+        self._assistant, self._announcing = assistant, announce
         self.app = app if app is not None else create_app(assistant, self.config)
         self._sock = bind_socket(self.config.host, self.config.port)
         self.port = self._sock.getsockname()[1]
@@ -80,6 +94,8 @@ class BackgroundServer:
             if time.monotonic() > deadline:
                 raise ConfigError(f"the covip server did not start within {timeout_s:g} s")
             time.sleep(0.02)
+        if self._announcing:
+            self._announce.enter_context(_announced(self._assistant, self.url, self.config))
         return self
 
     @property
@@ -87,6 +103,7 @@ class BackgroundServer:
         return self._thread.is_alive()
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        self._announce.close()
         self.server.should_exit = True
         self._thread.join(timeout_s)
         self._sock.close()

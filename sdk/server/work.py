@@ -261,7 +261,7 @@ def photo_json(record: Any) -> dict[str, Any]:
     return {"id": record.id, "owner": record.owner, "sha256": record.sha256, "format": record.format,
             "width": record.width, "height": record.height, "taken_at": record.taken_at, "place": record.place,
             "gps": list(record.gps) if record.gps else None, "created_at": record.created_at,
-            "url": photo_url(record.owner, record.id)}
+            "original_name": getattr(record, "original_name", None), "url": photo_url(record.owner, record.id)}
 
 
 def episode_json(episode: Any) -> dict[str, Any]:

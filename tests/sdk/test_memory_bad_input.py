@@ -190,6 +190,8 @@ def _valid_args(mem: Memory, tmp: Path) -> dict[str, dict]:
     if not bundle.exists():
         mem.export_user("ana", bundle)
     caption = {"model_id": "m", "prompt_version": "1", "photo_sha256": sha, "context_ids": [pid]}
+    eid = mem.history("ana")[-1].episode.id
+    recall = {"user": "ana", "embedding": unit_vector(1), "k": 2, "model_id": MODEL, "include_shared": True}
     return {
         "open": {"home": tmp / "other-home", "embedder": None, "config": None},
         "start_fresh": {"home": tmp / "fresh-home"},
@@ -203,17 +205,30 @@ def _valid_args(mem: Memory, tmp: Path) -> dict[str, dict]:
         "share_concept": {"user": "ana", "name": "Bori", "with_user": "ben"},
         "unshare_concept": {"user": "ana", "name": "Bori", "with_user": "ben"},
         "remember": {"user": "ana", "photo": png_bytes(7), "dialogue": "User: hi", "concepts": ["Bori"],
-                     "taken_at": "2024-05-01", "place": "park", "embedding": unit_vector(7), "model_id": MODEL},
-        "search": {"user": "ana", "embedding": unit_vector(1), "k": 2, "model_id": MODEL, "include_shared": True},
+                     "taken_at": "2024-05-01", "place": "park", "embedding": unit_vector(7), "model_id": MODEL,
+                     "original_name": "day.png"},
+        "recall": recall,
+        "search": recall,
         "history": {"user": "ana", "concept": "Bori", "limit": 2},
         "photos": {"user": "ana"},
         "find_photo": {"user": "ana", "photo": pid},
         "forget_photo": {"user": "ana", "photo": pid},
         "forget_concept": {"user": "ana", "name": "Mom", "keep_shared_photos": False},
         "forget_user": {"user": "ben"},
+        "photo_concepts": {"user": "ana", "photo": pid},
+        "tag_photo": {"user": "ana", "photo": pid, "concept": "Mom"},
+        "untag_photo": {"user": "ana", "photo": pid, "concept": "Bori"},
+        "move_photo": {"user": "ana", "photo": pid, "from_concept": "Bori", "to_concept": "Mom"},
+        "retag_photo": {"user": "ana", "photo": pid, "from_concept": "Bori", "to_concept": "Mom"},
+        "update_episode": {"user": "ana", "episode_id": eid, "dialogue": "User: fixed", "taken_at": "2024-05-02",
+                           "place": "park"},
+        "forget_episode": {"user": "ana", "episode_id": eid},
+        "delete_episode": {"user": "ana", "episode_id": eid},
         "cached_caption": {"user": "ana", **caption},
         "cache_caption": {"user": "ana", "caption": "a dog", **caption},
+        "export_memory": {"user": "ana", "path": tmp / "out.zip"},
         "export_user": {"user": "ana", "path": tmp / "out.zip"},
+        "import_memory": {"path": bundle, "user": "ana-copy", "merge": True},
         "import_bundle": {"path": bundle, "user": "ana-copy", "merge": True},
         "load_memory_photo": {"photo": pid, "max_side": 64},
         "read_photo_bytes": {"photo": pid},

@@ -362,8 +362,9 @@ def test_schemathesis_fuzz_no_server_errors(server, client, ana, assistant):
     schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
     operations = [r.ok() for r in schema.get_all_operations()]
     labels = {op.label for op in operations}
-    assert {"POST /v1/chat/completions", "POST /v1/users/{user}/memories", "GET /v1/users/{user}/export",
-            "POST /v1/import", "DELETE /v1/users/{user}/photos/{photo_id}"} <= labels
+    assert {"POST /v1/chat/completions", "POST /v1/users/{user}/memories", "GET /v1/users/{user}/export-memory",
+            "POST /v1/import-memory", "DELETE /v1/users/{user}/photos/{photo_id}",
+            "PATCH /v1/users/{user}/episodes/{episode_id}", "POST /v1/users/{user}/photos/{photo_id}/move"} <= labels
     failures = []
     for op in operations:
         if op.label == "DELETE /v1/users/{user}":
