@@ -3,11 +3,11 @@
 Imports without torch; torch-backed pieces (open_clip embeddings) load when first built.
 """
 
-from covip.sdk.assistant import Assistant, AssistantConfig
-from covip.sdk.cag import Answer, CagConfig, CaptionResult
-from covip.sdk.config import default_home
-from covip.sdk.context import Context, ContextConfig, ContextItem
-from covip.sdk.engines import Engine, Generation, GenerationConfig, make_engine
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from covip.sdk.errors import (
     BundleError,
     ConfigError,
@@ -36,23 +36,30 @@ from covip.sdk.errors import (
     TruncatedImageError,
     WrongKeyError,
 )
-from covip.sdk.imaging import Photo, load_photo
-from covip.sdk.memory import (
-    Concept,
-    Episode,
-    ForgetReport,
-    HistoryItem,
-    Hit,
-    IndexConfig,
-    Memory,
-    MemoryConfig,
-    PhotoRecord,
-    Remembered,
-    Turn,
-    User,
-    VerifyReport,
-)
-from covip.sdk.vision import Embedder, EmbedderConfig, make_embedder
+
+if TYPE_CHECKING:  # imported on first use (see __getattr__), so `import covip.sdk...` stays light
+    from covip.sdk.assistant import Assistant, AssistantConfig
+    from covip.sdk.cag import Answer, CagConfig, CaptionResult
+    from covip.sdk.config import default_home
+    from covip.sdk.context import Context, ContextConfig, ContextItem
+    from covip.sdk.engines import Engine, Generation, GenerationConfig, make_engine
+    from covip.sdk.imaging import Photo, load_photo
+    from covip.sdk.memory import (
+        Concept,
+        Episode,
+        ForgetReport,
+        HistoryItem,
+        Hit,
+        IndexConfig,
+        Memory,
+        MemoryConfig,
+        PhotoRecord,
+        Remembered,
+        Turn,
+        User,
+        VerifyReport,
+    )
+    from covip.sdk.vision import Embedder, EmbedderConfig, make_embedder
 
 __all__ = [
     # personalized photo chat
@@ -117,3 +124,50 @@ __all__ = [
     "JudgeError",
     "ExportError",
 ]
+
+_LAZY: dict[str, str] = {
+    "Assistant": "covip.sdk.assistant",
+    "AssistantConfig": "covip.sdk.assistant",
+    "Answer": "covip.sdk.cag",
+    "CagConfig": "covip.sdk.cag",
+    "CaptionResult": "covip.sdk.cag",
+    "default_home": "covip.sdk.config",
+    "Context": "covip.sdk.context",
+    "ContextConfig": "covip.sdk.context",
+    "ContextItem": "covip.sdk.context",
+    "Engine": "covip.sdk.engines",
+    "Generation": "covip.sdk.engines",
+    "GenerationConfig": "covip.sdk.engines",
+    "make_engine": "covip.sdk.engines",
+    "Photo": "covip.sdk.imaging",
+    "load_photo": "covip.sdk.imaging",
+    "Concept": "covip.sdk.memory",
+    "Episode": "covip.sdk.memory",
+    "ForgetReport": "covip.sdk.memory",
+    "HistoryItem": "covip.sdk.memory",
+    "Hit": "covip.sdk.memory",
+    "IndexConfig": "covip.sdk.memory",
+    "Memory": "covip.sdk.memory",
+    "MemoryConfig": "covip.sdk.memory",
+    "PhotoRecord": "covip.sdk.memory",
+    "Remembered": "covip.sdk.memory",
+    "Turn": "covip.sdk.memory",
+    "User": "covip.sdk.memory",
+    "VerifyReport": "covip.sdk.memory",
+    "Embedder": "covip.sdk.vision",
+    "EmbedderConfig": "covip.sdk.vision",
+    "make_embedder": "covip.sdk.vision",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

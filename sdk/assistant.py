@@ -16,14 +16,16 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from covip.sdk._config import ConfigMixin
 from covip.sdk.cag import Answer, CagConfig, CaptionAugmentedGenerator, CaptionResult
 from covip.sdk.config import read_settings, resolve_home
 from covip.sdk.context import ContextConfig
 from covip.sdk.errors import InputError
-from covip.sdk.memory import Memory, MemoryConfig
+
+if TYPE_CHECKING:
+    from covip.sdk.memory import Memory
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,12 @@ class Assistant:
         self.config = config
         home = resolve_home(config.home)
         settings = read_settings(home)
-        self.memory = memory or Memory(MemoryConfig(home=home), embedder=config.embedder)
         self._owns_memory = memory is None
+        if memory is None:
+            from covip.sdk.memory import Memory, MemoryConfig
+
+            memory = Memory(MemoryConfig(home=home), embedder=config.embedder)
+        self.memory = memory
         model = config.model or settings.get("model") or "tiny"
         options = dict(config.engine_options)
         if config.model is None and settings.get("quant") and "quant" not in options:

@@ -14,9 +14,8 @@ import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import faiss
 import numpy as np
 
 from covip.sdk._config import ConfigMixin
@@ -24,6 +23,12 @@ from covip.sdk.errors import DecryptError, IndexCorruptError, InputError
 from covip.sdk.memory import crypto
 from covip.sdk.memory.crypto import HomeKey
 from covip.sdk.memory.validate import MAX_K
+
+
+def _faiss():  # noqa: ANN202 - faiss loads on first use, so commands that never search stay fast to start
+    import faiss
+
+    return faiss
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +82,14 @@ class VectorIndex:
         self.unsaved = 0
 
     # ----------------------------------------------------------------- building
-    def _empty(self, kind: str) -> faiss.IndexIDMap2:
+    def _empty(self, kind: str) -> Any:  # a faiss.IndexIDMap2
         if kind == "hnsw":
-            inner = faiss.IndexHNSWFlat(self.dim, self.config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            inner = _faiss().IndexHNSWFlat(self.dim, self.config.hnsw_m, _faiss().METRIC_INNER_PRODUCT)
             inner.hnsw.efConstruction = self.config.ef_construction
             inner.hnsw.efSearch = self.config.ef_search
         else:
-            inner = faiss.IndexFlatIP(self.dim)
-        return faiss.IndexIDMap2(inner)
+            inner = _faiss().IndexFlatIP(self.dim)
+        return _faiss().IndexIDMap2(inner)
 
     @property
     def ntotal(self) -> int:
@@ -92,7 +97,7 @@ class VectorIndex:
 
     def ids(self) -> np.ndarray:
         """All ids in the index (int64, insertion order)."""
-        return faiss.vector_to_array(self._index.id_map).astype(np.int64, copy=False)
+        return _faiss().vector_to_array(self._index.id_map).astype(np.int64, copy=False)
 
     def vectors(self) -> np.ndarray:
         """All stored vectors, in the order of :meth:`ids`."""
@@ -132,7 +137,7 @@ class VectorIndex:
         if len(ids) == 0 or self.ntotal == 0:
             return 0
         if self.kind == "flat":
-            removed = int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
+            removed = int(self._index.remove_ids(_faiss().IDSelectorBatch(ids)))
         else:
             all_ids = self.ids()
             keep = ~np.isin(all_ids, ids)
@@ -173,13 +178,13 @@ class VectorIndex:
                     np.full((len(queries), 0), -1, dtype=np.int64))
         params = None
         if allowed is not None:
-            sel = faiss.IDSelectorBatch(allowed)
+            sel = _faiss().IDSelectorBatch(allowed)
             if self.kind == "hnsw":
-                params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(self.config.ef_search, k))
+                params = _faiss().SearchParametersHNSW(sel=sel, efSearch=max(self.config.ef_search, k))
             else:
-                params = faiss.SearchParameters(sel=sel)
+                params = _faiss().SearchParameters(sel=sel)
         elif self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, k))
+            params = _faiss().SearchParametersHNSW(efSearch=max(self.config.ef_search, k))
         with _few_threads(len(queries)):
             scores, ids = self._index.search(queries, k, params=params)
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
@@ -192,7 +197,7 @@ class VectorIndex:
     def save(self, path: Path, tmp_dir: Path, *, meta: dict | None = None, key: HomeKey | None = None) -> None:
         """Write the index atomically, then its small JSON sidecar (count and max id, for cheap staleness checks);
         both sealed with ``key`` in an encrypted home."""
-        crypto.write_file(path, memoryview(faiss.serialize_index(self._index)), tmp_dir, key, "index")
+        crypto.write_file(path, memoryview(_faiss().serialize_index(self._index)), tmp_dir, key, "index")
         ids = self.ids()
         sidecar = {
             "kind": self.kind,
@@ -210,7 +215,7 @@ class VectorIndex:
         """Read an index file (decrypted with ``key`` in an encrypted home); a damaged file raises
         :class:`IndexCorruptError` (rebuild it with repair)."""
         try:
-            raw = faiss.deserialize_index(np.frombuffer(crypto.read_file(path, key, "index"), dtype=np.uint8))
+            raw = _faiss().deserialize_index(np.frombuffer(crypto.read_file(path, key, "index"), dtype=np.uint8))
         except DecryptError as exc:
             raise IndexCorruptError(f"FAISS index file {path} fails authentication ({exc}); it is derived data: "
                                     "run `covip verify --repair` to rebuild it from SQLite") from exc
@@ -219,13 +224,13 @@ class VectorIndex:
                 f"FAISS index file {path} cannot be read ({str(exc).splitlines()[0][:200]}); it is derived "
                 "data: run `covip verify --repair` (or Memory.repair()) to rebuild it from SQLite"
             ) from exc
-        if not isinstance(raw, faiss.IndexIDMap2) or raw.d != dim:
+        if not isinstance(raw, _faiss().IndexIDMap2) or raw.d != dim:
             raise IndexCorruptError(
                 f"FAISS index file {path} is not a covip index of dimension {dim}; "
                 "run `covip verify --repair` to rebuild it"
             )
-        inner = faiss.downcast_index(raw.index)
-        kind = "hnsw" if isinstance(inner, faiss.IndexHNSW) else "flat"
+        inner = _faiss().downcast_index(raw.index)
+        kind = "hnsw" if isinstance(inner, _faiss().IndexHNSW) else "flat"
         self = cls(dim, config, kind=kind)
         self._index = raw
         if kind == "hnsw":
@@ -244,12 +249,12 @@ def _few_threads(n_queries: int) -> Iterator[None]:
         yield
         return
     with _omp_lock:
-        before = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)
+        before = _faiss().omp_get_max_threads()
+        _faiss().omp_set_num_threads(1)
         try:
             yield
         finally:
-            faiss.omp_set_num_threads(before)
+            _faiss().omp_set_num_threads(before)
 
 
 def sidecar_path(index_path: Path) -> Path:
