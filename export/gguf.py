@@ -137,9 +137,9 @@ def _gguf_model_name(ck: Any) -> str | None:
 
 
 def _progress(total: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
+    from covip.sdk.progress import progress_bar
 
-    return tqdm(total=total, desc="covip export gguf", unit="step", disable=not enabled, leave=False)
+    return progress_bar(total=total, desc="covip export gguf", unit="step", enabled=bool(enabled), leave=False)
 
 
 def export_gguf(model: str | os.PathLike[str], out: str | os.PathLike[str], *,

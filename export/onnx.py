@@ -245,9 +245,9 @@ def export_onnx(model: str | os.PathLike[str], out: str | os.PathLike[str], *, i
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     steps = 5 + int(int8) + int(int4) + int(verify)
-    from tqdm.auto import tqdm
+    from covip.sdk.progress import progress_bar
 
-    bar = tqdm(total=steps, desc="covip export onnx", unit="step", disable=not progress, leave=False)
+    bar = progress_bar(total=steps, desc="covip export onnx", unit="step", enabled=bool(progress), leave=False)
     try:
         stage = work / "out"
         stage.mkdir()

@@ -497,8 +497,9 @@ def verify_export(export_dir: str | os.PathLike[str], against: str | os.PathLike
             reference = hf_reference(ck.path, max_new_tokens=max_new_tokens)
         report = VerifyReport(export_dir=str(Path(export_dir)), against=str(against),
                               reference_tokens={c.case.name: c.tokens for c in reference.cases})
-        from tqdm.auto import tqdm
+        from covip.sdk.progress import progress_bar
 
-        for kind in tqdm(wanted, desc="covip export verify", disable=not progress, leave=False):
+        for kind in progress_bar(wanted, desc="covip export verify", unit="export", enabled=bool(progress),
+                                 leave=False):
             report.files.extend(found[kind](manifest, reference, opts))
     return report

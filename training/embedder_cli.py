@@ -25,7 +25,8 @@ __all__ = ["embedder_cmd"]
 @click.option("--results", "results_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the results (recall@1/@5 of mini and the baselines, timings, recipe) to this JSON "
                    "file, e.g. benchmarks/results/mini_embedder.json.")
-@click.option("--progress/--no-progress", default=None, help="Progress bars (default: only on a terminal).")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress on stderr (default: on; bars on a terminal, plain lines otherwise).")
 @click.option("--print-config", is_flag=True, help="Print the resolved recipe as YAML and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build record as JSON.")
 def embedder_cmd(config_name: str, quick: bool, overrides: tuple[str, ...], force: bool, out_dir: Path | None,

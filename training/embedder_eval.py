@@ -111,9 +111,8 @@ def evaluate_retrieval(embedder: Any, world: RetrievalWorld, *, ks: Sequence[int
     are a look-alike of the right concept), ``n_queries``, ``n_memories`` and the per-query ``ranks``
     (0 = the right memory came first).
     """
-    from tqdm.auto import tqdm
-
     from covip.sdk import Memory
+    from covip.sdk.progress import progress_bar
 
     concepts = world.concepts
     family = {c.name: look_family(c.look) for c in concepts}
@@ -131,8 +130,8 @@ def evaluate_retrieval(embedder: Any, world: RetrievalWorld, *, ks: Sequence[int
         for c, photo, vec in zip(concepts, world.memory_photos, memory_vecs):
             mem.remember(_USER, photo, c.dialogue, [c.name], embedding=vec, model_id=name)
         pairs = zip(world.queries, query_vecs)
-        for (i, _query), vec in tqdm(pairs, total=len(world.queries), desc=f"retrieval {name}", unit="query",
-                                     disable=_no_bar(progress)):
+        for (i, _query), vec in progress_bar(pairs, total=len(world.queries), desc=f"retrieval {name}",
+                                             unit="query", enabled=progress):
             hits = mem.search(_USER, embedding=vec, model_id=name, k=len(concepts))
             order = [h.concepts[0] if h.concepts else "" for h in hits]
             right = concepts[i].name
@@ -215,6 +214,3 @@ def evaluate_build(config: Any, weights: str | Path, *, progress: bool | None = 
             "embedders": results, "recall_at_1": results["mini"]["recall_at_1"],
             "recall_at_5": results["mini"]["recall_at_5"], "eval_s": round(time.perf_counter() - start, 2)}
 
-
-def _no_bar(progress: bool | None) -> bool | None:
-    return None if progress is None else not progress

@@ -82,11 +82,12 @@ class WorldPairs:
     def __init__(self, n: int, *, sizes: list[int], seed: int, preprocess: Any, tokenizer: Any = None,
                  multi_share: float = 0.0, progress: bool | None = None) -> None:
         import torch
-        from tqdm.auto import tqdm
+
+        from covip.sdk.progress import progress_bar
 
         keys = look_keys(heldout=False)
         memory, query, texts, looks = [], [], [], []
-        for i in tqdm(range(n), desc="drawing training pairs", unit="pair", disable=_no_bar(progress)):
+        for i in progress_bar(range(n), desc="drawing training pairs", unit="pair", enabled=progress):
             rng = random.Random(f"covip-mini-embedder:{seed}:{i}")
             look = look_with_key(rng.choice(keys), rng)
             looks.append(look)
@@ -117,7 +118,7 @@ class WorldPairs:
 
 
 def _no_bar(progress: bool | None) -> bool | None:
-    """tqdm's ``disable``: None (= only on a terminal) when progress is None."""
+    """The Trainer's ``disable_tqdm``: off unless progress is False (no terminal: lines, see trainer_progress)."""
     return None if progress is None else not progress
 
 
@@ -206,6 +207,9 @@ def train_mini_clip(config: EmbedderTrainConfig, work_dir: Path, *,
         )
         trainer = Trainer(model=wrapper, args=args, train_dataset=pairs, optimizers=(optimizer, None),
                           callbacks=[ClampLogitScale()])
+        from covip.training.trainer_progress import use_progress_lines
+
+        use_progress_lines(trainer, progress, "covip train embedder")
         start = time.perf_counter()
         trainer.train()
         train_s = time.perf_counter() - start

@@ -368,6 +368,9 @@ def _train(config: GspoConfig, train_dataset: Any, reward_funcs: Sequence[Callab
 
     trainer = GRPOTrainer(model=model, reward_funcs=list(reward_funcs), args=args, train_dataset=train_dataset,
                           processing_class=processor, callbacks=[metrics, *(callbacks or [])])
+    from covip.training.trainer_progress import use_progress_lines
+
+    use_progress_lines(trainer, config.run.progress, "covip train gspo")
     try:
         trainer.train(resume_from_checkpoint=resume)
     finally:

@@ -197,6 +197,9 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
     metrics = MetricsCallback(metrics_path, logs_dir / "tensorboard" if config.run.tensorboard else None)
     trainer = CompletionOnlySFTTrainer(model=model, args=sft_args(config, out), train_dataset=dataset, processing_class=processor,
                           callbacks=[metrics, budget, *(callbacks or [])])
+    from covip.training.trainer_progress import use_progress_lines
+
+    use_progress_lines(trainer, config.run.progress, "covip train sft")
     train_start = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=resume)

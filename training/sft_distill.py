@@ -170,6 +170,9 @@ def distill_vision(model: Any, processor: Any, teacher: Any, *, output_dir: str,
     budget = TimeBudgetCallback(max_time_s)
     trainer = Trainer(model=wrapper, args=args, train_dataset=stream_cls(seed, image_size),
                       data_collator=collate_for(image_processor, teacher), callbacks=[budget])
+    from covip.training.trainer_progress import use_progress_lines
+
+    use_progress_lines(trainer, progress, "vision distillation")
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start

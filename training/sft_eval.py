@@ -46,14 +46,15 @@ def generate_answers(model: Any, processor: Any, samples: Sequence[Sample | list
     """Greedy answers (special tokens dropped) to ``samples`` (Samples or ready chats), in order."""
     import torch
     from PIL import Image
-    from tqdm.auto import tqdm
+
+    from covip.sdk.progress import progress_bar
 
     tok = processor.tokenizer
     stops = [t for t in (tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id) if t is not None]
     was_training = model.training
     model.eval()
     out: list[str] = []
-    bar = tqdm(total=len(samples), desc=desc, unit="sample", disable=None if progress is None else not progress)
+    bar = progress_bar(total=len(samples), desc=desc, unit="sample", enabled=progress)
     try:
         for start in range(0, len(samples), max(1, batch_size)):
             chunk = samples[start:start + max(1, batch_size)]

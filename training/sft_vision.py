@@ -147,6 +147,9 @@ def warm_up_vision(model: Any, processor: Any, items: Sequence[tuple[str, Look]]
     budget = TimeBudgetCallback(max_time_s)
     trainer = Trainer(model=wrapper, args=args, train_dataset=dataset_cls(items),
                       data_collator=collate_for(image_processor), callbacks=[budget])
+    from covip.training.trainer_progress import use_progress_lines
+
+    use_progress_lines(trainer, progress, "vision warm-up")
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,10 @@ from covip.sdk.cli.inference import (
     echo_stats,
     inference_options,
 )
+from covip.sdk.cli.remote import local_option
 from covip.sdk.errors import InputError
 
 __all__ = ["register"]
-
-
-def local_option() -> Callable[[Any], Any]:
-    return click.option("--local", is_flag=True,
-                        help="Load the model in this process even when `covip serve` runs for this memory "
-                             "(also COVIP_NO_SERVER=1).")
 
 
 def _server(state: CliState, mem: Any, photo: Path, opts: InferenceOptions, local: bool) -> Any:

@@ -41,6 +41,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "covip.sdk.cli.chat_cmds",
     "covip.sdk.cli.serve_cmds",
     "covip.sdk.cli.bench_cmds",
+    "covip.sdk.cli.models_cmds",
 )
 """Modules whose ``register(group)`` adds commands to ``covip``, in help order."""
 

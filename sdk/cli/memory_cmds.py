@@ -26,6 +26,7 @@ from covip.sdk.cli.common import (
     read_text_arg,
     user_option,
 )
+from covip.sdk.cli.remote import MAX_UPLOAD_BYTES, find_server, local_option
 from covip.sdk.config import DEFAULT_EMBEDDER, SETTINGS_FILE
 from covip.sdk.errors import ConfigError, ConflictError, ImageError, InputError, NotFoundError
 from covip.sdk.memory.validate import MAX_K
@@ -219,9 +220,10 @@ def _ensure_user(mem: Memory, user: str, create: bool | None) -> None:
 @click.option("--place", metavar="TEXT", help="Where the photo was taken, e.g. 'Han river, Seoul'.")
 @click.option("--create-user", is_flag=True, help="Add the user first if it does not exist yet.")
 @click.option("--recursive", "-r", is_flag=True, help="Also take images from subfolders of a directory.")
+@local_option()
 @pass_state
 def remember_cmd(state: CliState, photos: tuple[Path, ...], user: str, concepts: tuple[str, ...], dialogue: str,
-                 taken_at: str | None, place: str | None, create_user: bool, recursive: bool) -> None:
+                 taken_at: str | None, place: str | None, create_user: bool, recursive: bool, local: bool) -> None:
     """Remember photos with the dialogue about them, tied to named concepts.
 
     Each photo is stored (a copy under the home), embedded and tied to the concepts and the
@@ -232,20 +234,24 @@ def remember_cmd(state: CliState, photos: tuple[Path, ...], user: str, concepts:
     Example:
       covip remember bori.jpg --user ana --concept Bori --place "Han river" --dialogue "This is my dog Bori."
       covip remember ~/Pictures/trip --user ana -c Bori -c Mina --dialogue @trip.txt
+
+    When `covip serve` runs for this memory, it embeds the photos (no image model to load here).
     """
-    from tqdm.auto import tqdm
+    from covip.sdk.progress import progress_bar
 
     files = _photo_files(photos, recursive)
     text = read_text_arg(dialogue, "dialogue")
     mem = state.memory()
     _ensure_user(mem, user, create_user)
+    remote = None if local else find_server(mem.home)
     bulk = len(files) > 1
     new = episodes = 0
     failed: list[str] = []
-    with tqdm(files, unit="photo", desc="remembering", file=sys.stderr, disable=not bulk, leave=False) as bar:
+    with progress_bar(files, unit="photo", desc="remembering", enabled=bulk, leave=False) as bar:
         for path in bar:
             try:
-                done = mem.remember(user, path, text, concepts=list(concepts), taken_at=taken_at, place=place)
+                done = mem.remember(user, path, text, concepts=list(concepts), taken_at=taken_at, place=place,
+                                    **_served_embedding(remote, path))
             except ImageError as exc:
                 if not bulk:
                     raise
@@ -259,7 +265,7 @@ def remember_cmd(state: CliState, photos: tuple[Path, ...], user: str, concepts:
                 state_word = "new photo" if done.new_photo else "known photo, new dialogue"
                 click.echo(f"remembered photo {done.photo.id} for {user!r} ({state_word}): "
                            f"{', '.join(done.episode.concepts if done.episode else concepts)}")
-    if len(failed) < len(files):
+    if len(failed) < len(files) and remote is None:
         state.embedder(mem)  # built by now; only says whether its similarities mean anything
     if bulk:
         ok = len(files) - len(failed)
@@ -268,6 +274,14 @@ def remember_cmd(state: CliState, photos: tuple[Path, ...], user: str, concepts:
     if failed:
         raise InputError(f"{len(failed)} of {len(files)} photos could not be read and were skipped: "
                          + ", ".join(failed[:5]) + (" ..." if len(failed) > 5 else ""))
+
+
+def _served_embedding(remote: Any, path: Path) -> dict[str, Any]:
+    """``embedding``/``model_id`` for Memory.remember/recall from a running server (empty: embed here)."""
+    if remote is None or path.stat().st_size > MAX_UPLOAD_BYTES:
+        return {}
+    doc = remote.embed(path)
+    return {"embedding": doc["embedding"], "model_id": doc["model_id"]}
 
 
 # ---------------------------------------------------------------------------------------------- recall
@@ -302,9 +316,10 @@ def photo_line(photo: PhotoRecord) -> str:
 @user_option()
 @click.option("-k", "--top", "k", type=click.IntRange(min=1, max=MAX_K), default=5, show_default=True,
               help=f"How many remembered photos to return (at most {MAX_K}).")
+@local_option()
 @json_option()
 @pass_state
-def recall_cmd(state: CliState, photo: Path, user: str, k: int, as_json: bool) -> None:
+def recall_cmd(state: CliState, photo: Path, user: str, k: int, as_json: bool, local: bool) -> None:
     """Find the remembered photos most similar to PHOTO, with their concepts and dialogues.
 
     Searches only this user's memory (plus concepts other users shared with them). Each hit shows
@@ -321,12 +336,17 @@ def recall_cmd(state: CliState, photo: Path, user: str, k: int, as_json: bool) -
     mem = state.memory()
     _ensure_user(mem, user, create=None)
     query = load_photo(photo, max_pixels=mem.config.max_pixels)  # bad input fails before the model loads
-    emb = state.embedder(mem)
-    hits = mem.recall(user, image=query, k=k)
+    remote = None if local else find_server(mem.home, photo)
+    if remote is not None:  # the running server embeds the photo; the search runs here, on this memory
+        doc = remote.embed(photo)
+        hits = mem.recall(user, embedding=doc["embedding"], model_id=doc["model_id"], k=k)
+        embedder = {"model_id": doc["model_id"], "meaningless": doc["meaningless"]}
+    else:
+        emb = state.embedder(mem)
+        hits = mem.recall(user, image=query, k=k)
+        embedder = {"model_id": emb.model_id, "meaningless": bool(getattr(emb, "meaningless", False))}
     if as_json:
-        echo_json({"user": user, "query": str(photo), "k": k,
-                   "embedder": {"model_id": emb.model_id, "meaningless": bool(getattr(emb, "meaningless", False))},
-                   "hits": hits})
+        echo_json({"user": user, "query": str(photo), "k": k, "embedder": embedder, "hits": hits})
         return
     if not hits:
         click.echo(f"no remembered photos for {user!r} yet; add some with `covip remember`")

@@ -24,7 +24,7 @@ from covip.sdk.serverfile import home_id, read_server_file
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RemoteAssistant", "find_server", "NO_SERVER_ENV", "MAX_UPLOAD_BYTES"]
+__all__ = ["RemoteAssistant", "find_server", "local_option", "NO_SERVER_ENV", "MAX_UPLOAD_BYTES"]
 
 NO_SERVER_ENV = "COVIP_NO_SERVER"
 MAX_UPLOAD_BYTES = 16 << 20  # larger photos are answered in-process (the server's default body limit is 32 MB)
@@ -58,6 +58,14 @@ class RemoteAssistant:
     def caption(self, user: str, photo: Path) -> dict[str, Any]:
         return self._post(f"/v1/users/{_quote(user)}/caption", {"photo": _data_url(photo)})
 
+    def embed(self, photo: Path) -> dict[str, Any]:
+        """The memory's embedding of ``photo``: ``{"model_id", "dim", "meaningless", "embedding"}``."""
+        doc = self._post("/v1/embed", {"photo": _data_url(photo)})
+        if not isinstance(doc.get("embedding"), list) or len(doc["embedding"]) != doc.get("dim"):
+            raise errors.CovipError(f"the covip server at {self.url} sent a malformed embedding; run the command "
+                                    "again with --local")
+        return doc
+
 
 def find_server(home: Path, photo: Path | None = None) -> RemoteAssistant | None:
     """The running server of ``home``, or None (no server, another home's, unreachable, turned off by
@@ -86,6 +94,15 @@ def find_server(home: Path, photo: Path | None = None) -> RemoteAssistant | None
         log.info("the server at %s serves another memory; working in-process", url)
         return None
     return RemoteAssistant(url, str(health.get("model", doc.get("model", ""))), token=token)
+
+
+def local_option() -> Any:
+    """``--local``: keep the work in this process even when `covip serve` runs for the home."""
+    import click
+
+    return click.option("--local", is_flag=True,
+                        help="Load the models in this process even when `covip serve` runs for this memory "
+                             f"(also {NO_SERVER_ENV}=1).")
 
 
 def _quote(user: str) -> str:

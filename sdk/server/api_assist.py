@@ -1,8 +1,10 @@
-"""covip's own answer routes: ``POST /v1/users/{user}/ask`` and ``POST /v1/users/{user}/caption``.
+"""covip's own answer routes: ``POST /v1/users/{user}/ask``, ``POST /v1/users/{user}/caption`` and
+``POST /v1/embed``.
 
 They return exactly what ``covip ask --json`` and ``covip caption --json`` print (the memories without local
 paths), so the CLI can hand its work to a running ``covip serve`` of the same home (as Ollama's CLI does with
-its server) and print the same thing; apps that do not speak OpenAI's chat format use them too.
+its server) and print the same thing; apps that do not speak OpenAI's chat format use them too. ``/v1/embed``
+gives the memory's embedding of a photo, so `covip remember`/`recall` need not load the embedder.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from covip.sdk.errors import InputError
 from covip.sdk.server.app import ERROR_RESPONSES, ServerState
 from covip.sdk.server.work import answer_job, check_user, item_json, photo_from_url
 
-__all__ = ["router", "AskRequest", "CaptionRequest"]
+__all__ = ["router", "AskRequest", "CaptionRequest", "EmbedRequest"]
 
 router = APIRouter(prefix="/v1", tags=["answers"], responses=ERROR_RESPONSES)
 
@@ -40,10 +42,12 @@ def _state(request: Request) -> ServerState:
     return request.app.state.covip
 
 
-async def _photo(state: ServerState, url: str) -> Any:
+async def _photo(state: ServerState, url: str, *, full: bool = False) -> Any:
+    """The request's photo, decoded as the answer passes see it (``full``: as Memory.remember does)."""
+    side = None if full else state.photo_max_side
     return await state.runner.run(
         lambda cancel: photo_from_url(url, roots=state.roots, max_pixels=state.max_pixels,
-                                      max_side=state.photo_max_side, slots=state.decode_slots, cancel=cancel),
+                                      max_side=side, slots=state.decode_slots, cancel=cancel),
         what="reading the photo")
 
 
@@ -86,3 +90,19 @@ async def caption(user: str, body: CaptionRequest, request: Request) -> dict[str
             "memories": [item_json(m, name) for m in result.memories],
             "tokens": None if gen is None else {"prompt": gen.prompt_tokens, "cached": gen.cached_tokens,
                                                 "completion": gen.completion_tokens}}
+
+
+class EmbedRequest(CaptionRequest):
+    pass
+
+
+@router.post("/embed")
+async def embed(body: EmbedRequest, request: Request) -> dict[str, Any]:
+    """The memory's embedding of a photo (what remember and recall index and search with), so a client can
+    remember or recall through its own connection to the memory without loading the embedder."""
+    state = _state(request)
+    photo = await _photo(state, body.photo, full=True)  # the same pixels as an in-process remember/recall
+    embedder = state.memory.embedder
+    vec = await state.runner.run(lambda _: embedder.embed_images([photo.image])[0], gate=True, what="embedding")
+    return {"model_id": embedder.model_id, "dim": int(len(vec)), "meaningless": bool(getattr(embedder, "meaningless", False)),
+            "embedding": [float(x) for x in vec]}

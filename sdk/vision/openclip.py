@@ -112,9 +112,9 @@ class OpenClipEmbedder:
             return out
         show = progress if progress is not None else n > _PROGRESS_THRESHOLD
         torch = self._torch
-        from tqdm.auto import tqdm
+        from covip.sdk.progress import progress_bar
 
-        with torch.inference_mode(), tqdm(total=n, unit="img", desc="embedding", disable=not show) as bar:
+        with torch.inference_mode(), progress_bar(total=n, unit="image", desc="embedding", enabled=show) as bar:
             for start in range(0, n, bs):
                 chunk = pil_images[start : start + bs]
                 batch = torch.stack([self._prepare(img, start + i) for i, img in enumerate(chunk)])

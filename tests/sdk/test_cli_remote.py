@@ -57,6 +57,27 @@ def test_ask_and_caption_go_through_the_running_server(served) -> None:
     assert cap.exit_code == 0 and "by covip serve" in cap.stdout and "from the cache" in cap.stdout
 
 
+def test_remember_and_recall_use_the_servers_embedder(served, tmp_path: Path) -> None:
+    """The server embeds; the memory is written and searched here, and matches what in-process recall finds."""
+    home, photo, _ = served
+    fresh = tmp_path / "mom2.png"
+    fresh.write_bytes(png("Mom", 2))
+    r = run(home, "remember", str(fresh), "--user", "ana", "-c", "Mom", "-d", "User: Mom again.")
+    assert r.exit_code == 0, r.output
+    served_hits = json.loads(run(home, "recall", str(fresh), "--user", "ana", "--json").stdout)
+    assert served_hits["hits"][0]["score"] > 0.999  # the photo just remembered is its own best match
+    assert served_hits["embedder"]["model_id"].startswith("open_clip/covip-tiny")
+    from covip.sdk.cli.remote import find_server
+
+    remote = find_server(home, fresh)
+    vec = remote.embed(fresh)
+    from covip.sdk import Memory
+
+    with Memory.open(home) as mem:  # the same vector the server's own memory would compute
+        assert mem.recall("ana", embedding=vec["embedding"], model_id=vec["model_id"], k=1)[0].photo.id == \
+            served_hits["hits"][0]["photo"]["id"]
+
+
 def test_local_and_model_options_stay_in_process(served) -> None:
     home, photo, _ = served
     for extra, env in ((["--local"], None), ([], {"COVIP_NO_SERVER": "1"})):

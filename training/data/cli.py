@@ -61,7 +61,8 @@ def _mix(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tup
               help="Also write downstream_{lsd,lar,itr}.jsonl with N samples each (covip eval downstream). "
                    "[default: 0]")
 @click.option("--force", is_flag=True, help="Replace an earlier synthetic dataset in --out.")
-@click.option("--progress/--no-progress", default=None, help="Show a progress bar (default: on a terminal).")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress on stderr (default: on; a bar on a terminal, plain lines otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def synth(out_dir: Path, force: bool, progress: bool | None, as_json: bool, **options: Any) -> None:
     """Render an offline synthetic dataset of personal concepts (images, dialogues, MCQAs, 3 sample types).

@@ -394,9 +394,10 @@ def synthesize(config: SynthConfig, out_dir: str | Path, *, embedder: Any = None
     """Build the synthetic dataset of ``config`` into ``out_dir`` (see the module doc); returns a report.
 
     ``embedder`` (an :class:`~covip.sdk.vision.Embedder`) overrides ``config.embedder`` for
-    ``similarity='clip'``; ``progress`` None shows a bar only on a terminal.
+    ``similarity='clip'``; ``progress`` False shows no progress, None or True a bar on a terminal and plain
+    lines otherwise (:mod:`covip.sdk.progress`).
     """
-    from tqdm.auto import tqdm
+    from covip.sdk.progress import progress_bar
 
     if not isinstance(config, SynthConfig):
         raise InputError(f"synthesize() takes a SynthConfig, got {type(config).__name__}")
@@ -419,8 +420,7 @@ def synthesize(config: SynthConfig, out_dir: str | Path, *, embedder: Any = None
         for sub in subs:
             (tmp / sub).mkdir(parents=True, exist_ok=True)
         total = len(concepts) + config.n_train + config.n_test + config.n_downstream
-        bar = tqdm(total=total, desc="covip data synth", unit="item",
-                   disable=None if progress is None else not progress)
+        bar = progress_bar(total=total, desc="covip data synth", unit="item", enabled=progress)
         concept_paths: dict[int, str] = {}
         for i, c in enumerate(concepts):
             rel = f"images/concepts/{c.id}.png"

@@ -216,10 +216,10 @@ def caption_messages_for(sample: Sample, *, vision: bool = True, pack: prompts.P
 
 
 def _bar(total: int, desc: str, progress: bool | None, initial: int = 0) -> Any:
-    from tqdm.auto import tqdm
+    from covip.sdk.progress import progress_bar
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="sample" if "caption" in desc else "q",
-                disable=None if progress is None else not progress)
+    return progress_bar(total=total, initial=initial, desc=f"capeval {desc}",
+                        unit="sample" if "caption" in desc else "question", enabled=progress)
 
 
 def generate_captions(items: Sequence[CapEvalItem], engine: Any, store_path: str | Path, *, vision: bool = True,

@@ -20,7 +20,8 @@ _JUDGE_HELP = ("Judge spec: 'lexical' (synthetic data only), 'http://host:port/v
 
 def _progress_option(f):
     return click.option("--progress/--no-progress", default=None,
-                        help="Show progress bars (default: on a terminal).")(f)
+                        help="Progress on stderr (default: on; a bar on a terminal, otherwise a plain line at "
+                             "25/50/75/100%% and every 20 s). --no-progress: none.")(f)
 
 
 def _pack_option(f):

@@ -343,10 +343,9 @@ def run_downstream(task: str, data: str | Path, *, out: str | Path, model: Any =
                    protocol: str = DEFAULT_PROTOCOL, answers: str | Path | None = None,
                    prompt_pack: Any = None) -> DownstreamResult:
     """Answer a downstream task file in the given modes and score it, or score ``answers`` (see the module doc)."""
-    from tqdm.auto import tqdm
-
     from covip.sdk.cag import CagConfig
     from covip.sdk.engines.base import GenerationConfig
+    from covip.sdk.progress import progress_bar
 
     started = time.perf_counter()
     protocol = check_protocol(protocol)
@@ -413,8 +412,8 @@ def run_downstream(task: str, data: str | Path, *, out: str | Path, model: Any =
             store = JsonlStore(files["answers"], key="key", expect=expect)
             jobs = [(s, m) for s in samples for m in modes]
             todo = [(s, m) for s, m in jobs if f"{s.id}|{m}" not in store]
-            bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"{task} answers", unit="answer",
-                       disable=None if progress is None else not progress)
+            bar = progress_bar(total=len(jobs), initial=len(jobs) - len(todo), desc=f"downstream {task} answers",
+                               unit="answer", enabled=progress)
             try:
                 for s, m in todo:
                     cfg = answer_base if greedy else replace(answer_base, seed=_seed(s.id, m, seed))
