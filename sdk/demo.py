@@ -116,8 +116,10 @@ def build_demo_memory(assistant: Any, photo_dir: Path, *, user: str = DEMO_USER)
     return paths
 
 
-def run_demo(assistant: Any, photo_dir: Path, *, say: Callable[[str], None], user: str = DEMO_USER) -> dict:
-    """Build the demo memory, then ask about new photos: CAG cold, CAG warm (cached caption), no CAG."""
+def run_demo(assistant: Any, photo_dir: Path, *, say: Callable[[str], None], user: str = DEMO_USER,
+             stream: Callable[[str], None] | None = None) -> dict:
+    """Build the demo memory, then ask about new photos: CAG cold, CAG warm (cached caption), no CAG.
+    ``stream``: write each answer's pieces there as they are decoded (a terminal), else answers come whole."""
     if assistant.meaningless:
         say("note: this demo runs the offline 'tiny' models (random weights): the pipeline is real, the "
             "answers and similarities are meaningless. Use --model and --embedder for real ones.")
@@ -132,7 +134,11 @@ def run_demo(assistant: Any, photo_dir: Path, *, say: Callable[[str], None], use
         say(f"\nnew photo {new_photo.name}: {question}")
         for label, cag in (("CAG (cold)", True), ("CAG (warm)", True), ("direct", False)):
             t0 = time.perf_counter()
-            reply = assistant.ask(user, new_photo, question, cag=cag)
+            if stream is None:
+                reply = assistant.ask(user, new_photo, question, cag=cag)
+            else:
+                stream(f"  [{label}] answer: ")
+                reply = _streamed(assistant.ask_stream(user, new_photo, question, cag=cag), stream)
             wall = time.perf_counter() - t0
             used = ", ".join(f"{'/'.join(m.concepts) or 'photo'} {m.score:.2f}" for m in reply.memories) or "none"
             say(f"  [{label}] {wall:.2f}s  caption {'cached' if reply.caption_cached else 'generated'}"
@@ -142,7 +148,22 @@ def run_demo(assistant: Any, photo_dir: Path, *, say: Callable[[str], None], use
                 say(f"    ({reply.context.reason})")
             if reply.caption is not None and label == "CAG (cold)":
                 say(f"    caption: {reply.caption[:160]}")
-            say(f"    answer: {reply.answer[:160]}")
+            if stream is None:
+                say(f"    answer: {reply.answer[:160]}")
             runs.append({"concept": name, "question": question, "mode": label, "wall_s": round(wall, 4),
                          **reply.to_dict()})
     return {"user": user, "meaningless": assistant.meaningless, "runs": runs}
+
+
+def _streamed(pieces: Any, write: Callable[[str], None]) -> Any:
+    """Write an ``ask_stream``'s text pieces as they come; return its final Answer."""
+    started = False
+    for piece in pieces:
+        if not isinstance(piece, str):
+            write("\n")
+            return piece
+        if not started:
+            piece = piece.lstrip()
+            started = bool(piece)
+        write(piece)
+    raise RuntimeError("ask_stream ended without an answer")  # pragma: no cover - it always yields one

@@ -12,6 +12,7 @@ import logging
 import os
 import shlex
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -358,11 +359,15 @@ def demo_cmd(state: CliState, embedder_spec: str | None, demo_home: Path | None,
         config = AssistantConfig(home=home, model=model, embedder=embedder_spec, context=opts.context_config(),
                                  cag=opts.cag_config(),
                                  meaningless_max_tokens=TINY_MAX_TOKENS if opts.max_tokens is None else None)
-        log.info("loading model %s", _model_label(model))
+        t0 = time.perf_counter()
+        click.echo(f"loading model {_model_label(model)} ...", err=True)
         with Assistant(config) as assistant:
+            click.echo(f"model ready in {time.perf_counter() - t0:.1f} s", err=True)
             if getattr(assistant.engine, "meaningless", False) and opts.max_tokens is None:
                 say(f"(random-weight model: output capped at {TINY_MAX_TOKENS} tokens; --max-tokens changes it)")
-            result = run_demo(assistant, home / "demo-photos", say=say)
+            out = click.get_text_stream("stdout")
+            stream = None if as_json else (lambda piece: (out.write(piece), out.flush()))
+            result = run_demo(assistant, home / "demo-photos", say=say, stream=stream)
             model_id, embedder_id = assistant.engine.model_id, assistant.memory.embedder.model_id
     finally:
         if temporary:

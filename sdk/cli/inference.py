@@ -8,6 +8,7 @@ import functools
 import importlib.util
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,8 +241,10 @@ def _open_assistant(state: CliState, mem: Memory, opts: InferenceOptions) -> Ass
                              meaningless_max_tokens=TINY_MAX_TOKENS if opts.max_tokens is None else None,
                              engine_options={"quant": quant} if quant is not None else {})
     state.embedder(mem)  # builds it; says once when its similarities are meaningless
-    log.info("loading model %s", _model_label(model))
+    t0 = time.perf_counter()
+    click.echo(f"loading model {_model_label(model)} ...", err=True)
     assistant = Assistant(config, memory=mem)
+    click.echo(f"model ready in {time.perf_counter() - t0:.1f} s", err=True)
     click.get_current_context().call_on_close(assistant.close)
     _limit_meaningless(assistant, opts, say=lambda s: click.echo(s, err=True))
     return assistant

@@ -296,6 +296,8 @@ def test_console_script_demo(tmp_path: Path, tiny_vlm_dir: Path) -> None:
     assert "Traceback" not in proc.stderr
     assert "meaningless" in proc.stdout + proc.stderr
     assert "CAG (warm)" in proc.stdout and "caption cached" in proc.stdout and "memories used" in proc.stdout
+    assert "[CAG (cold)] answer: " in proc.stdout  # answers stream as they are decoded
+    assert "loading model tiny" in proc.stderr and "model ready in" in proc.stderr  # no silent start
     assert not (tmp_path / "never-touched").exists()  # the demo never touches $COVIP_HOME
     temp_home = re.search(r"demo home: (\S+) \(temporary", proc.stderr)
     assert temp_home and not Path(temp_home.group(1)).exists()  # its temporary home is deleted
