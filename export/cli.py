@@ -54,9 +54,16 @@ def export() -> None:
 @click.option("--verify-tokens", type=click.IntRange(min=1), default=16, show_default=True,
               help="Greedy tokens compared per prompt.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export folder.")
+@click.option("--init", "init_home", is_flag=True,
+              help="Then make the export the model of the memory home (`covip --home DIR`, else $COVIP_HOME), as "
+                   "`covip init --model OUT` does: the home's embedder and memories stay.")
+@click.option("--init-quant", metavar="QUANT",
+              help="With --init: the quant the home opens (e.g. q8_0); default: the most faithful file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (manifest + verify report) as JSON.")
-def gguf_cmd(model: str, out_dir: Path, quants: str, outtype: str | None, mmproj_type: str, base: str | None,
-             converter_dir: Path | None, no_verify: bool, verify_tokens: int, overwrite: bool, as_json: bool) -> None:
+@click.pass_context
+def gguf_cmd(ctx: click.Context, model: str, out_dir: Path, quants: str, outtype: str | None, mmproj_type: str,
+             base: str | None, converter_dir: Path | None, no_verify: bool, verify_tokens: int, overwrite: bool,
+             init_home: bool, init_quant: str | None, as_json: bool) -> None:
     """Convert MODEL to GGUF (text model per quant + mmproj) with llama.cpp's own converter.
 
     The converter is the one in the llama-cpp-python sdist of the installed version, fetched once with pip
@@ -67,14 +74,22 @@ def gguf_cmd(model: str, out_dir: Path, quants: str, outtype: str | None, mmproj
     Example:
       covip export gguf runs/tiny --out exports/tiny --quant f32,q8_0,q4_0
       covip export gguf Qwen/Qwen3-VL-2B-Instruct --out exports/qwen3vl-2b --quant f16,q8_0,q4_k_m
+      covip export gguf runs/tiny --out exports/tiny --quant q8_0 --init     # and answer with it from now on
     """
     from covip.export.gguf import export_gguf
 
+    if init_quant is not None and not init_home:
+        raise click.UsageError("--init-quant goes with --init")
+    if init_quant is not None and init_quant not in [q.strip() for q in quants.split(",")]:
+        raise click.UsageError(f"--init-quant {init_quant} is not among the exported quants ({quants}); add it to "
+                               "--quant")
     result = export_gguf(model, out_dir, quants=quants, outtype=outtype, mmproj_type=mmproj_type, base=base,
                          converter=converter_dir, verify=not no_verify, verify_tokens=verify_tokens,
                          overwrite=overwrite, progress=not as_json)
+    home = _init_home(ctx, result.out_dir, init_quant, result.manifest) if init_home else None
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=1, default=str))
+        click.echo(json.dumps({**result.to_dict(), "home": None if home is None else str(home)}, indent=1,
+                              default=str))
         return
     m = result.manifest
     click.echo(f"exported {model} to {result.out_dir} (llama-cpp-python {m.llama_cpp_version})"
@@ -89,6 +104,29 @@ def gguf_cmd(model: str, out_dir: Path, quants: str, outtype: str | None, mmproj
         click.echo("verify:")
         for line in result.verify.summary().splitlines():
             click.echo(f"  {line}")
+
+
+def _init_home(ctx: click.Context, out_dir: Path, quant: str | None, manifest: object) -> Path:
+    """Make ``out_dir`` the home's model (and ``quant`` its file), keeping the rest of its config.json."""
+    from covip.sdk.cli.common import CliState
+    from covip.sdk.config import read_settings, write_settings
+
+    state = ctx.find_object(CliState) or CliState()
+    home = state.home_dir
+    have = manifest.gguf_quants()  # type: ignore[attr-defined]
+    if quant is not None and quant not in have:  # e.g. q4_k_m skipped on a model with narrow rows
+        raise click.UsageError(f"the export has no {quant!r} file (it has {', '.join(have)}); the home is unchanged")
+    settings = read_settings(home)
+    settings["model"] = str(Path(out_dir).resolve())
+    if quant is None:
+        settings.pop("quant", None)
+    else:
+        settings["quant"] = quant
+    write_settings(home, settings)
+    click.echo(f"the memory in {home} now answers with {out_dir} ({quant or 'its most faithful file'})"
+               + ("" if settings.get("embedder") else "; choose its embedder with `covip init --force --embedder ...`"),
+               err=True)
+    return home
 
 
 @export.command("verify")

@@ -78,10 +78,14 @@ def qwen3(tmp_path_factory, converter):
     root = tmp_path_factory.mktemp("qwen3")
     base, adapter = make_adapter("qwen3-vl", root / "adapter")
     out = root / "export"
-    res = CliRunner().invoke(_cli(), ["export", "gguf", str(adapter), "--out", str(out), "--quant", QUANTS,
-                                      "--json"], catch_exceptions=False)
+    home = root / "home"
+    res = CliRunner().invoke(_cli(), ["--home", str(home), "export", "gguf", str(adapter), "--out", str(out),
+                                      "--quant", QUANTS, "--init", "--init-quant", "q8_0", "--json"],
+                             catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    return base, adapter, out, json.loads(res.stdout)
+    doc = json.loads(res.stdout)
+    assert doc["home"] == str(home)
+    return base, adapter, out, doc
 
 
 @pytest.fixture(scope="module")
@@ -306,6 +310,19 @@ def test_q4_k_m_on_a_model_with_256_wide_rows(tmp_path, converter) -> None:
     assert files["q4_k_m"].bytes < files["q8_0"].bytes < files["f16"].bytes
     report = {f.quant: f for f in result.verify.files}
     assert result.verify.parity_ok and report["q4_k_m"].top1_agreement >= 0.5
+
+
+def test_export_init_makes_the_export_the_homes_model(qwen3, tmp_path) -> None:
+    """`covip export gguf RUN --out OUT --init`: one step from a training run to the model the home answers with."""
+    from covip.sdk.config import read_settings
+
+    _, adapter, out, doc = qwen3
+    settings = read_settings(Path(doc["home"]))
+    assert settings["model"] == str(out.resolve()) and settings["quant"] == "q8_0"
+    bad = CliRunner().invoke(_cli(), ["--home", str(tmp_path / "h"), "export", "gguf", str(adapter), "--out",
+                                      str(tmp_path / "x"), "--quant", "f32", "--init", "--init-quant", "q4_0"])
+    assert bad.exit_code == 2 and "not among the exported quants" in bad.output  # refused before any work
+    assert not (tmp_path / "x").exists() and not (tmp_path / "h").exists()
 
 
 def test_init_quant_chooses_the_file_ask_and_the_api_open(qwen3, tmp_path) -> None:
