@@ -175,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
             if served:
                 results["ratios"][name] = round(row["median_s"] / served["median_s"], 2)
         results["notes"].append(
-            "ask and caption go through the running server (no model or embedder to load); the other commands run "
-            "in-process either way (remember and recall load the embedder in-process: not routed through serve yet).")
+            "With the server up, ask and caption are answered by it (no model or embedder to load here), remember "
+            "and recall get the photo's embedding from it (POST /v1/embed) and write/search the memory here; "
+            "history, user list, concepts and verify never load a model and run in-process either way.")
         results["notes"].append(f"`covip serve` itself took {results['serve_start_s']} s to come up (loading once).")
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -367,9 +367,26 @@ def _mini_embedder(data: Mapping[str, Any]) -> list[str]:
         rows)
 
 
+def _cli_latency(data: Mapping[str, Any]) -> list[str]:
+    """Wall time of `covip` commands in a new process: in-process (baseline) vs with `covip serve` up."""
+    rows = []
+    served = data.get("with_serve") or {}
+    for name, row in (data.get("in_process") or {}).items():
+        rows.append([f"`covip {name}`" if not name.startswith("-") else f"`covip {name}`",
+                     _num(row.get("median_s")), _num((served.get(name) or {}).get("median_s")),
+                     _ratio((data.get("ratios") or {}).get(name))])
+    return [f"Each command as a user runs it (a new `covip` process, tiny model, a home with 3-4 photos), median "
+            f"of {(data.get('meta') or {}).get('reps', '?')} runs. Baseline: everything in-process (`--local`); "
+            f"then the same with `covip serve` up for the home (it took {_num(data.get('serve_start_s'))} s to "
+            "start): ask and caption are answered by it, remember and recall get their embedding from it.", ""] + \
+        _table(["command", "in-process s", "with serve s", "speed-up"], rows) + [""] + \
+        [f"- {n}" for n in data.get("notes") or []]
+
+
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {"memory_scale": _memory_scale,
                                                                    "cag_latency": _cag_latency,
-                                                                   "mini_embedder": _mini_embedder}
+                                                                   "mini_embedder": _mini_embedder,
+                                                                   "cli_latency": _cli_latency}
 
 
 def render_results_md(results_dir: Path, md_path: Path) -> str:
