@@ -17,7 +17,7 @@ SDK_API = {
     "ContextItem", "Engine", "Generation", "GenerationConfig", "make_engine", "EngineError", "DataError",
     "JudgeError", "ExportError",
     "Memory", "MemoryConfig", "IndexConfig", "default_home", "Concept", "Episode", "ForgetReport", "HistoryItem",
-    "Hit", "PhotoRecord", "Remembered", "Turn", "User", "VerifyReport", "Photo", "load_photo", "Embedder",
+    "Hit", "PhotoRecord", "PhotoTags", "Remembered", "Turn", "User", "VerifyReport", "Photo", "load_photo", "Embedder",
     "EmbedderConfig", "make_embedder", "CovipError", "ConfigError", "MissingExtraError", "InputError", "ImageError",
     "EmptyImageError", "NotAnImageError", "TruncatedImageError", "ImageTooLargeError", "NotFoundError",
     "ConflictError", "StoreError", "SchemaError", "IndexCorruptError", "BundleError", "EmbedderError",
