@@ -15,8 +15,7 @@ manifest), :mod:`~covip.export.manifest` (``covip_export.json``), :mod:`~covip.e
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from covip.sdk.support import lazy_exports
 
 _LAZY = {
     "export_gguf": "covip.export.gguf",
@@ -37,14 +36,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'covip.export' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -11,7 +11,7 @@ from typing import Any
 
 from covip.sdk.errors import CovipError, InputError
 
-__all__ = ["ConfigMixin", "pick_device", "cache_root", "option_help", "parse_overrides"]
+__all__ = ["ConfigMixin", "pick_device", "cache_root", "option_help", "parse_overrides", "lazy_exports"]
 
 Overrides = Mapping[str, Any] | Sequence[str] | None
 """What every config's ``with_overrides`` takes: ``{"key": value}`` or ``["key=value", ...]`` (the CLI's
@@ -107,3 +107,23 @@ def pick_device(torch: Any, requested: str, error: type[CovipError]) -> str:
     if requested == "mps" and not mps_ok:
         raise error("device 'mps' was requested but torch sees no Apple GPU; use 'cpu' or 'auto'")
     return requested
+
+
+def lazy_exports(module: str, names: Mapping[str, str]) -> tuple[Any, Any]:
+    """``(__getattr__, __dir__)`` for a package that exports ``names`` (name -> defining module) on first use
+    (PEP 562), so importing the package stays light: ``__getattr__, __dir__ = lazy_exports(__name__, _LAZY)``."""
+    import importlib
+    import sys
+
+    def __getattr__(name: str) -> Any:  # noqa: N807 - the module hook's name
+        source = names.get(name)
+        if source is None:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(source), name)
+        setattr(sys.modules[module], name, value)
+        return value
+
+    def __dir__() -> list[str]:  # noqa: N807
+        return sorted({*vars(sys.modules[module]), *names})
+
+    return __getattr__, __dir__

@@ -18,7 +18,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_replace", "file_lock", "fsync_dir", "tmp_path", "sweep_dead_tmp",
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_replace", "file_lock", "fsync_dir", "tmp_path", "sweep_dead_tmp", "pid_alive",
            "private_dir", "create_private_file", "read_bytes", "PRIVATE_FILE_MODE", "PRIVATE_DIR_MODE"]
 
 PRIVATE_FILE_MODE = 0o600
@@ -156,7 +156,8 @@ def file_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -176,7 +177,7 @@ def sweep_dead_tmp(tmp_dir: Path) -> int:
         if not pid_text.isdigit():
             continue
         pid = int(pid_text)
-        if pid != os.getpid() and _pid_alive(pid):
+        if pid != os.getpid() and pid_alive(pid):
             continue
         if pid == os.getpid():
             continue  # our own in-flight writes

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from covip.sdk.files import atomic_write_text
+from covip.sdk.files import atomic_write_text, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +57,6 @@ def read_server_file(home: str | os.PathLike[str]) -> dict[str, Any] | None:
         pid, url = int(doc["pid"]), str(doc["url"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if pid <= 0 or not url.startswith(("http://127.", "http://[::1]", "http://localhost")) or not _alive(pid):
+    if pid <= 0 or not url.startswith(("http://127.", "http://[::1]", "http://localhost")) or not pid_alive(pid):
         return None  # a server elsewhere is never used implicitly; a dead one left its file behind
     return doc
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True

@@ -9,6 +9,7 @@ or llama.cpp, load on first use.
   the ``pip install`` line.
 * :class:`ConfigMixin`: the typed-dataclass helpers every config uses (overrides, YAML/JSON, field help).
 * :func:`parse_overrides`, ``Overrides``: the one override form every config's ``with_overrides`` takes.
+* :func:`lazy_exports`: a package's names imported on first use (PEP 562), so importing it stays light.
 * :func:`pick_device`: ``"auto"`` -> ``"cuda"``/``"mps"``/``"cpu"``.
 * :func:`quiet_progress`: hide transformers' "Loading weights" bar unless covip logs at INFO.
 * :func:`set_pixels`: bound a Qwen-VL image processor's pixels (min/max).
@@ -21,10 +22,9 @@ or llama.cpp, load on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from covip.sdk._config import ConfigMixin, Overrides, parse_overrides, pick_device
+from covip.sdk._config import ConfigMixin, Overrides, lazy_exports, parse_overrides, pick_device
 from covip.sdk._extras import require
 
 if TYPE_CHECKING:  # loaded on first use (see __getattr__): they import transformers or llama.cpp
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # loaded on first use (see __getattr__): they import transfor
     from covip.sdk.engines._llamacpp_util import Media, error_mark, item_tokens, last_native_error, native_lib
     from covip.sdk.engines._onnx_util import ImageSpec, preprocess_image
 
-__all__ = ["require", "ConfigMixin", "Overrides", "parse_overrides", "pick_device", "quiet_progress", "set_pixels", "preprocess_image", "ImageSpec",
+__all__ = ["require", "ConfigMixin", "Overrides", "parse_overrides", "lazy_exports", "pick_device", "quiet_progress", "set_pixels", "preprocess_image", "ImageSpec",
            "Media", "item_tokens", "native_lib", "error_mark", "last_native_error"]
 
 _LAZY = {
@@ -48,10 +48,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -186,15 +186,16 @@ def _notice(text: str) -> None:
     click.echo(f"notice: {text}", err=True)
 
 
-def _ensure_user(mem: Memory, user: str, create: bool = False) -> None:
-    """Check the user exists (or add it when ``create``)."""
+def _ensure_user(mem: Memory, user: str, create: bool | None = None) -> None:
+    """Check the user exists (or add it when ``create``; None: the command has no --create-user)."""
     if any(u.name == user for u in mem.users()):
         return
     if create:
         mem.add_user(user)
         click.echo(f"added user {user!r}", err=True)
         return
-    raise NotFoundError(f"no user named {user!r} in this memory; add it with `covip user add {user}`")
+    raise NotFoundError(f"no user named {user!r} in this memory; add it with `covip user add {user}`"
+                        + (" or pass --create-user" if create is not None else ""))
 
 
 def _check_photo(mem: Memory, photo: Path | str) -> Any:

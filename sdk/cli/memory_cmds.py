@@ -26,6 +26,7 @@ from covip.sdk.cli.common import (
     read_text_arg,
     user_option,
 )
+from covip.sdk.cli.inference import _ensure_user
 from covip.sdk.cli.remote import MAX_UPLOAD_BYTES, find_server, local_option
 from covip.sdk.config import DEFAULT_EMBEDDER, SETTINGS_FILE
 from covip.sdk.errors import ConfigError, ConflictError, ImageError, InputError, NotFoundError
@@ -193,18 +194,6 @@ def _photo_files(args: tuple[Path, ...], recursive: bool) -> list[Path]:
                 seen.add(key)
                 out.append(f)
     return out
-
-
-def _ensure_user(mem: Memory, user: str, create: bool | None) -> None:
-    """Check the user exists (or add it when ``create``; None: the command has no --create-user)."""
-    if any(u.name == user for u in mem.users()):
-        return
-    if create:
-        mem.add_user(user)
-        click.echo(f"added user {user!r}", err=True)
-        return
-    raise NotFoundError(f"no user named {user!r} in this memory; add it with `covip user add {user}`"
-                        + (" or pass --create-user" if create is not None else ""))
 
 
 @click.command("remember")

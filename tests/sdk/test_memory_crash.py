@@ -31,7 +31,7 @@ from pathlib import Path
 
 from covip.sdk import Memory
 from covip.sdk.errors import NotFoundError
-from covip.sdk.files import _pid_alive
+from covip.sdk.files import pid_alive
 from covip.sdk.memory.index import VectorIndex, read_sidecar
 
 MODEL = "crash/32"
@@ -168,7 +168,7 @@ def _check_round(home: Path, acks_path: Path, rounds_done: int, rng: random.Rand
     # Temp files may be left by the killed writer (dead pid) but by no one else.
     for name in _tmp_files(home):
         pid = name.split("-", 1)[0]
-        assert pid.isdigit() and not _pid_alive(int(pid)), f"unexpected temp file {name}"
+        assert pid.isdigit() and not pid_alive(int(pid)), f"unexpected temp file {name}"
         stats["tmp_left_by_kill"] += 1
 
     state: dict[int, str] = {}
