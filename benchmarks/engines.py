@@ -4,7 +4,7 @@
 Usage::
 
     python benchmarks/engines.py [--reps 5] [--rounds 3] [--new-tokens 64] [--threads N] [--no-smollm]
-                                 [--no-requant] [--quick] [--plot-only] [--out benchmarks/results] [--workdir DIR]
+                                 [--no-requant] [--no-raw] [--quick] [--plot-only] [--out benchmarks/results] [--workdir DIR]
 
 Writes ``<out>/engines.json`` and ``<out>/engines.png`` and prints a table with side-by-side ratios against
 transformers fp32 (the baseline) and against the memory-bandwidth limit.
@@ -27,6 +27,11 @@ Engines (all with --threads threads, default 1: see the notes; OMP_WAIT_POLICY=P
                   loop mirroring it: chat template, one prefill forward, one forward per token over a DynamicCache.
     llama.cpp     LlamaCppEngine via make_engine(export dir, quant=...), n_ctx 1024, mmproj loaded (tiny).
     onnx          OnnxEngine, CPU provider, quant fp32 or int8 (vision, embed and decoder graphs).
+Overhead vs the raw runtimes (--no-raw skips it)
+    covip LlamaCppEngine vs raw llama-cpp-python (Llama.generate(ids, temp=0)) on SmolLM2 GGUF Q4_1 and tiny GGUF
+    q8_0; covip OnnxEngine vs a bare onnxruntime greedy loop (InferenceSession.run, numpy KV in/out) on tiny ONNX
+    fp32. One worker per pair and round holds both and alternates calls (covip, raw, ...); same prompt ids, greedy,
+    the raw loop decodes covip's token count; same_tokens checks the raw loop picked covip's tokens.
 Procedure
     Each engine runs in its own subprocess (clean peak RSS, no shared allocator or thread pools), once per round,
     --rounds rounds: load, then per prompt one unmeasured warm-up and --reps measured calls, Engine.reset() before
@@ -345,6 +350,8 @@ def worker(spec: dict) -> dict:
 
     from covip.sdk.engines.base import GenerationConfig
 
+    if spec.get("raw"):
+        return pair_worker(spec)
     load0 = loadavg()
     engine, res = open_engine(spec, spec["threads"])
     cfg = GenerationConfig(max_new_tokens=spec["new_tokens"], temperature=0.0)
@@ -365,6 +372,148 @@ def worker(spec: dict) -> dict:
     getattr(engine, "close", lambda: None)()
     res.update(peak_rss_mb=rss_mb("VmHWM"), loadavg_before=load0, loadavg_after=loadavg())
     return res
+
+
+# ----------------------------------------------------------------------------- overhead vs the raw runtimes
+RAW_LABELS = {"llamacpp": "raw llama-cpp-python", "onnx": "bare onnxruntime"}
+
+
+def overhead_plan(specs: list[dict]) -> list[dict]:
+    """The covip-vs-raw pairs: SmolLM2 GGUF Q4_1 (shipped), tiny GGUF q8_0 and tiny ONNX fp32 (text prompt)."""
+    want = {("smollm2", "GGUF Q4_1 (shipped)"), ("tiny", "GGUF q8_0"), ("tiny", "ONNX fp32")}
+    return [dict({k: v for k, v in s.items() if k != "weights"}, prompts=["text"], raw=RAW_LABELS[s["engine"]])
+            for s in specs if (s["model"], s["label"]) in want]
+
+
+class RawLlama:
+    """The loop a llama-cpp-python user writes: ``Llama`` on the same GGUF (same n_ctx, n_batch, threads; flash
+    attention on, as covip's 'auto' resolves on CPU), ``generate(ids, temp=0)`` (the native greedy sampler),
+    ``reset()`` first so every call prefills the whole prompt."""
+
+    def __init__(self, spec: dict) -> None:
+        from llama_cpp import Llama
+
+        path = Path(spec["path"])
+        if path.is_dir():  # a covip GGUF export: its text model of that quant
+            path = path / _manifest_files(path, spec["quant"], ("gguf-text",))[0]["path"]
+        self.llm = Llama(model_path=str(path), n_ctx=1024, n_batch=512, n_ubatch=512, n_threads=spec["threads"],
+                         n_threads_batch=spec["threads"], flash_attn=True, seed=0, verbose=False)
+
+    def prompt_ids(self, engine: Any, messages: list[dict]) -> list[int]:
+        from covip.sdk.engines.base import check_messages
+
+        text, _ = engine._render(check_messages(messages))  # the same chat text covip renders
+        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        assert ids == engine._tokenize(text, add_special=True), "llama-cpp-python tokenizes differently"
+        return ids
+
+    def run(self, ids: list[int], n: int) -> tuple[list[int], float, float]:
+        llm = self.llm
+        llm.reset()
+        t0 = perf()
+        gen = llm.generate(ids, temp=0.0, repeat_penalty=1.0)
+        out = [next(gen)]  # prefill + the first token
+        t1 = perf()
+        while len(out) < n:
+            out.append(next(gen))
+        t2 = perf()
+        gen.close()
+        return out, t1 - t0, t2 - t1
+
+
+class BareOnnx:
+    """A minimal onnxruntime greedy loop over the same embed + decoder graphs: ``InferenceSession.run`` with
+    numpy feeds, the presents fed back as the pasts, text RoPE positions (the same on all three axes), zero
+    DeepStack rows, ``np.argmax`` of the last logits."""
+
+    def __init__(self, spec: dict) -> None:
+        import numpy as np
+        import onnxruntime as ort
+
+        d = Path(spec["path"])
+        graphs = {f["kind"]: d / f["path"] for f in _manifest_files(d, spec["quant"], ("onnx-embed", "onnx-decoder"))}
+        text = json.loads((d / "covip_export.json").read_text())["onnx"]["text"]
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = spec["threads"], 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.embed, self.dec = (ort.InferenceSession(str(graphs[k]), so, providers=["CPUExecutionProvider"])
+                                for k in ("onnx-embed", "onnx-decoder"))
+        self.np, self.n_ds, self.hidden = np, int(text.get("deepstack_layers", 0)), int(text["hidden_size"])
+        self.past_names = [i.name for i in self.dec.get_inputs() if i.name.startswith("past_key_values.")]
+        self.empty = np.zeros((1, int(text["num_kv_heads"]), 0, int(text["head_dim"])), dtype=np.float32)
+
+    def prompt_ids(self, engine: Any, messages: list[dict]) -> list[int]:
+        return engine.prompt_token_ids(messages)
+
+    def _decoder(self, ids: list[int], pos0: int, past: list) -> tuple[int, list]:
+        np = self.np
+        n = len(ids)
+        feed = {"inputs_embeds": self.embed.run(None, {"input_ids": np.asarray([ids], dtype=np.int64)})[0],
+                "attention_mask": np.ones((1, pos0 + n), dtype=np.int64),
+                "position_ids": np.broadcast_to(np.arange(pos0, pos0 + n, dtype=np.int64), (3, 1, n)).copy(),
+                **dict(zip(self.past_names, past))}
+        if self.n_ds:
+            feed["deepstack_embeds"] = np.zeros((self.n_ds, 1, n, self.hidden), dtype=np.float32)
+        logits, *present = self.dec.run(None, feed)
+        return int(np.argmax(logits[0, -1])), present
+
+    def run(self, ids: list[int], n: int) -> tuple[list[int], float, float]:
+        t0 = perf()
+        tok, past = self._decoder(ids, 0, [self.empty] * len(self.past_names))
+        out = [tok]
+        t1 = perf()
+        while len(out) < n:
+            tok, past = self._decoder([tok], len(ids) + len(out) - 1, past)
+            out.append(tok)
+        return out, t1 - t0, perf() - t1
+
+
+def pair_worker(spec: dict) -> dict:
+    """covip and the raw runtime in one process, alternating calls (covip, raw, covip, raw, ...): the raw loop
+    decodes as many tokens as covip's call did (both greedy on the same prompt ids)."""
+    from covip.sdk.engines.base import GenerationConfig
+
+    load0 = loadavg()
+    engine, res = open_engine(spec, spec["threads"])
+    raw = (RawLlama if spec["engine"] == "llamacpp" else BareOnnx)(spec)
+    cfg = GenerationConfig(max_new_tokens=spec["new_tokens"], temperature=0.0)
+    messages = [{"role": "user", "content": TEXT_PROMPT}]
+    t0 = perf()
+    ids = raw.prompt_ids(engine, messages)
+    res["raw_tokenize_s"] = perf() - t0
+    res["runs"], res["raw_runs"], res["same_tokens"] = {"text": []}, {"text": []}, []
+    for rep in range(spec["reps"] + 1):  # rep 0: warm-up of both, not counted
+        engine.reset()
+        g = engine.generate(messages, cfg)
+        toks, pre, dec = raw.run(ids, g.completion_tokens)
+        if rep:
+            res["runs"]["text"].append([g.prompt_tokens, g.completion_tokens, g.prefill_s, g.decode_s,
+                                        g.finish_reason])
+            res["raw_runs"]["text"].append([len(ids), len(toks), pre, dec, "length"])
+            cached = engine._cache_items if spec["engine"] == "llamacpp" else engine.cached_token_ids
+            res["same_tokens"].append(g.prompt_tokens == len(ids) and list(cached[len(ids):]) == toks[:-1])
+    getattr(engine, "close", lambda: None)()
+    res.update(loadavg_before=load0, loadavg_after=loadavg())
+    return res
+
+
+def finish_pair(spec: dict, rounds: list[dict]) -> dict:
+    """One covip-vs-raw row: medians over all calls of all rounds, covip / raw ratios (and medians of the
+    per-pair ratios, which cancel slow drifts of the machine)."""
+    row = {"model": spec["model"], "label": spec["label"], "engine": spec["engine"], "raw": spec["raw"]}
+    ok = [r for r in rounds if "error" not in r]
+    if not ok:
+        return dict(row, error=rounds[-1]["error"])
+    covip = [run for r in ok for run in r["runs"]["text"]]
+    raw = [run for r in ok for run in r["raw_runs"]["text"]]
+    row.update(covip=summarize(covip), raw_loop=summarize(raw), same_tokens=all(s for r in ok for s in r["same_tokens"]),
+               rounds=[{k: r.get(k) for k in ("error", "wall_s", "loadavg_before", "loadavg_after", "runs",
+                                              "raw_runs") if k in r} for r in rounds])
+    for key in ("decode", "prefill"):
+        row[f"{key}_ratio"] = ratio(row["covip"][f"{key}_tok_s"], row["raw_loop"][f"{key}_tok_s"])
+        pairs = [(summarize([a]), summarize([b])) for a, b in zip(covip, raw)]
+        row[f"{key}_ratio_paired_median"] = median(ratio(a[f"{key}_tok_s"], b[f"{key}_tok_s"]) for a, b in pairs)
+    return row
 
 
 def summarize(runs: list[list]) -> dict:
@@ -447,6 +596,16 @@ def headline(rows: list[dict]) -> list[dict]:
     return head
 
 
+def overhead_headline(rows: list[dict]) -> list[dict]:
+    name = {"tiny": "tiny Qwen3-VL", "smollm2": "SmolLM2-135M"}
+    return [{"figure": f"{name[r['model']]}: covip {r['label']} {key} tok/s (text)", "value": r["covip"][f"{key}_tok_s"],
+             "baseline": f"{r['raw']} {key} tok/s", "baseline_value": r["raw_loop"][f"{key}_tok_s"],
+             "ratio": r[f"{key}_ratio"], "note": f"covip/raw overhead ratio (target >= 0.95); median of per-pair "
+                                                 f"ratios {fmt(r[f'{key}_ratio_paired_median'], '{:.3f}')}; same tokens: "
+                                                 f"{r['same_tokens']}"}
+            for r in rows if "error" not in r for key in ("decode", "prefill")]
+
+
 def fmt(x: Any, spec: str = "{:.1f}") -> str:
     return "-" if x is None else spec.format(x)
 
@@ -467,6 +626,19 @@ def print_table(results: dict) -> None:
                 fmt(r["bandwidth_limit_tok_s"], "{:.0f}"), fmt(t["achieved_over_limit"], "{:.2f}"),
                 fmt(i.get("prefill_tok_s"), "{:.0f}"), fmt(i.get("decode_tok_s")))
         print(f"{r['model']:8} {r['label']:22} " + " ".join(f"{v:>11}" for v in vals))
+    if results.get("overhead"):
+        print("\ncovip vs the raw runtime (same process, alternating calls; text prompt, greedy, same token count)")
+        print(f"{'model':8} {'engine':22} {'raw loop':22} " + " ".join(f"{c:>11}" for c in (
+            "covip dec", "raw dec", "dec ratio", "covip pre", "raw pre", "pre ratio", "same toks")))
+    for r in results.get("overhead") or []:
+        if "error" in r:
+            print(f"{r['model']:8} {r['label']:22} {r['raw']:22} ERROR {r['error'][:120]}")
+            continue
+        c, w = r["covip"], r["raw_loop"]
+        vals = (fmt(c["decode_tok_s"]), fmt(w["decode_tok_s"]), fmt(r["decode_ratio"], "{:.3f}"),
+                fmt(c["prefill_tok_s"], "{:.0f}"), fmt(w["prefill_tok_s"], "{:.0f}"), fmt(r["prefill_ratio"], "{:.3f}"),
+                str(r["same_tokens"]))
+        print(f"{r['model']:8} {r['label']:22} {r['raw']:22} " + " ".join(f"{v:>11}" for v in vals))
 
 
 def notes(results: dict) -> list[str]:
@@ -495,7 +667,17 @@ def notes(results: dict) -> list[str]:
                "q4_0 108 vs 175 tok/s; tiny GGUF q8_0 1,200-1,500 vs 3,000; tiny ONNX fp32 800-1,600 vs 2,400) and "
                "swinging 2-3x with the other jobs' load (every op ends in a barrier of the threads; a descheduled "
                "thread stalls it). --threads 2 (or more, on a dedicated machine) measures that case.")
+    out.append("Overhead vs the raw runtimes ('overhead'): covip's engine and the loop a user would write run in one "
+               "worker, alternating calls (covip, raw, covip, raw, ...) on the same prompt token ids, greedy, the raw "
+               "loop decoding as many tokens as covip's call; ratios covip / raw (>= 0.95 is the target). Raw "
+               "llama-cpp-python: Llama(same GGUF, n_ctx 1024, n_batch 512, same threads, flash attention on as covip's "
+               "'auto' resolves on CPU), reset(), generate(ids, temp=0); its prefill time is eval(prompt) + the first "
+               "sample, covip's starts after tokenization. Bare onnxruntime: the same embed + decoder graphs, "
+               "InferenceSession.run with numpy KV in/out and np.argmax; covip's ONNX prefill_s also holds chat "
+               "rendering and tokenization (raw_tokenize_s in the runs: the bare loop gets the ids beforehand).")
     errors = [f"{r['model']} {r['label']}: {r['error'][-200:]}" for r in rows if "error" in r]
+    errors += [f"overhead {r['model']} {r['label']}: {r['error'][-200:]}" for r in results.get("overhead") or []
+               if "error" in r]
     errors += [f"prepare {m} {k}: {v}" for m, p in prep.items() for k, v in (p.get("errors") or {}).items()]
     return out + ([f"errors: {errors}"] if errors else [])
 
@@ -583,6 +765,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bandwidth-reps", type=int, default=10, help="copies of the bandwidth measurement (best counts)")
     p.add_argument("--no-smollm", action="store_true", help="skip the real SmolLM2 model")
     p.add_argument("--no-requant", action="store_true", help="skip SmolLM2 GGUF f16/q8_0/q4_0 made from its Q4_1")
+    p.add_argument("--no-raw", action="store_true", help="skip covip vs raw llama-cpp-python / bare onnxruntime")
     p.add_argument("--worker-timeout", type=float, default=300.0, help="seconds per engine subprocess")
     p.add_argument("--plot-only", action="store_true", help="redraw <out>/engines.png from the JSON, run nothing")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
@@ -628,8 +811,18 @@ def main(argv=None) -> int:
                                  "text_prompt": TEXT_PROMPT, "image_prompt": IMAGE_PROMPT,
                                  "run_columns": ["prompt_tokens", "completion_tokens", "prefill_s", "decode_s", "finish"]},
         "bandwidth": bw, "prepare": {"tiny": prep_tiny, "smollm2": prep_smol}, "engines": [], "notes": []}
+    pairs = [] if args.no_raw else overhead_plan(specs)
     rounds: list[list[dict]] = [[] for _ in specs]
+    pair_rounds: list[list[dict]] = [[] for _ in pairs]
     for rnd in range(args.rounds):  # every engine once per round: slow drifts of the machine's load spread out
+        for n, spec in enumerate(pairs):
+            res = run_worker(spec, args.worker_timeout)
+            pair_rounds[n].append(res)
+            c, r = (summarize(res[k]["text"]) if "error" not in res else {} for k in ("runs", "raw_runs"))
+            print(f"[round {rnd + 1}/{args.rounds}] {spec['model']:7} {spec['label']:22} vs {spec['raw']}: " + (
+                f"ERROR {res['error'][-300:]}" if "error" in res else
+                f"decode {fmt(c['decode_tok_s'])} vs {fmt(r['decode_tok_s'])} tok/s, prefill "
+                f"{c['prefill_tok_s']:.0f} vs {r['prefill_tok_s']:.0f} tok/s"), flush=True)
         for n, spec in enumerate(specs):
             res = run_worker({k: v for k, v in spec.items() if k != "weights"}, args.worker_timeout)
             rounds[n].append(res)
@@ -640,7 +833,8 @@ def main(argv=None) -> int:
                 f"RSS {res['peak_rss_mb']:.0f} MB; load {res['loadavg_after']}"), flush=True)
     results["engines"] = [finish(spec, rounds[n], bw["gb_per_s"]) for n, spec in enumerate(specs)]
     results["ratios"] = side_by_side(results["engines"])
-    results["headline"] = headline(results["engines"])
+    results["overhead"] = [finish_pair(spec, pair_rounds[n]) for n, spec in enumerate(pairs)]
+    results["headline"] = headline(results["engines"]) + overhead_headline(results["overhead"])
     results["notes"] = notes(results)
     return finish_run(results, meta, start, json_path, png_path, plot=plot, print_table=print_table)
 

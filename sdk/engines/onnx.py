@@ -298,6 +298,7 @@ class OnnxEngine(TokenLoopEngine):
             raise EngineError(f"{self.export_dir}: the decoder graph's inputs {sorted(names)[:6]}... do not match "
                               "the manifest (mixed files from different exports?); re-run `covip export onnx`")
         self._present = [o.name for o in self._sessions["decoder"].get_outputs()]
+        self._past_names = [f"past_key_values.{i}.{kv}" for i in range(self._n_layers) for kv in ("key", "value")]
 
     # ------------------------------------------------------------------ public API
 
@@ -428,11 +429,15 @@ class OnnxEngine(TokenLoopEngine):
     def _crop(self, n: int) -> list[Any]:
         """The cached keys/values cut to the first ``n`` tokens (empty tensors for 0)."""
         ort = self._ort
+        on_cpu = self._device == "cpu"  # the CPU path keeps keys/values as numpy arrays (see _decode)
         if n == 0 or not self._kv:
             empty = np.zeros((1, self._kv_heads, 0, self._head_dim), dtype=np.float32)
-            return [ort.OrtValue.ortvalue_from_numpy(empty, self._device) for _ in range(2 * self._n_layers)]
+            return [empty if on_cpu else ort.OrtValue.ortvalue_from_numpy(empty, self._device)
+                    for _ in range(2 * self._n_layers)]
         if n == len(self._ids):
             return list(self._kv)
+        if on_cpu:
+            return [np.ascontiguousarray(v[:, :, :n, :]) for v in self._kv]
         return [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[:, :, :n, :]), self._device)
                 for v in self._kv]
 
@@ -441,6 +446,18 @@ class OnnxEngine(TokenLoopEngine):
         sess = self._sessions.get("decoder")
         if sess is None:
             raise EngineError(f"engine {self.model_id} is closed")
+        if self._device == "cpu":
+            # plain run() with numpy arrays: on CPU ~35 us per token faster than I/O binding + OrtValues
+            # (the tiny model's decode step is ~0.5 ms); the presents come back as numpy arrays, never written to
+            feed = {"inputs_embeds": np.ascontiguousarray(embeds, dtype=np.float32),
+                    "attention_mask": np.ones((1, total), dtype=np.int64),
+                    "position_ids": np.ascontiguousarray(positions, dtype=np.int64)}
+            if deepstack is not None:
+                feed["deepstack_embeds"] = deepstack
+            feed.update(zip(self._past_names, past))
+            outs = self._run_session("decoder", None, feed)
+            self._kv = outs[1:]
+            return outs[0][0, -1]
         binding = sess.io_binding()
         binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32))
         binding.bind_cpu_input("attention_mask", np.ones((1, total), dtype=np.int64))
