@@ -387,16 +387,19 @@ class CaptionAugmentedGenerator:
         return (f"{self.pack.tag()}{'/caption-only' if self.config.caption_only else ''}"
                 f"/max{cap.max_new_tokens}/t{cap.temperature:g}")
 
-    def _fit_history(self, history: list[prompts.Exchange], system: str | None, question: str, *, cag: bool,
+    def _fit_history(self, history: list[prompts.Exchange], system: str | None, question_tokens: int, *, cag: bool,
                      context_tokens: int) -> tuple[list[prompts.Exchange], int]:
         """The newest earlier exchanges that fit the context window after the memories, the photo, the caption,
         the question and the answer (oldest dropped first), and the tokens they take with the system text."""
         window = context_length(self.engine)
+        if system and window is not None and len(system) > 64 * window:  # refused unread, like a huge question
+            raise InputError(f"the system text is {len(system):,} characters, far more than the model's context "
+                             f"of {window:,} tokens holds; shorten it")
         system_tokens = self.engine.count_tokens(system) + TURN_OVERHEAD_TOKENS if system else 0
         if window is None:
             return history, system_tokens + sum(self._turn_tokens(t) for t in history)
         room = (window - self._reserved_tokens(cag=cag) - context_tokens - system_tokens
-                - self.engine.count_tokens(question))
+                - question_tokens)
         kept: list[prompts.Exchange] = []
         used = chars = 0
         for turn in reversed(history):
@@ -425,7 +428,7 @@ class CaptionAugmentedGenerator:
         tokens. ``system``: the app's system text, shown first. A question whose prompt cannot fit the model's
         context window is refused (InputError with the token counts) before the photo is even read."""
         turns, system = _clean_history(history), _clean_system(system)
-        self.check_question(question, cag=cag)
+        question_tokens = self.check_question(question, cag=cag)
         pic = self._load(photo)
         t0 = time.perf_counter()
         tokens: dict[str, int] = {}
@@ -434,7 +437,7 @@ class CaptionAugmentedGenerator:
 
         def fit(context_tokens: int) -> int:
             nonlocal kept
-            kept, extra = self._fit_history(turns, system, question, cag=cag, context_tokens=context_tokens)
+            kept, extra = self._fit_history(turns, system, question_tokens, cag=cag, context_tokens=context_tokens)
             return extra
 
         skey: SnapshotKey | None = None

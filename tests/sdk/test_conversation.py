@@ -85,6 +85,8 @@ def test_oldest_turns_make_room_and_bad_history_is_refused(bot) -> None:
         bot.ask("ana", photo, "And now?", system=["not", "text"])
     with pytest.raises(InputError, match="context length"):
         bot.ask("ana", photo, "And now?", system="Be brief. " * (window * 2))
+    with pytest.raises(InputError, match="system text is"):
+        bot.ask("ana", photo, "And now?", system="x" * (64 * window + 1))
 
 
 def test_system_text_reaches_the_model(bot) -> None:
