@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from covip.sdk.errors import InputError
 from covip.sdk.server.app import ERROR_RESPONSES, ServerState
-from covip.sdk.server.work import answer_job, check_user, item_json, photo_from_url
+from covip.sdk.server.work import answer_job, check_user, item_json
 
 __all__ = ["router", "AskRequest", "CaptionRequest", "EmbedRequest"]
 
@@ -42,15 +42,6 @@ def _state(request: Request) -> ServerState:
     return request.app.state.covip
 
 
-async def _photo(state: ServerState, url: str, *, full: bool = False) -> Any:
-    """The request's photo, decoded as the answer passes see it (``full``: as Memory.remember does)."""
-    side = None if full else state.photo_max_side
-    return await state.runner.run(
-        lambda cancel: photo_from_url(url, roots=state.roots, max_pixels=state.max_pixels,
-                                      max_side=side, slots=state.decode_slots, cancel=cancel),
-        what="reading the photo")
-
-
 @router.post("/users/{user}/ask")
 async def ask(user: str, body: AskRequest, request: Request) -> dict[str, Any]:
     """Answer a question about a photo from the user's memories: the `covip ask --json` document."""
@@ -62,7 +53,7 @@ async def ask(user: str, body: AskRequest, request: Request) -> dict[str, Any]:
     if len(body.question) > state.config.max_question_chars:
         raise InputError(f"the question is {len(body.question):,} characters, more than this server's limit of "
                          f"{state.config.max_question_chars:,} (ServeConfig.max_question_chars); shorten it")
-    photo = await _photo(state, body.photo)
+    photo = await state.read_photo(body.photo)
     name = await state.runner.run(lambda _: check_user(state.memory, user), what="finding the user")
     answer = await state.runner.run(
         lambda cancel: answer_job(state.assistant, name, photo, body.question, cag=body.cag,
@@ -79,7 +70,7 @@ async def ask(user: str, body: AskRequest, request: Request) -> dict[str, Any]:
 async def caption(user: str, body: CaptionRequest, request: Request) -> dict[str, Any]:
     """The personalized caption of a photo (cached): the `covip caption --json` document."""
     state = _state(request)
-    photo = await _photo(state, body.photo)
+    photo = await state.read_photo(body.photo)
     name = await state.runner.run(lambda _: check_user(state.memory, user), what="finding the user")
     result = await state.runner.run(lambda _: state.assistant.cag.caption(name, photo),  # the runner holds the lock
                                     gate=True, what="captioning")
@@ -101,7 +92,7 @@ async def embed(body: EmbedRequest, request: Request) -> dict[str, Any]:
     """The memory's embedding of a photo (what remember and recall index and search with), so a client can
     remember or recall through its own connection to the memory without loading the embedder."""
     state = _state(request)
-    photo = await _photo(state, body.photo, full=True)  # the same pixels as an in-process remember/recall
+    photo = await state.read_photo(body.photo, full=True)  # the same pixels as an in-process remember/recall
     embedder = state.memory.embedder
     vec = await state.runner.run(lambda _: embedder.embed_images([photo.image])[0], gate=True, what="embedding")
     return {"model_id": embedder.model_id, "dim": int(len(vec)), "meaningless": bool(getattr(embedder, "meaningless", False)),

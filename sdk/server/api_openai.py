@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from covip.sdk.errors import CovipError, InputError
 from covip.sdk.server.app import ERROR_RESPONSES, ServerState, covip_status, error_body
-from covip.sdk.server.work import Cancelled, answer_job, check_user, item_json, photo_from_url
+from covip.sdk.server.work import Cancelled, answer_job, check_user, item_json
 
 __all__ = ["router", "ChatRequest"]
 
@@ -184,10 +184,7 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
     if len(question) > state.config.max_question_chars:  # before the photo is decoded or anything tokenized
         raise InputError(f"the question is {len(question):,} characters, more than this server's limit of "
                          f"{state.config.max_question_chars:,} (ServeConfig.max_question_chars); shorten it")
-    photo = await state.runner.run(
-        lambda cancel: photo_from_url(url, roots=state.roots, max_pixels=state.max_pixels,
-                                      max_side=state.photo_max_side, slots=state.decode_slots, cancel=cancel),
-        what="reading the photo")
+    photo = await state.read_photo(url)
     user = await state.runner.run(lambda _: check_user(state.memory, body.user or ""), what="finding the user")
     limit = state.answer_limit
     requested = body.max_completion_tokens or body.max_tokens

@@ -42,7 +42,7 @@ from covip.sdk.errors import (
 )
 from covip.sdk.homefiles import PHOTO_STORE
 from covip.sdk.server.config import ServeConfig, check_allowed_dirs, is_loopback
-from covip.sdk.server.work import RequestTimeout, Runner
+from covip.sdk.server.work import RequestTimeout, Runner, photo_from_url
 from covip.sdk.serverfile import home_id
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,15 @@ class ServerState:
     @property
     def max_pixels(self) -> int:
         return int(self.memory.config.max_pixels)
+
+    async def read_photo(self, url: str, *, full: bool = False) -> Any:
+        """A request's photo (data URL or allowed path), decoded as the answer passes see it (``full``: as
+        Memory.remember decodes it, without the side limit), off the event loop and within the decode slots."""
+        side = None if full else self.photo_max_side
+        return await self.runner.run(
+            lambda cancel: photo_from_url(url, roots=self.roots, max_pixels=self.max_pixels, max_side=side,
+                                          slots=self.decode_slots, cancel=cancel),
+            what="reading the photo")
 
     def redact(self, message: str) -> str:
         """``message`` without the memory home's location or the user's home directory."""
