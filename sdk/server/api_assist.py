@@ -14,7 +14,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from covip.sdk.errors import InputError
 from covip.sdk.server.app import ERROR_RESPONSES, ServerState
 from covip.sdk.server.work import answer_job, check_user, item_json
 
@@ -46,13 +45,7 @@ def _state(request: Request) -> ServerState:
 async def ask(user: str, body: AskRequest, request: Request) -> dict[str, Any]:
     """Answer a question about a photo from the user's memories: the `covip ask --json` document."""
     state = _state(request)
-    chars = len(body.question) + sum(len(q) + len(a) for q, a in body.history) + len(body.system or "")
-    if chars > 16 * state.config.max_question_chars:
-        raise InputError(f"the question, history and system text are {chars:,} characters, more than this "
-                         f"server takes ({16 * state.config.max_question_chars:,}); shorten the conversation")
-    if len(body.question) > state.config.max_question_chars:
-        raise InputError(f"the question is {len(body.question):,} characters, more than this server's limit of "
-                         f"{state.config.max_question_chars:,} (ServeConfig.max_question_chars); shorten it")
+    state.check_conversation(body.question, body.history, body.system)
     photo = await state.read_photo(body.photo)
     name = await state.runner.run(lambda _: check_user(state.memory, user), what="finding the user")
     answer = await state.runner.run(

@@ -181,9 +181,7 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
                          "covip answers from that user's memories")
     talk = read_conversation(body.messages)
     question, url = talk.question, talk.photo_url
-    if len(question) > state.config.max_question_chars:  # before the photo is decoded or anything tokenized
-        raise InputError(f"the question is {len(question):,} characters, more than this server's limit of "
-                         f"{state.config.max_question_chars:,} (ServeConfig.max_question_chars); shorten it")
+    state.check_conversation(question, talk.history, talk.system)  # before the photo is decoded
     photo = await state.read_photo(url)
     user = await state.runner.run(lambda _: check_user(state.memory, body.user or ""), what="finding the user")
     limit = state.answer_limit

@@ -20,7 +20,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,19 @@ class ServerState:
     @property
     def max_pixels(self) -> int:
         return int(self.memory.config.max_pixels)
+
+    def check_conversation(self, question: str, history: Sequence[tuple[str, str]] = (),
+                           system: str | None = None) -> None:
+        """Refuse a question over ``max_question_chars``, or a conversation over 16 times that, before the photo
+        is decoded or anything tokenized."""
+        limit = self.config.max_question_chars
+        chars = len(question) + sum(len(q) + len(a) for q, a in history) + len(system or "")
+        if len(question) > limit:
+            raise InputError(f"the question is {len(question):,} characters, more than this server's limit of "
+                             f"{limit:,} (ServeConfig.max_question_chars); shorten it")
+        if chars > 16 * limit:
+            raise InputError(f"the question, earlier turns and system text are {chars:,} characters, more than this "
+                             f"server takes ({16 * limit:,}); shorten the conversation")
 
     async def read_photo(self, url: str, *, full: bool = False) -> Any:
         """A request's photo (data URL or allowed path), decoded as the answer passes see it (``full``: as

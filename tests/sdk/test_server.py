@@ -130,6 +130,8 @@ def test_conversation_turns_and_system_messages_reach_the_model(client, ana):
     assert usage["prompt_tokens_details"]["cached_tokens"] > 0  # the previous turn's prompt was reused
     no_system = client.post("/v1/chat/completions", json={"user": "ana", "messages": messages[1:]}).json()
     assert usage["prompt_tokens"] > no_system["usage"]["prompt_tokens"]  # the system text was in the prompt
+    huge = [*messages[:-1], {"role": "assistant", "content": "x" * 1_100_000}, messages[-1]]
+    error(client.post("/v1/chat/completions", json={"user": "ana", "messages": huge}), 400, "shorten the conversation")
 
 
 def test_max_tokens_may_shorten_never_lengthen(client, ana, assistant):
