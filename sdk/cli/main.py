@@ -136,6 +136,29 @@ class _EchoHandler(logging.Handler):
             self.handleError(record)
 
 
+class _Reroute(logging.Filter):
+    """Send a library logger's records to covip's stderr handler instead of its own handlers.
+
+    DeepSpeed (installed with ``[train]``) logs through a ``StreamHandler(sys.stdout)`` of its own with
+    ``propagate=False``, and transformers imports it in every model load: its "Setting accelerator to CPU"
+    line would land in the middle of ``--json`` output. A logger-level filter survives DeepSpeed's own setup.
+    """
+
+    def __init__(self, handler: logging.Handler, level: int) -> None:
+        super().__init__()
+        self.handler, self.level = handler, level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Re-emit ``record`` on stderr when the verbosity shows it; never let the logger's own handlers run."""
+        if record.levelno >= self.level:
+            self.handler.handle(record)
+        return False
+
+
+_STDOUT_LOGGERS = ("DeepSpeed",)
+"""Loggers that write to stdout by themselves (see :class:`_Reroute`)."""
+
+
 def setup_logging(verbose: int) -> Callable[[], None]:
     """Route logging to stderr (quiet: errors only; -v: covip INFO; -vv: DEBUG); returns an undo function."""
     root, pkg = logging.getLogger(), logging.getLogger("covip")
@@ -152,8 +175,13 @@ def setup_logging(verbose: int) -> Callable[[], None]:
     root.setLevel(root_level)
     pkg.setLevel(pkg_level)
     logging.captureWarnings(True)  # Python warnings from dependencies follow the same verbosity
+    reroute = _Reroute(handler, root_level)
+    for name in _STDOUT_LOGGERS:
+        logging.getLogger(name).addFilter(reroute)
 
     def undo() -> None:
+        for name in _STDOUT_LOGGERS:
+            logging.getLogger(name).removeFilter(reroute)
         root.removeHandler(handler)
         root.setLevel(saved[0])
         pkg.setLevel(saved[1])

@@ -409,3 +409,31 @@ def test_console_script_end_to_end(tmp_path: Path) -> None:
                 "--taken-at", "not-a-date", code=2)
     assert bad.stderr.startswith("error:") or "\nerror:" in bad.stderr
     assert "ISO" in bad.stderr and bad.stdout == ""
+
+
+def test_a_library_logging_to_stdout_cannot_break_json(capsys):
+    """DeepSpeed (in `[train]`) logs through its own stdout handler with propagate=False, and transformers imports
+    it on every model load: under the CLI its records go to stderr (shown from -v on), never into stdout."""
+    import io
+    import logging
+
+    from covip.sdk.cli.main import setup_logging
+
+    out = io.StringIO()
+    lib = logging.getLogger("DeepSpeed")
+    own = logging.StreamHandler(out)  # what DeepSpeed does at import, with sys.stdout
+    lib.addHandler(own)
+    lib.propagate = False
+    try:
+        for verbose, shown in ((0, False), (1, True)):
+            undo = setup_logging(verbose)
+            try:
+                lib.warning("Setting accelerator to CPU.")
+            finally:
+                undo()
+            assert out.getvalue() == ""
+            assert ("Setting accelerator to CPU." in capsys.readouterr().err) is shown
+        lib.warning("outside the CLI")  # the library's own behaviour is left alone outside
+        assert out.getvalue() == "outside the CLI\n"
+    finally:
+        lib.removeHandler(own)
