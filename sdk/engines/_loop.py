@@ -87,8 +87,10 @@ class TokenLoopEngine:
     # ------------------------------------------------------------------ public API
     def generate(self, messages: Sequence[Message], config: GenerationConfig | None = None, *,
                  on_token: Callable[[str], None] | None = None) -> Generation:
-        """Generate the assistant's next turn; ``on_token`` receives text pieces as they are decoded."""
-        pieces = self._run(messages, config)
+        """Generate the assistant's next turn; ``on_token`` receives text pieces as they are decoded (without
+        it, and without stop strings, the text is detokenized once at the end: the same text, less work per
+        token)."""
+        pieces = self._run(messages, config, live=on_token is not None)
         try:
             for piece in pieces:
                 if on_token is not None:
@@ -190,9 +192,16 @@ class TokenLoopEngine:
         pick a token (:func:`~covip.sdk.engines._decode.select_token`), stop at EOS, a stop string or the
         budget, detokenize, and ``step(token)`` for the next logits. ``argmax`` (optional) picks a greedy token
         where the logits live (e.g. on the GPU), so plain greedy decoding never copies them to the host.
-        Sets :attr:`last` however it ends."""
+        Sets :attr:`last` however it ends.
+
+        A call whose caller takes the text only at the end (``generate`` without ``on_token``) and has no stop
+        strings detokenizes its tokens once the loop is over, in one pass: the same pieces, joined, without
+        per-token Python work between the model's steps (where each piece would run with caches the step just
+        evicted)."""
         gen_ids: list[int] = []
         detok, stops = Detokenizer(self.tokenizer), StopFilter(config.stop)
+        live = getattr(self, "_live_text", True) or bool(stops.stops)
+        n_text, texted = 0, live  # generated tokens that are text (all but an EOS); whether detok has them
         finish, prefill_s, decode_start = "cancelled", 0.0, None
         plain_greedy = argmax is not None and config.temperature == 0 and not config.presence_penalty
         try:
@@ -207,18 +216,20 @@ class TokenLoopEngine:
                 if token in self._eos:
                     finish = "stop"
                     break
-                piece = stops.feed(detok.push(token))
-                if piece:
-                    yield piece
-                if stops.stopped:
-                    finish = "stop"
-                    break
+                n_text += 1
+                if live:
+                    piece = stops.feed(detok.push(token))
+                    if piece:
+                        yield piece
+                    if stops.stopped:
+                        finish = "stop"
+                        break
                 if len(gen_ids) >= config.max_new_tokens:
                     finish = "length"
                     break
                 logits = step(token)
             if not stops.stopped:
-                tail = stops.feed(detok.flush()) + stops.flush()
+                tail, texted = self._text_of(detok, stops, [] if live else gen_ids[:n_text]), True
                 if tail:
                     yield tail
         finally:
@@ -226,21 +237,31 @@ class TokenLoopEngine:
                 prefill_s, decode_s = time.perf_counter() - t0, 0.0
             else:
                 decode_s = time.perf_counter() - decode_start
+            if not texted:  # not live, and it ended early (an error): the text of the tokens so far, as live
+                stops.feed("".join([detok.push(t) for t in gen_ids[:n_text]]))
             self.last = Generation(text=stops.text, prompt_tokens=n_prompt - reuse, completion_tokens=len(gen_ids),
                                    cached_tokens=reuse, prefill_s=prefill_s, decode_s=decode_s, finish_reason=finish)
         logger.debug("generated %d tokens (%s); prompt %d (%d cached); prefill %.3f s, decode %.3f s",
                      len(gen_ids), finish, n_prompt, reuse, prefill_s, decode_s)
 
+    @staticmethod
+    def _text_of(detok: Detokenizer, stops: StopFilter, ids: list[int]) -> str:
+        """Push ``ids`` (the tokens of a call that is not live), then flush: the text not returned yet."""
+        pending = "".join([detok.push(t) for t in ids])
+        return stops.feed(pending + detok.flush()) + stops.flush()
+
     # ------------------------------------------------------------------ guards
-    def _run(self, messages: Sequence[Message], config: GenerationConfig | None) -> Iterator[str]:
-        """Check the call, then return the guarded token loop (bad input fails here, before any work)."""
+    def _run(self, messages: Sequence[Message], config: GenerationConfig | None, *,
+             live: bool = True) -> Iterator[str]:
+        """Check the call, then return the guarded token loop (bad input fails here, before any work).
+        ``live``: the caller wants the text piece by piece as it is decoded (else in one piece at the end)."""
         self._check_open()
         config = config or GenerationConfig()
         if not isinstance(config, GenerationConfig):
             raise InputError(f"config must be a GenerationConfig, got {type(config).__name__}")
-        return self._guarded(check_messages(messages), config)
+        return self._guarded(check_messages(messages), config, live)
 
-    def _guarded(self, msgs: list[Message], config: GenerationConfig) -> Iterator[str]:
+    def _guarded(self, msgs: list[Message], config: GenerationConfig, live: bool = True) -> Iterator[str]:
         me = threading.get_ident()
         if self._owner == me:
             raise EngineError("this thread is still consuming a stream() of this engine; finish or close it "
@@ -248,6 +269,7 @@ class TokenLoopEngine:
         with self._lock:
             self._check_open()
             self._owner = me
+            self._live_text = live
             try:
                 for piece in self._run_locked(msgs, config):
                     yield piece

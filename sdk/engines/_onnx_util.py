@@ -119,6 +119,8 @@ def rope_positions(ids: Sequence[int], spans: Sequence[tuple[int, int]], grid: t
     ``p + max(rows, cols)`` (transformers' ``get_rope_index`` for images, Qwen2.5-VL and Qwen3-VL alike).
     """
     n = len(ids)
+    if not spans:  # text only: the same position on all three axes
+        return np.broadcast_to(np.arange(n, dtype=np.int64), (3, n)).copy(), 0
     pos = np.zeros((3, n), dtype=np.int64)
     t, gh, gw = grid
     rows, cols = gh // merge_size, gw // merge_size

@@ -232,6 +232,9 @@ class OnnxEngine(TokenLoopEngine):
                 self._check_hashes(entry, always=cfg.verify == "sha256")
             self._sessions[role] = self._session(directory / entry.path, providers)
         self._check_decoder()
+        self._ones = np.ones((1, 1024), dtype=np.int64)  # attention masks are views of it (see _mask)
+        self._step_deepstack = (np.zeros((self._n_deepstack, 1, 1, self._hidden), dtype=np.float32)
+                                if self._n_deepstack else None)  # a generated token has no DeepStack rows
         model_id = str(spec.get("model_id") or directory.name)
         self.model_id: str = f"{model_id}-onnx-{quant}"
         self._device = "cuda" if self.provider == "cuda" else "cpu"
@@ -333,8 +336,10 @@ class OnnxEngine(TokenLoopEngine):
         t0 = time.perf_counter()
         prompt = self._tokenize(msgs)
         reuse = self._reusable_prefix(prompt)
+        vocab = self._vocab
         yield from self._token_loop(config, t0=t0, n_prompt=len(prompt.ids), reuse=reuse,
-                                prefill=lambda: self._prefill(prompt, reuse), step=self._step)
+                                    prefill=lambda: self._prefill(prompt, reuse), step=self._step,
+                                    argmax=lambda logits: int(logits[:vocab].argmax()))
 
     # ------------------------------------------------------------------ prompt
 
@@ -418,11 +423,9 @@ class OnnxEngine(TokenLoopEngine):
     def _step(self, token: int) -> np.ndarray:
         """Run one generated token; return its logits."""
         pos = len(self._ids)
-        embeds = self._run_session("embed", None, {"input_ids": np.asarray([[token]], dtype=np.int64)})[0]
-        p = pos + self._delta
-        positions = np.full((3, 1, 1), p, dtype=np.int64)
-        deepstack = np.zeros((self._n_deepstack, 1, 1, self._hidden), dtype=np.float32) if self._n_deepstack else None
-        logits = self._decode(embeds, positions, pos + 1, deepstack, self._kv)
+        embeds = self._run_session("embed", None, {"input_ids": np.array([[token]], dtype=np.int64)})[0]
+        positions = np.full((3, 1, 1), pos + self._delta, dtype=np.int64)
+        logits = self._decode(embeds, positions, pos + 1, self._step_deepstack, self._kv)
         self._ids.append(token)
         return logits
 
@@ -450,7 +453,7 @@ class OnnxEngine(TokenLoopEngine):
             # plain run() with numpy arrays: on CPU ~35 us per token faster than I/O binding + OrtValues
             # (the tiny model's decode step is ~0.5 ms); the presents come back as numpy arrays, never written to
             feed = {"inputs_embeds": np.ascontiguousarray(embeds, dtype=np.float32),
-                    "attention_mask": np.ones((1, total), dtype=np.int64),
+                    "attention_mask": self._mask(total),
                     "position_ids": np.ascontiguousarray(positions, dtype=np.int64)}
             if deepstack is not None:
                 feed["deepstack_embeds"] = deepstack
@@ -460,7 +463,7 @@ class OnnxEngine(TokenLoopEngine):
             return outs[0][0, -1]
         binding = sess.io_binding()
         binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32))
-        binding.bind_cpu_input("attention_mask", np.ones((1, total), dtype=np.int64))
+        binding.bind_cpu_input("attention_mask", self._mask(total))
         binding.bind_cpu_input("position_ids", np.ascontiguousarray(positions, dtype=np.int64))
         if deepstack is not None:
             binding.bind_cpu_input("deepstack_embeds", deepstack)
@@ -478,6 +481,13 @@ class OnnxEngine(TokenLoopEngine):
         outs = binding.get_outputs()
         self._kv = list(outs[1:])
         return outs[0].numpy()[0, -1]
+
+    def _mask(self, total: int) -> np.ndarray:
+        """An all-ones attention mask of ``total`` positions: a view of one array grown by doubling (inputs are
+        never written to), not a new array per token."""
+        if self._ones.shape[1] < total:
+            self._ones = np.ones((1, max(total, 2 * self._ones.shape[1])), dtype=np.int64)
+        return self._ones[:, :total]
 
     def _run_session(self, role: str, names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         sess = self._sessions.get(role)

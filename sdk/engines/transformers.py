@@ -20,9 +20,18 @@ last call for the next one:
   positions it was computed with); the suffix gets its slice, and decoding continues at
   ``index + rope_delta`` on all three axes.
 
+With ``cache_implementation='static'`` the cache is one ``StaticCache`` of ``max_cache_len`` positions, kept
+for the engine's life (reset, cropped and refilled in place; a call that needs more positions gets a larger
+one). ``compile=True`` adds what transformers' ``generate`` does for speed: the decode step runs
+``model.get_compiled_call(CompileConfig(...))`` (torch.compile; CUDA graphs on a GPU) over that static cache
+with fixed shapes, the prefill stays eager, and the greedy text is the eager engine's. The first call pays the
+compile. On a GPU the compiled step (CUDA graphs) targets the Python and kernel-launch overhead that bounds
+one-sequence decoding (benchmarks/engines.py --compile-only measures it; see benchmarks/RESULTS.md).
+
 ``snapshot()`` deep-copies the ``DynamicCache`` (its tensors are cloned, so crops and appends of later calls
 never reach the copy) together with the token ids, image spans, photo pixel tensors and RoPE delta;
-``restore()`` installs another deep copy of it, so one snapshot can be restored any number of times.
+``restore()`` installs another deep copy of it (into the engine's own StaticCache, in place, for a static one),
+so one snapshot can be restored any number of times.
 
 ``Generation.cached_tokens`` is the length of that reused prefix, ``prompt_tokens`` the tokens prefilled
 now; their sum is always the full prompt length. When call 2 continues call 1 (call 1's messages, then
@@ -68,6 +77,7 @@ __all__ = ["TransformersEngine", "TransformersEngineConfig"]
 logger = logging.getLogger(__name__)
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
+_CACHES = (None, "dynamic", "static")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -110,7 +120,33 @@ class TransformersEngineConfig(ConfigMixin):
     )
     attn_implementation: str | None = field(
         default=None,
-        metadata={"help": "'sdpa', 'eager', 'flash_attention_2', ... (None lets transformers choose)."},
+        metadata={
+            "help": "'sdpa', 'eager', 'flash_attention_2' (needs the flash-attn package, a CUDA GPU and bfloat16 or "
+            "float16), ... ; 'auto' picks flash_attention_2 where it can run, else sdpa; None lets transformers "
+            "choose (sdpa where torch has it)."
+        },
+    )
+    cache_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "The KV cache: None or 'dynamic' (transformers' DynamicCache, grown token by token) or 'static' (a "
+            "StaticCache preallocated for max_cache_len tokens: fixed shapes, what compile needs)."
+        },
+    )
+    compile: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile the decode step, as transformers' generate does (model.get_compiled_call; "
+            "CUDA graphs on a GPU); implies cache_implementation='static'. The first call compiles (tens of "
+            "seconds to minutes); later calls run with far less Python overhead per token. Prefill stays eager."
+        },
+    )
+    max_cache_len: int = field(
+        default=4096,
+        metadata={
+            "help": "Tokens the static KV cache holds (prompt + answer; cache_implementation='static' or compile). "
+            "A call that needs more gets a cache twice as large, or more (and the decode step compiles again)."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -131,6 +167,26 @@ class TransformersEngineConfig(ConfigMixin):
                 raise InputError(f"TransformersEngineConfig.{name} must be a positive integer or None, got {value!r}")
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
             raise InputError("TransformersEngineConfig.min_pixels must not exceed max_pixels")
+        if self.attn_implementation is not None and (not isinstance(self.attn_implementation, str)
+                                                     or not self.attn_implementation.strip()):
+            raise InputError("TransformersEngineConfig.attn_implementation must be a name such as 'sdpa', 'auto' or "
+                             f"None, got {self.attn_implementation!r}")
+        if self.cache_implementation not in _CACHES:
+            raise InputError(f"TransformersEngineConfig.cache_implementation must be one of {_CACHES}, got "
+                             f"{self.cache_implementation!r}")
+        if not isinstance(self.compile, bool):
+            raise InputError(f"TransformersEngineConfig.compile must be true or false, got {self.compile!r}")
+        if self.compile and self.cache_implementation == "dynamic":
+            raise InputError("TransformersEngineConfig.compile needs the static KV cache: leave cache_implementation "
+                             "None (or 'static') with compile=True")
+        if isinstance(self.max_cache_len, bool) or not isinstance(self.max_cache_len, int) or self.max_cache_len < 16:
+            raise InputError(f"TransformersEngineConfig.max_cache_len must be an integer of at least 16, got "
+                             f"{self.max_cache_len!r}")
+
+    @property
+    def static_cache(self) -> bool:
+        """Whether the engine runs a preallocated StaticCache (asked for, or implied by compile)."""
+        return self.compile or self.cache_implementation == "static"
 
 
 @dataclass
@@ -175,6 +231,8 @@ class TransformersEngine(TokenLoopEngine):
         self.processor, self.model = self._load(source)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self._setup_model_specifics()
+        self._static_cache: Any = None  # the one StaticCache of a static-cache engine, reused by every call
+        self._decode_call = self._compiled_step() if self.config.compile else self.model
         self._init_shell()
         self._reset_cache()
         logger.info("transformers engine %s ready on %s", self.model_id, self.device)
@@ -193,7 +251,9 @@ class TransformersEngine(TokenLoopEngine):
         return data, len(data.ids), nbytes
 
     def _install(self, data: _Snapshot) -> None:
-        cache = self._copy_cache(data.cache)  # the snapshot stays untouched by the calls that follow
+        cache = self._copy_into_static(data.cache)
+        if cache is None:
+            cache = self._copy_cache(data.cache)  # the snapshot stays untouched by the calls that follow
         self._reset_cache()
         self._cache, self._ids, self._spans, self._delta = cache, list(data.ids), list(data.spans), data.delta
         self._image_memo = dict(data.image_memo)
@@ -201,6 +261,7 @@ class TransformersEngine(TokenLoopEngine):
     def _release(self) -> None:
         """Drop the model, the processor and the KV cache, and free cached GPU memory."""
         self._reset_cache()
+        self._static_cache = self._decode_call = None
         self.model = None
         self.processor = self.tokenizer = None
         if self.device.startswith("cuda"):
@@ -215,7 +276,8 @@ class TransformersEngine(TokenLoopEngine):
             processor = tf.AutoProcessor.from_pretrained(source, **common)
             kwargs = dict(common, dtype=self.dtype)
             if cfg.attn_implementation:
-                kwargs["attn_implementation"] = cfg.attn_implementation
+                kwargs["attn_implementation"] = _pick_attention(self._torch, cfg.attn_implementation, self.device,
+                                                                self.dtype)
             with quiet_progress(tf):
                 model = _auto_model_class(tf, source, common).from_pretrained(source, **kwargs)
         except (OSError, ValueError, KeyError, ImportError) as exc:
@@ -259,7 +321,10 @@ class TransformersEngine(TokenLoopEngine):
         self._forward_params = forward_params
         self._vocab = len(tok)  # logits past the tokenizer's vocabulary are padding rows
         self._fast_images: bool | None = None  # None: not yet checked against the processor
-        self._dynamic_layer = getattr(importlib.import_module("transformers.cache_utils"), "DynamicLayer", None)
+        cache_utils = importlib.import_module("transformers.cache_utils")
+        self._dynamic_layer = getattr(cache_utils, "DynamicLayer", None)
+        # layers a crop keeps exact (sliding-window layers may have dropped what a crop would need)
+        self._croppable_layers = {c for c in (self._dynamic_layer, getattr(cache_utils, "StaticLayer", None)) if c}
 
     # ------------------------------------------------------------------ the decode loop
 
@@ -268,11 +333,13 @@ class TransformersEngine(TokenLoopEngine):
         t0 = time.perf_counter()
         prompt = self._tokenize(msgs)
         reuse = self._reusable_prefix(prompt)
-        if reuse == 0 or self._cache is None:
-            self._cache = self._new_cache()
+        need = len(prompt.ids) + config.max_new_tokens  # what a static cache must hold
+        if reuse == 0 or self._cache is None or (self.config.static_cache and need > _cache_capacity(self._cache)):
+            self._cache = self._new_cache(need)
             reuse = 0
         elif reuse < len(self._ids):
-            self._cache.crop(reuse - len(self._ids))
+            with torch.inference_mode():  # a static cache crops in place (its tensors are inference tensors)
+                self._cache.crop(reuse - len(self._ids))
         self._ids = self._ids[:reuse]
         self._spans = [s for s in self._spans if s[1] <= reuse]
 
@@ -290,8 +357,8 @@ class TransformersEngine(TokenLoopEngine):
             return logits
 
         yield from self._token_loop(config, t0=t0, n_prompt=len(prompt.ids), reuse=reuse, prefill=prefill, step=step,
-                                to_numpy=lambda t: t.float().cpu().numpy(),
-                                argmax=lambda t: int(t[: self._vocab].argmax()))
+                                    to_numpy=lambda t: t.float().cpu().numpy(),
+                                    argmax=lambda t: int(t[: self._vocab].argmax()))
 
     def _tokenize(self, msgs: list[Message]) -> _Prompt:
         """Render the chat template, take in the photos, and run the processor on text + images."""
@@ -381,7 +448,7 @@ class TransformersEngine(TokenLoopEngine):
         layers = getattr(self._cache, "layers", None)
         if layers is None or self._dynamic_layer is None:
             return True
-        return all(type(layer) is self._dynamic_layer for layer in layers)
+        return all(type(layer) in self._croppable_layers for layer in layers)
 
     def _positions(self, prompt: _Prompt) -> tuple[Any, int]:
         """(position ids for the whole prompt or None, the RoPE delta for tokens after it)."""
@@ -406,12 +473,9 @@ class TransformersEngine(TokenLoopEngine):
         torch = self._torch
         t = prompt.tensors
         ids = t["input_ids"][:, start:].to(self.device)
-        kwargs: dict[str, Any] = {
-            "input_ids": ids,
-            "attention_mask": torch.ones(1, len(prompt.ids), dtype=torch.long, device=self.device),
-            self._cache_kw: self._cache,
-            "use_cache": True,
-        }
+        kwargs: dict[str, Any] = {"input_ids": ids, self._cache_kw: self._cache, "use_cache": True}
+        if not self.config.static_cache:  # one unpadded sequence: a static cache masks by position itself
+            kwargs["attention_mask"] = torch.ones(1, len(prompt.ids), dtype=torch.long, device=self.device)
         if positions is not None:
             kwargs["position_ids"] = positions[:, :, start:]
         if self._keep_kw:
@@ -434,25 +498,73 @@ class TransformersEngine(TokenLoopEngine):
         return out.logits[0, -1]
 
     def _step(self, token: int) -> Any:
-        """Run one generated token through the model; return its logits."""
+        """Run one generated token through the model (the compiled decode step with ``compile``); return its
+        logits."""
         torch = self._torch
         pos = len(self._ids)
-        kwargs: dict[str, Any] = {
-            "input_ids": torch.tensor([[token]], device=self.device),
-            "attention_mask": torch.ones(1, pos + 1, dtype=torch.long, device=self.device),
-            self._cache_kw: self._cache,
-            "use_cache": True,
-        }
+        kwargs: dict[str, Any] = {"input_ids": torch.tensor([[token]], device=self.device), self._cache_kw: self._cache,
+                                  "use_cache": True}
+        if not self.config.static_cache:  # a static cache: every input keeps its shape from token to token
+            kwargs["attention_mask"] = torch.ones(1, pos + 1, dtype=torch.long, device=self.device)
         if self._rope_index is not None:
             p = torch.tensor([pos, pos + self._delta, pos + self._delta, pos + self._delta], device=self.device)
             kwargs["position_ids"] = p.view(4, 1, 1)
-        out = self.model(**kwargs)
-        return out.logits[0, -1]
+        out = self._decode_call(**kwargs)
+        if self._decode_call is self.model:
+            return out.logits[0, -1]
+        return out.logits[0, -1].clone()  # a CUDA-graph output is overwritten by the next replay
+
+    def _compiled_step(self) -> Any:
+        """The model's ``__call__`` compiled for decode steps the way transformers' generate compiles it
+        (``get_compiled_call`` with a ``CompileConfig``): CUDA graphs ('reduce-overhead') on a GPU, inductor's
+        default mode elsewhere; fixed shapes (one token over the static cache), graph breaks allowed."""
+        tf, torch = self._tf, self._torch
+        mode = "reduce-overhead" if self.device.startswith("cuda") else "default"
+        compile_config = tf.CompileConfig(fullgraph=False, dynamic=False, mode=mode)
+        get = getattr(self.model, "get_compiled_call", None)
+        if get is not None:
+            return get(compile_config)
+        return torch.compile(self.model.__call__, **compile_config.to_dict())  # pragma: no cover - older transformers
 
     # ------------------------------------------------------------------ helpers
 
-    def _new_cache(self) -> Any:
-        return self._tf.DynamicCache(config=self.model.config)
+    def _new_cache(self, need: int = 0) -> Any:
+        """An empty cache for a call that needs ``need`` positions: a new DynamicCache, or the engine's one
+        StaticCache reset (its tensors keep their addresses, so the compiled step stays valid), made anew
+        twice as large (or more) when it holds fewer than ``need``."""
+        if not self.config.static_cache:
+            return self._tf.DynamicCache(config=self.model.config)
+        cache = self._static_cache
+        if cache is not None and _cache_capacity(cache) >= need:
+            with self._torch.inference_mode():
+                cache.reset()
+            return cache
+        size = self.config.max_cache_len
+        while size < need:
+            size *= 2
+        if cache is not None:
+            logger.info("static KV cache grows from %d to %d tokens (the compiled decode step compiles again)",
+                        _cache_capacity(cache), size)
+        self._static_cache = None  # the old one's memory goes before the new one's is taken
+        self._static_cache = self._tf.StaticCache(config=self.model.config, max_cache_len=size)
+        return self._static_cache
+
+    def _copy_into_static(self, cache: Any) -> Any:
+        """The engine's StaticCache holding a copy of the snapshot's static ``cache`` (copied in place, so the
+        compiled decode step keeps running on the same tensors), or None when the two do not match."""
+        live = self._static_cache
+        if cache is None or live is None or type(cache) is not type(live) or len(cache.layers) != len(live.layers):
+            return None
+        pairs = list(zip(cache.layers, live.layers))
+        if not all(getattr(a, "is_initialized", False) and getattr(b, "is_initialized", False)
+                   and a.keys.shape == b.keys.shape and a.values.shape == b.values.shape for a, b in pairs):
+            return None
+        with self._torch.inference_mode():
+            for a, b in pairs:
+                b.keys.copy_(a.keys)
+                b.values.copy_(a.values)
+                b.cumulative_length.copy_(a.cumulative_length)
+        return live
 
     def _copy_cache(self, cache: Any) -> Any:
         """A deep copy of a cache (tensors cloned); None stays None."""
@@ -474,6 +586,27 @@ class TransformersEngine(TokenLoopEngine):
 
 
 # ----------------------------------------------------------------------------- module helpers
+
+
+def _cache_capacity(cache: Any) -> int:
+    """Positions a cache can hold: a static cache's length (sliding-window layers hold their window whatever the
+    length), unbounded for a dynamic one."""
+    lengths = [getattr(layer, "max_cache_len", None) for layer in getattr(cache, "layers", ())
+               if not getattr(layer, "is_sliding", False)]
+    return min((n for n in lengths if isinstance(n, int)), default=1 << 62)
+
+
+def _pick_attention(torch: Any, requested: str, device: str, dtype: Any) -> str:
+    """``attn_implementation`` for from_pretrained: 'auto' is flash_attention_2 where it runs (the flash-attn
+    package, a CUDA device, a 16-bit dtype), else sdpa; anything else as given."""
+    if requested != "auto":
+        return requested
+    import importlib.util
+
+    if (device.startswith("cuda") and dtype in (torch.bfloat16, torch.float16)
+            and importlib.util.find_spec("flash_attn") is not None):
+        return "flash_attention_2"
+    return "sdpa"
 
 
 def _tensor_bytes(obj: Any) -> int:

@@ -77,6 +77,46 @@ def test_stop_strings_end_the_answer_before_them(engine) -> None:
     assert stop not in cut.text and full.text.startswith(cut.text.rstrip()) and cut.finish_reason == "stop"
 
 
+def test_the_text_is_the_same_streamed_or_not(engine) -> None:
+    """generate() without on_token detokenizes once at the end (no stop strings): the same text and counts as
+    the pieces of on_token and stream()."""
+    for cfg in (GREEDY, SAMPLED, GenerationConfig(max_new_tokens=12, temperature=0.0, stop=["\x00never"])):
+        plain = engine.generate(_chat(), cfg)
+        pieces: list[str] = []
+        called = engine.generate(_chat(), cfg, on_token=pieces.append)
+        streamed = "".join(engine.stream(_chat(), cfg))
+        assert plain.text == called.text == "".join(pieces) == streamed == engine.last.text
+        assert plain.completion_tokens == called.completion_tokens == engine.last.completion_tokens
+        assert plain.finish_reason == called.finish_reason == engine.last.finish_reason
+
+
+def test_a_failing_step_leaves_the_text_so_far(fresh, monkeypatch) -> None:
+    if not hasattr(fresh, "_step"):
+        pytest.skip("llama.cpp runs its own loop")
+    steps = []
+    real = fresh._step
+
+    def failing(token):
+        steps.append(token)
+        if len(steps) == 4:
+            raise RuntimeError("the device went away")
+        return real(token)
+
+    texts = []
+    for on_token in (None, lambda piece: None):
+        steps.clear()
+        fresh.reset()
+        monkeypatch.setattr(fresh, "_step", failing)
+        with pytest.raises(RuntimeError, match="went away"):
+            fresh.generate(_chat(), GREEDY, on_token=on_token)
+        monkeypatch.undo()
+        assert fresh.last.completion_tokens == 4 and fresh.last.finish_reason == "cancelled"
+        texts.append(fresh.last.text)
+    fresh.reset()
+    full = fresh.generate(_chat(), GREEDY).text
+    assert texts[0] == texts[1] and full.startswith(texts[0].rstrip("\ufffd"))
+
+
 def test_seeded_sampling_repeats_and_greedy_is_deterministic(engine) -> None:
     a, b = engine.generate(_chat(), SAMPLED), engine.generate(_chat(), SAMPLED)
     assert a.text == b.text and a.completion_tokens == b.completion_tokens

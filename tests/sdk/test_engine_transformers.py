@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -307,6 +308,64 @@ def test_empty_and_foreign_states(engine, fresh) -> None:
     stream.close()
 
 
+# ----------------------------------------------------------------------------- static cache, torch.compile
+
+
+def _same_as_eager(eng: TransformersEngine, eager: TransformersEngine) -> None:
+    """Greedy answers, prefix reuse and snapshot/restore of ``eng`` are those of the eager engine."""
+    first = [user(draw_photo(1), "Who is in this photo?")]
+    text = [user("Tell me a long story about a dog on the beach.")]
+    for e in (eng, eager):
+        e.reset()
+    for messages in (first, text):
+        a, b = eng.generate(messages, GREEDY), eager.generate(messages, GREEDY)
+        assert (a.text, a.completion_tokens) == (b.text, b.completion_tokens)
+        follow = messages + [{"role": "assistant", "content": a.text}, user("And then?")]
+        state = eng.snapshot()
+        a2, b2 = eng.generate(follow, GREEDY), eager.generate(follow, GREEDY)
+        assert (a2.text, a2.cached_tokens) == (b2.text, b2.cached_tokens) and a2.cached_tokens > 0
+        eng.restore(state)  # the state before the follow-up: the same follow-up again, from the same cache
+        a3 = eng.generate(follow, GREEDY)
+        assert (a3.text, a3.cached_tokens) == (a2.text, a2.cached_tokens)
+
+
+def test_static_cache_answers_like_the_dynamic_cache(engine, tiny_vlm_dir) -> None:
+    with TransformersEngine(model=str(tiny_vlm_dir), device="cpu", cache_implementation="static",
+                            max_cache_len=32) as eng:
+        _same_as_eager(eng, engine)
+        assert type(eng._cache).__name__ == "StaticCache"
+        assert eng._cache is eng._static_cache and eng._cache.layers[0].max_cache_len >= 64  # grown past 32
+        long = eng.generate([user("Count to a hundred.")], GenerationConfig(max_new_tokens=80))
+        assert long.text == answer_fresh(engine, [user("Count to a hundred.")], GenerationConfig(max_new_tokens=80)).text
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
+                    reason="torch.compile (inductor) needs a C++ compiler on CPU")
+def test_compiled_decode_answers_like_eager(engine, tiny_vlm_dir) -> None:
+    """compile=True (a static cache, the decode step compiled as transformers' generate compiles it) on CPU: the
+    same greedy answers as the eager engine."""
+    with TransformersEngine(model=str(tiny_vlm_dir), device="cpu", compile=True, max_cache_len=256) as eng:
+        assert eng.config.static_cache and eng._decode_call is not eng.model
+        _same_as_eager(eng, engine)
+        sampled = GenerationConfig(max_new_tokens=8, temperature=0.8, top_k=20, seed=3)
+        assert answer_fresh(eng, caption_messages(1), sampled).text == answer_fresh(engine, caption_messages(1),
+                                                                                    sampled).text
+
+
+def test_static_and_attention_options(tiny_vlm_dir) -> None:
+    from covip.sdk.engines.transformers import _pick_attention
+
+    torch = pytest.importorskip("torch")
+    assert _pick_attention(torch, "auto", "cpu", torch.float32) == "sdpa"
+    assert _pick_attention(torch, "auto", "cuda", torch.float32) == "sdpa"  # flash attention needs 16-bit
+    assert _pick_attention(torch, "eager", "cpu", torch.float32) == "eager"
+    with TransformersEngine(model=str(tiny_vlm_dir), device="cpu", attn_implementation="auto") as eng:
+        assert eng.model.config._attn_implementation == "sdpa" and not eng.config.static_cache
+    cfg = TransformersEngineConfig(compile=True)
+    assert cfg.static_cache and cfg.cache_implementation is None and not TransformersEngineConfig().static_cache
+    assert "static" in TransformersEngineConfig.field_help()["cache_implementation"]
+
+
 # ----------------------------------------------------------------------------- other models, errors
 
 
@@ -338,7 +397,9 @@ def test_dir_without_config(tmp_path) -> None:
 
 def test_config_validation() -> None:
     for bad in ({"device": "tpu"}, {"dtype": "int8"}, {"max_pixels": 0}, {"model": ""},
-                {"min_pixels": 4096, "max_pixels": 1024}):
+                {"min_pixels": 4096, "max_pixels": 1024}, {"cache_implementation": "paged"}, {"compile": "yes"},
+                {"max_cache_len": 0}, {"max_cache_len": True}, {"attn_implementation": ""},
+                {"compile": True, "cache_implementation": "dynamic"}):
         with pytest.raises(InputError):
             TransformersEngineConfig(**bad)
     with pytest.raises(InputError):
