@@ -4,17 +4,25 @@ generate against the same model's plain ``model.generate`` (the baseline, measur
 
 Usage::
 
-    python benchmarks/train_throughput.py [--quick] [--shape tiny|mini|qwen3vl-2b|qwen3vl-8b] [--steps N]
+    python benchmarks/train_throughput.py [--quick] [--shape tiny|mini|deep|qwen3vl-2b|qwen3vl-8b] [--steps N]
                                           [--max-new-tokens N] [--baseline-reps N] [--threads 1] [--cpu]
+                                          [--set group.key=value ...] [--compare-trl | --no-compare-trl]
                                           [--allow-cpu-large] [--out benchmarks/results]
 
 What runs
-    ``covip.training.gspo.train_gspo`` itself (the function behind `covip train gspo`): the shape's bundled config
+    ``covip.training.gspo.train_gspo`` itself (the function behind `covip train gspo`; default shape: deep): the
+    shape's bundled config
     (tiny/mini: ``tiny-cpu``; qwen3vl-2b: ``qwen3vl-2b``; qwen3vl-8b: ``qwen3vl-8b-paper`` with gradient accumulation
     4 for one GPU), the lexical judge, the synthetic world generated small into a temporary run folder, LoRA as the
     config says, ``--steps`` optimizer steps, no checkpoints, adapter or merge (see "config" in the JSON for every
-    override). Shapes: tiny/mini are the built-in random-weight presets; qwen3vl-2b/8b are random weights of the
-    real Qwen3-VL-2B/8B configurations with the SmolLM2 vocabulary (the tiny preset's tokenizer and processor),
+    override; ``--set`` adds covip config overrides last, e.g. ``model.gradient_checkpointing=true``). The rollouts
+    run with the config's ``gspo.rollout_*`` settings (covip's: eval mode, LoRA merged while generating); with
+    ``--compare-trl`` (default for the small shapes) a second run with trl's own rollouts (train mode, LoRA
+    unmerged; no baseline) gives the "covip vs trl" rows. Shapes: tiny/mini are the built-in random-weight
+    presets; deep is the tiny widths with Qwen3-VL-8B's 36 decoder layers and the paper's LoRA (r64, dropout
+    0.05, 252 peft layers), where per-module dispatch dominates a decode step as it does on a GPU at batch 4
+    (trl 1.x refuses LoRA on lm_head, so deep and qwen3vl-8b adapt the decoder projections only); qwen3vl-2b/8b
+    are random weights of the real Qwen3-VL-2B/8B configurations with the SmolLM2 vocabulary (the tiny preset's tokenizer and processor),
     described on the meta device first (parameter count, refusal on CPU without ``--allow-cpu-large``), then built
     directly on the GPU in bf16 and handed to train_gspo in place of ``load_policy`` (no weights on disk).
 How it is timed (wrapping, nothing in trl or covip is edited)
@@ -41,7 +49,8 @@ Baseline (same process, same model object, same prompts, measured right after ea
 Diagnostics (the last step's prompt, interleaved with the plain baseline; max(reps, 2) rounds, 2b/8b: reps)
     Plain plus trl's suppress_tokens alone (the image token, one logits processor per decoded token); trl's own
     GenerationConfig (its logits processors) in eval mode; trl's config in train mode under no_grad
-    (how trl calls generate); LoRA adapters disabled (the cost of unmerged adapters); gradient checkpointing
+    (how trl calls generate: trl's rollout mode); LoRA adapters disabled (the cost of unmerged adapters); covip's
+    rollout mode (trl's config, eval mode, LoRA merged by covip's LoraRolloutMerge); gradient checkpointing
     left on in train mode (what a rollout would cost if trl did not switch it off; only when max_new_tokens <= 64,
     as it may drop the KV cache). A forward pre-hook tells whether each generate call reused the KV cache.
 Resources
@@ -76,7 +85,7 @@ BENCH_OPTIONS = ("--quick", "--out")
 
 perf = time.perf_counter
 TARGET_RATIO = 0.9
-SHAPES = ("tiny", "mini", "qwen3vl-2b", "qwen3vl-8b")
+SHAPES = ("tiny", "mini", "deep", "qwen3vl-2b", "qwen3vl-8b")
 
 _MROPE = {"rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": [24, 20, 20], "mrope_interleaved": True}
 LARGE_SHAPES: dict[str, dict[str, Any]] = {
@@ -94,6 +103,13 @@ LARGE_SHAPES: dict[str, dict[str, Any]] = {
         "vision": dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096,
                        num_position_embeddings=2304, deepstack_visual_indexes=[8, 16, 24])},
 }
+DEEP_SHAPE: dict[str, Any] = {
+    # the tiny preset's widths with Qwen3-VL-8B's 36 decoder layers and the paper's LoRA (r64, dropout 0.05, on the
+    # 7 x 36 decoder projections: 252 peft layers): per-module dispatch dominates a decode step, as on a GPU
+    "hub": None, "config": "tiny-cpu", "tie_word_embeddings": False, "text": {"num_hidden_layers": 36}, "vision": {},
+    "overrides": {"lora.r": 64, "lora.alpha": 128, "lora.dropout": 0.05}}
+BUILT_SHAPES: dict[str, dict[str, Any]] = {**LARGE_SHAPES, "deep": DEEP_SHAPE}
+"""Shapes this benchmark builds itself (random weights, no files) and hands to train_gspo in place of load_policy."""
 SMALL_SYNTH = {"n_concepts": 12, "n_train": 16, "n_test": 4, "context_size": 2, "max_present": 1, "image_size": 64,
                "similarity": "attributes", "seed": 0}
 LARGE_SYNTH = {"n_concepts": 20, "n_train": 24, "n_test": 4, "context_size": 4, "max_present": 2, "image_size": 448,
@@ -103,13 +119,16 @@ LARGE_SYNTH = {"n_concepts": 20, "n_train": 24, "n_test": 4, "context_size": 4, 
 # ----------------------------------------------------------------------------- configuration
 
 
-def run_overrides(shape: str, steps: int, max_new_tokens: int, out_dir: Path, cuda: bool) -> tuple[str, dict]:
-    """(bundled config name, dotted overrides) of the benchmark run for ``shape``."""
-    base = "tiny-cpu" if shape in ("tiny", "mini") else LARGE_SHAPES[shape]["config"]
+def run_overrides(shape: str, steps: int, max_new_tokens: int, out_dir: Path, cuda: bool,
+                  extra: list[str] | None = None) -> tuple[str, dict]:
+    """(bundled config name, dotted overrides) of the benchmark run for ``shape``; ``extra`` (``--set KEY=VALUE``
+    strings, e.g. ``model.gradient_checkpointing=true``) is applied last."""
+    small = shape in ("tiny", "mini", "deep")
+    base = "tiny-cpu" if small else LARGE_SHAPES[shape]["config"]
     o: dict[str, Any] = {
         "gspo.max_steps": steps, "gspo.num_train_epochs": 1, "gspo.max_completion_length": max_new_tokens,
         "data.train": None, "data.synthesize_if_missing": True,
-        "data.synth": dict(SMALL_SYNTH if shape in ("tiny", "mini") else LARGE_SYNTH, n_train=max(16, 2 * steps)),
+        "data.synth": dict(SMALL_SYNTH if small else LARGE_SYNTH, n_train=max(16, 2 * steps)),
         "judge.spec": "lexical", "judge.options": {},
         "run.output_dir": str(out_dir), "run.save_steps": 0, "run.save_adapter": False, "run.merge": False,
         "run.tensorboard": False, "run.progress": False, "run.logging_steps": 1,
@@ -118,14 +137,25 @@ def run_overrides(shape: str, steps: int, max_new_tokens: int, out_dir: Path, cu
         o.update({"model.name_or_path": "mini-qwen3-vl", "lora.r": 16, "lora.alpha": 32})
     elif shape == "tiny":
         o["model.name_or_path"] = "tiny-qwen3-vl"
+    elif shape == "deep":
+        o.update({"model.name_or_path": "random-weight tiny-qwen3-vl widths, 36 layers (built by this benchmark)",
+                  **DEEP_SHAPE["overrides"]})
     else:
         o["model.name_or_path"] = f"random-weight {LARGE_SHAPES[shape]['hub']} shape (built by this benchmark)"
     if shape == "qwen3vl-8b":
         o.update({"gspo.gradient_accumulation_steps": 4, "model.max_pixels": 448 * 448})  # one GPU, 448 px photos
+    if shape in ("qwen3vl-8b", "deep"):  # trl 1.x refuses a LoRA adapter on lm_head (it scores with lm_head.weight)
+        from covip.training.gspo_config import DEFAULT_LORA_TARGET_REGEX
+
+        o["lora.target_regex"] = DEFAULT_LORA_TARGET_REGEX
     if cuda:
         o.update({"run.use_cpu": False, "run.bf16": True, "model.dtype": "bfloat16"})
     else:
         o.update({"run.use_cpu": True, "run.bf16": False, "model.dtype": "float32"})
+    if extra:
+        from covip.sdk.support import parse_overrides
+
+        o.update(parse_overrides(extra))
     return base, o
 
 
@@ -135,10 +165,11 @@ def large_model_config(shape: str) -> Any:
 
     from covip.sdk.models import build_tiny_vlm
 
-    spec = LARGE_SHAPES[shape]
+    spec = BUILT_SHAPES[shape]
     cfg = json.loads((build_tiny_vlm("tiny-qwen3-vl") / "config.json").read_text())
     for key in ("architectures", "transformers_version", "dtype", "torch_dtype"):
         cfg.pop(key, None)
+    cfg["text_config"].pop("layer_types", None)  # one per layer: rebuilt for the shape's layer count
     cfg["text_config"].update(copy.deepcopy(spec["text"]))
     cfg["vision_config"].update(copy.deepcopy(spec["vision"]))
     cfg["tie_word_embeddings"] = spec["tie_word_embeddings"]
@@ -526,7 +557,7 @@ def peak_rss_mb() -> float | None:
 
 
 VARIANTS = ("plain", "plain_suppress_tokens", "trl_generation_config", "trl_train_no_grad", "adapters_off",
-            "gradient_checkpointing_on")
+            "covip_rollout", "gradient_checkpointing_on")
 
 
 class Baseline:
@@ -544,6 +575,7 @@ class Baseline:
         self._warm = False
         self.plain_cfg: Any = None
         self.suppress_cfg: Any = None
+        self._lora_merge: Any = None
 
     def _setup(self) -> None:
         from transformers import GenerationConfig
@@ -573,7 +605,8 @@ class Baseline:
             if gc_want != gc_was:
                 (model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs) if gc_want
                  else model.gradient_checkpointing_disable())
-            adapters = model.disable_adapter() if variant == "adapters_off" else contextlib.nullcontext()
+            adapters = (model.disable_adapter() if variant == "adapters_off" else
+                        self._merge(model).merged() if variant == "covip_rollout" else contextlib.nullcontext())
             model.train(train_mode)
             try:
                 with torch.no_grad(), adapters:
@@ -591,6 +624,14 @@ class Baseline:
         tokens = int(seq.shape[0]) * new
         return {"s": s, "tokens": tokens, "new_positions": new, "tok_s": tokens / s if s > 0 else None,
                 **forward_summary(fwd or [])}
+
+    def _merge(self, model: Any) -> Any:
+        """covip's rollout merge of this model (the trainer's own where it has one)."""
+        if self._lora_merge is None:
+            from covip.training.gspo import LoraRolloutMerge
+
+            self._lora_merge = getattr(self.rec.trainer, "covip_merge", None) or LoraRolloutMerge(model)
+        return self._lora_merge
 
     def after_step(self, step: int, last: bool) -> None:
         import torch
@@ -628,7 +669,8 @@ class Baseline:
 
     def _diagnostics(self, model: Any) -> None:
         suppress = self.rec.trainer.generation_config.suppress_tokens
-        variants = [v for v in VARIANTS if (v != "adapters_off" or hasattr(model, "disable_adapter"))
+        variants = [v for v in VARIANTS if (v not in ("adapters_off", "covip_rollout")
+                                            or hasattr(model, "disable_adapter"))
                     and (v != "gradient_checkpointing_on" or self.gc_variant)
                     and (v != "plain_suppress_tokens" or suppress)]
         self.diag = {v: [] for v in variants}
@@ -657,6 +699,41 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+TRL_ROLLOUTS = {"gspo.rollout_eval_mode": False, "gspo.rollout_merge_lora": False, "gspo.rollout_compile": False}
+"""The covip settings under which rollouts run as trl runs them (train mode, LoRA unmerged, no compile)."""
+
+
+def measure_trl_rollouts(args: argparse.Namespace, cuda: bool, work: Path) -> dict[str, Any]:
+    """Medians of the step split with trl's own rollouts (``TRL_ROLLOUTS`` over the run's config), no baseline:
+    the comparison run of ``--compare-trl``."""
+    import unittest.mock as mock
+
+    import trl
+
+    import covip.training.gspo as gspo_mod
+    from covip.training.gspo_config import load_config
+
+    base, overrides = run_overrides(args.shape, args.steps, args.max_new_tokens, work / "run-trl", cuda, args.set)
+    overrides.update(TRL_ROLLOUTS)
+    if not cuda:
+        overrides["run.torch_threads"] = args.threads
+    rec = Recorder(cuda)
+    patches = [mock.patch.object(trl, "GRPOTrainer", timed_trainer_class(trl.GRPOTrainer, rec))]
+    if args.shape in BUILT_SHAPES:
+        patches.append(mock.patch.object(gspo_mod, "load_policy", large_loader(args.shape, "cuda" if cuda else "cpu")))
+    print(f"GSPO {args.shape} with trl's own rollouts (train mode, LoRA unmerged), for comparison", flush=True)
+    with contextlib.ExitStack() as stack:
+        for p in patches:
+            stack.enter_context(p)
+        gspo_mod.train_gspo(load_config(base, overrides), callbacks=[step_callback(rec, None)])
+    steps = step_splits(rec)
+    measured = steps[1:] if len(steps) >= 2 else steps
+    keys = ("step_s", "rollout_s", "generate_s", "rollout_overhead_s", "forward_s", "backward_s", "rollout_tok_s",
+            "generate_tok_s")
+    return {"overrides": TRL_ROLLOUTS, "medians": {k: median(r[k] for r in measured) for k in keys},
+            "steps": steps, "kv_cache_used": [r["rollout_kv_cache_used"] for r in steps]}
+
+
 def measure(args: argparse.Namespace, cuda: bool, work: Path) -> dict[str, Any]:
     import unittest.mock as mock
 
@@ -666,7 +743,7 @@ def measure(args: argparse.Namespace, cuda: bool, work: Path) -> dict[str, Any]:
     import covip.training.gspo as gspo_mod
     from covip.training.gspo_config import load_config
 
-    base, overrides = run_overrides(args.shape, args.steps, args.max_new_tokens, work / "run", cuda)
+    base, overrides = run_overrides(args.shape, args.steps, args.max_new_tokens, work / "run", cuda, args.set)
     if not cuda:
         overrides["run.torch_threads"] = args.threads
     config = load_config(base, overrides)
@@ -676,8 +753,8 @@ def measure(args: argparse.Namespace, cuda: bool, work: Path) -> dict[str, Any]:
     marks = step_callback(rec, baseline)
     patches = [mock.patch.object(trl, "GRPOTrainer", timed_trainer_class(trl.GRPOTrainer, rec))]
     shape_info: dict[str, Any] = {"name": args.shape}
-    if args.shape in LARGE_SHAPES:
-        spec = LARGE_SHAPES[args.shape]
+    if args.shape in BUILT_SHAPES:
+        spec = BUILT_SHAPES[args.shape]
         shape_info.update(hub=spec["hub"], text_config=spec["text"], vision_config=spec["vision"],
                           tie_word_embeddings=spec["tie_word_embeddings"], **describe_on_meta(args.shape))
         patches.append(mock.patch.object(gspo_mod, "load_policy", large_loader(args.shape, "cuda" if cuda else "cpu")))
@@ -746,7 +823,9 @@ def measure(args: argparse.Namespace, cuda: bool, work: Path) -> dict[str, Any]:
             "config": {"base": base, "overrides": dict(overrides, **{"run.output_dir": "<temporary folder>/run"}),
                        "gspo": {k: getattr(g, k) for k in ("num_generations", "per_device_train_batch_size",
                                                            "gradient_accumulation_steps", "max_completion_length",
-                                                           "temperature", "top_p", "top_k", "max_steps")},
+                                                           "temperature", "top_p", "top_k", "max_steps",
+                                                           "rollout_eval_mode", "rollout_merge_lora",
+                                                           "rollout_compile", "use_vllm")},
                        "model": {"dtype": config.model.dtype, "gradient_checkpointing":
                                  config.model.gradient_checkpointing, "max_pixels": config.model.max_pixels},
                        "lora": {"r": config.lora.r, "alpha": config.lora.alpha, "dropout": config.lora.dropout}},
@@ -755,6 +834,13 @@ def measure(args: argparse.Namespace, cuda: bool, work: Path) -> dict[str, Any]:
             "baseline": base_res, "resources": resources,
             "timing": {"train_gspo_wall_s": wall, "of_which_baseline_s": baseline_s,
                        "train_gspo_runtime_s": result.runtime_s}}
+
+
+def _settings_note(res: dict[str, Any]) -> str:
+    g = res["config"]["gspo"]
+    keys = ("rollout_eval_mode", "rollout_merge_lora", "rollout_compile")
+    on = [k.removeprefix("rollout_") for k in keys if g.get(k)]
+    return f"covip: {', '.join(on) or 'none'}; trl: train mode, LoRA unmerged"
 
 
 def findings(res: dict[str, Any]) -> list[str]:
@@ -775,6 +861,7 @@ def findings(res: dict[str, Any]) -> list[str]:
               "trl_generation_config": "trl's GenerationConfig (its logits processors, e.g. suppress_tokens), eval",
               "trl_train_no_grad": "trl's config in train mode under no_grad (as trl calls generate)",
               "adapters_off": "LoRA adapters disabled (what a merged model / vLLM would not pay)",
+              "covip_rollout": "covip's rollout mode (trl's config, eval, LoRA merged: LoraRolloutMerge)",
               "gradient_checkpointing_on": "gradient checkpointing left on, train mode"}
     for v, label in labels.items():
         d = diag.get(v)
@@ -789,6 +876,19 @@ def findings(res: dict[str, Any]) -> list[str]:
                      f"{lc:.0f} completion tokens; trl's chunked log-prob LM head projects only the completion tokens "
                      "onto the vocabulary where Triton runs (CUDA/XPU) but every position here "
                      f"(trl.kernels.chunked_logprob._use_triton is False): {lp / lc:.0f}x the LM-head work.")
+    trl_d, covip_d = diag.get("trl_train_no_grad", {}).get("tok_s"), diag.get("covip_rollout", {}).get("tok_s")
+    if trl_d and covip_d:
+        notes.append(f"Same prompt, interleaved in one process: covip's rollout mode {covip_d:.1f} tok/s vs trl's "
+                     f"(train mode, LoRA unmerged) {trl_d:.1f} tok/s: {covip_d / trl_d:.2f}x.")
+    trl_res = res.get("trl_rollouts")
+    if trl_res:
+        tm = trl_res["medians"]
+        ours = _settings_note(res).split(";")[0].removeprefix("covip: ")
+        notes.append(f"trl's own rollouts (gspo.rollout_eval_mode/rollout_merge_lora/rollout_compile off) in a second "
+                     f"run: {tm['rollout_tok_s']:.1f} tok/s, step {tm['step_s']:.2f} s; covip's settings "
+                     f"({ours}): {med['rollout_tok_s']:.1f} tok/s, "
+                     f"step {med['step_s']:.2f} s ({med['rollout_tok_s'] / tm['rollout_tok_s']:.2f}x the rollout "
+                     "speed).")
     steps = med.get("step_s")
     if steps:
         parts = sorted(((med.get(k) or 0.0, label) for k, label in SPLIT_KEYS), reverse=True)[:3]
@@ -826,7 +926,8 @@ def plot(results: dict, path: Path) -> None:
             ("plain generate (baseline)", med.get("plain_generate_tok_s"), "#808080")]
     short = {"plain": "diag: plain, last prompt", "plain_suppress_tokens": "diag: plain + suppress_tokens",
              "trl_generation_config": "diag: trl config, eval", "trl_train_no_grad": "diag: trl config, train",
-             "adapters_off": "diag: plain, LoRA off", "gradient_checkpointing_on": "diag: grad. checkpointing on"}
+             "adapters_off": "diag: plain, LoRA off", "covip_rollout": "diag: covip rollout (eval, merged)",
+             "gradient_checkpointing_on": "diag: grad. checkpointing on"}
     bars += [(short[v], d.get("tok_s"), "#c8c8c8") for v, d in diag.items() if v in short]
     ax2.barh([b[0] for b in bars], [b[1] or 0 for b in bars], color=[b[2] for b in bars])
     ax2.invert_yaxis()
@@ -861,8 +962,10 @@ def print_table(results: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", choices=SHAPES, default="tiny")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default 6; --quick 2; 2b/8b 3)")
+    parser.add_argument("--shape", choices=SHAPES, default="deep",
+                        help="model shape (default deep: 36 layers, where the rollout cost of LoRA shows as on a GPU)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="optimizer steps (default 6; deep 4; --quick 2; 2b/8b 3)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="rollout length = gspo.max_completion_length (default 64; --quick 16; 2b/8b 512)")
     parser.add_argument("--baseline-reps", type=int, default=None,
@@ -870,13 +973,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads on the CPU (default 1)")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even where CUDA is available")
     parser.add_argument("--allow-cpu-large", action="store_true", help="run the 2b/8b shapes on the CPU anyway")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a dotted covip config override applied after the shape's (repeatable), e.g. "
+                             "model.gradient_checkpointing=true, lora.dropout=0.05, gspo.top_k=20")
+    parser.add_argument("--compare-trl", action=argparse.BooleanOptionalAction, default=None,
+                        help="a second run with trl's own rollouts (train mode, LoRA unmerged) for comparison "
+                             "(default: on for tiny/mini/deep, off for the 2b/8b shapes)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--quick", action="store_true", help="2 short steps of the tiny shape (a minute or two)")
+    parser.add_argument("--quick", action="store_true", help="2 short steps (16 tokens; a minute or two)")
     args = parser.parse_args(argv)
     large = args.shape in LARGE_SHAPES
-    args.steps = args.steps or (2 if args.quick else 3 if large else 6)
+    args.steps = args.steps or (2 if args.quick else 3 if large else 4 if args.shape == "deep" else 6)
     args.max_new_tokens = args.max_new_tokens or (16 if args.quick else 512 if large else 64)
     args.baseline_reps = args.baseline_reps or (1 if args.quick or large else 3)
+    args.compare_trl = (not large) if args.compare_trl is None else args.compare_trl
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
@@ -896,15 +1006,19 @@ def main(argv: list[str] | None = None) -> int:
     meta = machine_info(["covip", "torch", "transformers", "trl", "peft", "accelerate", "datasets"],
                         args={"quick": args.quick, "shape": args.shape, "steps": args.steps,
                               "max_new_tokens": args.max_new_tokens, "baseline_reps": args.baseline_reps,
-                              "cpu": args.cpu, "threads": args.threads}, mode="quick" if args.quick else "full",
+                              "cpu": args.cpu, "threads": args.threads, "set": args.set,
+                              "compare_trl": args.compare_trl}, mode="quick" if args.quick else "full",
                         device=torch.cuda.get_device_name() if cuda else "cpu")
     work = Path(tempfile.mkdtemp(prefix="covip-train-throughput-"))
     try:
         res = measure(args, cuda, work)
+        trl_res = measure_trl_rollouts(args, cuda, work) if args.compare_trl else None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     med = res["medians"]
     results: dict[str, Any] = {"meta": meta, **res}
+    if trl_res is not None:
+        results["trl_rollouts"] = trl_res
     results["ratios"] = {"rollout_vs_plain_generate": med["ratio_rollout_vs_plain"],
                          "rollout_generate_only_vs_plain_generate": med["ratio_generate_vs_plain"]}
     results["targets"] = {f"rollout_ge_{TARGET_RATIO}x_plain_generate": {
@@ -913,13 +1027,30 @@ def main(argv: list[str] | None = None) -> int:
     results["headline"] = [
         {"figure": "rollout tok/s (trl rollout phase)", "value": med["rollout_tok_s"],
          "baseline": "plain model.generate tok/s", "baseline_value": med["plain_generate_tok_s"],
-         "ratio": med["ratio_rollout_vs_plain"], "note": f"target >= {TARGET_RATIO}x"},
+         "ratio": med["ratio_rollout_vs_plain"], "note": f"target >= {TARGET_RATIO}x; shape {args.shape}, "
+                                                        f"batch {res['config']['gspo']['num_generations']}"},
         {"figure": "rollout generate-only tok/s", "value": med["generate_tok_s"],
          "baseline": "plain model.generate tok/s", "baseline_value": med["plain_generate_tok_s"],
          "ratio": med["ratio_generate_vs_plain"], "note": "model.generate inside trl"},
         {"figure": "GSPO step s (median)", "value": med["step_s"], "baseline": "rollout phase s",
          "baseline_value": med["rollout_s"], "ratio": ratio(med["rollout_s"], med["step_s"]),
          "note": "ratio: share of the step spent in rollouts"}]
+    diag = res["baseline"]["diagnostics"]
+    trl_d, covip_d = diag.get("trl_train_no_grad", {}).get("tok_s"), diag.get("covip_rollout", {}).get("tok_s")
+    if trl_d and covip_d:
+        results["headline"].append(
+            {"figure": "covip's rollout mode tok/s (eval, LoRA merged)", "value": covip_d,
+             "baseline": "trl's rollout mode tok/s (train, LoRA unmerged)", "baseline_value": trl_d,
+             "ratio": ratio(covip_d, trl_d), "note": "same prompt and process, interleaved"})
+    if trl_res is not None:
+        tm = trl_res["medians"]
+        results["headline"] += [
+            {"figure": "rollout tok/s, covip's rollout settings", "value": med["rollout_tok_s"],
+             "baseline": "rollout tok/s, trl's own rollouts", "baseline_value": tm["rollout_tok_s"],
+             "ratio": ratio(med["rollout_tok_s"], tm["rollout_tok_s"]), "note": _settings_note(res)},
+            {"figure": "GSPO step s, covip's rollout settings", "value": med["step_s"],
+             "baseline": "GSPO step s, trl's own rollouts", "baseline_value": tm["step_s"],
+             "ratio": ratio(med["step_s"], tm["step_s"]), "note": "same model, data and seed; lower is faster"}]
     results["notes"] = findings(results) + [
         f"Shape {args.shape}: random weights, so the text is meaningless; timings are real. Device: {meta['device']}."]
     return finish_run(results, meta, start, json_path, png_path, plot=plot, print_table=print_table)

@@ -14,7 +14,11 @@
    configured judge + degeneration / over-length penalty, yes/no) wrapped by
    :class:`~covip.training.gspo_logging.LoggedReward`;
 4. trl: ``GRPOConfig(importance_sampling_level="sequence", epsilon=3e-4, epsilon_high=4e-4, beta=0.0,
-   loss_type="grpo", ...)`` = GSPO (see :mod:`.gspo_config` for when it differs from GRPO);
+   loss_type="grpo", ...)`` = GSPO (see :mod:`.gspo_config` for when it differs from GRPO), run by a subclass of
+   trl's ``GRPOTrainer`` (:func:`rollout_trainer_class`) whose transformers rollouts generate in eval mode with the
+   LoRA merged into the base weights (restored exactly afterwards; ``gspo.rollout_*``: why, with the measurements,
+   above :class:`LoraRolloutMerge`), or trl's vLLM rollouts (``gspo.use_vllm``, colocate or server; vllm must be
+   installed, checked before anything is loaded: :func:`require_vllm`);
 5. outputs under ``run.output_dir``: ``checkpoint-N/`` (every ``run.save_steps``; resume with
    ``run.resume_from_checkpoint``), ``adapter/`` (LoRA adapter + processor), ``merged/`` (base + LoRA
    merged with ``merge_and_unload``, plus the processor: what the export package takes),
@@ -39,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from covip.sdk.errors import InputError
+from covip.sdk.errors import InputError, MissingExtraError
 from covip.sdk.support import require, set_pixels
 from covip.training.gspo_config import GspoConfig, load_config
 
@@ -53,6 +57,11 @@ __all__ = [
     "check_lora_targets",
     "make_judge_from_config",
     "grpo_args",
+    "vllm_args",
+    "require_vllm",
+    "VllmMissingError",
+    "rollout_trainer_class",
+    "LoraRolloutMerge",
 ]
 
 log = logging.getLogger(__name__)
@@ -230,22 +239,77 @@ def grpo_args(config: GspoConfig, output_dir: Path) -> Any:
         beta=g.beta, epsilon=g.epsilon, epsilon_high=g.epsilon_high,
         importance_sampling_level=g.importance_sampling_level, loss_type=g.loss_type,
         scale_rewards=g.scale_rewards, mask_truncated_completions=g.mask_truncated_completions,
-        use_vllm=g.use_vllm, vllm_mode=g.vllm_mode, vllm_gpu_memory_utilization=g.vllm_gpu_memory_utilization,
-        vllm_tensor_parallel_size=g.vllm_tensor_parallel_size,
         gradient_checkpointing=config.model.gradient_checkpointing,
         logging_steps=r.logging_steps, save_strategy="steps" if r.save_steps else "no",
         save_steps=r.save_steps or 500, save_total_limit=r.save_total_limit,
         report_to=list(r.report_to) or "none", disable_tqdm=not r.progress,
         remove_unused_columns=False, dataloader_num_workers=0, log_completions=False,
     )
-    if g.vllm_server_base_url:
-        kwargs["vllm_server_base_url"] = g.vllm_server_base_url
+    kwargs.update(vllm_args(config))
+    if g.rollout_compile:  # a fixed-shape KV cache: what a compiled decode step needs (see CovipGRPOTrainer)
+        kwargs["cache_implementation"] = "static"
+        if g.rollout_max_cache_len:
+            kwargs["generation_kwargs"] = {"max_cache_len": g.rollout_max_cache_len}
     import dataclasses
 
     if "max_prompt_length" in {f.name for f in dataclasses.fields(GRPOConfig)}:  # trl 0.24/0.25: 512 by default
         kwargs["max_prompt_length"] = g.max_prompt_length
-    kwargs.update(g.extra_args)
+    extra = dict(g.extra_args)
+    if isinstance(extra.get("generation_kwargs"), dict) and "generation_kwargs" in kwargs:
+        extra["generation_kwargs"] = {**kwargs["generation_kwargs"], **extra["generation_kwargs"]}
+    kwargs.update(extra)
     return trl_args(GRPOConfig, kwargs, "gspo.extra_args", "GSPO")
+
+
+def vllm_args(config: GspoConfig) -> dict[str, Any]:
+    """The trl ``GRPOConfig`` fields of ``config.gspo``'s vLLM keys (none but ``use_vllm`` when it is off).
+
+    Keys left at None keep trl's defaults (server host 0.0.0.0, port 8000; the model's max length). The values were
+    checked by :meth:`GspoConfig.validate` (mode, ranges, no server key in colocate mode and the reverse)."""
+    g = config.gspo
+    if not g.use_vllm:
+        return {"use_vllm": False}
+    out: dict[str, Any] = {"use_vllm": True, "vllm_mode": g.vllm_mode}
+    if g.vllm_mode == "server":
+        out["vllm_server_timeout"] = g.vllm_server_timeout
+        for key in ("vllm_server_base_url", "vllm_server_host", "vllm_server_port"):
+            if getattr(g, key) is not None:
+                out[key] = getattr(g, key)
+    else:
+        out.update(vllm_gpu_memory_utilization=g.vllm_gpu_memory_utilization,
+                   vllm_tensor_parallel_size=g.vllm_tensor_parallel_size,
+                   vllm_enable_sleep_mode=g.vllm_enable_sleep_mode)
+        if g.vllm_max_model_length is not None:
+            out["vllm_max_model_length"] = g.vllm_max_model_length
+    return out
+
+
+VLLM_PIP = "pip install 'trl[vllm]'"
+"""trl's own extra: the vLLM versions the installed trl supports (trl 1.16: 0.22-0.31)."""
+
+
+def require_vllm(config: GspoConfig) -> None:
+    """With ``gspo.use_vllm``, raise :class:`MissingExtraError` naming the pip line unless vLLM is installed.
+
+    Run before any data or model is loaded: trl finds out only when it builds its trainer. Both modes need it in
+    the training environment (server mode too: trl's client sends the weights over vLLM's NCCL communicator)."""
+    if not config.gspo.use_vllm:
+        return
+    from trl import import_utils
+
+    if import_utils.is_vllm_available():
+        return
+    raise VllmMissingError(f"GSPO rollouts with vLLM (gspo.use_vllm, vllm_mode {config.gspo.vllm_mode!r})")
+
+
+class VllmMissingError(MissingExtraError):
+    """vLLM is not installed; the message names trl's pip line (covip has no extra of its own for it)."""
+
+    def __init__(self, feature: str) -> None:
+        super().__init__(feature, "train", "vllm")
+        self.msg = (f"{feature} needs the Python package 'vllm', which is not installed. Install it with: "
+                    f"{VLLM_PIP} (on a CUDA machine: the vLLM versions trl supports), or set gspo.use_vllm: false")
+        self.args = (self.msg,)
 
 
 def trl_args(cls: type, kwargs: dict[str, Any], extra_key: str, stage: str) -> Any:
@@ -276,6 +340,133 @@ def resume_target(value: Any, output_dir: Path) -> str | None:
     return str(path)
 
 
+# ----------------------------------------------------------------------------- rollouts
+#
+# Why trl's transformers rollouts ran at a quarter of plain generate (8B shape, H200: 82-87 s per step, GPU 13% busy,
+# ~6 decode steps/s against 23 tok/s for plain batch-1 generate of the base model), as read in trl 1.16 /
+# transformers 5.25 and measured on the CPU (benchmarks/train_throughput.py, benchmarks/RESULTS.md):
+# * not the KV cache: trl's unwrap_model_for_generation turns gradient checkpointing off around generate (and
+#   transformers 5.25 keeps the cache under no_grad even with it on); every rollout decode step saw 1 new token with
+#   model.gradient_checkpointing true or false (tiny, CPU: rollout/plain 0.91x both ways, same step time +-4%);
+# * not the sampling settings: trl's top_k=0, top_p=1, min_p=None build no logits warper, only
+#   SuppressTokensLogitsProcessor for the image token (+2% per decode step); top_k 20 + top_p 0.8 would cost +15%
+#   (a sort over the 49k vocabulary per token, CPU), min_p +2%;
+# * not padding: a rollout batch is one prompt x num_generations (identical rows, nothing padded); the repeated
+#   prompt's images go through the vision tower once per row, in the prefill only;
+# * the unmerged LoRA, in train mode: 7 x 36 peft layers, each a dropout, two matmuls, a scale and an add per decoded
+#   token. On a 36-layer model with tiny widths (per-module dispatch dominates, as on a GPU at batch 4), ms per decode
+#   step at batch 4, fp32 / bf16 base: base model 24.2 / 31.8; LoRA r64 unmerged, eval 40.7 / 53.5 (1.68x); the
+#   same in train mode, as trl generates 43.9 / 57.4 (+7%); LoRA merged 26.7 / 37.9. Through train_gspo
+#   (train_throughput.py --shape deep): these settings generate 1.56x faster than trl's (same prompt, interleaved;
+#   1.37x between two separate runs on the shared CPU).
+# CovipGRPOTrainer generates in eval mode (gspo.rollout_eval_mode), with the LoRA merged and bypassed
+# (gspo.rollout_merge_lora) and, optionally, a compiled decode step over a static cache (gspo.rollout_compile,
+# unmeasured on a GPU: training/README.md has the command).
+
+
+class LoraRolloutMerge:
+    """Merge a peft model's LoRA adapters into the base weights around a rollout and restore them exactly.
+
+    :meth:`merged` adds each LoRA layer's delta (``get_delta_weight``, in its adapter dtype, one rounding into the
+    base dtype) to the base weight, runs the block with the adapters bypassed (``disable_adapter``), then copies the
+    base weights back from a copy made on first use (the base weights are frozen, so one copy serves every step).
+    peft's own ``unmerge_adapter`` subtracts the delta again, which in bf16 does not give the old weight back.
+    """
+
+    def __init__(self, model: Any) -> None:
+        from peft.tuners.lora import LoraLayer
+
+        self.model = model
+        self.layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+        self.pristine: list[Any] | None = None
+        self.reason_off: str | None = None
+        weights = [m.get_base_layer().weight for _, m in self.layers]
+        if not self.layers:
+            self.reason_off = "the model has no LoRA layer"
+        elif any(getattr(w, "ds_id", None) is not None or w.numel() == 0 for w in weights):
+            self.reason_off = "the base weights are partitioned (DeepSpeed ZeRO-3 / FSDP)"
+        else:
+            counts: dict[int, int] = {}
+            for _, param in model.named_parameters(remove_duplicate=False):
+                counts[param.data_ptr()] = counts.get(param.data_ptr(), 0) + 1
+            tied = [n for (n, _), w in zip(self.layers, weights) if counts.get(w.data_ptr(), 0) > 1]
+            if tied:
+                raise InputError(f"gspo.rollout_merge_lora: the LoRA layer {tied[0]} adapts a weight shared with "
+                                 "another module (tied embeddings); merging it would change that module too. Drop it "
+                                 "from lora.target_regex or set gspo.rollout_merge_lora: false")
+
+    @property
+    def copy_bytes(self) -> int:
+        """Bytes of the base-weight copy (made at the first merge)."""
+        return sum(m.get_base_layer().weight.numel() * m.get_base_layer().weight.element_size() for _, m in self.layers)
+
+    @contextlib.contextmanager
+    def merged(self) -> Iterator[None]:
+        import torch
+
+        if self.reason_off is not None:
+            yield
+            return
+        with torch.no_grad():
+            if self.pristine is None:
+                self.pristine = [m.get_base_layer().weight.detach().clone() for _, m in self.layers]
+                log.info("rollout_merge_lora: kept a copy of %d base weights (%.2f GB)", len(self.layers),
+                         self.copy_bytes / 1e9)
+            try:
+                for _, m in self.layers:
+                    w = m.get_base_layer().weight
+                    for adapter in m.active_adapters:
+                        if adapter in m.lora_A:
+                            w.add_(m.get_delta_weight(adapter))  # fp32 delta into bf16: computed in fp32, one rounding
+                with self.model.disable_adapter():
+                    yield
+            finally:
+                for (_, m), saved in zip(self.layers, self.pristine):
+                    m.get_base_layer().weight.copy_(saved)
+
+
+def rollout_trainer_class(base: type, config: GspoConfig) -> type:
+    """A subclass of trl's ``GRPOTrainer`` (``base``) that applies ``config.gspo``'s rollout settings to trl's
+    transformers rollouts (``_generate_single_turn``); vLLM rollouts pass through untouched."""
+    g = config.gspo
+    if not hasattr(base, "_generate_single_turn"):
+        log.warning("this trl has no GRPOTrainer._generate_single_turn: gspo.rollout_* settings are not applied")
+
+    class CovipGRPOTrainer(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.covip_merge: LoraRolloutMerge | None = None
+            if self.use_vllm:
+                return
+            if g.rollout_merge_lora:
+                self.covip_merge = LoraRolloutMerge(self.accelerator.unwrap_model(self.model_wrapped))
+                if self.covip_merge.reason_off:
+                    log.warning("gspo.rollout_merge_lora is off: %s", self.covip_merge.reason_off)
+            if g.rollout_compile:
+                import transformers
+
+                # trl builds its GenerationConfig with disable_compile=True (a key generation_kwargs cannot
+                # override: it would be passed twice); transformers compiles the decode step on GPUs only
+                self.generation_config.disable_compile = False
+                self.generation_config.compile_config = transformers.CompileConfig(fullgraph=False, dynamic=False)
+
+        def _generate_single_turn(self, *args: Any, **kwargs: Any) -> Any:
+            if self.use_vllm:
+                return super()._generate_single_turn(*args, **kwargs)
+            model = self.accelerator.unwrap_model(self.model_wrapped)
+            was_training = model.training
+            if g.rollout_eval_mode:
+                model.eval()
+            try:
+                with self.covip_merge.merged() if self.covip_merge is not None else contextlib.nullcontext():
+                    return super()._generate_single_turn(*args, **kwargs)
+            finally:
+                model.train(was_training)
+
+    CovipGRPOTrainer.__qualname__ = CovipGRPOTrainer.__name__ = "CovipGRPOTrainer"
+    return CovipGRPOTrainer
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -295,6 +486,7 @@ def train_gspo(config: GspoConfig | str | Path, *, train_dataset: Any = None,
     require("trl", feature="GSPO training", extra="train")
     require("peft", feature="GSPO training", extra="train")
     require("datasets", feature="GSPO training", extra="train")
+    require_vllm(config)
     with torch_threads(torch, config.run.torch_threads):
         return _train(config, train_dataset, reward_funcs, callbacks, start)
 
@@ -366,8 +558,19 @@ def _train(config: GspoConfig, train_dataset: Any, reward_funcs: Sequence[Callab
                 stale.unlink()
     metrics = MetricsCallback(metrics_path, tb_dir)
 
-    trainer = GRPOTrainer(model=model, reward_funcs=list(reward_funcs), args=args, train_dataset=train_dataset,
-                          processing_class=processor, callbacks=[metrics, *(callbacks or [])])
+    trainer_class = rollout_trainer_class(GRPOTrainer, config)
+    try:
+        trainer = trainer_class(model=model, reward_funcs=list(reward_funcs), args=args, train_dataset=train_dataset,
+                                processing_class=processor, callbacks=[metrics, *(callbacks or [])])
+    except ValueError as exc:
+        if "lm_head" not in str(exc) or not any(n.split(".")[-1] == "lm_head" for n in lora_modules):
+            raise
+        from covip.training.gspo_config import DEFAULT_LORA_TARGET_REGEX
+
+        # trl 1.x computes the log-probs from lm_head.weight directly, so it refuses a LoRA adapter there
+        raise InputError(f"config key 'lora.target_regex': this trl cannot train a LoRA adapter on lm_head ({exc}); "
+                         "adapt the decoder layers only: "
+                         f"--set 'lora.target_regex={DEFAULT_LORA_TARGET_REGEX}'") from None
     from covip.training.trainer_progress import use_progress_lines
 
     use_progress_lines(trainer, config.run.progress, "covip train gspo")

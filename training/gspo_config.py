@@ -73,6 +73,7 @@ parameters = r64 on 7 projections x 36 layers, 174,587,904, plus lm_head, 9,986,
 VISION_MODULE_NAMES = ("visual", "vision_tower", "vision_model", "vision_encoder", "image_encoder")
 """A module whose dotted name has one of these components belongs to the vision tower."""
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+VLLM_MODES = ("colocate", "server")
 
 
 def _h(text: str) -> dict[str, str]:
@@ -202,14 +203,47 @@ class GspoSection:
         "Advantage scaling: 'group' ((r - mean) / (std + 1e-4) per group, the paper's), 'batch' or 'none'."))
     mask_truncated_completions: bool = field(default=False, metadata=_h(
         "Drop truncated completions from the loss (off: the paper penalizes them with reward -1 instead)."))
-    use_vllm: bool = field(default=False, metadata=_h("Generate rollouts with vLLM (trl's switch; needs vllm)."))
+    rollout_eval_mode: bool = field(default=True, metadata=_h(
+        "Generate rollouts (transformers' generate) with the policy in eval mode: LoRA dropout off, as vLLM "
+        "rollouts have it. trl generates in train mode, where every LoRA layer runs its dropout on every decoded "
+        "token (+7% per decode step on a 36-layer model, CPU). The loss forward stays in train mode."))
+    rollout_merge_lora: bool = field(default=False, metadata=_h(
+        "Merge the LoRA adapters into the base weights for each rollout and bypass them while generating (the "
+        "decode step of the plain model: unmerged peft LoRA made each decode step 1.5-1.7x slower on a 36-layer "
+        "model, CPU), then restore the base weights exactly from a copy made at the first rollout. Costs that copy's "
+        "memory on the device: every LoRA-adapted base weight (about 14 GB at Qwen3-VL-8B). The "
+        "rollouts sample from the bf16-rounded merged weights, as vLLM rollouts do."))
+    rollout_compile: bool = field(default=False, metadata=_h(
+        "torch.compile the rollout decode step (transformers' generate over a static KV cache; CUDA graphs on a GPU, "
+        "eager elsewhere). The first rollout compiles (minutes at 8B) and a prompt longer than the cache compiles "
+        "again (see rollout_max_cache_len). Not with use_vllm."))
+    rollout_max_cache_len: int | None = field(default=None, metadata=_h(
+        "rollout_compile: positions of the static KV cache (prompt + completion); one size for every rollout means "
+        "one compilation. None: sized by the first rollout, grown (and recompiled) when a longer one comes."))
+    use_vllm: bool = field(default=False, metadata=_h(
+        "Generate rollouts with vLLM (trl's switch; needs vllm in the training environment in both modes: "
+        "pip install 'trl[vllm]')."))
     vllm_mode: str = field(default="colocate", metadata=_h(
-        "'colocate' (vLLM inside each training process) or 'server' (a separate `trl vllm-serve`)."))
+        "'colocate' (vLLM inside each training process, sharing its GPU) or 'server' (a separate "
+        "`trl vllm-serve` on other GPUs; the trainer sends it the weights after every optimizer step)."))
     vllm_server_base_url: str | None = field(default=None, metadata=_h(
-        "vllm_mode=server: the server URL (e.g. http://10.0.0.5:8000); None uses trl's host/port defaults."))
+        "vllm_mode=server: the server URL (e.g. http://10.0.0.5:8000); None: vllm_server_host and vllm_server_port."))
+    vllm_server_host: str | None = field(default=None, metadata=_h(
+        "vllm_mode=server without a base URL: the server host (None: trl's default, 0.0.0.0 = this machine)."))
+    vllm_server_port: int | None = field(default=None, metadata=_h(
+        "vllm_mode=server without a base URL: the server port (None: trl's default, 8000)."))
+    vllm_server_timeout: float = field(default=240.0, metadata=_h(
+        "vllm_mode=server: seconds to wait for the server at start (trl's default 240)."))
     vllm_gpu_memory_utilization: float = field(default=0.3, metadata=_h(
-        "vllm_mode=colocate: share of GPU memory vLLM may take."))
-    vllm_tensor_parallel_size: int = field(default=1, metadata=_h("vllm_mode=colocate: tensor parallel size."))
+        "vllm_mode=colocate: share of GPU memory vLLM may take (weights + KV cache), in (0, 1]."))
+    vllm_tensor_parallel_size: int = field(default=1, metadata=_h(
+        "vllm_mode=colocate: tensor parallel size (must divide the number of processes). A server's is set on "
+        "the `trl vllm-serve` command line."))
+    vllm_max_model_length: int | None = field(default=None, metadata=_h(
+        "vllm_mode=colocate: vLLM's max_model_len (prompt + completion). None takes the model's (262,144 at "
+        "Qwen3-VL), whose KV cache may not fit the memory share: 8192 holds the multi-image prompts + 512 tokens."))
+    vllm_enable_sleep_mode: bool = field(default=False, metadata=_h(
+        "vllm_mode=colocate: vLLM frees its weights and KV cache between rollouts (less memory, slower steps)."))
     extra_args: dict[str, Any] = field(default_factory=dict, metadata=_h(
         "Any other trl GRPOConfig / TrainingArguments fields, passed through as given."))
 
@@ -333,14 +367,56 @@ class GspoConfig(GroupedConfigMixin):
                f"must be 'sequence' (GSPO) or 'token' (GRPO), got {g.importance_sampling_level!r}")
         _check(g.scale_rewards in ("group", "batch", "none"), "gspo.scale_rewards",
                f"must be 'group', 'batch' or 'none', got {g.scale_rewards!r}")
-        _check(g.vllm_mode in ("colocate", "server"), "gspo.vllm_mode",
-               f"must be 'colocate' or 'server', got {g.vllm_mode!r}")
-        _check(0 < g.vllm_gpu_memory_utilization <= 1, "gspo.vllm_gpu_memory_utilization", "must be in (0, 1]")
+        _check(g.rollout_max_cache_len is None or g.rollout_max_cache_len > g.max_completion_length,
+               "gspo.rollout_max_cache_len", f"must hold the prompt and max_completion_length "
+               f"({g.max_completion_length}) tokens, got {g.rollout_max_cache_len}")
+        _check(g.rollout_max_cache_len is None or g.rollout_compile, "gspo.rollout_max_cache_len",
+               "sizes the static cache of rollout_compile; set gspo.rollout_compile: true or leave it null")
+        self._validate_vllm()
         _check(r.logging_steps >= 1, "run.logging_steps", f"must be >= 1, got {r.logging_steps}")
         _check(r.save_steps >= 0, "run.save_steps", f"must be >= 0, got {r.save_steps}")
         _check(r.torch_threads is None or r.torch_threads >= 1, "run.torch_threads", "must be >= 1 or null")
         _check(not (r.bf16 and m.dtype == "float16"), "run.bf16", "bf16 mixed precision with float16 weights")
         _check(bool(r.output_dir.strip()), "run.output_dir", "must not be empty")
+
+    def _validate_vllm(self) -> None:
+        """The vLLM keys: known mode, values in range, and no key of one mode set for the other."""
+        g = self.gspo
+        _check(g.vllm_mode in VLLM_MODES, "gspo.vllm_mode",
+               f"must be 'colocate' (vLLM in the training process) or 'server' (`trl vllm-serve`), got {g.vllm_mode!r}")
+        _check(0 < g.vllm_gpu_memory_utilization <= 1, "gspo.vllm_gpu_memory_utilization",
+               f"must be in (0, 1] (a share of the GPU's memory), got {g.vllm_gpu_memory_utilization}")
+        _check(g.vllm_server_timeout > 0, "gspo.vllm_server_timeout",
+               f"must be > 0 seconds, got {g.vllm_server_timeout}")
+        _check(g.vllm_server_port is None or 0 < g.vllm_server_port < 65536, "gspo.vllm_server_port",
+               f"must be a TCP port (1-65535), got {g.vllm_server_port}")
+        _check(g.vllm_max_model_length is None or g.vllm_max_model_length > g.max_completion_length,
+               "gspo.vllm_max_model_length", f"must hold the prompt and max_completion_length "
+               f"({g.max_completion_length}) tokens, got {g.vllm_max_model_length}")
+        url = g.vllm_server_base_url
+        _check(url is None or (re.match(r"^https?://[^/\s]+", url) is not None and not url.rstrip("/").endswith("/v1")),
+               "gspo.vllm_server_base_url", f"must be the `trl vllm-serve` root URL, e.g. http://10.0.0.5:8000 "
+               f"(no /v1: it is not an OpenAI endpoint), got {url!r}")
+        if not g.use_vllm:
+            return
+        server_keys = [k for k in ("vllm_server_base_url", "vllm_server_host", "vllm_server_port")
+                       if getattr(g, k) is not None]
+        if g.vllm_mode == "colocate":
+            _check(not server_keys, f"gspo.{server_keys[0] if server_keys else ''}",
+                   "is a vllm_mode 'server' setting, but gspo.vllm_mode is 'colocate' (vLLM inside the training "
+                   "process); set gspo.vllm_mode: server or drop it")
+        else:
+            _check(url is None or (g.vllm_server_host is None and g.vllm_server_port is None),
+                   "gspo.vllm_server_base_url",
+                   "give either the base URL or vllm_server_host/vllm_server_port, not both")
+            colocate = [k for k, default in (("vllm_tensor_parallel_size", 1), ("vllm_max_model_length", None),
+                                             ("vllm_enable_sleep_mode", False)) if getattr(g, k) != default]
+            _check(not colocate, f"gspo.{colocate[0] if colocate else ''}",
+                   "is a vllm_mode 'colocate' setting; a server takes it on the `trl vllm-serve` command line "
+                   "(--tensor-parallel-size, --max-model-len)")
+        _check(not g.rollout_compile, "gspo.rollout_compile", "compiles transformers' generate; vLLM rollouts "
+               "(gspo.use_vllm) do not use it")
+        _check(not self.run.use_cpu, "gspo.use_vllm", "vLLM rollouts need a GPU, but run.use_cpu is true")
 
     def check_batch(self, world_size: int = 1) -> None:
         """Raise InputError when the generation batch cannot hold whole groups on ``world_size`` processes."""

@@ -300,9 +300,8 @@ def test_bundled_configs_load_by_name_and_path():
         config = load_config(name)
         assert config.name == name and config.description
         assert config.gspo.importance_sampling_level == "sequence" and config.gspo.loss_type == "grpo"
-        # the paper's config adapts lm_head too, as the authors' LoRA does; the others keep covip's default
-        assert config.lora.target_regex == (PAPER_LORA_TARGET_REGEX if name == "qwen3vl-8b-paper"
-                                            else DEFAULT_LORA_TARGET_REGEX)
+        # every bundled config runs on trl 1.x, which refuses the authors' lm_head adapter (see the next test)
+        assert config.lora.target_regex == DEFAULT_LORA_TARGET_REGEX
     path = resolve_config_path("tiny-cpu")
     assert load_config(str(path)).to_dict() == load_config("tiny-cpu.yaml").to_dict()
     assert path.parent == REPO / "training" / "configs"
@@ -346,8 +345,10 @@ def test_trl_arguments_are_gspo(tmp_path):
 
 
 def test_paper_lora_adapts_lm_head_with_the_authors_parameter_count():
-    """The authors' 8B log: 184,573,952 trainable parameters. Counted on the Qwen3-VL-8B language model's
-    shape (hidden 4096, MLP 12288, 36 layers, 32/8 heads of 128, vocabulary 151,936) on the meta device."""
+    """The authors' 8B log: 184,573,952 trainable parameters = PAPER_LORA_TARGET_REGEX (decoder projections +
+    lm_head); the paper config runs the projections alone (174,587,904), because trl 1.x refuses an lm_head
+    adapter. Counted on the Qwen3-VL-8B language model's shape (hidden 4096, MLP 12288, 36 layers, 32/8 heads of
+    128, vocabulary 151,936) on the meta device."""
     import peft
     import torch
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
@@ -355,8 +356,8 @@ def test_paper_lora_adapts_lm_head_with_the_authors_parameter_count():
     from covip.training.gspo import check_lora_targets
     from covip.training.gspo_config import VISION_MODULE_NAMES
 
-    c = load_config("qwen3vl-8b-paper")
-    assert c.lora.target_regex == PAPER_LORA_TARGET_REGEX
+    runnable = load_config("qwen3vl-8b-paper")
+    c = load_config("qwen3vl-8b-paper", [f"lora.target_regex={PAPER_LORA_TARGET_REGEX}"])
     text = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
                 num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=False,
                 rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
@@ -369,7 +370,12 @@ def test_paper_lora_adapts_lm_head_with_the_authors_parameter_count():
         assert len(matched) == 7 * 36 + 1 and "lm_head" in matched
         lora = peft.get_peft_model(model, peft.LoraConfig(r=c.lora.r, lora_alpha=c.lora.alpha,
                                                           target_modules=c.lora.target_regex))
-    assert sum(p.numel() for p in lora.parameters() if p.requires_grad) == 184_573_952
+        assert sum(p.numel() for p in lora.parameters() if p.requires_grad) == 184_573_952
+        lora.unload()
+        assert len(check_lora_targets(model, runnable.lora.target_regex, VISION_MODULE_NAMES)) == 7 * 36
+        lora = peft.get_peft_model(model, peft.LoraConfig(r=runnable.lora.r, lora_alpha=runnable.lora.alpha,
+                                                          target_modules=runnable.lora.target_regex))
+        assert sum(p.numel() for p in lora.parameters() if p.requires_grad) == 174_587_904
 
 
 def test_unknown_and_bad_keys_name_the_key(tmp_path):

@@ -1,5 +1,6 @@
 """benchmarks/train_throughput.py without training: the step split from marks and spans, the KV-cache reading of
-the forward log, the run configs of every shape, and the refusal of the 2B/8B shapes on a CPU."""
+the forward log, the run configs of every shape (with ``--set`` overrides and the trl-rollouts comparison run's),
+the deep shape's model, and the refusal of the 2B/8B shapes on a CPU."""
 
 from __future__ import annotations
 
@@ -66,6 +67,30 @@ def test_every_shape_has_a_valid_run_config(tt, tmp_path):
             assert config.gspo.max_steps == 3 and config.gspo.max_completion_length == 32
             assert config.run.use_cpu is not cuda and config.data.synthesize_if_missing
     assert load_config(*tt.run_overrides("qwen3vl-8b", 1, 8, tmp_path, True)).gspo.gradient_accumulation_steps == 4
+
+
+def test_set_overrides_and_the_trl_comparison_settings(tt, tmp_path):
+    from covip.training.gspo_config import DEFAULT_LORA_TARGET_REGEX, load_config
+
+    base, o = tt.run_overrides("tiny", 2, 16, tmp_path, False, ["model.gradient_checkpointing=true", "gspo.top_k=20"])
+    config = load_config(base, o)
+    assert config.model.gradient_checkpointing and config.gspo.top_k == 20
+    assert config.gspo.rollout_eval_mode and config.gspo.rollout_merge_lora  # tiny-cpu's (covip's) rollouts
+    trl_like = load_config(base, {**o, **tt.TRL_ROLLOUTS}).gspo
+    assert not (trl_like.rollout_eval_mode or trl_like.rollout_merge_lora or trl_like.rollout_compile)
+    # trl 1.x refuses LoRA on lm_head: the 8B shape adapts the decoder projections (the paper config adds lm_head)
+    for shape in ("deep", "qwen3vl-8b"):
+        regex = load_config(*tt.run_overrides(shape, 1, 8, tmp_path, True)).lora.target_regex
+        assert regex == DEFAULT_LORA_TARGET_REGEX
+    deep = load_config(*tt.run_overrides("deep", 1, 8, tmp_path, False))
+    assert (deep.lora.r, deep.lora.alpha, deep.lora.dropout) == (64, 128, 0.05) and deep.run.use_cpu
+
+
+def test_deep_shape_is_the_tiny_widths_at_36_layers(tt):
+    info = tt.describe_on_meta("deep")
+    cfg = tt.large_model_config("deep")
+    assert cfg.text_config.num_hidden_layers == 36 and cfg.text_config.hidden_size == 64
+    assert 5e6 < info["parameters"] < 10e6 and info["vocab_size"] == 49156  # mostly embeddings + lm_head
 
 
 def test_large_shapes_are_refused_on_a_cpu(tt, tmp_path, capsys):
