@@ -463,8 +463,8 @@ class BareOnnx:
         self.empty = np.zeros((1, int(text["num_kv_heads"]), 0, int(text["head_dim"])), dtype=np.float32)
 
     def prompt_ids(self, engine: Any, messages: list[dict]) -> list[int]:
-        from covip.sdk.engines._hf_util import template_messages
         from covip.sdk.engines.base import check_messages
+        from covip.sdk.support import template_messages
 
         msgs = template_messages(check_messages(messages))[0]
         self.chat = engine._template.render(messages=msgs, add_generation_prompt=True, **engine._special)

@@ -13,6 +13,7 @@ or llama.cpp, load on first use.
 * :func:`pick_device`: ``"auto"`` -> ``"cuda"``/``"mps"``/``"cpu"``.
 * :func:`quiet_progress`: hide transformers' "Loading weights" bar unless covip logs at INFO.
 * :func:`set_pixels`: bound a Qwen-VL image processor's pixels (min/max).
+* :func:`template_messages`: covip messages in the shape HF chat templates take (what the engines render).
 * :func:`preprocess_image`, :class:`ImageSpec`: the ONNX engine's image preprocessing.
 * :class:`Media`, :func:`item_tokens`: llama.cpp multimodal chunks and their token counts.
 * :func:`native_lib`, :func:`error_mark`, :func:`last_native_error`: llama.cpp's native library handle and
@@ -28,16 +29,18 @@ from covip.sdk._config import ConfigMixin, Overrides, lazy_exports, parse_overri
 from covip.sdk._extras import require
 
 if TYPE_CHECKING:  # loaded on first use (see __getattr__): they import transformers or llama.cpp
-    from covip.sdk.engines._hf_util import quiet_progress, set_pixels
+    from covip.sdk.engines._hf_util import quiet_progress, set_pixels, template_messages
     from covip.sdk.engines._llamacpp_util import Media, error_mark, item_tokens, last_native_error, native_lib
     from covip.sdk.engines._onnx_util import ImageSpec, preprocess_image
 
-__all__ = ["require", "ConfigMixin", "Overrides", "parse_overrides", "lazy_exports", "pick_device", "quiet_progress", "set_pixels", "preprocess_image", "ImageSpec",
+__all__ = ["require", "ConfigMixin", "Overrides", "parse_overrides", "lazy_exports", "pick_device", "quiet_progress", "set_pixels",
+           "template_messages", "preprocess_image", "ImageSpec",
            "Media", "item_tokens", "native_lib", "error_mark", "last_native_error"]
 
 _LAZY = {
     "quiet_progress": "covip.sdk.engines._hf_util",
     "set_pixels": "covip.sdk.engines._hf_util",
+    "template_messages": "covip.sdk.engines._hf_util",
     "preprocess_image": "covip.sdk.engines._onnx_util",
     "ImageSpec": "covip.sdk.engines._onnx_util",
     "Media": "covip.sdk.engines._llamacpp_util",

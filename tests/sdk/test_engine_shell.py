@@ -90,9 +90,10 @@ def test_the_text_is_the_same_streamed_or_not(engine) -> None:
         assert plain.finish_reason == called.finish_reason == engine.last.finish_reason
 
 
-def test_a_failing_step_leaves_the_text_so_far(fresh, monkeypatch) -> None:
-    if not hasattr(fresh, "_step"):
-        pytest.skip("llama.cpp runs its own loop")
+@pytest.mark.parametrize("kind", ["transformers", "onnx"])  # the engines on covip's token loop (llama.cpp: its own)
+def test_a_failing_step_leaves_the_text_so_far(kind, request, monkeypatch) -> None:
+    fresh = _open(kind, request)
+    request.addfinalizer(fresh.close)
     steps = []
     real = fresh._step
 
