@@ -51,6 +51,7 @@ class TokenLoopEngine:
         self._owner = None
         self._state_owner = object()  # identifies the EngineStates this instance made
         self._closed = False
+        self._live_text = True  # whether the running call's caller takes text piece by piece (set per call)
         self.last = None
 
     def _run_locked(self, msgs: list[Message], config: GenerationConfig) -> Iterator[str]:
@@ -200,7 +201,7 @@ class TokenLoopEngine:
         evicted)."""
         gen_ids: list[int] = []
         detok, stops = Detokenizer(self.tokenizer), StopFilter(config.stop)
-        live = getattr(self, "_live_text", True) or bool(stops.stops)
+        live = self._live_text or bool(stops.stops)
         n_text, texted = 0, live  # generated tokens that are text (all but an EOS); whether detok has them
         finish, prefill_s, decode_start = "cancelled", 0.0, None
         plain_greedy = argmax is not None and config.temperature == 0 and not config.presence_penalty
