@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from covip.sdk.errors import InputError, MissingExtraError
+from covip.training.gspo_config import DEFAULT_LORA_TARGET_REGEX as LORA_REGEX
 from covip.training.gspo_config import GspoConfig, load_config
 
 pytest.importorskip("trl")
@@ -27,7 +28,6 @@ pytest.importorskip("peft")
 
 SYNTH = {"n_concepts": 12, "n_train": 12, "n_test": 4, "context_size": 2, "max_present": 1, "image_size": 64,
          "similarity": "attributes", "seed": 0}
-LORA_REGEX = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 
 
 def _config(tmp: Path, gspo: dict | None = None, **groups) -> GspoConfig:
