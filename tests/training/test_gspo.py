@@ -25,37 +25,12 @@ from covip.training.gspo_config import (
     load_config,
     resolve_config_path,
 )
+from tests.training.conftest import tiny_gspo_config as _config
 
 pytest.importorskip("trl")
 pytest.importorskip("peft")
 
 REPO = Path(__file__).resolve().parents[2]
-SYNTH = {"n_concepts": 12, "n_train": 12, "n_test": 4, "context_size": 2, "max_present": 1, "image_size": 64,
-         "similarity": "attributes", "seed": 0}
-
-
-def _config(tmp: Path, **groups) -> GspoConfig:
-    """A tiny CPU config (tiny model, LoRA r8, no checkpoints) with ``groups`` merged in."""
-    base = {
-        "model": {"name_or_path": "tiny", "dtype": "float32", "gradient_checkpointing": False},
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "gspo": {"num_generations": 4, "per_device_train_batch_size": 4, "max_steps": 2,
-                 "max_completion_length": 8, "learning_rate": 1e-2},
-        "run": {"output_dir": str(tmp / "run"), "use_cpu": True, "save_steps": 0, "progress": False,
-                "torch_threads": 1, "seed": 0},
-    }
-    for group, values in groups.items():
-        base.setdefault(group, {}).update(values)
-    return GspoConfig.from_dict(base)
-
-
-@pytest.fixture(scope="module")
-def synth_train(tmp_path_factory) -> Path:
-    from covip.training.data import SynthConfig, synthesize
-
-    out = tmp_path_factory.mktemp("gspo-data") / "synth"
-    synthesize(SynthConfig(**SYNTH), out, progress=False)
-    return out / "train.jsonl"
 
 
 # ----------------------------------------------------------------------------- two steps, LoRA, images

@@ -22,42 +22,21 @@ import pytest
 from covip.sdk.errors import InputError, MissingExtraError
 from covip.training.gspo_config import DEFAULT_LORA_TARGET_REGEX as LORA_REGEX
 from covip.training.gspo_config import GspoConfig, load_config
+from tests.training.conftest import tiny_gspo_config
 
 pytest.importorskip("trl")
 pytest.importorskip("peft")
 
-SYNTH = {"n_concepts": 12, "n_train": 12, "n_test": 4, "context_size": 2, "max_present": 1, "image_size": 64,
-         "similarity": "attributes", "seed": 0}
-
 
 def _config(tmp: Path, gspo: dict | None = None, **groups) -> GspoConfig:
-    """A tiny config (tiny model, LoRA r8, no checkpoints) with ``gspo`` and ``groups`` merged in."""
-    base = {
-        "model": {"name_or_path": "tiny", "dtype": "float32", "gradient_checkpointing": False},
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "gspo": {"num_generations": 4, "per_device_train_batch_size": 4, "max_steps": 1,
-                 "max_completion_length": 8, "learning_rate": 1e-2},
-        "run": {"output_dir": str(tmp / "run"), "use_cpu": True, "save_steps": 0, "progress": False,
-                "torch_threads": 1, "seed": 0, "merge": False, "save_adapter": False, "tensorboard": False},
-    }
-    base["gspo"].update(gspo or {})
-    for group, values in groups.items():
-        base.setdefault(group, {}).update(values)
-    return GspoConfig.from_dict(base)
+    """The tiny GSPO config for one step, no saved outputs, with ``gspo`` and ``groups`` merged in."""
+    run = {"merge": False, "save_adapter": False, "tensorboard": False, **groups.pop("run", {})}
+    return tiny_gspo_config(tmp, gspo={"max_steps": 1, **(gspo or {})}, run=run, **groups)
 
 
 def _vllm(tmp: Path, **gspo) -> GspoConfig:
     """A vLLM config (run.use_cpu false: vLLM rollouts need a GPU; nothing here starts one)."""
     return _config(tmp, {"use_vllm": True, **gspo}, run={"use_cpu": False})
-
-
-@pytest.fixture(scope="module")
-def synth_train(tmp_path_factory) -> Path:
-    from covip.training.data import SynthConfig, synthesize
-
-    out = tmp_path_factory.mktemp("vllm-data") / "synth"
-    synthesize(SynthConfig(**SYNTH), out, progress=False)
-    return out / "train.jsonl"
 
 
 def _reward(completion_ids=None, **_):
