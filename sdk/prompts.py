@@ -58,6 +58,7 @@ __all__ = [
     "paper_answer_messages",
     "paper_direct_messages",
     "recognition_messages",
+    "recognition_followup_messages",
     "verification_messages",
     "describe_messages",
     "dialogue_header",
@@ -104,6 +105,7 @@ query image. You may explain your reasoning briefly. Then, on its own line, give
 list of the numbers of the concepts that appear, inside \\boxed{}, for example:
 Answer: \\boxed{[0, 2]}
 Put only the list of numbers inside \\boxed{}."""
+RECOGNITION_FOLLOWUP = "Which of the concepts above appear in this query image? Answer in the same way.\n"
 
 VERIFICATION_TEMPLATE = (
     "You are checking whether an object appears in two photos. The object called {name} is shown in the "
@@ -193,6 +195,8 @@ class PromptPack:
     name: str = field(default="covip", metadata=_h("The pack's name (recorded with its hash)."))
     caption_instruction: str = field(default=CAPTION_INSTRUCTION, metadata=_h("Personalized captioning."))
     recognition_instruction: str = field(default=RECOGNITION_INSTRUCTION, metadata=_h("Recognition (0-based)."))
+    recognition_followup: str = field(default=RECOGNITION_FOLLOWUP, metadata=_h(
+        "A further recognition question about the same concept images (the user's next turn, before its image)."))
     verification_template: str = field(default=VERIFICATION_TEMPLATE, metadata=_h("Yes/no; {name}, {question}."))
     describe_instruction: str = field(default=DESCRIBE_INSTRUCTION, metadata=_h("Plain description of one photo."))
     personalization_prompt: str = field(default=PERSONALIZATION_PROMPT, metadata=_h(
@@ -520,6 +524,20 @@ def recognition_messages(concept_images: Sequence[Any], query_image: Any, *,
         parts += [_text(concept_header(i, pack)), _image(img)]
     parts += [_text(pack.recognition_instruction), _image(query_image)]
     return _vision_ids([{"role": "user", "content": parts}], pack)
+
+
+def recognition_followup_messages(query_image: Any, *, image_number: int, pack: PromptPack | None = None) -> list[dict]:
+    """The next user turn after a recognition answer: the same question about another query image.
+
+    Appended to a recognition chat (after the assistant's answer) it asks about one more photo against the
+    same concept images; SFT uses it to train several answers per forward pass of one context.
+    ``image_number`` is the image's position in the whole chat (0-based), for packs that number images.
+    """
+    pack = _pack(pack)
+    parts = [_text(pack.recognition_followup)]
+    if pack.vision_id:
+        parts.append(_text(pack.vision_id.format(k=pack.vision_id_numbering + image_number)))
+    return [{"role": "user", "content": [*parts, _image(query_image)]}]
 
 
 def verification_messages(reference_image: Any, query_image: Any, name: str, question: str, *,

@@ -85,7 +85,8 @@ def sft_args(config: SftConfig, output_dir: Path) -> Any:
         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps, per_device_train_batch_size=t.per_device_train_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, max_length=t.max_length,
-        completion_only_loss=True, gradient_checkpointing=config.model.gradient_checkpointing,
+        completion_only_loss=config.data.queries_per_row == 1, assistant_only_loss=config.data.queries_per_row > 1,
+        gradient_checkpointing=config.model.gradient_checkpointing,
         logging_steps=r.logging_steps, save_strategy="steps" if r.save_steps else "no",
         save_steps=r.save_steps or 500, save_total_limit=r.save_total_limit,
         report_to=list(r.report_to) or "none", disable_tqdm=not r.progress,
@@ -138,9 +139,13 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
     samples = load_sft_samples(config.data, root)
     types = config.data.sample_types
     d = config.data
+    from covip.sdk.prompts import load_pack
+
+    pack = load_pack(d.prompt_pack) if d.prompt_pack else None
     dataset = build_sft_dataset(samples, world, seed=d.seed, describe="describe" in types,
                                 types=[t for t in types if t != "describe"], warmup_describe=d.warmup_describe,
                                 rationale=d.recognition_rationale, matching_warmup=d.matching_warmup,
+                                queries_per_row=d.queries_per_row, copy_share=d.copy_share, pack=pack,
                                 batch_size=config.trainer.per_device_train_batch_size if d.same_type_batches else None)
     counts: dict[str, int] = {}
     for s in samples:
@@ -162,7 +167,8 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
             if is_vision_module(name, VISION_MODULE_NAMES):
                 param.requires_grad_(False)
     eval_kwargs = dict(max_new_tokens=e.max_new_tokens, caption_max_new_tokens=e.caption_max_new_tokens,
-                       batch_size=e.batch_size, permutations=e.permutations, progress=progress, world=world)
+                       batch_size=e.batch_size, permutations=e.permutations, progress=progress, world=world,
+                       pack=pack)
     before = evaluate_heldout(model, processor, heldout, label="init", **eval_kwargs) \
         if heldout and e.initial else None
 
@@ -195,8 +201,13 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
     if resume is None and metrics_path.exists():
         metrics_path.unlink()
     metrics = MetricsCallback(metrics_path, logs_dir / "tensorboard" if config.run.tensorboard else None)
-    trainer = CompletionOnlySFTTrainer(model=model, args=sft_args(config, out), train_dataset=dataset, processing_class=processor,
-                          callbacks=[metrics, budget, *(callbacks or [])])
+    saved_template = processor.chat_template
+    if d.queries_per_row > 1:  # several answers per row: trl's assistant-only loss needs generation markers
+        from covip.training.sft_trainer import training_chat_template
+
+        processor.chat_template = training_chat_template(saved_template)
+    trainer = CompletionOnlySFTTrainer(model=model, args=sft_args(config, out), train_dataset=dataset,
+                                       processing_class=processor, callbacks=[metrics, budget, *(callbacks or [])])
     from covip.training.trainer_progress import use_progress_lines
 
     use_progress_lines(trainer, config.run.progress, "covip train sft")
@@ -205,6 +216,7 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
         trainer.train(resume_from_checkpoint=resume)
     finally:
         metrics.close()
+        processor.chat_template = saved_template  # the saved model keeps its inference template
     train_s = time.perf_counter() - train_start
     model = trainer.accelerator.unwrap_model(trainer.model)
     model_dir = _save_model(model, processor, out / "model", config, trainer.state.global_step, train_s)

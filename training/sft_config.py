@@ -83,6 +83,18 @@ class SftDataSection:
         "(identical pixels; one-concept samples of the training split): a curriculum that lets the randomly "
         "initialized LM learn to match image tokens across images before the real queries, whose pose, "
         "backdrop and light differ. 0 = none. Needs 'recognition' in sample_types and same_type_batches."))
+    queries_per_row: int = field(default=1, metadata=_h(
+        "Recognition rows ask about this many query photos of the same concept images: the sample's own query, "
+        "then follow-up turns (covip.sdk.prompts.recognition_followup_messages), each a training photo of one "
+        "of the concepts with its labelled answer. More answer tokens per forward pass of the long context "
+        "(4 turns cost about 1.4x one). > 1 trains on trl's conversational rows with assistant_only_loss."))
+    copy_share: float = field(default=0.0, metadata=_h(
+        "Share of recognition queries (first and follow-up turns) replaced by the present concept's own memory "
+        "photo (identical pixels), mixed through training: the matching signal the random model learns first "
+        "(see data.matching_warmup for the same rows as a warm-up instead)."))
+    prompt_pack: str | None = field(default=None, metadata=_h(
+        "A prompt pack file (TOML/JSON, covip.sdk.prompts.load_pack) wording the training rows and the "
+        "held-out evaluation; null = covip's prompts. Use the same pack at inference."))
     recognition_rationale: bool = field(default=True, metadata=_h(
         "Recognition targets describe every concept image and the query before the box (false: the box alone)."))
     same_type_batches: bool = field(default=True, metadata=_h(
@@ -234,6 +246,10 @@ class SftConfig(GroupedConfigMixin):
         _check(d.matching_warmup >= 0, "data.matching_warmup", f"must be >= 0, got {d.matching_warmup}")
         _check(d.matching_warmup == 0 or ("recognition" in d.sample_types and d.same_type_batches),
                "data.matching_warmup", "needs 'recognition' in data.sample_types and data.same_type_batches: true")
+        _check(1 <= d.queries_per_row <= 16, "data.queries_per_row", f"must be 1-16, got {d.queries_per_row}")
+        _check(0.0 <= d.copy_share <= 1.0, "data.copy_share", f"must be between 0 and 1, got {d.copy_share}")
+        _check(d.prompt_pack is None or bool(str(d.prompt_pack).strip()), "data.prompt_pack",
+               "must be a pack file or null")
         if d.synth:
             from covip.training.data.synth import SynthConfig
 

@@ -54,6 +54,9 @@ __all__ = [
     "describe_items",
     "describe_row",
     "matching_rows",
+    "query_pool",
+    "recognition_chat_row",
+    "as_messages_row",
     "order_rows",
     "build_sft_dataset",
     "load_sft_samples",
@@ -171,9 +174,10 @@ def target_for(sample: Sample, world: World, rng: random.Random, *, rationale: b
                     field="sample_type")
 
 
-def sft_row(sample: Sample, world: World, rng: random.Random, *, rationale: bool = True) -> dict[str, Any]:
+def sft_row(sample: Sample, world: World, rng: random.Random, *, rationale: bool = True,
+            pack: prompts.PromptPack | None = None) -> dict[str, Any]:
     """The dataset row of one sample (see the module doc)."""
-    prompt, images = placeholder_messages(sample_messages(sample, rng=rng))
+    prompt, images = placeholder_messages(sample_messages(sample, rng=rng, pack=pack))
     if [str(p) for p in images] != [str(p) for p in sample.images]:
         raise DataError(f"sample {sample.id!r}: the prompt shows its images in another order than the sample",
                         sample_id=sample.id, field="images")
@@ -196,19 +200,78 @@ def describe_items(samples: Sequence[Sample], world: World) -> list[tuple[str, L
     return list(out.items())
 
 
-def describe_row(image: str, look: Look) -> dict[str, Any]:
+def describe_row(image: str, look: Look, pack: prompts.PromptPack | None = None) -> dict[str, Any]:
     """The dataset row that asks for a plain description of one photo (the SDK's describe prompt)."""
-    prompt, images = placeholder_messages(prompts.describe_messages(image))
+    prompt, images = placeholder_messages(prompts.describe_messages(image, pack=pack))
     return {"prompt": prompt, "completion": [{"role": "assistant", "content": [{"type": "text",
                                                                                "text": describe_target(look)}]}],
             "images": [str(p) for p in images]}
 
 
-def _features() -> Any:
+def query_pool(samples: Sequence[Sample]) -> dict[str, list[str]]:
+    """Query photos that show exactly one concept, by concept id, in first-seen order (follow-up queries)."""
+    pool: dict[str, list[str]] = {}
+    for s in samples:
+        _, shown = _concept_ids(s)
+        if len(shown) == 1 and str(s.images[-1]) not in pool.get(shown[0], []):
+            pool.setdefault(shown[0], []).append(str(s.images[-1]))
+    return pool
+
+
+def _assistant(text: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+def recognition_chat_row(sample: Sample, world: World, rng: random.Random, *, pool: Mapping[str, Sequence[str]],
+                         queries: int, copy_share: float = 0.0, rationale: bool = True,
+                         pack: prompts.PromptPack | None = None) -> dict[str, Any]:
+    """A conversational row (``messages``, ``images``) asking about ``queries`` query photos of one sample's
+    concept images: the sample's own query, then follow-up turns (:func:`covip.sdk.prompts.
+    recognition_followup_messages`), each a photo from ``pool`` of one concept drawn uniformly, every turn
+    answered by :func:`recognition_target`. With probability ``copy_share`` a one-concept query is replaced by
+    that concept's own memory photo (identical pixels). Several answers share one pass over the context."""
+    if sample.sample_type != "recognition":
+        raise InputError(f"sample {sample.id!r} is a {sample.sample_type} sample, not recognition")
+    ids, _ = _concept_ids(sample)
+    missing = [c for c in ids if c not in world.concepts]
+    if missing:
+        raise DataError(f"sample {sample.id!r}: concept {missing[0]!r} is not in the world", sample_id=sample.id,
+                        field="meta.concept_ids")
+    context = list(sample.images[:-1])
+    looks = [world.concepts[c].look for c in ids]
+    present = [int(i) for i in sample.answer or ()]
+    query = sample.images[-1]
+    if len(present) == 1 and rng.random() < copy_share:
+        query = context[present[0]]
+    messages = [*prompts.recognition_messages(context, query, pack=pack),
+                _assistant(recognition_target(looks, present, rationale=rationale))]
+    shown = [*context, query]
+    for _ in range(queries - 1):
+        j = rng.randrange(len(context))
+        photos = pool.get(ids[j], ())
+        photo = context[j] if not photos or rng.random() < copy_share else rng.choice(list(photos))
+        messages += prompts.recognition_followup_messages(photo, image_number=len(shown), pack=pack)
+        messages.append(_assistant(recognition_target(looks, [j], rationale=rationale)))
+        shown.append(photo)
+    chat, images = placeholder_messages(messages)
+    return {"messages": chat, "images": [str(p) for p in images]}
+
+
+def as_messages_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A prompt/completion row as a conversational one (``messages`` = prompt + completion): one dataset
+    holds one format, and rows with several answers need the conversational one."""
+    if "messages" in row:
+        return dict(row)
+    return {"messages": [*row["prompt"], *row["completion"]], "images": list(row["images"])}
+
+
+def _features(conversational: bool = False) -> Any:
     import datasets
 
     text = datasets.Value("string")
     turn = datasets.List({"role": text, "content": datasets.List({"type": text, "text": text})})
+    if conversational:
+        return datasets.Features({"messages": turn, "images": datasets.List(datasets.Image())})
     return datasets.Features({"prompt": turn, "completion": turn, "images": datasets.List(datasets.Image())})
 
 
@@ -230,7 +293,7 @@ def order_rows(groups: Mapping[str, Sequence[dict[str, Any]]], *, batch_size: in
 
 
 def matching_rows(samples: Sequence[Sample], world: World, n: int, rng: random.Random, *,
-                  rationale: bool = True) -> list[dict[str, Any]]:
+                  rationale: bool = True, pack: prompts.PromptPack | None = None) -> list[dict[str, Any]]:
     """``n`` recognition rows whose query image is the present concept's own memory photo (identical pixels),
     from the one-concept recognition samples cycled in a seeded order: the matching curriculum."""
     import dataclasses
@@ -243,19 +306,23 @@ def matching_rows(samples: Sequence[Sample], world: World, n: int, rng: random.R
         rng.shuffle(single)
         for s in single[:n - len(rows)]:
             copy = dataclasses.replace(s, images=[*s.images[:-1], s.images[int(s.answer[0])]])
-            rows.append(sft_row(copy, world, rng, rationale=rationale))
+            rows.append(sft_row(copy, world, rng, rationale=rationale, pack=pack))
     return rows
 
 
 def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0, describe: bool = False,
                       types: Sequence[str] | None = None, batch_size: int | None = None,
-                      warmup_describe: int = 0, rationale: bool = True, matching_warmup: int = 0) -> Any:
+                      warmup_describe: int = 0, rationale: bool = True, matching_warmup: int = 0,
+                      queries_per_row: int = 1, copy_share: float = 0.0,
+                      pack: prompts.PromptPack | None = None) -> Any:
     """A ``datasets.Dataset`` of :func:`sft_row` rows (and, with ``describe``, :func:`describe_row` rows of the
     samples' one-concept photos), after :func:`check_training_concepts`; ``types`` limits the sample rows.
 
     With ``batch_size`` the rows come in the order of :func:`order_rows` (for a sequential sampler), after
     ``warmup_describe`` description rows (the describe items cycled in a seeded order), then
-    ``matching_warmup`` rows of :func:`matching_rows`.
+    ``matching_warmup`` rows of :func:`matching_rows`. ``queries_per_row`` > 1 or ``copy_share`` > 0 makes
+    recognition rows :func:`recognition_chat_row` rows; with ``queries_per_row`` > 1 every row is
+    conversational (:func:`as_messages_row`), for trl's assistant-only loss.
     """
     import datasets
 
@@ -263,26 +330,39 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
         raise InputError("no SFT samples: the training set is empty")
     check_training_concepts(samples, world)
     rng = random.Random(f"covip-sft:{seed}")
+    chat = queries_per_row > 1 or copy_share > 0
+    pool = query_pool(samples) if chat else {}
     groups: dict[str, list[dict[str, Any]]] = {}
     for s in samples:
         if types is None or s.sample_type in types:
-            groups.setdefault(s.sample_type, []).append(sft_row(s, world, rng, rationale=rationale))
+            if chat and s.sample_type == "recognition":
+                row = recognition_chat_row(s, world, rng, pool=pool, queries=queries_per_row, copy_share=copy_share,
+                                           rationale=rationale, pack=pack)
+                if queries_per_row == 1:  # one answer: the prompt/completion format keeps completion-only loss
+                    row = {"prompt": row["messages"][:-1], "completion": row["messages"][-1:], "images": row["images"]}
+            else:
+                row = sft_row(s, world, rng, rationale=rationale, pack=pack)
+            groups.setdefault(s.sample_type, []).append(row)
     items = describe_items(samples, world) if describe or warmup_describe else []
     if describe:
-        groups["describe"] = [describe_row(path, look) for path, look in items]
+        groups["describe"] = [describe_row(path, look, pack) for path, look in items]
     if not any(groups.values()):
         raise InputError(f"no SFT rows of the types {list(types or [])}")
+    conversational = queries_per_row > 1
     if batch_size is None:
-        return datasets.Dataset.from_list([r for name in sorted(groups) for r in groups[name]], features=_features())
-    warmup: list[dict[str, Any]] = []
-    if warmup_describe:
-        cycle = list(items)
-        while len(warmup) < warmup_describe:
-            rng.shuffle(cycle)
-            warmup += [describe_row(path, look) for path, look in cycle[:warmup_describe - len(warmup)]]
-    warmup += matching_rows(samples, world, matching_warmup, rng, rationale=rationale)
-    rows = order_rows(groups, batch_size=batch_size, seed=seed, warmup=warmup)
-    return datasets.Dataset.from_list(rows, features=_features())
+        rows = [r for name in sorted(groups) for r in groups[name]]
+    else:
+        warmup: list[dict[str, Any]] = []
+        if warmup_describe:
+            cycle = list(items)
+            while len(warmup) < warmup_describe:
+                rng.shuffle(cycle)
+                warmup += [describe_row(path, look, pack) for path, look in cycle[:warmup_describe - len(warmup)]]
+        warmup += matching_rows(samples, world, matching_warmup, rng, rationale=rationale, pack=pack)
+        rows = order_rows(groups, batch_size=batch_size, seed=seed, warmup=warmup)
+    if conversational:
+        rows = [as_messages_row(r) for r in rows]
+    return datasets.Dataset.from_list(rows, features=_features(conversational))
 
 
 def _subsample(samples: list[Sample], n: int | None, seed: str) -> list[Sample]:

@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 
 
 def generate_answers(model: Any, processor: Any, samples: Sequence[Sample | list[dict]], *, max_new_tokens: int,
-                     batch_size: int = 16, progress: bool | None = None, desc: str = "answers") -> list[str]:
-    """Greedy answers (special tokens dropped) to ``samples`` (Samples or ready chats), in order."""
+                     batch_size: int = 16, progress: bool | None = None, desc: str = "answers",
+                     pack: Any = None) -> list[str]:
+    """Greedy answers (special tokens dropped) to ``samples`` (Samples, worded by ``pack``, or ready chats)."""
     import torch
     from PIL import Image
 
@@ -60,7 +61,7 @@ def generate_answers(model: Any, processor: Any, samples: Sequence[Sample | list
             chunk = samples[start:start + max(1, batch_size)]
             texts, images = [], []
             for s in chunk:
-                messages, paths = placeholder_messages(s if isinstance(s, list) else sample_messages(s))
+                messages, paths = placeholder_messages(s if isinstance(s, list) else sample_messages(s, pack=pack))
                 texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
                 loaded = []
                 for p in paths:
@@ -167,8 +168,9 @@ def score_descriptions(answers: Sequence[str], looks: Sequence[Any]) -> dict[str
 def evaluate_heldout(model: Any, processor: Any, heldout: Mapping[str, Sequence[Sample]], *,
                      max_new_tokens: int = 160, caption_max_new_tokens: int = 200, batch_size: int = 16,
                      permutations: int = 2000, progress: bool | None = None, label: str = "",
-                     world: Any = None) -> dict[str, Any]:
-    """Answer and score every held-out sample type in ``heldout``; examples of the answers are kept.
+                     world: Any = None, pack: Any = None) -> dict[str, Any]:
+    """Answer and score every held-out sample type in ``heldout`` (prompts worded by ``pack``, a
+    :class:`~covip.sdk.prompts.PromptPack` or None for covip's); examples of the answers are kept.
 
     ``describe`` (plain descriptions of the samples' one-concept photos) needs the ``world`` for the looks.
     """
@@ -184,14 +186,14 @@ def evaluate_heldout(model: Any, processor: Any, heldout: Mapping[str, Sequence[
             if world is None:
                 raise InputError("evaluating descriptions needs the world (the concepts' looks)")
             items = describe_items(samples, world)
-            answers = generate_answers(model, processor, [prompts.describe_messages(p) for p, _ in items],
+            answers = generate_answers(model, processor, [prompts.describe_messages(p, pack=pack) for p, _ in items],
                                        max_new_tokens=budget, batch_size=batch_size, progress=progress, desc=desc)
             scored = score_descriptions(answers, [look for _, look in items])
             scored["examples"] = [{"image": p, "answer": a} for (p, _), a in list(zip(items, answers))[:3]]
             report[stype] = scored
             continue
         answers = generate_answers(model, processor, samples, max_new_tokens=budget, batch_size=batch_size,
-                                   progress=progress, desc=desc)
+                                   progress=progress, desc=desc, pack=pack)
         if stype == "recognition":
             scored = score_recognition(answers, samples, permutations=permutations)
         elif stype == "verification":

@@ -1,4 +1,5 @@
-"""The trl pieces of the SFT stage: a completion-only loss that is cheap on the CPU, and a time budget.
+"""The trl pieces of the SFT stage: a completion-only loss that is cheap on the CPU, a time budget, and the
+training chat template that lets trl's assistant-only loss label every answer of a multi-turn row.
 
 Importing this module imports torch, transformers and trl (:mod:`covip.training.sft` imports it when a
 run starts).
@@ -6,6 +7,7 @@ run starts).
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -13,7 +15,36 @@ import torch
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
-__all__ = ["CompletionOnlySFTTrainer", "TimeBudgetCallback"]
+__all__ = ["CompletionOnlySFTTrainer", "TimeBudgetCallback", "training_chat_template"]
+
+_TURN_OPEN = "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+_TURN_CLOSE = "{{- '<|im_end|>\\n' -}}"
+_IM_END = "{{- '<|im_end|>' -}}"
+_NEWLINE = "{{- '\\n' -}}"
+
+
+def training_chat_template(template: str | None) -> str:
+    """``template`` with transformers' ``{% generation %}`` markers around each assistant turn (its content
+    and ``<|im_end|>``), which trl's ``assistant_only_loss`` reads to label every answer of a chat.
+
+    A template that has the markers is returned as is. Otherwise only the ChatML template of covip's built
+    models (``covip.sdk.models``) is rewritten; it renders the same text. The markers stay out of the saved
+    model: llama.cpp's template engine does not know them.
+    """
+    from covip.sdk.errors import InputError
+
+    if template and re.search(r"\{%-?\s*generation\s*-?%\}", template):
+        return template
+    if not template or template.count(_TURN_OPEN) != 1 or template.count(_TURN_CLOSE) != 1:
+        raise InputError("data.queries_per_row > 1 needs a chat template with {% generation %} markers around "
+                         "assistant turns (trl's assistant_only_loss); covip can add them only to the ChatML "
+                         "template of its built models. Set data.queries_per_row: 1 or give the processor such "
+                         "a template")
+    head, rest = template.split(_TURN_OPEN)
+    body, tail = rest.split(_TURN_CLOSE)
+    turn = (f"{_TURN_OPEN}{{%- if message['role'] == 'assistant' -%}}{{% generation %}}{body}{_IM_END}"
+            f"{{% endgeneration %}}{_NEWLINE}{{%- else -%}}{body}{_TURN_CLOSE}{{%- endif -%}}")
+    return head + turn + tail
 
 
 class CompletionOnlySFTTrainer(SFTTrainer):

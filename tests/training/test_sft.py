@@ -75,6 +75,10 @@ def test_unknown_and_bad_sft_keys_name_the_key(tmp_path):
         load_sft_config("mini-cpu", ["vision_warmup.objective=distil"])
     with pytest.raises(InputError, match=r"'vision_warmup\.max_steps'"):
         load_sft_config("mini-cpu", ["vision_warmup.max_steps=0"])
+    with pytest.raises(InputError, match=r"'data\.queries_per_row'.*1-16"):
+        load_sft_config("mini-cpu", ["data.queries_per_row=1000000000"])
+    with pytest.raises(InputError, match=r"'data\.copy_share'"):
+        load_sft_config("mini-cpu", ["data.copy_share=1.5"])
     with pytest.raises(InputError, match=r"'trainer\.max_setps'"):
         load_sft_config("mini-cpu", ["trainer.max_setps=3"])
     with pytest.raises(InputError, match="sft"):
@@ -246,6 +250,72 @@ def test_matching_warmup_rows_show_the_concepts_own_photo_first(world_dir):
         assert paths[-1] not in paths[:-1]
 
 
+def test_multi_query_rows_label_every_answer_with_a_photo_of_that_concept(world_dir, tiny_vlm_dir, tmp_path):
+    from transformers import AutoProcessor
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from covip.sdk import prompts
+    from covip.training.rewards import parse_index_set
+    from covip.training.sft_config import SftDataSection
+    from covip.training.sft_data import build_sft_dataset, load_sft_samples, load_world, query_pool
+    from covip.training.sft_trainer import training_chat_template
+
+    world = load_world(world_dir)
+    samples = load_sft_samples(SftDataSection(), world_dir)
+    pool = query_pool(samples)
+    owner = {photo: cid for cid, photos in pool.items() for photo in photos}
+    pack = prompts.load_pack({"name": "short", "recognition_instruction": "Which concept is in the query image?"})
+    ds = build_sft_dataset(samples, world, types=["recognition", "verification"], batch_size=4, queries_per_row=3,
+                           copy_share=0.5, rationale=False, pack=pack)
+    rows = ds.to_list()
+    assert set(rows[0]) == {"messages", "images"}  # one conversational dataset for every type
+    recognition = [r for r in rows if len(r["messages"]) == 6]
+    assert len(recognition) == sum(s.sample_type == "recognition" for s in samples)
+    copies = followups = 0
+    for row in recognition:
+        paths = [im["path"] for im in row["images"]]
+        assert len(paths) == 3 + 3 and [m["role"] for m in row["messages"]] == ["user", "assistant"] * 3
+        assert "Which concept is in the query image?" in row["messages"][0]["content"][-2]["text"]
+        context = paths[:3]
+        ids = next(s.meta["concept_ids"] for s in samples if [str(p) for p in s.images[:3]] == context)
+        for photo, answer in zip(paths[4:], row["messages"][3::2]):  # the follow-up turns
+            (j,) = parse_index_set(answer["content"][0]["text"])
+            if photo == context[j]:
+                copies += 1
+            else:  # a query photo of exactly that concept, from the training split
+                assert owner[photo] == ids[j]
+                followups += 1
+    assert copies and followups  # both kinds were drawn at copy_share 0.5
+    # trl's collator with covip's training template labels exactly the assistant answers
+    processor = AutoProcessor.from_pretrained(tiny_vlm_dir)
+    template = training_chat_template(processor.chat_template)
+    batch = DataCollatorForVisionLanguageModeling(processor, assistant_only_loss=True, chat_template=template)(
+        [ds[i] for i in range(len(rows)) if len(rows[i]["messages"]) == 6][:2])
+    for labels, row in zip(batch["labels"], [r for r in rows if len(r["messages"]) == 6][:2]):
+        expected = "".join(m["content"][0]["text"] + "<|im_end|>" for m in row["messages"][1::2])
+        assert processor.tokenizer.decode(labels[labels != -100]) == expected
+
+
+def test_training_chat_template_renders_the_same_text_and_refuses_unknown_templates(tiny_vlm_dir):
+    from transformers import AutoProcessor
+
+    from covip.training.sft_trainer import training_chat_template
+
+    processor = AutoProcessor.from_pretrained(tiny_vlm_dir)
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "A"}]},
+            {"role": "user", "content": [{"type": "text", "text": "again"}]}]
+    template = training_chat_template(processor.chat_template)
+    assert "{% generation %}" in template and training_chat_template(template) == template
+    for gen in (False, True):
+        assert processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=gen) == \
+            processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=gen, chat_template=template)
+    with pytest.raises(InputError, match="queries_per_row"):
+        training_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    with pytest.raises(InputError, match="queries_per_row"):
+        training_chat_template(None)
+
+
 def test_missing_world_and_foreign_samples_fail_clearly(tmp_path, world_dir):
     from covip.training.data import Sample
     from covip.training.sft_data import load_world, target_for
@@ -329,6 +399,29 @@ def test_cpu_loss_is_the_models_loss_on_answer_tokens(tmp_path, world_dir, tiny_
         ours = trainer.compute_loss(trainer.model, dict(batch))
         reference = model(**batch).loss  # the model's own shifted cross-entropy over labelled tokens
     assert ours.item() == pytest.approx(reference.item(), rel=1e-4)
+
+
+def test_a_multi_query_run_trains_evaluates_and_saves_the_inference_template(tmp_path, world_dir, tiny_vlm_dir):
+    from transformers import AutoProcessor
+
+    from covip.training.sft import train_sft
+
+    pack = tmp_path / "short.toml"
+    pack.write_text('name = "short"\nrecognition_instruction = "Which concept is in the query image?"\n')
+    config = SftConfig.from_dict({
+        "model": {"name_or_path": str(tiny_vlm_dir)},
+        "data": {"world": str(world_dir), "sample_types": ["recognition"], "queries_per_row": 2, "copy_share": 0.5,
+                 "prompt_pack": str(pack), "recognition_rationale": False},
+        "trainer": {"max_steps": 2, "per_device_train_batch_size": 2},
+        "eval": {"max_samples": 4, "max_new_tokens": 8, "permutations": 100},
+        "run": {"output_dir": str(tmp_path / "run"), "use_cpu": True, "progress": False, "logging_steps": 1}})
+    result = train_sft(config)
+    assert result.global_step == 2 and result.evaluation["sft"]["recognition"]["n"] == 3  # the world holds 3
+    saved = AutoProcessor.from_pretrained(result.model_dir)
+    assert saved.chat_template == AutoProcessor.from_pretrained(tiny_vlm_dir).chat_template  # no training markers
+    assert "{% generation %}" not in saved.chat_template
+    logged = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    assert any("loss" in m for m in logged)
 
 
 def test_time_budget_stops_training():
