@@ -70,13 +70,20 @@ class MetricsCallback(TrainerCallback):
         record = {"step": state.global_step, "epoch": _jsonable(state.epoch),
                   "elapsed_s": round(time.time() - self._start, 3)}
         record.update({k: _jsonable(v) for k, v in logs.items()})
+        self.write(record)
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record (with its ``step``) to the JSONL file and TensorBoard."""
+        record = {k: _jsonable(v) for k, v in record.items()}
+        record.setdefault("elapsed_s", round(time.time() - self._start, 3))
+        logs = {k: v for k, v in record.items() if k not in ("step", "epoch", "elapsed_s")}
         self.records.append(record)
         with self.metrics_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, sort_keys=True) + "\n")
         if self._writer is not None:
             for key, value in logs.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                    self._writer.add_scalar(key, value, state.global_step)
+                    self._writer.add_scalar(key, value, record["step"])
             self._writer.flush()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

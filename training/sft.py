@@ -141,16 +141,17 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
     d = config.data
     from covip.sdk.prompts import load_pack
 
-    pack = load_pack(d.prompt_pack) if d.prompt_pack else None
+    pack = load_pack(pack_path(d.prompt_pack, config.source)) if d.prompt_pack else None
     dataset = build_sft_dataset(samples, world, seed=d.seed, describe="describe" in types,
                                 types=[t for t in types if t != "describe"], warmup_describe=d.warmup_describe,
                                 rationale=d.recognition_rationale, matching_warmup=d.matching_warmup,
-                                queries_per_row=d.queries_per_row, copy_share=d.copy_share, pack=pack,
+                                queries_per_row=d.queries_per_row, copy_share=d.copy_share, passes=d.passes,
+                                pack=pack,
                                 batch_size=config.trainer.per_device_train_batch_size if d.same_type_batches else None)
     counts: dict[str, int] = {}
     for s in samples:
         if s.sample_type in types:
-            counts[s.sample_type] = counts.get(s.sample_type, 0) + 1
+            counts[s.sample_type] = counts.get(s.sample_type, 0) + d.passes  # rows: one per sample and pass
     if "describe" in types:
         counts["describe"] = len(dataset) - sum(counts.values()) - d.warmup_describe - d.matching_warmup
         counts["describe_warmup"] = d.warmup_describe
@@ -206,8 +207,25 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
         from covip.training.sft_trainer import training_chat_template
 
         processor.chat_template = training_chat_template(saved_template)
-    trainer = CompletionOnlySFTTrainer(model=model, args=sft_args(config, out), train_dataset=dataset,
-                                       processing_class=processor, callbacks=[metrics, budget, *(callbacks or [])])
+    curve = None
+    if e.every_steps and heldout.get("recognition"):
+        from covip.training.sft_eval import generate_answers, score_recognition
+        from covip.training.sft_trainer import CurveCallback
+
+        subset = heldout["recognition"][:e.curve_samples]
+
+        def score() -> dict[str, Any]:
+            answers = generate_answers(model, processor, subset, max_new_tokens=e.max_new_tokens,
+                                       batch_size=e.batch_size, progress=False, pack=pack)
+            s = score_recognition(answers, subset, permutations=200)
+            return {"heldout_recognition_f1": s["f1"], "heldout_recognition_accuracy": s["accuracy"],
+                    "heldout_null_f1": s["permutation"]["mean"], "heldout_p_value": s["permutation"]["p_value"],
+                    "heldout_n": s["n"]}
+
+        curve = CurveCallback(e.every_steps, score, metrics.write)
+    trainer = CompletionOnlySFTTrainer(
+        model=model, args=sft_args(config, out), train_dataset=dataset, processing_class=processor,
+        callbacks=[metrics, budget, *([curve] if curve else []), *(callbacks or [])])
     from covip.training.trainer_progress import use_progress_lines
 
     use_progress_lines(trainer, config.run.progress, "covip train sft")
@@ -226,7 +244,8 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
     if heldout:
         after = evaluate_heldout(model, processor, heldout, label="sft", **eval_kwargs)
         evaluation = {"heldout_concepts": len(world.held_out()), "samples": {k: len(v) for k, v in heldout.items()},
-                      "random_init": before, "sft": after, "vision_warmup": vision_report}
+                      "random_init": before, "sft": after, "vision_warmup": vision_report,
+                      "curve": curve.points if curve else []}
         eval_path = out / "eval.json"
         _write_json(eval_path, evaluation)
     result = SftResult(
@@ -236,6 +255,16 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
         n_rows=len(dataset), sample_types=counts, stopped_by_time=budget.stopped, evaluation=evaluation)
     _write_json(out / "result.json", result.to_dict())
     return result
+
+
+def pack_path(value: str, source: str | None) -> Path:
+    """``data.prompt_pack`` as a file: an existing path, else relative to the config file's folder (the
+    bundled recipes name their packs under ``configs/packs``)."""
+    path = Path(value).expanduser()
+    if path.is_file() or path.is_absolute() or source is None:
+        return path
+    beside = Path(source).parent / path
+    return beside if beside.is_file() else path
 
 
 def _write_json(path: Path, data: Any) -> None:

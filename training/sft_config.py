@@ -92,6 +92,9 @@ class SftDataSection:
         "Share of recognition queries (first and follow-up turns) replaced by the present concept's own memory "
         "photo (identical pixels), mixed through training: the matching signal the random model learns first "
         "(see data.matching_warmup for the same rows as a warm-up instead)."))
+    passes: int = field(default=1, metadata=_h(
+        "Passes over the training samples in the dataset, each with its own draws (follow-up queries, copies, "
+        "caption wordings, row order): fresh rows where trainer.num_train_epochs would repeat the same ones."))
     prompt_pack: str | None = field(default=None, metadata=_h(
         "A prompt pack file (TOML/JSON, covip.sdk.prompts.load_pack) wording the training rows and the "
         "held-out evaluation; null = covip's prompts. Use the same pack at inference."))
@@ -156,6 +159,11 @@ class SftEvalSection:
     sample_types: list[str] = field(default_factory=lambda: ["recognition"], metadata=_h(
         "Held-out sample types to score: recognition (set F1), verification (accuracy), caption (Acc+/Acc- "
         "with the lexical judge), describe (share of held-out one-concept photos described exactly)."))
+    every_steps: int = field(default=0, metadata=_h(
+        "Also score held-out recognition every this many optimizer steps during training (the learning curve, "
+        "in logs/metrics.jsonl and eval.json's 'curve'; 0 = only at the end)."))
+    curve_samples: int = field(default=60, metadata=_h(
+        "Held-out recognition samples scored at each curve point (the first of the evaluation's samples)."))
     batch_size: int = field(default=16, metadata=_h("Prompts per generate() call."))
     max_new_tokens: int = field(default=160, metadata=_h("Answer budget of recognition/verification."))
     caption_max_new_tokens: int = field(default=200, metadata=_h("Answer budget of captions."))
@@ -247,6 +255,7 @@ class SftConfig(GroupedConfigMixin):
         _check(d.matching_warmup == 0 or ("recognition" in d.sample_types and d.same_type_batches),
                "data.matching_warmup", "needs 'recognition' in data.sample_types and data.same_type_batches: true")
         _check(1 <= d.queries_per_row <= 16, "data.queries_per_row", f"must be 1-16, got {d.queries_per_row}")
+        _check(1 <= d.passes <= 1000, "data.passes", f"must be 1-1000, got {d.passes}")
         _check(0.0 <= d.copy_share <= 1.0, "data.copy_share", f"must be between 0 and 1, got {d.copy_share}")
         _check(d.prompt_pack is None or bool(str(d.prompt_pack).strip()), "data.prompt_pack",
                "must be a pack file or null")
@@ -280,6 +289,10 @@ class SftConfig(GroupedConfigMixin):
         _check(e.max_samples is None or e.max_samples > 0, "eval.max_samples", "must be > 0 or null")
         for key in ("batch_size", "max_new_tokens", "caption_max_new_tokens"):
             _check(getattr(e, key) >= 1, f"eval.{key}", f"must be >= 1, got {getattr(e, key)}")
+        _check(e.every_steps >= 0, "eval.every_steps", f"must be >= 0, got {e.every_steps}")
+        _check(e.curve_samples >= 1, "eval.curve_samples", f"must be >= 1, got {e.curve_samples}")
+        _check(e.every_steps == 0 or "recognition" in e.sample_types, "eval.every_steps",
+               "needs 'recognition' in eval.sample_types (the curve scores held-out recognition)")
         _check(e.permutations >= 100, "eval.permutations", f"must be >= 100, got {e.permutations}")
         _check(bool(r.output_dir.strip()), "run.output_dir", "must not be empty")
         _check(r.logging_steps >= 1, "run.logging_steps", f"must be >= 1, got {r.logging_steps}")

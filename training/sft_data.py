@@ -275,7 +275,7 @@ def _features(conversational: bool = False) -> Any:
     return datasets.Features({"prompt": turn, "completion": turn, "images": datasets.List(datasets.Image())})
 
 
-def order_rows(groups: Mapping[str, Sequence[dict[str, Any]]], *, batch_size: int, seed: int,
+def order_rows(groups: Mapping[str, Sequence[dict[str, Any]]], *, batch_size: int, seed: int | str,
                warmup: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """Rows in training order: ``warmup`` first, then batches of one type each, the batches shuffled.
 
@@ -293,9 +293,11 @@ def order_rows(groups: Mapping[str, Sequence[dict[str, Any]]], *, batch_size: in
 
 
 def matching_rows(samples: Sequence[Sample], world: World, n: int, rng: random.Random, *,
-                  rationale: bool = True, pack: prompts.PromptPack | None = None) -> list[dict[str, Any]]:
+                  rationale: bool = True, pack: prompts.PromptPack | None = None,
+                  queries_per_row: int = 1) -> list[dict[str, Any]]:
     """``n`` recognition rows whose query image is the present concept's own memory photo (identical pixels),
-    from the one-concept recognition samples cycled in a seeded order: the matching curriculum."""
+    from the one-concept recognition samples cycled in a seeded order: the matching curriculum. With
+    ``queries_per_row`` > 1, conversational rows whose every query is such a copy."""
     import dataclasses
 
     single = [s for s in samples if s.sample_type == "recognition" and len(s.answer or ()) == 1]
@@ -305,6 +307,10 @@ def matching_rows(samples: Sequence[Sample], world: World, n: int, rng: random.R
     while len(rows) < n:
         rng.shuffle(single)
         for s in single[:n - len(rows)]:
+            if queries_per_row > 1:
+                rows.append(recognition_chat_row(s, world, rng, pool={}, queries=queries_per_row, copy_share=1.0,
+                                                 rationale=rationale, pack=pack))
+                continue
             copy = dataclasses.replace(s, images=[*s.images[:-1], s.images[int(s.answer[0])]])
             rows.append(sft_row(copy, world, rng, rationale=rationale, pack=pack))
     return rows
@@ -313,7 +319,7 @@ def matching_rows(samples: Sequence[Sample], world: World, n: int, rng: random.R
 def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0, describe: bool = False,
                       types: Sequence[str] | None = None, batch_size: int | None = None,
                       warmup_describe: int = 0, rationale: bool = True, matching_warmup: int = 0,
-                      queries_per_row: int = 1, copy_share: float = 0.0,
+                      queries_per_row: int = 1, copy_share: float = 0.0, passes: int = 1,
                       pack: prompts.PromptPack | None = None) -> Any:
     """A ``datasets.Dataset`` of :func:`sft_row` rows (and, with ``describe``, :func:`describe_row` rows of the
     samples' one-concept photos), after :func:`check_training_concepts`; ``types`` limits the sample rows.
@@ -322,7 +328,8 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
     ``warmup_describe`` description rows (the describe items cycled in a seeded order), then
     ``matching_warmup`` rows of :func:`matching_rows`. ``queries_per_row`` > 1 or ``copy_share`` > 0 makes
     recognition rows :func:`recognition_chat_row` rows; with ``queries_per_row`` > 1 every row is
-    conversational (:func:`as_messages_row`), for trl's assistant-only loss.
+    conversational (:func:`as_messages_row`), for trl's assistant-only loss. ``passes`` > 1 repeats the
+    sample rows that many times, each pass with its own draws and (with ``batch_size``) its own order.
     """
     import datasets
 
@@ -332,25 +339,29 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
     rng = random.Random(f"covip-sft:{seed}")
     chat = queries_per_row > 1 or copy_share > 0
     pool = query_pool(samples) if chat else {}
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for s in samples:
-        if types is None or s.sample_type in types:
-            if chat and s.sample_type == "recognition":
-                row = recognition_chat_row(s, world, rng, pool=pool, queries=queries_per_row, copy_share=copy_share,
-                                           rationale=rationale, pack=pack)
-                if queries_per_row == 1:  # one answer: the prompt/completion format keeps completion-only loss
-                    row = {"prompt": row["messages"][:-1], "completion": row["messages"][-1:], "images": row["images"]}
-            else:
-                row = sft_row(s, world, rng, rationale=rationale, pack=pack)
-            groups.setdefault(s.sample_type, []).append(row)
     items = describe_items(samples, world) if describe or warmup_describe else []
-    if describe:
-        groups["describe"] = [describe_row(path, look, pack) for path, look in items]
-    if not any(groups.values()):
-        raise InputError(f"no SFT rows of the types {list(types or [])}")
+    passes_rows: list[dict[str, list[dict[str, Any]]]] = []
+    for _ in range(max(1, passes)):
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for s in samples:
+            if types is None or s.sample_type in types:
+                if chat and s.sample_type == "recognition":
+                    row = recognition_chat_row(s, world, rng, pool=pool, queries=queries_per_row,
+                                               copy_share=copy_share, rationale=rationale, pack=pack)
+                    if queries_per_row == 1:  # one answer: the prompt/completion format keeps completion-only loss
+                        row = {"prompt": row["messages"][:-1], "completion": row["messages"][-1:],
+                               "images": row["images"]}
+                else:
+                    row = sft_row(s, world, rng, rationale=rationale, pack=pack)
+                groups.setdefault(s.sample_type, []).append(row)
+        if describe:
+            groups["describe"] = [describe_row(path, look, pack) for path, look in items]
+        if not any(groups.values()):
+            raise InputError(f"no SFT rows of the types {list(types or [])}")
+        passes_rows.append(groups)
     conversational = queries_per_row > 1
     if batch_size is None:
-        rows = [r for name in sorted(groups) for r in groups[name]]
+        rows = [r for groups in passes_rows for name in sorted(groups) for r in groups[name]]
     else:
         warmup: list[dict[str, Any]] = []
         if warmup_describe:
@@ -358,8 +369,11 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
             while len(warmup) < warmup_describe:
                 rng.shuffle(cycle)
                 warmup += [describe_row(path, look, pack) for path, look in cycle[:warmup_describe - len(warmup)]]
-        warmup += matching_rows(samples, world, matching_warmup, rng, rationale=rationale, pack=pack)
-        rows = order_rows(groups, batch_size=batch_size, seed=seed, warmup=warmup)
+        warmup += matching_rows(samples, world, matching_warmup, rng, rationale=rationale, pack=pack,
+                                queries_per_row=queries_per_row)
+        rows = list(warmup)
+        for i, groups in enumerate(passes_rows):
+            rows += order_rows(groups, batch_size=batch_size, seed=seed if i == 0 else f"{seed}:{i}")
     if conversational:
         rows = [as_messages_row(r) for r in rows]
     return datasets.Dataset.from_list(rows, features=_features(conversational))

@@ -120,6 +120,7 @@ def score_recognition(answers: Sequence[str], samples: Sequence[Sample], *, perm
         "n": len(samples),
         "f1": round(observed, 6),
         "parsed": round(_mean([p is not None for p in preds]), 6),
+        "accuracy": round(_mean([p == g for p, g in zip(preds, golds)]), 6),
         "per_sample": [round(x, 6) for x in scores],
         "constant": {"answer": list(best_set), "f1": round(best, 6)},
         "permutation": {"n": permutations, "mean": round(_mean(null), 6),

@@ -15,7 +15,7 @@ import torch
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
-__all__ = ["CompletionOnlySFTTrainer", "TimeBudgetCallback", "training_chat_template"]
+__all__ = ["CompletionOnlySFTTrainer", "TimeBudgetCallback", "CurveCallback", "training_chat_template"]
 
 _TURN_OPEN = "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
 _TURN_CLOSE = "{{- '<|im_end|>\\n' -}}"
@@ -97,4 +97,27 @@ class TimeBudgetCallback(TrainerCallback):
                 and time.perf_counter() - self.started >= self.max_time_s:
             control.should_training_stop = True
             self.stopped = True
+        return control
+
+
+class CurveCallback(TrainerCallback):
+    """Every ``every_steps`` optimizer steps (and after the last), call ``score()`` (the model is put back in
+    training mode by it) and hand ``{"step": n, **score()}`` to ``sink``: the held-out learning curve."""
+
+    def __init__(self, every_steps: int, score: Any, sink: Any) -> None:
+        self.every_steps = int(every_steps)
+        self.score = score
+        self.sink = sink
+        self.points: list[dict[str, Any]] = []
+
+    def _point(self, state: Any) -> None:
+        if self.points and self.points[-1]["step"] == state.global_step:
+            return
+        point = {"step": state.global_step, **self.score()}
+        self.points.append(point)
+        self.sink(point)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.every_steps and state.global_step % self.every_steps == 0 and state.is_world_process_zero:
+            self._point(state)
         return control

@@ -13,6 +13,8 @@ Loading the directory afterwards is the same code path as loading a real checkpo
 
 ``mini-qwen3-vl`` is the same recipe at the largest size two CPU cores train in minutes: the starting
 point of the miniature reproduction (``covip train sft --config mini-cpu``), random weights until trained.
+Its processor reads images at 64 x 64 pixels (4 merged tokens each): measured on two cores, a training step
+costs about 1.5x less than at 128 px and the image matching the miniature needs is learned all the same.
 """
 
 from __future__ import annotations

@@ -248,6 +248,13 @@ def test_matching_warmup_rows_show_the_concepts_own_photo_first(world_dir):
     for row in rows[5:]:  # the real samples follow, unchanged
         paths = [im["path"] for im in row["images"]]
         assert paths[-1] not in paths[:-1]
+    # with several queries per row, every query of a warm-up row is a copy, answered with its index
+    chat = build_sft_dataset(samples, world, types=["recognition"], batch_size=4, matching_warmup=5, rationale=False,
+                             queries_per_row=3).to_list()
+    for row in chat[:5]:
+        paths = [im["path"] for im in row["images"]]
+        for photo, answer in zip(paths[3:], row["messages"][1::2]):
+            assert parse_index_set(answer["content"][0]["text"]) == {paths[:3].index(photo)}
 
 
 def test_multi_query_rows_label_every_answer_with_a_photo_of_that_concept(world_dir, tiny_vlm_dir, tmp_path):
@@ -286,6 +293,14 @@ def test_multi_query_rows_label_every_answer_with_a_photo_of_that_concept(world_
                 assert owner[photo] == ids[j]
                 followups += 1
     assert copies and followups  # both kinds were drawn at copy_share 0.5
+    # passes: the same samples again, with their own draws and order
+    twice = build_sft_dataset(samples, world, types=["recognition"], batch_size=4, queries_per_row=3,
+                              copy_share=0.5, rationale=False, pack=pack, passes=2).to_list()
+    assert len(twice) == 2 * len(recognition)
+    first, second = twice[:len(recognition)], twice[len(recognition):]
+    key = lambda r: tuple(im["path"] for im in r["images"][:3])  # noqa: E731 - the row's concept images
+    assert sorted(map(key, first)) == sorted(map(key, second))  # every sample once per pass
+    assert [r["images"] for r in first] != [r["images"] for r in second]  # drawn and ordered anew
     # trl's collator with covip's training template labels exactly the assistant answers
     processor = AutoProcessor.from_pretrained(tiny_vlm_dir)
     template = training_chat_template(processor.chat_template)
@@ -413,7 +428,7 @@ def test_a_multi_query_run_trains_evaluates_and_saves_the_inference_template(tmp
         "data": {"world": str(world_dir), "sample_types": ["recognition"], "queries_per_row": 2, "copy_share": 0.5,
                  "prompt_pack": str(pack), "recognition_rationale": False},
         "trainer": {"max_steps": 2, "per_device_train_batch_size": 2},
-        "eval": {"max_samples": 4, "max_new_tokens": 8, "permutations": 100},
+        "eval": {"max_samples": 4, "max_new_tokens": 8, "permutations": 100, "every_steps": 1, "curve_samples": 2},
         "run": {"output_dir": str(tmp_path / "run"), "use_cpu": True, "progress": False, "logging_steps": 1}})
     result = train_sft(config)
     assert result.global_step == 2 and result.evaluation["sft"]["recognition"]["n"] == 3  # the world holds 3
@@ -422,6 +437,11 @@ def test_a_multi_query_run_trains_evaluates_and_saves_the_inference_template(tmp
     assert "{% generation %}" not in saved.chat_template
     logged = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
     assert any("loss" in m for m in logged)
+    # the learning curve: held-out recognition scored after every step, in the metrics and in eval.json
+    curve = [m for m in logged if "heldout_recognition_f1" in m]
+    assert [m["step"] for m in curve] == [1, 2] and all(m["heldout_n"] == 2 for m in curve)
+    assert json.loads(result.eval_path.read_text())["curve"] == result.evaluation["curve"]
+    assert [p["step"] for p in result.evaluation["curve"]] == [1, 2]
 
 
 def test_time_budget_stops_training():
