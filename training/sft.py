@@ -26,6 +26,7 @@ logits only (``logits_to_keep``): the same loss at a fraction of the cost.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -213,14 +214,21 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
         from covip.training.sft_trainer import CurveCallback
 
         subset = heldout["recognition"][:e.curve_samples]
+        copies = [dataclasses.replace(s, images=[*s.images[:-1], s.images[int(s.answer[0])]])
+                  for s in subset if len(s.answer or ()) == 1]
 
         def score() -> dict[str, Any]:
             answers = generate_answers(model, processor, subset, max_new_tokens=e.max_new_tokens,
                                        batch_size=e.batch_size, progress=False, pack=pack)
             s = score_recognition(answers, subset, permutations=200)
-            return {"heldout_recognition_f1": s["f1"], "heldout_recognition_accuracy": s["accuracy"],
-                    "heldout_null_f1": s["permutation"]["mean"], "heldout_p_value": s["permutation"]["p_value"],
-                    "heldout_n": s["n"]}
+            point = {"heldout_recognition_f1": s["f1"], "heldout_recognition_accuracy": s["accuracy"],
+                     "heldout_null_f1": s["permutation"]["mean"], "heldout_p_value": s["permutation"]["p_value"],
+                     "heldout_n": s["n"]}
+            if copies:  # the same held-out questions with the query replaced by the concept's own memory photo
+                answers = generate_answers(model, processor, copies, max_new_tokens=e.max_new_tokens,
+                                           batch_size=e.batch_size, progress=False, pack=pack)
+                point["heldout_copy_accuracy"] = score_recognition(answers, copies, permutations=100)["accuracy"]
+            return point
 
         curve = CurveCallback(e.every_steps, score, metrics.write)
     trainer = CompletionOnlySFTTrainer(
@@ -237,7 +245,8 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
         processor.chat_template = saved_template  # the saved model keeps its inference template
     train_s = time.perf_counter() - train_start
     model = trainer.accelerator.unwrap_model(trainer.model)
-    model_dir = _save_model(model, processor, out / "model", config, trainer.state.global_step, train_s)
+    model_dir = _save_model(model, processor, out / "model", config, trainer.state.global_step, train_s,
+                            prompt_version=(pack or load_pack(None)).tag())
 
     evaluation = None
     eval_path = None
@@ -273,8 +282,10 @@ def _write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
-def _save_model(model: Any, processor: Any, target: Path, config: SftConfig, step: int, train_s: float) -> Path:
-    """Save model + processor into ``target`` through a temporary sibling renamed into place."""
+def _save_model(model: Any, processor: Any, target: Path, config: SftConfig, step: int, train_s: float, *,
+                prompt_version: str) -> Path:
+    """Save model + processor into ``target`` through a temporary sibling renamed into place; the provenance
+    file names the prompt pack the model was trained with (use it at inference)."""
     from covip.training.data.schema import swap_into_place
 
     model.config.use_cache = True  # training turns the KV cache off; an inference checkpoint wants it
@@ -283,7 +294,8 @@ def _save_model(model: Any, processor: Any, target: Path, config: SftConfig, ste
         model.save_pretrained(str(tmp))
         processor.save_pretrained(str(tmp))
         info = {"base_model": config.model.name_or_path, "config": config.name, "config_source": config.source,
-                "stage": "sft", "global_step": step, "train_s": round(train_s, 2),
+                "stage": "sft", "global_step": step, "train_s": round(train_s, 2), "prompt_version": prompt_version,
+                "prompt_pack": config.data.prompt_pack,
                 "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (tmp / PROVENANCE_FILE).write_text(json.dumps(info, indent=1) + "\n")
         os.chmod(tmp, 0o755)

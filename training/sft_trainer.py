@@ -101,8 +101,8 @@ class TimeBudgetCallback(TrainerCallback):
 
 
 class CurveCallback(TrainerCallback):
-    """Every ``every_steps`` optimizer steps (and after the last), call ``score()`` (the model is put back in
-    training mode by it) and hand ``{"step": n, **score()}`` to ``sink``: the held-out learning curve."""
+    """Every ``every_steps`` optimizer steps call ``score()`` (which puts the model back in training mode) and
+    hand ``{"step": n, **score()}`` to ``sink``: the held-out learning curve during training."""
 
     def __init__(self, every_steps: int, score: Any, sink: Any) -> None:
         self.every_steps = int(every_steps)

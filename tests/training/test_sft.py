@@ -435,6 +435,10 @@ def test_a_multi_query_run_trains_evaluates_and_saves_the_inference_template(tmp
     saved = AutoProcessor.from_pretrained(result.model_dir)
     assert saved.chat_template == AutoProcessor.from_pretrained(tiny_vlm_dir).chat_template  # no training markers
     assert "{% generation %}" not in saved.chat_template
+    from covip.training.sft import PROVENANCE_FILE
+
+    provenance = json.loads((result.model_dir / PROVENANCE_FILE).read_text())
+    assert provenance["prompt_version"].startswith("covip-prompts-1+short:")  # the pack to use at inference
     logged = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
     assert any("loss" in m for m in logged)
     # the learning curve: held-out recognition scored after every step, in the metrics and in eval.json
