@@ -7,8 +7,8 @@
    concepts' samples become prompt/completion rows (:mod:`.sft_data`: prompts from
    :mod:`covip.sdk.prompts`, answers from the world's ground truth); held-out concepts are refused;
 2. model: ``AutoModelForImageTextToText`` + ``AutoProcessor`` (a built-in name such as
-   ``mini-qwen3-vl`` is built first); every weight trains (``trainer.freeze_vision`` keeps a pretrained
-   vision tower fixed); with ``vision_warmup.enabled`` a random vision tower first learns on its own, with
+   ``mini-qwen3-vl`` is built first); every weight trains (``trainer.freeze_vision`` keeps the vision tower
+   fixed during SFT, after any warm-up); with ``vision_warmup.enabled`` a random vision tower first learns on its own, with
    transformers' Trainer, the training photos' look attributes (:mod:`.sft_vision`) or to embed photos as
    the trained ``mini`` embedder does (``objective: distill``, :mod:`.sft_distill`);
 3. trl: ``SFTTrainer`` with ``completion_only_loss`` (the loss is on the answers only), stopped by the
@@ -164,10 +164,6 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
 
     torch.manual_seed(config.run.seed)
     model, processor, _ = load_policy(config)  # reads config.model and config.run.bf16 only
-    if config.trainer.freeze_vision:
-        for name, param in model.named_parameters():
-            if is_vision_module(name, VISION_MODULE_NAMES):
-                param.requires_grad_(False)
     eval_kwargs = dict(max_new_tokens=e.max_new_tokens, caption_max_new_tokens=e.caption_max_new_tokens,
                        batch_size=e.batch_size, permutations=e.permutations, progress=progress, world=world,
                        pack=pack)
@@ -195,6 +191,11 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
             max_time_s=v.max_time_s, num_train_epochs=v.num_train_epochs, learning_rate=v.learning_rate,
             batch_size=v.per_device_train_batch_size, seed=config.run.seed, use_cpu=config.run.use_cpu,
             heldout=held_photos, progress=progress)
+
+    if config.trainer.freeze_vision:  # after the warm-up, which trains the tower it then keeps fixed
+        for name, param in model.named_parameters():
+            if is_vision_module(name, VISION_MODULE_NAMES):
+                param.requires_grad_(False)
 
     from covip.training.sft_trainer import CompletionOnlySFTTrainer, TimeBudgetCallback
 

@@ -123,7 +123,9 @@ class SftTrainerSection:
     max_length: int | None = field(default=None, metadata=_h(
         "Truncate prompt+answer to this many tokens (None = never; image tokens must not be cut)."))
     freeze_vision: bool = field(default=False, metadata=_h(
-        "Keep the vision tower frozen (a pretrained tower); a random-weight tower must train."))
+        "Keep the vision tower frozen during SFT: a pretrained tower, or the one vision_warmup trained first "
+        "(measured: a frozen distilled tower keeps the pose-invariant features new-pose matching needs, "
+        "training/README.md). A random-weight tower without a warm-up must train."))
     extra_args: dict[str, Any] = field(default_factory=dict, metadata=_h(
         "Any other trl SFTConfig / TrainingArguments fields, passed through as given."))
 

@@ -448,6 +448,36 @@ def test_a_multi_query_run_trains_evaluates_and_saves_the_inference_template(tmp
     assert [p["step"] for p in result.evaluation["curve"]] == [1, 2]
 
 
+def test_freeze_vision_keeps_the_tower_the_warm_up_trained(tmp_path, world_dir, tiny_vlm_dir):
+    import torch
+    from transformers import AutoModelForImageTextToText, TrainerCallback
+
+    from covip.training.sft import train_sft
+
+    class Snapshot(TrainerCallback):  # the tower as SFT starts, i.e. after the warm-up
+        tower: dict = {}
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            Snapshot.tower = {k: v.detach().clone() for k, v in model.model.visual.state_dict().items()}
+
+    config = SftConfig.from_dict({
+        "model": {"name_or_path": str(tiny_vlm_dir)},
+        "data": {"world": str(world_dir), "sample_types": ["recognition"], "recognition_rationale": False},
+        "vision_warmup": {"enabled": True, "num_train_epochs": 1, "per_device_train_batch_size": 8},
+        "trainer": {"max_steps": 2, "per_device_train_batch_size": 2, "freeze_vision": True},
+        "eval": {"enabled": False},
+        "run": {"output_dir": str(tmp_path / "run"), "use_cpu": True, "progress": False}})
+    result = train_sft(config, callbacks=[Snapshot()])
+    initial = AutoModelForImageTextToText.from_pretrained(tiny_vlm_dir)
+    trained = AutoModelForImageTextToText.from_pretrained(result.model_dir)
+    start = initial.model.visual.state_dict()
+    saved = trained.model.visual.state_dict()
+    assert any(not torch.equal(Snapshot.tower[k], start[k]) for k in start)  # the warm-up trained the tower
+    assert all(torch.equal(Snapshot.tower[k], saved[k]) for k in saved)  # SFT kept it
+    lm_start, lm_saved = initial.model.language_model.state_dict(), trained.model.language_model.state_dict()
+    assert any(not torch.equal(lm_start[k], lm_saved[k]) for k in lm_saved)  # the language model trained
+
+
 def test_time_budget_stops_training():
     from transformers import TrainerControl, TrainerState
 
