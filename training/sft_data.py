@@ -155,13 +155,19 @@ def check_training_concepts(samples: Sequence[Sample], world: World) -> None:
                                 sample_id=s.id, field="meta.concept_ids")
 
 
-def target_for(sample: Sample, world: World, rng: random.Random, *, rationale: bool = True) -> str:
-    """The ground-truth answer of one sample (see :mod:`covip.training.data.targets`)."""
+def _known_concept_ids(sample: Sample, world: World) -> list[str]:
+    """The sample's context concept ids, each checked to be a concept of ``world``."""
     ids, _ = _concept_ids(sample)
     missing = [c for c in ids if c not in world.concepts]
     if missing:
         raise DataError(f"sample {sample.id!r}: concept {missing[0]!r} is not in the world", sample_id=sample.id,
                         field="meta.concept_ids")
+    return ids
+
+
+def target_for(sample: Sample, world: World, rng: random.Random, *, rationale: bool = True) -> str:
+    """The ground-truth answer of one sample (see :mod:`covip.training.data.targets`)."""
+    ids = _known_concept_ids(sample, world)
     if sample.sample_type == "recognition":
         return recognition_target([world.concepts[c].look for c in ids], list(sample.answer or ()),
                                   rationale=rationale)
@@ -229,14 +235,11 @@ def recognition_chat_row(sample: Sample, world: World, rng: random.Random, *, po
     concept images: the sample's own query, then follow-up turns (:func:`covip.sdk.prompts.
     recognition_followup_messages`), each a photo from ``pool`` of one concept drawn uniformly, every turn
     answered by :func:`recognition_target`. With probability ``copy_share`` a one-concept query is replaced by
-    that concept's own memory photo (identical pixels). Several answers share one pass over the context."""
+    that concept's own memory photo (identical pixels). Several answers share one pass over the context.
+    With one query the row is a prompt/completion row, as :func:`sft_row` makes (completion-only loss)."""
     if sample.sample_type != "recognition":
         raise InputError(f"sample {sample.id!r} is a {sample.sample_type} sample, not recognition")
-    ids, _ = _concept_ids(sample)
-    missing = [c for c in ids if c not in world.concepts]
-    if missing:
-        raise DataError(f"sample {sample.id!r}: concept {missing[0]!r} is not in the world", sample_id=sample.id,
-                        field="meta.concept_ids")
+    ids = _known_concept_ids(sample, world)
     context = list(sample.images[:-1])
     looks = [world.concepts[c].look for c in ids]
     present = [int(i) for i in sample.answer or ()]
@@ -254,6 +257,8 @@ def recognition_chat_row(sample: Sample, world: World, rng: random.Random, *, po
         messages.append(_assistant(recognition_target(looks, [j], rationale=rationale)))
         shown.append(photo)
     chat, images = placeholder_messages(messages)
+    if queries == 1:
+        return {"prompt": chat[:-1], "completion": chat[-1:], "images": [str(p) for p in images]}
     return {"messages": chat, "images": [str(p) for p in images]}
 
 
@@ -348,9 +353,6 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
                 if chat and s.sample_type == "recognition":
                     row = recognition_chat_row(s, world, rng, pool=pool, queries=queries_per_row,
                                                copy_share=copy_share, rationale=rationale, pack=pack)
-                    if queries_per_row == 1:  # one answer: the prompt/completion format keeps completion-only loss
-                        row = {"prompt": row["messages"][:-1], "completion": row["messages"][-1:],
-                               "images": row["images"]}
                 else:
                     row = sft_row(s, world, rng, rationale=rationale, pack=pack)
                 groups.setdefault(s.sample_type, []).append(row)

@@ -293,6 +293,14 @@ def test_multi_query_rows_label_every_answer_with_a_photo_of_that_concept(world_
                 assert owner[photo] == ids[j]
                 followups += 1
     assert copies and followups  # both kinds were drawn at copy_share 0.5
+    # one query per row: prompt/completion rows (completion-only loss), the query a copy at copy_share 1
+    single = build_sft_dataset(samples, world, types=["recognition"], batch_size=4, copy_share=1.0,
+                               rationale=False).to_list()
+    assert set(single[0]) == {"prompt", "completion", "images"}
+    for row in single:
+        paths = [im["path"] for im in row["images"]]
+        if len(parse_index_set(row["completion"][0]["content"][0]["text"])) == 1:
+            assert paths[-1] in paths[:-1]
     # passes: the same samples again, with their own draws and order
     twice = build_sft_dataset(samples, world, types=["recognition"], batch_size=4, queries_per_row=3,
                               copy_share=0.5, rationale=False, pack=pack, passes=2).to_list()
