@@ -26,7 +26,6 @@ logits only (``logits_to_keep``): the same loss at a fraction of the cost.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -211,12 +210,12 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
         processor.chat_template = training_chat_template(saved_template)
     curve = None
     if e.every_steps and heldout.get("recognition"):
+        from covip.training.sft_data import copy_query
         from covip.training.sft_eval import generate_answers, score_recognition
         from covip.training.sft_trainer import CurveCallback
 
         subset = heldout["recognition"][:e.curve_samples]
-        copies = [dataclasses.replace(s, images=[*s.images[:-1], s.images[int(s.answer[0])]])
-                  for s in subset if len(s.answer or ()) == 1]
+        copies = [copy_query(s) for s in subset if len(s.answer or ()) == 1]
 
         def score() -> dict[str, Any]:
             answers = generate_answers(model, processor, subset, max_new_tokens=e.max_new_tokens,

@@ -54,6 +54,7 @@ __all__ = [
     "describe_items",
     "describe_row",
     "matching_rows",
+    "copy_query",
     "query_pool",
     "recognition_chat_row",
     "as_messages_row",
@@ -297,14 +298,19 @@ def order_rows(groups: Mapping[str, Sequence[dict[str, Any]]], *, batch_size: in
     return [*warmup, *(row for batch in batches for row in batch)]
 
 
+def copy_query(sample: Sample) -> Sample:
+    """``sample`` (one present concept) with its query photo replaced by that concept's own memory photo."""
+    import dataclasses
+
+    return dataclasses.replace(sample, images=[*sample.images[:-1], sample.images[int(sample.answer[0])]])
+
+
 def matching_rows(samples: Sequence[Sample], world: World, n: int, rng: random.Random, *,
                   rationale: bool = True, pack: prompts.PromptPack | None = None,
                   queries_per_row: int = 1) -> list[dict[str, Any]]:
     """``n`` recognition rows whose query image is the present concept's own memory photo (identical pixels),
     from the one-concept recognition samples cycled in a seeded order: the matching curriculum. With
     ``queries_per_row`` > 1, conversational rows whose every query is such a copy."""
-    import dataclasses
-
     single = [s for s in samples if s.sample_type == "recognition" and len(s.answer or ()) == 1]
     if n and not single:
         raise InputError("data.matching_warmup needs recognition samples with one present concept")
@@ -316,8 +322,7 @@ def matching_rows(samples: Sequence[Sample], world: World, n: int, rng: random.R
                 rows.append(recognition_chat_row(s, world, rng, pool={}, queries=queries_per_row, copy_share=1.0,
                                                  rationale=rationale, pack=pack))
                 continue
-            copy = dataclasses.replace(s, images=[*s.images[:-1], s.images[int(s.answer[0])]])
-            rows.append(sft_row(copy, world, rng, rationale=rationale, pack=pack))
+            rows.append(sft_row(copy_query(s), world, rng, rationale=rationale, pack=pack))
     return rows
 
 
