@@ -383,7 +383,47 @@ def _cli_latency(data: Mapping[str, Any]) -> list[str]:
         [f"- {n}" for n in data.get("notes") or []]
 
 
-RENDERERS: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {"memory_scale": _memory_scale,
+def _ci(ci: Any) -> str:
+    return f"[{_num(ci[0])}, {_num(ci[1])}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else "-"
+
+
+def _miniature(data: Mapping[str, Any]) -> list[str]:
+    """`covip repro mini`: the three models on held-out concepts, paired differences, targets."""
+    labels = {"random": "random init", "sft": "SFT", "gspo": "SFT+GSPO"}
+    cis = data.get("stages_ci95") or {}
+    rows = [[labels.get(name, name), _num(s.get("acc_pos")), _ci((cis.get(name) or {}).get("acc_pos")),
+             _num(s.get("acc_neg")), _ci((cis.get(name) or {}).get("acc_neg")), _num(s.get("recognition_f1")),
+             _num(s.get("recognition_null_f1"))] for name, s in (data.get("stages") or {}).items()]
+    lines = [f"The miniature CoViP reproduction (`covip repro mini{' --quick' if data.get('mode') == 'quick' else ''}`): "
+             f"per seed ({data.get('seeds')}), SFT then GSPO of the mini Qwen3-VL on one synthetic world; "
+             "every figure is on held-out concepts (never trained on), seed means with 95% intervals (seeds, then "
+             "samples, resampled). Acc+/Acc-: CapEval-QAs with the lexical judge; recognition F1 against its "
+             "permutation null.", ""]
+    lines += _table(["model", "Acc+", "Acc+ 95% CI", "Acc-", "Acc- 95% CI", "recognition F1", "F1 null"], rows)
+    diffs = []
+    for name, block in (("SFT - random", data.get("sft_minus_random")), ("SFT+GSPO - SFT", data.get("gspo_minus_sft"))):
+        for pol, label in (("acc_pos", "Acc+"), ("acc_neg", "Acc-")):
+            d = (block or {}).get(pol) or {}
+            if d:
+                diffs.append([f"{name}, {label}", _num(d.get("mean")), _ci(d.get("ci95"))])
+    if diffs:
+        lines += [""] + _table(["paired difference", "mean", "95% CI"], diffs)
+    cag = data.get("cag_minus_direct") or {}
+    if cag:
+        lines += ["", f"CAG minus direct answering ({labels.get(str(data.get('cag_model')), '?')} model): " +
+                  ", ".join(f"{t.upper()} {_num(v)}" for t, v in cag.items())]
+    ret = data.get("retrieval") or {}
+    if ret:
+        lines += ["", f"Memory retrieval of held-out concepts ({ret.get('embedder')}): recall@1 "
+                      f"{_num(ret.get('recall_at_1'))}, recall@5 {_num(ret.get('recall_at_5'))}."]
+    targets = data.get("targets") or {}
+    if targets:
+        lines += ["", "Targets (full mode): " + "; ".join(f"{k} {_met(t.get('met'))}" for k, t in targets.items())]
+    return lines
+
+
+RENDERERS: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {"miniature": _miniature,
+                                                                   "memory_scale": _memory_scale,
                                                                    "cag_latency": _cag_latency,
                                                                    "mini_embedder": _mini_embedder,
                                                                    "cli_latency": _cli_latency}

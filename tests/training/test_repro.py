@@ -1,0 +1,234 @@
+"""``covip repro mini``: the reproduction's statistics, its recipe, and a whole run on the tiny VLM.
+
+* statistics: paired differences and seed means with the two-level bootstrap, on counts whose answer is known;
+* recipe: the bundled ``mini`` recipe and its quick variant load; bad values (an attacker's sizes, a path as a
+  result name, a recipe outside the bundle) are refused with the key named;
+* end to end: two seeds of SFT then GSPO on a tiny world, the three models evaluated on held-out concepts; the
+  result document agrees with the per-question judgments it was computed from, and RESULTS.md renders it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from covip.sdk.errors import InputError
+from covip.training.repro_config import ReproConfig, load_repro_config
+from covip.training.repro_stats import (
+    accuracy,
+    bootstrap_difference,
+    bootstrap_mean,
+    check_targets,
+    counts_from_judgments,
+)
+
+
+def _counts(rights: list[tuple[int, int]], neg: tuple[int, int] = (1, 1)) -> dict:
+    """Per-sample counts from (positive right, positive questions) pairs; every sample gets one negative."""
+    return {f"s{i}": (r, n, *neg) for i, (r, n) in enumerate(rights)}
+
+
+# ----------------------------------------------------------------------------------------------- statistics
+
+
+def test_counts_from_judgments_tally_each_sample_by_polarity():
+    rows = [{"sample_id": "a", "polarity": "pos", "right": True}, {"sample_id": "a", "polarity": "pos", "right": False},
+            {"sample_id": "a", "polarity": "neg", "right": True}, {"sample_id": "b", "polarity": "neg", "right": False}]
+    counts = counts_from_judgments(rows)
+    assert counts == {"a": (1, 2, 1, 1), "b": (0, 0, 0, 1)}
+    assert accuracy(counts, "pos") == 0.5 and accuracy(counts, "neg") == 0.5
+    assert accuracy({"b": (0, 0, 0, 1)}, "pos") is None  # no positive questions: no Acc+
+
+
+def test_a_change_every_sample_shows_has_a_tight_interval_and_none_has_zero():
+    before = [_counts([(0, 2)] * 30), _counts([(0, 2)] * 30)]
+    after = [_counts([(2, 2)] * 30), _counts([(2, 2)] * 30)]
+    up = bootstrap_difference(before, after, "pos", n_boot=300)
+    assert up["mean"] == 1.0 and up["ci95"] == [1.0, 1.0] and up["per_seed"] == [1.0, 1.0]
+    same = bootstrap_difference(before, before, "pos", n_boot=300)
+    assert same["mean"] == 0.0 and same["ci95"] == [0.0, 0.0]
+    assert bootstrap_difference(before, after, "neg", n_boot=300)["mean"] == 0.0
+
+
+def test_the_interval_carries_seed_noise_and_sample_noise():
+    # seed 0 gains on every sample, seed 1 on none: the mean is in between and the interval spans both
+    before = [_counts([(0, 1)] * 40), _counts([(0, 1)] * 40)]
+    after = [_counts([(1, 1)] * 40), _counts([(0, 1)] * 40)]
+    d = bootstrap_difference(before, after, "pos", n_boot=2000, seed=1)
+    assert d["mean"] == pytest.approx(0.5)
+    assert d["ci95"][0] <= 0.05 and d["ci95"][1] >= 0.95  # resampling seeds reaches both extremes
+    # one seed, half the samples gain: a sampling interval around 0.5 that excludes 0 and 1
+    one = bootstrap_difference([_counts([(0, 1)] * 40)], [_counts([(1, 1)] * 20 + [(0, 1)] * 20)], "pos",
+                               n_boot=2000)
+    assert one["mean"] == pytest.approx(0.5) and 0.2 < one["ci95"][0] < 0.5 < one["ci95"][1] < 0.8
+
+
+def test_differences_pair_the_same_samples_and_refuse_mismatched_runs():
+    with pytest.raises(ValueError, match="one run per seed"):
+        bootstrap_difference([_counts([(0, 1)])], [], "pos")
+    with pytest.raises(ValueError, match="share no held-out sample"):
+        bootstrap_difference([{"x": (0, 1, 0, 1)}], [{"y": (1, 1, 0, 1)}], "pos")
+
+
+def test_the_seed_mean_sits_inside_its_interval():
+    runs = [_counts([(1, 2)] * 20), _counts([(2, 2)] * 10 + [(0, 2)] * 10)]
+    m = bootstrap_mean(runs, "pos", n_boot=1000)
+    assert m["per_seed"] == [0.5, 0.5] and m["mean"] == 0.5
+    assert m["ci95"][0] <= 0.5 <= m["ci95"][1] and m["ci95"][0] > 0.1
+
+
+def test_targets_are_judged_on_the_figures_and_missing_figures_are_not_met():
+    stages = {"random": {"acc_pos": 0.1}, "sft": {"acc_pos": 0.31}}
+    diff = {"acc_pos": {"mean": 0.06, "ci95": [0.01, 0.1]}, "acc_neg": {"mean": -0.02}}
+    t = check_targets(stages, diff, {"lsd": 0.1, "lar": None})
+    assert t["sft_acc_pos_3x_random"]["met"] is True
+    assert t["gspo_acc_pos_plus_0.05"]["met"] is True
+    assert t["gspo_acc_neg_within_0.01"]["met"] is False  # Acc- fell by 0.02
+    assert t["cag_beats_direct_once"]["met"] is True
+    lower = check_targets(stages, {"acc_pos": {"mean": 0.06, "ci95": [-0.01, 0.1]}}, {})
+    assert lower["gspo_acc_pos_plus_0.05"]["met"] is False  # the interval reaches 0
+    assert lower["gspo_acc_neg_within_0.01"]["met"] is None and lower["cag_beats_direct_once"]["met"] is None
+    assert check_targets({"random": {"acc_pos": 0.0}, "sft": {"acc_pos": 0.0}}, {}, {})[
+        "sft_acc_pos_3x_random"]["met"] is False  # 0 >= 3 * 0 is no learning
+
+
+# ----------------------------------------------------------------------------------------------- recipe
+
+
+def test_the_bundled_recipe_and_its_quick_variant():
+    full = load_repro_config("mini")
+    assert full.mode == "full" and full.stages.recipe == "mini-cpu" and len(full.stages.seeds) == 3
+    assert full.run.result_name == "miniature"
+    quick = load_repro_config("mini", quick=True)
+    assert quick.mode == "quick" and quick.stages.sft_quick and len(quick.stages.seeds) == 1
+    assert quick.eval.capeval_samples < full.eval.capeval_samples
+    assert ReproConfig.from_dict(full.to_dict(), source=full.source) == full  # round trip
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("stages.seeds", [0, 0], "must not repeat"),
+    ("stages.seeds", list(range(17)), "1 to 16 seeds"),
+    ("stages.seeds", [10**12], "0..2\\*\\*31"),
+    ("eval.capeval_samples", 10**9, "eval.capeval_samples"),
+    ("eval.downstream_tasks", ["lsd", "rm -rf"], "eval.downstream_tasks"),
+    ("eval.bootstrap", 10**9, "eval.bootstrap"),
+    ("run.result_name", "../../home/x", "run.result_name"),
+    ("run.torch_threads", 10**6, "run.torch_threads"),
+])
+def test_bad_values_are_refused_with_the_key_named(key, value, needle):
+    with pytest.raises(InputError, match=needle):
+        load_repro_config("mini", {key: value})
+
+
+def test_only_bundled_names_or_real_files_are_recipes(tmp_path):
+    with pytest.raises(InputError, match="no repro recipe"):
+        load_repro_config("../repro/mini")  # a bundled name is a name, not a path into the package
+    with pytest.raises(InputError, match="must be a mapping of groups in /etc/passwd"):
+        load_repro_config("/etc/passwd")  # a real file that is no recipe
+    with pytest.raises(InputError, match="unknown repro config key 'stagez'"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("stagez: {}\n")
+        load_repro_config(bad)
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+
+TINY_RECIPE = """
+name: tiny-repro
+sft:
+  model: {{name_or_path: "{model}", dtype: float32, gradient_checkpointing: false}}
+  data:
+    synth: {{n_concepts: 12, n_train: 16, n_test: 12, context_size: 2, max_present: 1, image_size: 64,
+            similarity: attributes, type_mix: [0.5, 0.5, 0.0], n_downstream: 2, seed: 0}}
+    sample_types: [recognition]
+  trainer: {{max_steps: 2, per_device_train_batch_size: 2}}
+  eval: {{enabled: false, max_new_tokens: 8, permutations: 100}}
+  run: {{progress: false, logging_steps: 1}}
+model: {{name_or_path: tiny, dtype: float32, gradient_checkpointing: false}}
+lora: {{enabled: true, r: 8, alpha: 16, dropout: 0.0}}
+judge: {{spec: lexical}}
+gspo: {{num_generations: 2, per_device_train_batch_size: 2, max_steps: 1, max_completion_length: 8,
+        learning_rate: 1.0e-2}}
+run: {{save_steps: 0, progress: false, logging_steps: 1}}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_repro(tmp_path_factory, tiny_vlm_dir):
+    from covip.training.repro import run_repro
+
+    tmp = tmp_path_factory.mktemp("repro")
+    recipe = tmp / "tiny-recipe.yaml"
+    recipe.write_text(TINY_RECIPE.format(model=tiny_vlm_dir))
+    config = ReproConfig.from_dict({
+        "stages": {"recipe": str(recipe), "seeds": [0, 1]},
+        "eval": {"capeval_samples": 3, "recognition_samples": 3, "downstream_samples": 1, "bootstrap": 200,
+                 "embedder": None, "max_new_tokens": 8},
+        "run": {"work_dir": str(tmp / "work"), "torch_threads": 1}})
+    return tmp, run_repro(config, progress=False, results_dir=tmp / "results")
+
+
+def test_a_run_trains_both_stages_per_seed_and_evaluates_three_models(tiny_repro, tiny_vlm_dir):
+    tmp, result = tiny_repro
+    data = json.loads(result.json_path.read_text())
+    assert data["mode"] == "full" and data["seeds"] == [0, 1] and data["wall_s"] > 0
+    assert set(data["stages"]) == {"random", "sft", "gspo"}
+    for stage in data["stages"].values():
+        assert {"acc_pos", "acc_neg", "recognition_f1"} <= set(stage)
+    run0 = data["runs"][0]
+    assert run0["stages"]["random"]["model"] == str(tiny_vlm_dir)
+    assert run0["stages"]["sft"]["model"] == str(tmp / "work" / "seed-0" / "sft" / "model")
+    assert run0["stages"]["gspo"]["model"] == str(tmp / "work" / "seed-0" / "gspo" / "merged")
+    assert run0["sft"]["steps"] == 2 and run0["gspo"]["steps"] == 1
+    assert set(data["cag_minus_direct"]) == {"lsd", "lar", "itr"} and data["cag_model"] == "gspo"
+    assert set(data["targets"]) == {"sft_acc_pos_3x_random", "gspo_acc_pos_plus_0.05", "gspo_acc_neg_within_0.01",
+                                    "cag_beats_direct_once"}
+
+
+def test_the_figures_agree_with_the_judgments_they_come_from(tiny_repro):
+    tmp, result = tiny_repro
+    data = json.loads(result.json_path.read_text())
+    test_ids = {json.loads(line)["id"] for line in (tmp / "work" / "world" / "test.jsonl").read_text().splitlines()}
+    per_seed: dict[str, list[float]] = {"sft": [], "gspo": []}
+    for seed, run in zip(data["seeds"], data["runs"]):
+        for stage in ("sft", "gspo"):
+            path = tmp / "work" / f"seed-{seed}" / "eval" / stage / "capeval" / "judgments.jsonl"
+            rows = [json.loads(line) for line in path.read_text().splitlines()]
+            assert rows and {r["sample_id"] for r in rows} <= test_ids  # held-out samples only
+            pos = [r["right"] for r in rows if r["polarity"] == "pos"]
+            assert run["stages"][stage]["acc_pos"] == pytest.approx(sum(pos) / len(pos))
+            per_seed[stage].append(sum(pos) / len(pos))
+    mean = sum(per_seed["sft"]) / 2
+    assert data["stages"]["sft"]["acc_pos"] == pytest.approx(mean)
+    diff = data["gspo_minus_sft"]["acc_pos"]
+    expected = [g - s for g, s in zip(per_seed["gspo"], per_seed["sft"])]
+    assert diff["per_seed"] == pytest.approx(expected)
+    assert diff["ci95"][0] <= diff["mean"] + 1e-9 and diff["mean"] - 1e-9 <= diff["ci95"][1]
+
+
+def test_the_result_renders_into_results_md_and_a_png(tiny_repro):
+    from PIL import Image
+
+    from covip.sdk.bench import render_results_md
+
+    tmp, result = tiny_repro
+    with Image.open(result.png_path) as im:
+        assert im.format == "PNG" and im.size[0] > 600
+    text = render_results_md(result.json_path.parent, tmp / "RESULTS.md")
+    assert "## miniature" in text and "| SFT+GSPO |" in text and "SFT+GSPO - SFT, Acc+" in text
+    assert "Targets (full mode)" in text and "(cannot tabulate" not in text
+
+
+def test_the_cli_prints_the_recipe_and_refuses_bad_seeds(tmp_path):
+    from click.testing import CliRunner
+
+    from covip.sdk.cli.main import cli
+
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["repro", "mini", "--quick", "--seeds", "3,4", "--work-dir", str(tmp_path),
+                                "--print-config"])
+    assert shown.exit_code == 0, shown.output
+    assert "- 3\n  - 4" in shown.output and str(tmp_path) in shown.output and "sft_quick: true" in shown.output
+    bad = runner.invoke(cli, ["repro", "mini", "--seeds", "zero"])
+    assert bad.exit_code == 2 and "--seeds takes comma-separated integers" in bad.output

@@ -1,0 +1,269 @@
+"""``covip repro mini``: the miniature CoViP reproduction, end to end on one machine.
+
+For each seed, on one synthetic world whose test concepts never appear in training: Stage 1, supervised warm
+start (``covip train sft``); Stage 2, GSPO from the SFT checkpoint (``covip train gspo``); then the same
+held-out evaluation of the three models - the random initialization, after SFT, after SFT+GSPO: CapEval-QAs
+Acc+ / Acc- (lexical judge, valid for the world's templated questions), recognition set-F1 with its
+permutation null, and for the final model the downstream tasks LSD / LAR / ITR with and without CAG (CoViP,
+"Caption-Augmented Generation"). The mini embedder's held-out retrieval recall@1/@5 is measured as well.
+Seed means and 95% intervals come from :mod:`.repro_stats`; the result JSON (``miniature.json``) and a PNG go
+to ``benchmarks/results`` of the checkout, where ``covip bench --report-only`` renders them into RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from covip.sdk.errors import InputError
+from covip.training.repro_config import ReproConfig, load_repro_config
+from covip.training.repro_stats import (
+    SampleCounts,
+    accuracy,
+    bootstrap_difference,
+    bootstrap_mean,
+    check_targets,
+    counts_from_judgments,
+)
+
+__all__ = ["ReproResult", "run_repro", "default_results_dir", "STAGES"]
+
+log = logging.getLogger(__name__)
+
+STAGES = ("random", "sft", "gspo")
+"""The three models every seed evaluates: the random initialization, after SFT, after SFT+GSPO."""
+
+
+@dataclass
+class ReproResult:
+    """What :func:`run_repro` wrote."""
+
+    json_path: Path
+    png_path: Path
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def default_results_dir(work_dir: Path) -> Path:
+    """``benchmarks/results`` of the covip checkout this code runs from, else ``<work_dir>/results``."""
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    return bench / "results" if bench.is_dir() else work_dir / "results"
+
+
+def _sft_config(config: ReproConfig, work: Path, seed: int) -> Any:
+    from covip.training.sft_config import load_sft_config
+
+    s, r = config.stages, config.run
+    overrides = {**s.sft_overrides, "data.world": str(work / "world"), "run.output_dir": str(work / f"seed-{seed}" / "sft"),
+                 "run.seed": seed, "run.use_cpu": r.use_cpu}
+    if r.torch_threads:
+        overrides["run.torch_threads"] = r.torch_threads
+    return load_sft_config(s.recipe, overrides, quick=s.sft_quick)
+
+
+def _gspo_config(config: ReproConfig, work: Path, seed: int, sft_model: Path) -> Any:
+    from covip.training.gspo_config import load_config
+
+    s, r = config.stages, config.run
+    overrides = {**s.gspo_overrides, "model.name_or_path": str(sft_model),
+                 "data.train": str(work / "world" / "train.jsonl"),
+                 "run.output_dir": str(work / f"seed-{seed}" / "gspo"), "run.seed": seed, "run.use_cpu": r.use_cpu}
+    if r.torch_threads:
+        overrides["run.torch_threads"] = r.torch_threads
+    return load_config(s.recipe, overrides)
+
+
+def _recognition(sft_config: Any, model_dir: Path, root: Path, n: int | None, pack: Any) -> dict[str, Any]:
+    """Held-out recognition set-F1 of one model, with the permutation null (as `covip train sft` scores it)."""
+    from covip.training.gspo import load_policy
+    from covip.training.sft_data import load_heldout_samples, load_world
+    from covip.training.sft_eval import evaluate_heldout
+
+    world = load_world(root)
+    heldout = load_heldout_samples(root, ["recognition"], n, world)
+    model, processor, _ = load_policy(sft_config.with_overrides({"model.name_or_path": str(model_dir)}))
+    model.eval()
+    e = sft_config.eval  # the same answer budget, batch and null as `covip train sft` scores with
+    report = evaluate_heldout(model, processor, heldout, pack=pack, world=world, progress=False,
+                              max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
+                              permutations=e.permutations)["recognition"]
+    del model
+    return report
+
+
+def _capeval(model_dir: Path, root: Path, out: Path, config: ReproConfig, pack: Any) -> SampleCounts:
+    from covip.training.eval.capeval import run_capeval
+
+    run_capeval(root / "test.jsonl", out=out, judge="lexical", model=str(model_dir), limit=config.eval.capeval_samples,
+                max_new_tokens=config.eval.max_new_tokens, progress=False, prompt_pack=pack,
+                engine_options={"device": "cpu"} if config.run.use_cpu else None)
+    lines = (out / "judgments.jsonl").read_text(encoding="utf-8").splitlines()
+    return counts_from_judgments([json.loads(line) for line in lines if line.strip()])
+
+
+def _downstream(model_dir: Path, root: Path, out: Path, config: ReproConfig, pack: Any, seed: int) -> dict[str, Any]:
+    from covip.training.eval.downstream import run_downstream
+
+    scores: dict[str, Any] = {}
+    for task in config.eval.downstream_tasks:
+        data = root / f"downstream_{task}.jsonl"
+        if not data.is_file():
+            raise InputError(f"{data} is missing: the world has no downstream samples; set data.synth.n_downstream "
+                             "in the SFT overrides, or eval.downstream_tasks: []")
+        res = run_downstream(task, data, out=out / task, model=str(model_dir), judge="lexical" if task == "lar" else None,
+                             modes=("cag", "no_cag"), limit=config.eval.downstream_samples, seed=seed, progress=False,
+                             caption_tokens=config.eval.max_new_tokens,
+                             prompt_pack=pack, engine_options={"device": "cpu"} if config.run.use_cpu else None)
+        scores[task] = {mode: res.scores[mode]["score"] for mode in ("cag", "no_cag")}
+        scores[task]["n"] = res.scores["cag"]["n"]
+    return scores
+
+
+def _retrieval(config: ReproConfig) -> dict[str, Any] | None:
+    if not config.eval.embedder:
+        return None
+    from covip.training.embedder_config import load_embedder_config
+    from covip.training.embedder_train import build_mini_embedder
+
+    build = build_mini_embedder(load_embedder_config(config.eval.embedder, quick=config.eval.embedder_quick),
+                                progress=False)
+    r = build.record.get("retrieval") or {}
+    return {"recall_at_1": r.get("recall_at_1"), "recall_at_5": r.get("recall_at_5"),
+            "embedder": config.eval.embedder + (" (quick)" if config.eval.embedder_quick else ""),
+            "n_concepts": (r.get("world") or {}).get("n_concepts"), "reused_build": build.reused}
+
+
+def _mean(values: list[Any]) -> float | None:
+    vals = [v for v in values if isinstance(v, (int, float))]
+    return sum(vals) / len(vals) if len(vals) == len(values) and vals else None
+
+
+def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progress: bool | None = None,
+              results_dir: str | Path | None = None) -> ReproResult:
+    """Run the whole reproduction (see the module doc) and write ``<results>/<name>.json`` and ``.png``."""
+    import torch
+
+    from covip.sdk.progress import progress_bar
+    from covip.training.gspo import _resolve_source, torch_threads
+    from covip.training.sft import pack_path, train_sft
+
+    if not isinstance(config, ReproConfig):
+        config = load_repro_config(config, quick=quick)
+    elif quick and config.mode != "quick":
+        config = config.quick_variant()
+    started = time.perf_counter()
+    work = Path(config.run.work_dir).expanduser().resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    if results_dir is not None:
+        out_dir = Path(results_dir).expanduser()
+    elif config.run.results_dir:
+        out_dir = Path(config.run.results_dir).expanduser()
+    else:  # a quick run never replaces the full run's figures (as `covip bench --quick`)
+        out_dir = default_results_dir(work) / ("quick" if config.mode == "quick" else "")
+    s, e = config.stages, config.eval
+    stages = STAGES if s.gspo else STAGES[:2]
+    per_seed_steps = 1 + s.gspo + len(stages) + bool(e.downstream_tasks)
+    bar = progress_bar(total=len(s.seeds) * per_seed_steps + bool(e.embedder), desc="covip repro mini", unit="step",
+                       enabled=progress)
+    runs: list[dict[str, Any]] = []
+    counts: dict[str, list[SampleCounts]] = {st: [] for st in stages}
+    with torch_threads(torch, config.run.torch_threads), bar:
+        retrieval = _retrieval(config)
+        if e.embedder:
+            bar.update(1)
+        for seed in s.seeds:
+            seed_dir = work / f"seed-{seed}"
+            sft_config = _sft_config(config, work, seed)
+            log.info("seed %d: SFT into %s", seed, sft_config.run.output_dir)
+            sft = train_sft(sft_config)
+            bar.update(1)
+            root = work / "world"
+            pack = pack_path(sft_config.data.prompt_pack, sft_config.source) if sft_config.data.prompt_pack else None
+            models = {"random": _resolve_source(sft_config.model.name_or_path)[1] or
+                      Path(sft_config.model.name_or_path), "sft": sft.model_dir}
+            run: dict[str, Any] = {"seed": seed, "sft": {"steps": sft.global_step, "train_s": sft.train_s,
+                                                          "stopped_by_time": sft.stopped_by_time,
+                                                          "curve": (sft.evaluation or {}).get("curve", [])}}
+            if s.gspo:
+                g = train_gspo_stage(_gspo_config(config, work, seed, sft.model_dir))
+                models["gspo"] = g["merged_dir"]
+                run["gspo"] = {k: v for k, v in g.items() if k != "merged_dir"}
+                bar.update(1)
+            run["stages"] = {}
+            for stage in stages:
+                out = seed_dir / "eval" / stage
+                c = _capeval(Path(models[stage]), root, out / "capeval", config, pack)
+                rec = _recognition(sft_config, Path(models[stage]), root, e.recognition_samples, pack)
+                counts[stage].append(c)
+                run["stages"][stage] = {"acc_pos": accuracy(c, "pos"), "acc_neg": accuracy(c, "neg"),
+                                        "recognition_f1": rec["f1"], "recognition_accuracy": rec.get("accuracy"),
+                                        "recognition_null_f1": rec["permutation"]["mean"],
+                                        "recognition_p_value": rec["permutation"]["p_value"],
+                                        "recognition_constant_f1": rec["constant"]["f1"], "recognition_n": rec["n"],
+                                        "capeval_samples": len(c), "model": str(models[stage])}
+                bar.update(1)
+            if e.downstream_tasks:
+                final = stages[-1]
+                run["downstream"] = {"model": final, **_downstream(Path(models[final]), root, seed_dir / "eval" /
+                                                                   "downstream", config, pack, seed)}
+                bar.update(1)
+            runs.append(run)
+    data = summarize(config, runs, counts, retrieval, wall_s=time.perf_counter() - started)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = out_dir / f"{config.run.result_name}.json", out_dir / f"{config.run.result_name}.png"
+    from covip.training.repro_report import plot_repro, write_result
+
+    write_result(json_path, data)
+    plot_repro(data, png_path)
+    return ReproResult(json_path, png_path, data)
+
+
+def train_gspo_stage(gspo_config: Any) -> dict[str, Any]:
+    """Stage 2 from the SFT checkpoint; the merged model and the reward figures the write-up needs."""
+    from covip.training.gspo import train_gspo
+
+    result = train_gspo(gspo_config)
+    if result.merged_dir is None:
+        raise InputError("the GSPO stage wrote no merged model (run.save_merged must stay on for the reproduction)")
+    history = result.reward_history
+    return {"merged_dir": result.merged_dir, "steps": result.global_step, "runtime_s": result.runtime_s,
+            "reward_first": history[0] if history else None, "reward_last": history[-1] if history else None,
+            "reward_history": history}
+
+
+def summarize(config: ReproConfig, runs: list[dict[str, Any]], counts: dict[str, list[SampleCounts]],
+              retrieval: dict[str, Any] | None, *, wall_s: float) -> dict[str, Any]:
+    """The result document: seed means per stage, paired differences with intervals, targets, per-seed runs."""
+    from covip.training.repro_report import run_meta
+
+    n_boot = config.eval.bootstrap
+    stages: dict[str, dict[str, Any]] = {}
+    intervals: dict[str, dict[str, Any]] = {}
+    for stage, runs_counts in counts.items():
+        stages[stage] = {key: _mean([r["stages"][stage][key] for r in runs])
+                         for key in ("acc_pos", "acc_neg", "recognition_f1", "recognition_null_f1")}
+        intervals[stage] = {pol: bootstrap_mean(runs_counts, pol.split("_")[1], n_boot=n_boot)["ci95"]
+                            for pol in ("acc_pos", "acc_neg")}
+    diff: dict[str, Any] = {}
+    if "gspo" in counts:
+        diff = {pol: bootstrap_difference(counts["sft"], counts["gspo"], pol.split("_")[1], n_boot=n_boot)
+                for pol in ("acc_pos", "acc_neg")}
+    sft_diff = {pol: bootstrap_difference(counts["random"], counts["sft"], pol.split("_")[1], n_boot=n_boot)
+                for pol in ("acc_pos", "acc_neg")}
+    cag: dict[str, float | None] = {}
+    for task in config.eval.downstream_tasks:
+        cag[task] = _mean([r["downstream"][task]["cag"] - r["downstream"][task]["no_cag"] for r in runs])
+    data = {
+        "kind": "covip-repro-mini", "mode": config.mode, "recipe": config.name, "training_recipe": config.stages.recipe,
+        "seeds": list(config.stages.seeds), "stages": stages, "stages_ci95": intervals,
+        "sft_minus_random": sft_diff, "gspo_minus_sft": diff, "cag_minus_direct": cag,
+        "cag_model": (runs[0].get("downstream") or {}).get("model") if runs else None,
+        "retrieval": retrieval, "wall_s": wall_s,
+        "targets": check_targets(stages, diff, cag),
+        "runs": runs, "config": config.to_dict(),
+        "meta": run_meta(quick=config.mode == "quick", elapsed_s=wall_s),
+    }
+    return data
