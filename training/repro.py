@@ -64,6 +64,26 @@ def _sft_config(config: ReproConfig, work: Path, seed: int) -> Any:
     return load_sft_config(s.recipe, overrides, quick=s.sft_quick)
 
 
+def _shared_warmup(sft_config: Any, work: Path) -> Path | None:
+    """The vision warm-up once for every seed (the first seed's), reused while the recipe's warm-up is the same."""
+    if not sft_config.vision_warmup.enabled:
+        return None
+    from covip.training.sft import warm_start_vision
+
+    target = work / "vision-warmup"
+    key = json.dumps({"model": sft_config.model.name_or_path, "warmup": sft_config.to_dict()["vision_warmup"],
+                      "seed": sft_config.run.seed}, sort_keys=True)
+    key_file = work / "vision-warmup.key.json"
+    if target.is_dir() and key_file.is_file() and key_file.read_text(encoding="utf-8") == key:
+        log.info("reusing the vision warm-up in %s", target)
+        return target
+    warm_start_vision(sft_config, target)
+    from covip.training.data.schema import atomic_write_text
+
+    atomic_write_text(key_file, key)
+    return target
+
+
 def _gspo_config(config: ReproConfig, work: Path, seed: int, sft_model: Path) -> Any:
     from covip.training.gspo_config import load_config
 
@@ -170,6 +190,7 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
                        enabled=progress)
     runs: list[dict[str, Any]] = []
     counts: dict[str, list[SampleCounts]] = {st: [] for st in stages}
+    warm: Path | bool | None = None
     with torch_threads(torch, config.run.torch_threads), bar:
         retrieval = _retrieval(config)
         if e.embedder:
@@ -177,13 +198,18 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
         for seed in s.seeds:
             seed_dir = work / f"seed-{seed}"
             sft_config = _sft_config(config, work, seed)
+            random_dir = _resolve_source(sft_config.model.name_or_path)[1] or Path(sft_config.model.name_or_path)
+            if warm is None:
+                warm = _shared_warmup(sft_config, work) or False
+            if warm:  # every seed's SFT starts from the one warmed-up tower
+                sft_config = sft_config.with_overrides({"model.name_or_path": str(warm),
+                                                        "vision_warmup.enabled": False})
             log.info("seed %d: SFT into %s", seed, sft_config.run.output_dir)
             sft = train_sft(sft_config)
             bar.update(1)
             root = work / "world"
             pack = pack_path(sft_config.data.prompt_pack, sft_config.source) if sft_config.data.prompt_pack else None
-            models = {"random": _resolve_source(sft_config.model.name_or_path)[1] or
-                      Path(sft_config.model.name_or_path), "sft": sft.model_dir}
+            models = {"random": random_dir, "sft": sft.model_dir}
             run: dict[str, Any] = {"seed": seed, "sft": {"steps": sft.global_step, "train_s": sft.train_s,
                                                           "stopped_by_time": sft.stopped_by_time,
                                                           "curve": (sft.evaluation or {}).get("curve", [])}}

@@ -40,7 +40,7 @@ from typing import Any
 from covip.sdk.support import require
 from covip.training.sft_config import SftConfig, load_sft_config
 
-__all__ = ["SftResult", "train_sft", "sft_args", "PROVENANCE_FILE"]
+__all__ = ["SftResult", "train_sft", "warm_start_vision", "sft_args", "PROVENANCE_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -169,27 +169,7 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
     before = evaluate_heldout(model, processor, heldout, label="init", **eval_kwargs) \
         if heldout and e.initial else None
 
-    vision_report = None
-    v = config.vision_warmup
-    if v.enabled and v.objective == "distill":
-        from covip.sdk.vision import make_embedder
-        from covip.training.sft_distill import distill_vision
-
-        with make_embedder(v.teacher, device="cpu" if config.run.use_cpu else "auto") as teacher:
-            vision_report = distill_vision(
-                model, processor, teacher, output_dir=str(out / "vision_warmup"), max_time_s=v.max_time_s,
-                max_steps=v.max_steps, learning_rate=v.learning_rate, batch_size=v.per_device_train_batch_size,
-                image_size=v.image_size, seed=config.run.seed, use_cpu=config.run.use_cpu, progress=progress)
-    elif v.enabled:
-        from covip.training.sft_data import describe_items
-        from covip.training.sft_vision import warm_up_vision
-
-        held_photos = describe_items([s for group in heldout.values() for s in group], world) if heldout else []
-        vision_report = warm_up_vision(
-            model, processor, describe_items(samples, world), output_dir=str(out / "vision_warmup"),
-            max_time_s=v.max_time_s, num_train_epochs=v.num_train_epochs, learning_rate=v.learning_rate,
-            batch_size=v.per_device_train_batch_size, seed=config.run.seed, use_cpu=config.run.use_cpu,
-            heldout=held_photos, progress=progress)
+    vision_report = _vision_warmup(config, model, processor, out, samples, world, heldout)
 
     if config.trainer.freeze_vision:  # after the warm-up, which trains the tower it then keeps fixed
         for name, param in model.named_parameters():
@@ -266,6 +246,61 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
     return result
 
 
+def _vision_warmup(config: SftConfig, model: Any, processor: Any, out: Path, samples: Sequence[Any], world: Any,
+                   heldout: dict[str, Any]) -> dict[str, Any] | None:
+    """The vision warm-up of ``config`` (distillation or look attributes) on ``model`` in place; its report."""
+    v = config.vision_warmup
+    if not v.enabled:
+        return None
+    if v.objective == "distill":
+        from covip.sdk.vision import make_embedder
+        from covip.training.sft_distill import distill_vision
+
+        with make_embedder(v.teacher, device="cpu" if config.run.use_cpu else "auto") as teacher:
+            return distill_vision(
+                model, processor, teacher, output_dir=str(out / "vision_warmup"), max_time_s=v.max_time_s,
+                max_steps=v.max_steps, learning_rate=v.learning_rate, batch_size=v.per_device_train_batch_size,
+                image_size=v.image_size, seed=config.run.seed, use_cpu=config.run.use_cpu,
+                progress=config.run.progress)
+    from covip.training.sft_data import describe_items
+    from covip.training.sft_vision import warm_up_vision
+
+    held_photos = describe_items([s for group in heldout.values() for s in group], world) if heldout else []
+    return warm_up_vision(
+        model, processor, describe_items(samples, world), output_dir=str(out / "vision_warmup"),
+        max_time_s=v.max_time_s, num_train_epochs=v.num_train_epochs, learning_rate=v.learning_rate,
+        batch_size=v.per_device_train_batch_size, seed=config.run.seed, use_cpu=config.run.use_cpu,
+        heldout=held_photos, progress=config.run.progress)
+
+
+def warm_start_vision(config: SftConfig, target: str | Path) -> tuple[Path, dict[str, Any]]:
+    """Run only the vision warm-up of ``config`` and save the warmed model (with its processor) at ``target``.
+
+    Several SFT runs (the seeds of ``covip repro mini``) then start from one warm-up (``model.name_or_path``
+    = ``target``, ``vision_warmup.enabled: false``) instead of repeating minutes of it each.
+    """
+    import torch
+
+    from covip.sdk.errors import InputError
+    from covip.training.gspo import load_policy
+    from covip.training.sft_data import ensure_world, load_sft_samples, load_world
+
+    if not config.vision_warmup.enabled:
+        raise InputError("warm_start_vision needs vision_warmup.enabled: true in the SFT config")
+    target = Path(target).expanduser().resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    out = target.parent / f"{target.name}-run"
+    out.mkdir(parents=True, exist_ok=True)
+    root = ensure_world(config.data, out, progress=config.run.progress)
+    world = load_world(root)
+    torch.manual_seed(config.run.seed)
+    model, processor, _ = load_policy(config)
+    report = _vision_warmup(config, model, processor, out, load_sft_samples(config.data, root), world, {}) or {}
+    _save_model(model, processor, target, config, 0, 0.0, prompt_version="", stage="vision_warmup")
+    _write_json(out / "vision_warmup.json", report)
+    return target, report
+
+
 def pack_path(value: str, source: str | None) -> Path:
     """``data.prompt_pack`` as a file: an existing path, else relative to the config file's folder (the
     bundled recipes name their packs under ``configs/packs``)."""
@@ -283,7 +318,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _save_model(model: Any, processor: Any, target: Path, config: SftConfig, step: int, train_s: float, *,
-                prompt_version: str) -> Path:
+                prompt_version: str, stage: str = "sft") -> Path:
     """Save model + processor into ``target`` through a temporary sibling renamed into place; the provenance
     file names the prompt pack the model was trained with (use it at inference)."""
     from covip.training.data.schema import swap_into_place
@@ -294,7 +329,7 @@ def _save_model(model: Any, processor: Any, target: Path, config: SftConfig, ste
         model.save_pretrained(str(tmp))
         processor.save_pretrained(str(tmp))
         info = {"base_model": config.model.name_or_path, "config": config.name, "config_source": config.source,
-                "stage": "sft", "global_step": step, "train_s": round(train_s, 2), "prompt_version": prompt_version,
+                "stage": stage, "global_step": step, "train_s": round(train_s, 2), "prompt_version": prompt_version,
                 "prompt_pack": config.data.prompt_pack,
                 "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (tmp / PROVENANCE_FILE).write_text(json.dumps(info, indent=1) + "\n")

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -142,6 +143,8 @@ sft:
     synth: {{n_concepts: 12, n_train: 16, n_test: 12, context_size: 2, max_present: 1, image_size: 64,
             similarity: attributes, type_mix: [0.5, 0.5, 0.0], n_downstream: 2, seed: 0}}
     sample_types: [recognition]
+  vision_warmup: {{enabled: true, objective: attributes, max_time_s: 3, num_train_epochs: 1,
+                  per_device_train_batch_size: 8}}
   trainer: {{max_steps: 2, per_device_train_batch_size: 2}}
   eval: {{enabled: false, max_new_tokens: 8, permutations: 100}}
   run: {{progress: false, logging_steps: 1}}
@@ -181,6 +184,16 @@ def test_a_run_trains_both_stages_per_seed_and_evaluates_three_models(tiny_repro
     assert run0["stages"]["sft"]["model"] == str(tmp / "work" / "seed-0" / "sft" / "model")
     assert run0["stages"]["gspo"]["model"] == str(tmp / "work" / "seed-0" / "gspo" / "merged")
     assert run0["sft"]["steps"] == 2 and run0["gspo"]["steps"] == 1
+    # the vision warm-up ran once, and both seeds' SFT started from it (the random stage did not)
+    warm = tmp / "work" / "vision-warmup"
+    for seed in (0, 1):
+        sft_yaml = (tmp / "work" / f"seed-{seed}" / "sft" / "config.yaml").read_text()
+        assert f"name_or_path: {warm}" in sft_yaml and not (tmp / "work" / f"seed-{seed}" / "sft" / "vision_warmup").exists()
+    from safetensors.torch import load_file
+
+    tower = {k: v for k, v in load_file(warm / "model.safetensors").items() if "visual" in k}
+    before = load_file(Path(tiny_vlm_dir) / "model.safetensors")
+    assert tower and any(not (v == before[k]).all() for k, v in tower.items())  # the warm-up trained the tower
     assert set(data["cag_minus_direct"]) == {"lsd", "lar", "itr"} and data["cag_model"] == "gspo"
     assert set(data["targets"]) == {"sft_acc_pos_3x_random", "gspo_acc_pos_plus_0.05", "gspo_acc_neg_within_0.01",
                                     "cag_beats_direct_once"}
