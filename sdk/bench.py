@@ -416,6 +416,13 @@ def _miniature(data: Mapping[str, Any]) -> list[str]:
     if ret:
         lines += ["", f"Memory retrieval of held-out concepts ({ret.get('embedder')}): recall@1 "
                       f"{_num(ret.get('recall_at_1'))}, recall@5 {_num(ret.get('recall_at_5'))}."]
+    lap = data.get("laptop_path") or {}
+    if lap:
+        rec = lap.get("llamacpp_recognition") or {}
+        lines += ["", f"Laptop path (first seed's final model): GGUF parity {_met((lap.get('gguf') or {}).get('parity_ok'))}"
+                      f", ONNX parity {_met((lap.get('onnx') or {}).get('parity_ok'))}; llama.cpp ({rec.get('quant')}) "
+                      f"held-out recognition F1 {_num(rec.get('f1'))} on {rec.get('n')} samples, same answer as "
+                      f"transformers on {_num(rec.get('agreement_with_transformers'))} of them."]
     targets = data.get("targets") or {}
     if targets:
         lines += ["", "Targets (full mode): " + "; ".join(f"{k} {_met(t.get('met'))}" for k, t in targets.items())]

@@ -96,22 +96,53 @@ def _gspo_config(config: ReproConfig, work: Path, seed: int, sft_model: Path) ->
     return load_config(s.recipe, overrides)
 
 
-def _recognition(sft_config: Any, model_dir: Path, root: Path, n: int | None, pack: Any) -> dict[str, Any]:
-    """Held-out recognition set-F1 of one model, with the permutation null (as `covip train sft` scores it)."""
+def _recognition(sft_config: Any, model_dir: Path, root: Path, n: int | None,
+                 pack: Any) -> tuple[dict[str, Any], list[str], list[Any]]:
+    """Held-out recognition set-F1 of one model, with the permutation null (the samples, answer budget, batch
+    and scorer of `covip train sft`); also the answers and the samples they answer."""
     from covip.training.gspo import load_policy
     from covip.training.sft_data import load_heldout_samples, load_world
-    from covip.training.sft_eval import evaluate_heldout
+    from covip.training.sft_eval import generate_answers, score_recognition
 
     world = load_world(root)
-    heldout = load_heldout_samples(root, ["recognition"], n, world)
+    samples = load_heldout_samples(root, ["recognition"], n, world)["recognition"]
     model, processor, _ = load_policy(sft_config.with_overrides({"model.name_or_path": str(model_dir)}))
-    model.eval()
-    e = sft_config.eval  # the same answer budget, batch and null as `covip train sft` scores with
-    report = evaluate_heldout(model, processor, heldout, pack=pack, world=world, progress=False,
-                              max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
-                              permutations=e.permutations)["recognition"]
+    e = sft_config.eval
+    answers = generate_answers(model, processor, samples, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
+                               progress=False, pack=pack)
     del model
-    return report
+    return score_recognition(answers, samples, permutations=e.permutations), answers, samples
+
+
+def _laptop_path(model_dir: Path, out: Path, config: ReproConfig, sft_config: Any, pack: Any,
+                 hf_answers: list[str], samples: list[Any]) -> dict[str, Any]:
+    """The trained model through the laptop path: GGUF (f32 + q8_0) and ONNX exports with their parity checks,
+    then held-out recognition answered by llama.cpp (q8_0) next to the transformers answers."""
+    from covip.export.gguf import export_gguf
+    from covip.export.onnx import export_onnx
+    from covip.sdk.engines.base import GenerationConfig
+    from covip.sdk.engines.factory import make_engine
+    from covip.training.gspo_data import sample_messages
+    from covip.training.rewards import parse_index_set
+    from covip.training.sft_eval import score_recognition
+
+    gguf = export_gguf(model_dir, out / "gguf", quants=("f32", "q8_0"), overwrite=True, progress=False)
+    onnx = export_onnx(model_dir, out / "onnx", overwrite=True, progress=False)
+    k = min(len(samples), config.eval.laptop_samples)
+    answers: list[str] = []
+    engine = make_engine(str(out / "gguf"), quant="q8_0")
+    try:
+        gen = GenerationConfig(max_new_tokens=sft_config.eval.max_new_tokens, temperature=0.0)
+        for sample in samples[:k]:
+            answers.append(engine.generate(sample_messages(sample, pack=pack), gen).text)
+    finally:
+        engine.close()
+    scored = score_recognition(answers, samples[:k], permutations=200)
+    agree = sum(parse_index_set(a) == parse_index_set(b) for a, b in zip(answers, hf_answers)) / max(1, k)
+    return {"gguf": {"dir": str(out / "gguf"), "parity_ok": gguf.verify.parity_ok, "passed": gguf.verify.passed},
+            "onnx": {"dir": str(out / "onnx"), "parity_ok": onnx.verify.parity_ok, "passed": onnx.verify.passed},
+            "llamacpp_recognition": {"quant": "q8_0", "n": k, "f1": scored["f1"], "accuracy": scored["accuracy"],
+                                     "agreement_with_transformers": agree}}
 
 
 def _capeval(model_dir: Path, root: Path, out: Path, config: ReproConfig, pack: Any) -> SampleCounts:
@@ -186,8 +217,9 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
     s, e = config.stages, config.eval
     stages = STAGES if s.gspo else STAGES[:2]
     per_seed_steps = 1 + s.gspo + len(stages) + bool(e.downstream_tasks)
-    bar = progress_bar(total=len(s.seeds) * per_seed_steps + bool(e.embedder), desc="covip repro mini", unit="step",
-                       enabled=progress)
+    bar = progress_bar(total=len(s.seeds) * per_seed_steps + bool(e.embedder) + e.laptop_path,
+                       desc="covip repro mini", unit="step", enabled=progress)
+    laptop: dict[str, Any] | None = None
     runs: list[dict[str, Any]] = []
     counts: dict[str, list[SampleCounts]] = {st: [] for st in stages}
     warm: Path | bool | None = None
@@ -222,7 +254,8 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
             for stage in stages:
                 out = seed_dir / "eval" / stage
                 c = _capeval(Path(models[stage]), root, out / "capeval", config, pack)
-                rec = _recognition(sft_config, Path(models[stage]), root, e.recognition_samples, pack)
+                rec, answers, rec_samples = _recognition(sft_config, Path(models[stage]), root,
+                                                         e.recognition_samples, pack)
                 counts[stage].append(c)
                 run["stages"][stage] = {"acc_pos": accuracy(c, "pos"), "acc_neg": accuracy(c, "neg"),
                                         "recognition_f1": rec["f1"], "recognition_accuracy": rec.get("accuracy"),
@@ -231,6 +264,10 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
                                         "recognition_constant_f1": rec["constant"]["f1"], "recognition_n": rec["n"],
                                         "capeval_samples": len(c), "model": str(models[stage])}
                 bar.update(1)
+            if e.laptop_path and seed == s.seeds[0]:  # the first seed's final model (the loop's last answers)
+                laptop = _laptop_path(Path(models[stages[-1]]), work / "export", config, sft_config, pack, answers,
+                                      rec_samples)
+                bar.update(1)
             if e.downstream_tasks:
                 final = stages[-1]
                 run["downstream"] = {"model": final, **_downstream(Path(models[final]), root, seed_dir / "eval" /
@@ -238,6 +275,7 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
                 bar.update(1)
             runs.append(run)
     data = summarize(config, runs, counts, retrieval, wall_s=time.perf_counter() - started)
+    data["laptop_path"] = laptop
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / f"{config.run.result_name}.json", out_dir / f"{config.run.result_name}.png"
     from covip.training.repro_report import plot_repro, write_result

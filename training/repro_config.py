@@ -71,6 +71,10 @@ class ReproEvalSection:
         "`covip train embedder` does); null skips it."))
     embedder_quick: bool = field(default=False, metadata=_h("Build the embedder with its recipe's 'quick' overrides."))
     max_new_tokens: int = field(default=160, metadata=_h("Caption budget of CapEval-QAs, tokens."))
+    laptop_path: bool = field(default=True, metadata=_h(
+        "Export the first seed's final model to GGUF (f32, q8_0) and ONNX with their parity checks, and answer "
+        "held-out recognition with llama.cpp next to transformers."))
+    laptop_samples: int = field(default=20, metadata=_h("Held-out recognition samples llama.cpp answers."))
 
 
 @dataclass
@@ -142,6 +146,7 @@ class ReproConfig(GroupedConfigMixin):
         bad = [t for t in e.downstream_tasks if t not in DOWNSTREAM_TASKS]
         _check(not bad, "eval.downstream_tasks", f"must be among {list(DOWNSTREAM_TASKS)}, got {bad}")
         _check(100 <= e.bootstrap <= 100_000, "eval.bootstrap", f"must be in 100..100000, got {e.bootstrap}")
+        _check(1 <= e.laptop_samples <= 10_000, "eval.laptop_samples", f"must be in 1..10000, got {e.laptop_samples}")
         _check(1 <= e.max_new_tokens <= 4096, "eval.max_new_tokens", f"must be in 1..4096, got {e.max_new_tokens}")
         _check(bool(r.work_dir.strip()), "run.work_dir", "must be a folder path")
         _check(bool(r.result_name) and r.result_name.replace("-", "").replace("_", "").isalnum(), "run.result_name",

@@ -167,7 +167,7 @@ def tiny_repro(tmp_path_factory, tiny_vlm_dir):
     config = ReproConfig.from_dict({
         "stages": {"recipe": str(recipe), "seeds": [0, 1]},
         "eval": {"capeval_samples": 3, "recognition_samples": 3, "downstream_samples": 1, "bootstrap": 200,
-                 "embedder": None, "max_new_tokens": 8},
+                 "embedder": None, "max_new_tokens": 8, "laptop_samples": 2},
         "run": {"work_dir": str(tmp / "work"), "torch_threads": 1}})
     return tmp, run_repro(config, progress=False, results_dir=tmp / "results")
 
@@ -195,6 +195,11 @@ def test_a_run_trains_both_stages_per_seed_and_evaluates_three_models(tiny_repro
     before = load_file(Path(tiny_vlm_dir) / "model.safetensors")
     assert tower and any(not (v == before[k]).all() for k, v in tower.items())  # the warm-up trained the tower
     assert set(data["cag_minus_direct"]) == {"lsd", "lar", "itr"} and data["cag_model"] == "gspo"
+    # the laptop path: the first seed's final model exported with parity, and llama.cpp answered held-out samples
+    lap = data["laptop_path"]
+    assert lap["gguf"]["parity_ok"] and lap["onnx"]["parity_ok"]
+    assert (tmp / "work" / "export" / "gguf" / "covip_export.json").is_file()
+    assert lap["llamacpp_recognition"]["n"] == 2 and 0 <= lap["llamacpp_recognition"]["agreement_with_transformers"] <= 1
     assert set(data["targets"]) == {"sft_acc_pos_3x_random", "gspo_acc_pos_plus_0.05", "gspo_acc_neg_within_0.01",
                                     "cag_beats_direct_once"}
 
@@ -230,7 +235,7 @@ def test_the_result_renders_into_results_md_and_a_png(tiny_repro):
         assert im.format == "PNG" and im.size[0] > 600
     text = render_results_md(result.json_path.parent, tmp / "RESULTS.md")
     assert "## miniature" in text and "| SFT+GSPO |" in text and "SFT+GSPO - SFT, Acc+" in text
-    assert "Targets (full mode)" in text and "(cannot tabulate" not in text
+    assert "Targets (full mode)" in text and "Laptop path" in text and "(cannot tabulate" not in text
 
 
 def test_the_cli_prints_the_recipe_and_refuses_bad_seeds(tmp_path):
