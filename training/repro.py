@@ -57,8 +57,9 @@ def _sft_config(config: ReproConfig, work: Path, seed: int) -> Any:
     from covip.training.sft_config import load_sft_config
 
     s, r = config.stages, config.run
-    overrides = {**s.sft_overrides, "data.world": str(work / "world"), "run.output_dir": str(work / f"seed-{seed}" / "sft"),
-                 "run.seed": seed, "run.use_cpu": r.use_cpu}
+    overrides = {**s.sft_overrides, "data.world": str(work / "world"),
+                 "run.output_dir": str(work / f"seed-{seed}" / "sft"), "run.seed": seed, "run.use_cpu": r.use_cpu,
+                 "eval.initial": False}  # the reproduction scores the random initialization itself
     if r.torch_threads:
         overrides["run.torch_threads"] = r.torch_threads
     return load_sft_config(s.recipe, overrides, quick=s.sft_quick)
