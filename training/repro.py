@@ -327,7 +327,7 @@ def summarize(config: ReproConfig, runs: list[dict[str, Any]], counts: dict[str,
         "sft_minus_random": sft_diff, "gspo_minus_sft": diff, "cag_minus_direct": cag,
         "cag_model": (runs[0].get("downstream") or {}).get("model") if runs else None,
         "retrieval": retrieval, "wall_s": wall_s,
-        "targets": check_targets(stages, diff, cag),
+        "targets": check_targets(stages, diff, cag, [r["stages"]["sft"]["recognition_p_value"] for r in runs]),
         "runs": runs, "config": config.to_dict(),
         "meta": run_meta(quick=config.mode == "quick", elapsed_s=wall_s),
     }

@@ -92,6 +92,11 @@ def test_targets_are_judged_on_the_figures_and_missing_figures_are_not_met():
     assert lower["gspo_acc_neg_within_0.01"]["met"] is None and lower["cag_beats_direct_once"]["met"] is None
     assert check_targets({"random": {"acc_pos": 0.0}, "sft": {"acc_pos": 0.0}}, {}, {})[
         "sft_acc_pos_3x_random"]["met"] is False  # 0 >= 3 * 0 is no learning
+    # Acc+ 0.02 against a random init's 0 meets "3x", but recognition at its null says nobody was recognized
+    chance = check_targets({"random": {"acc_pos": 0.0}, "sft": {"acc_pos": 0.02}}, {}, {}, [0.001, 0.6])
+    assert chance["sft_acc_pos_3x_random"]["met"] is True and chance["sft_recognition_beats_chance"]["met"] is False
+    assert check_targets(stages, diff, {}, [0.001, 0.01])["sft_recognition_beats_chance"]["met"] is True
+    assert check_targets(stages, diff, {})["sft_recognition_beats_chance"]["met"] is None
 
 
 # ----------------------------------------------------------------------------------------------- recipe
@@ -200,8 +205,8 @@ def test_a_run_trains_both_stages_per_seed_and_evaluates_three_models(tiny_repro
     assert lap["gguf"]["parity_ok"] and lap["onnx"]["parity_ok"]
     assert (tmp / "work" / "export" / "gguf" / "covip_export.json").is_file()
     assert lap["llamacpp_recognition"]["n"] == 2 and 0 <= lap["llamacpp_recognition"]["agreement_with_transformers"] <= 1
-    assert set(data["targets"]) == {"sft_acc_pos_3x_random", "gspo_acc_pos_plus_0.05", "gspo_acc_neg_within_0.01",
-                                    "cag_beats_direct_once"}
+    assert set(data["targets"]) == {"sft_acc_pos_3x_random", "sft_recognition_beats_chance", "gspo_acc_pos_plus_0.05",
+                                    "gspo_acc_neg_within_0.01", "cag_beats_direct_once"}
 
 
 def test_the_figures_agree_with_the_judgments_they_come_from(tiny_repro):
