@@ -73,6 +73,10 @@ def plot_repro(data: Mapping[str, Any], path: Path) -> None:
             errs[1].append(max(0.0, ci[1] - mean) if ci else 0.0)
         xs = [j + (i - (len(stages) - 1) / 2) * width for j in range(len(metrics))]
         left.bar(xs, vals, width, yerr=errs, capsize=3, label=STAGE_LABELS.get(stage, stage))
+        null = data["stages"][stage].get("recognition_null_f1")
+        if isinstance(null, (int, float)):  # chance for this model's answers: the permutation null
+            left.plot([xs[2] - width / 2, xs[2] + width / 2], [null, null], color="black", linewidth=2,
+                      label="F1 permutation null" if i == 0 else None)
     left.set_xticks(range(len(metrics)), [label for _, label in metrics])
     left.set_ylim(0, 1.05)
     left.set_ylabel("held-out score (seed mean)")
