@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 from covip.sdk.errors import InputError
 from covip.sdk.support import Overrides, parse_overrides
 
-__all__ = ["config_from_dict", "config_to_dict", "read_yaml", "sections_help", "apply_overrides", "GroupedConfigMixin"]
+__all__ = ["config_from_dict", "config_to_dict", "read_yaml", "resolve_recipe", "sections_help", "apply_overrides",
+           "GroupedConfigMixin"]
 
 
 def config_from_dict(cls: type, sections: Mapping[str, type], data: Any, *, what: str, unknown: str,
@@ -69,6 +70,20 @@ def read_yaml(path: Path, what: str = "the config") -> Any:
         raise InputError(f"{what} {path} cannot be read: {exc}") from None
     except yaml.YAMLError as exc:
         raise InputError(f"{path} is not valid YAML: {exc}") from None
+
+
+def resolve_recipe(name_or_path: str | Path, bundled: Mapping[str, Path], what: str) -> Path:
+    """A YAML file path as given, else the bundled recipe of that name (no path separators: a name never reaches
+    into the package); InputError naming ``what`` ("embedder recipe") and the bundled names otherwise."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    stem = text[:-5] if text.endswith(".yaml") else text
+    if stem not in bundled or "/" in text or "\\" in text:
+        raise InputError(f"no {what} {text!r}: give a YAML file path or one of the bundled recipes "
+                         f"({', '.join(bundled) or 'none installed'})")
+    return bundled[stem]
 
 
 def sections_help(sections: Mapping[str, type]) -> dict[str, str]:

@@ -24,6 +24,7 @@ from covip.training.config_io import (
     config_from_dict,
     config_to_dict,
     read_yaml,
+    resolve_recipe,
 )
 from covip.training.gspo_config import _check
 
@@ -192,15 +193,7 @@ def load_embedder_config(name_or_path: str | Path = "mini-cpu",
                          quick: bool = False) -> EmbedderTrainConfig:
     """Load a bundled recipe by name (``mini-cpu``) or a YAML file, then ``quick`` and dotted ``overrides``."""
 
-    text = str(name_or_path)
-    path = Path(text).expanduser()
-    if not path.is_file():
-        bundled = bundled_embedder_configs()
-        stem = text[:-5] if text.endswith(".yaml") else text
-        if stem not in bundled or "/" in text or "\\" in text:
-            raise InputError(f"no embedder recipe {text!r}: give a YAML file path or one of the bundled recipes "
-                             f"({', '.join(bundled) or 'none installed'})")
-        path = bundled[stem]
+    path = resolve_recipe(name_or_path, bundled_embedder_configs(), "embedder recipe")
     data = read_yaml(path, "the embedder recipe")
     config = EmbedderTrainConfig.from_dict(data, source=str(path))
     if quick:

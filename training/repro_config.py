@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from covip.sdk.errors import InputError
-from covip.training.config_io import GroupedConfigMixin, config_from_dict, config_to_dict, read_yaml
+from covip.training.config_io import (
+    GroupedConfigMixin,
+    config_from_dict,
+    config_to_dict,
+    read_yaml,
+    resolve_recipe,
+)
 from covip.training.gspo_config import _check
 
 __all__ = ["REPRO_CONFIG_DIR", "DOWNSTREAM_TASKS", "ReproStagesSection", "ReproEvalSection", "ReproRunSection",
@@ -166,15 +172,7 @@ def load_repro_config(name_or_path: str | Path = "mini",
                       overrides: dict[str, Any] | list[str] | tuple[str, ...] | None = None, *,
                       quick: bool = False) -> ReproConfig:
     """Load a bundled recipe by name (``mini``) or a YAML file, then ``quick`` and dotted ``overrides``."""
-    text = str(name_or_path)
-    path = Path(text).expanduser()
-    if not path.is_file():
-        bundled = bundled_repro_configs()
-        stem = text[:-5] if text.endswith(".yaml") else text
-        if stem not in bundled or "/" in text or "\\" in text:
-            raise InputError(f"no repro recipe {text!r}: give a YAML file path or one of the bundled recipes "
-                             f"({', '.join(bundled) or 'none installed'})")
-        path = bundled[stem]
+    path = resolve_recipe(name_or_path, bundled_repro_configs(), "repro recipe")
     config = ReproConfig.from_dict(read_yaml(path, "the repro recipe"), source=str(path))
     if quick:
         config = config.quick_variant()
