@@ -138,3 +138,13 @@ class GroupedConfigMixin:
         data = apply_overrides(self.to_dict(), merged, what=self.override_what,  # type: ignore[attr-defined]
                                open_groups=self.open_groups)
         return type(self).from_dict(data, source=self.source)  # type: ignore[attr-defined]
+
+    def with_quick(self, what: str) -> Any:
+        """A copy with the config's own ``quick`` overrides applied (and emptied, so they apply once); InputError
+        naming ``what`` ("the SFT config") when it has none. Each config's ``quick_variant`` builds on it."""
+        quick = getattr(self, "quick", None)
+        if not quick:
+            raise InputError(f"{what} {getattr(self, 'name', '')!r} has no 'quick' overrides; --quick needs them")
+        out = self.with_overrides(quick)
+        out.quick = {}
+        return out

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from covip.sdk.errors import InputError
 from covip.training.config_io import (
     GroupedConfigMixin,
     config_from_dict,
@@ -151,10 +150,7 @@ class EmbedderTrainConfig(GroupedConfigMixin):
 
     def quick_variant(self) -> EmbedderTrainConfig:
         """This recipe with its ``quick`` overrides applied (a build of about a minute)."""
-        if not self.quick:
-            raise InputError(f"the embedder recipe {self.name!r} has no 'quick' overrides; --quick needs them")
-        out = self.with_overrides(self.quick)
-        out.quick = {}
+        out = self.with_quick("the embedder recipe")
         out.name = f"{self.name}-quick"
         return out
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from covip.sdk.errors import InputError
 from covip.training.config_io import (
     GroupedConfigMixin,
     config_from_dict,
@@ -132,10 +131,8 @@ class ReproConfig(GroupedConfigMixin):
 
     def quick_variant(self) -> ReproConfig:
         """This recipe with its ``quick`` overrides applied (the pipeline in minutes)."""
-        if not self.quick:
-            raise InputError(f"the repro recipe {self.name!r} has no 'quick' overrides; --quick needs them")
-        out = self.with_overrides(self.quick)
-        out.quick, out.mode = {}, "quick"
+        out = self.with_quick("the repro recipe")
+        out.mode = "quick"
         return out
 
     def validate(self) -> None:

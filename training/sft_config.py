@@ -233,11 +233,7 @@ class SftConfig(GroupedConfigMixin):
 
     def quick_variant(self) -> SftConfig:
         """This config with its ``quick`` overrides applied (the minutes-long run of the same recipe)."""
-        if not self.quick:
-            raise InputError(f"the SFT config {self.name!r} has no 'quick' overrides; --quick needs them")
-        out = self.with_overrides(self.quick)
-        out.quick = {}
-        return out
+        return self.with_quick("the SFT config")
 
     def validate(self) -> None:
         """Raise InputError naming the dotted key of the first bad value."""
