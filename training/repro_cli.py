@@ -97,9 +97,10 @@ def summary_text(data: dict[str, Any]) -> str:
     """The printed table: each stage's seed means, the paired differences and the targets."""
     lines = [f"miniature CoViP ({data['mode']} mode, seeds {data['seeds']}, {data['wall_s']:.0f} s); held-out concepts:",
              f"  {'model':<12} {'Acc+':>7} {'Acc-':>7} {'recog. F1':>10} {'F1 null':>8}"]
-    labels = {"random": "random init", "sft": "SFT", "gspo": "SFT+GSPO"}
+    from covip.training.repro_report import STAGE_LABELS
+
     for stage, s in data["stages"].items():
-        lines.append(f"  {labels.get(stage, stage):<12} {_f(s['acc_pos']):>7} {_f(s['acc_neg']):>7} "
+        lines.append(f"  {STAGE_LABELS.get(stage, stage):<12} {_f(s['acc_pos']):>7} {_f(s['acc_neg']):>7} "
                      f"{_f(s['recognition_f1']):>10} {_f(s['recognition_null_f1']):>8}")
     for name, diff in (("SFT - random", data.get("sft_minus_random")), ("GSPO - SFT", data.get("gspo_minus_sft"))):
         for pol, label in (("acc_pos", "Acc+"), ("acc_neg", "Acc-")):
