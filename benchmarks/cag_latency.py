@@ -89,10 +89,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -114,31 +112,35 @@ def _omp_policy_from_argv(argv: list[str]) -> str:
 if _omp_policy_from_argv(sys.argv[1:]) == "passive":
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import _common  # noqa: E402  (benchmarks/_common.py: the helpers every benchmark shares)
+
+# The helper modules split out of this script (same folder, imported like _common; after the OpenMP choice above).
+# Every name that was defined here before the split stays importable from here (hence F401: some are only
+# re-exported).
+from _cag_measure import (  # noqa: E402, F401
+    ENGINE_LABELS,
+    EXTRA_CONCEPT,
+    MODES,
+    QUESTION,
+    TARGET_WARM_RATIO,
+    USER,
+    ColdMemory,
+    EngineBench,
+    Probe,
+    build_memory,
+    images_after,
+    open_engine,
+    perf,
+    prompt_layout,
+    query_photos,
+    reset_kv,
+    run_engine,
+)
+from _cag_plot import SHORT, plot  # noqa: E402, F401
 from _common import finish_run, loadavg, median, quantile  # noqa: E402
 
-from covip.sdk import Memory, prompts  # noqa: E402
-from covip.sdk.cag import CagConfig, CaptionAugmentedGenerator, KvSnapshots  # noqa: E402
-from covip.sdk.context import ContextConfig  # noqa: E402
-from covip.sdk.demo import DEMO_CONCEPTS, DemoConcept, draw_concept  # noqa: E402
-from covip.sdk.engines.base import GenerationConfig  # noqa: E402
-
-perf = time.perf_counter
-USER = "bench"
-MODES = ("direct", "cag_cold", "cag_cold_no_kv", "cag_warm", "cag_warm_no_snapshot", "cag_cold_paper",
-         "cag_warm_paper")
 LABELS = {"direct": "direct (no CAG)", "cag_cold": "CAG cold", "cag_cold_no_kv": "CAG cold, no KV reuse",
           "cag_warm": "CAG warm (KV snapshot)", "cag_warm_no_snapshot": "CAG warm, no snapshot",
           "cag_cold_paper": "CAG cold, paper layout", "cag_warm_paper": "CAG warm, paper layout"}
-SHORT = {"direct": "direct", "cag_cold": "CAG cold", "cag_cold_no_kv": "CAG cold\nno KV reuse",
-         "cag_warm": "CAG warm\n(KV snapshot)", "cag_warm_no_snapshot": "CAG warm\nno snapshot",
-         "cag_cold_paper": "CAG cold\npaper layout", "cag_warm_paper": "CAG warm\npaper layout"}
-ENGINE_LABELS = {"transformers": "transformers (tiny Qwen3-VL, CPU)",
-                 "llamacpp": "llama.cpp (tiny Qwen3-VL GGUF f32 + mmproj, CPU)"}
-QUESTION = "Who is this, and where did I last see them?"
-TARGET_WARM_RATIO = 1.1
-EXTRA_CONCEPT = DemoConcept("Dad", "person", (40, 130, 70), "person", (
-    ("User: Dad fixing the fence at the cabin in Gapyeong, in his green jacket.", "2024-09-14T11:00", "Gapyeong"),
-))
 
 
 # ----------------------------------------------------------------------------------------------------- utils
@@ -184,261 +186,6 @@ def machine_info() -> dict:
         ("torch", "transformers", "llama-cpp-python", "open_clip_torch", "matplotlib"),
         torch_threads=torch.get_num_threads(), llamacpp_threads=max(1, (os.cpu_count() or 2) // 2),
         omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), omp_wait_policy_from_environment=_OMP_DEFAULT)
-
-
-# ------------------------------------------------------------------------------------------------- wrappers
-class ColdMemory:
-    """The real memory, except that cached_caption() always misses (a cold caption on every ask)."""
-
-    def __init__(self, memory: Memory) -> None:
-        self._memory = memory
-
-    def cached_caption(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._memory, name)
-
-
-class Probe:
-    """Wraps an engine: records every call's messages and Generation; optionally resets the KV cache first."""
-
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self.model_id, self.meaningless = engine.model_id, engine.meaningless
-        self.reuse = True
-        self.calls: list[tuple[list[dict], Any]] = []
-
-    def generate(self, messages, config=None, *, on_token=None):
-        if not self.reuse:
-            reset_kv(self.engine)
-        gen = self.engine.generate(messages, config, on_token=on_token)
-        self.calls.append((messages, gen))
-        return gen
-
-    def __getattr__(self, name: str) -> Any:  # count_tokens, snapshot, restore
-        return getattr(self.engine, name)
-
-
-def reset_kv(engine: Any) -> None:
-    engine.reset()  # Engine.reset(): drop the KV state of the last call
-
-
-# ---------------------------------------------------------------------------------------------- prompt layout
-def prompt_layout(engine_name: str, engine: Any, messages: list[dict]) -> tuple[int, list[tuple[int, int]]]:
-    """(prompt length in tokens, [start, end) of each image's placeholder tokens) as the engine tokenizes it."""
-    if engine_name == "transformers":
-        ids = engine.prompt_token_ids(messages)
-        image_id = getattr(engine.model.config, "image_token_id", None)
-        spans, start = [], None
-        for i, tok in enumerate([*ids, None]):
-            if tok == image_id and start is None:
-                start = i
-            elif tok != image_id and start is not None:
-                spans.append((start, i))
-                start = None
-        return len(ids), spans
-    # llama.cpp: no public API gives the tokenized layout; use the engine's own (private) tokenizer path,
-    # which does not touch the KV cache, and free what it allocates
-    from covip.sdk.support import Media, item_tokens
-
-    text, images = engine._render(messages)
-    items, chunks, bitmaps = engine._tokenize_multimodal(text, images)
-    try:
-        spans, pos = [], 0
-        for item in items:
-            n = item_tokens(item)
-            if isinstance(item, Media):
-                spans.append((pos, pos + n))
-            pos += n
-        return pos, spans
-    finally:
-        if chunks is not None:
-            engine._mtmd.mtmd_input_chunks_free(chunks)
-        for bm in bitmaps:
-            engine._mtmd.mtmd_bitmap_free(bm)
-
-
-def images_after(spans: list[tuple[int, int]], cached: int) -> int:
-    return sum(max(0, end - max(start, cached)) for start, end in spans)
-
-
-# --------------------------------------------------------------------------------------------------- setup
-def build_memory(home: Path, photo_dir: Path, size: int) -> tuple[Memory, list[DemoConcept]]:
-    """The demo memory (covip.sdk.demo's concepts and dialogues, plus 'Dad'), photos drawn at ``size`` px."""
-    from covip.sdk.vision import make_embedder
-
-    mem = Memory.open(home, embedder=make_embedder("tiny"))
-    mem.add_user(USER, exist_ok=True)
-    concepts = [*DEMO_CONCEPTS, EXTRA_CONCEPT]
-    photo_dir.mkdir(parents=True, exist_ok=True)
-    for concept in concepts:  # as covip.sdk.demo.build_demo_memory does, at the benchmark's photo size
-        mem.add_concept(USER, concept.name, kind=concept.kind)
-        for n, (dialogue, taken_at, place) in enumerate(concept.memories):
-            path = photo_dir / f"{concept.name.replace(' ', '_')}-{n}.png"
-            draw_concept(concept, n, size=size).save(path)
-            mem.remember(USER, path, dialogue, [concept.name], taken_at=taken_at, place=place)
-    return mem, concepts
-
-
-def query_photos(concepts: list[DemoConcept], n: int, size: int, photo_dir: Path) -> list[Path]:
-    out = []
-    for i in range(n):
-        concept, variant = concepts[i % len(concepts)], 7 + i // len(concepts)
-        path = photo_dir / f"query-{concept.name.replace(' ', '_')}-{variant}.png"
-        draw_concept(concept, variant, size=size).save(path)
-        out.append(path)
-    return out
-
-
-def open_engine(name: str) -> tuple[Any, dict]:
-    from covip.sdk.models.tiny import build_tiny_vlm
-
-    hf_dir = build_tiny_vlm("tiny-qwen3-vl")
-    if name == "transformers":
-        from covip.sdk.engines.transformers import TransformersEngine, TransformersEngineConfig
-
-        engine = TransformersEngine(TransformersEngineConfig(model=str(hf_dir), device="cpu"))
-        return engine, {"model_dir": str(hf_dir), "device": engine.device, "dtype": str(engine.dtype)}
-    from covip.export.converter import convert_tiny_to_gguf
-    from covip.sdk.engines.llamacpp import LlamaCppEngine, LlamaCppEngineConfig
-
-    gguf, mmproj = convert_tiny_to_gguf(hf_dir)
-    engine = LlamaCppEngine(LlamaCppEngineConfig(model_path=str(gguf), mmproj_path=str(mmproj)))
-    return engine, {"gguf": str(gguf), "mmproj": str(mmproj), "n_ctx": engine.n_ctx}
-
-
-# ------------------------------------------------------------------------------------------------ measuring
-class EngineBench:
-    def __init__(self, name: str, engine: Any, mem: Memory, args: argparse.Namespace) -> None:
-        self.name, self.engine, self.mem = name, engine, mem
-        self.probe = Probe(engine)
-        ctx = ContextConfig(k=args.k, similarity_floor=-1.0, image_tokens=args.image_tokens)
-        cfg = CagConfig(caption=GenerationConfig(max_new_tokens=args.caption_tokens, temperature=0.0),
-                        answer=GenerationConfig(max_new_tokens=args.answer_tokens, temperature=0.0))
-        store = KvSnapshots(cfg.kv_snapshot_mb << 20)  # the cold runs' snapshots serve the warm runs
-        self.cags = {"direct": CaptionAugmentedGenerator(mem, self.probe, context=ctx, config=cfg),
-                     "cag_cold": CaptionAugmentedGenerator(ColdMemory(mem), self.probe, context=ctx, config=cfg,
-                                                           kv_snapshots=store),
-                     "cag_warm": CaptionAugmentedGenerator(mem, self.probe, context=ctx, config=cfg, kv_snapshots=store),
-                     "cag_warm_no_snapshot": CaptionAugmentedGenerator(
-                         mem, self.probe, context=ctx, config=CagConfig(cfg.caption, cfg.answer, kv_snapshot_mb=0))}
-        paper = CagConfig(cfg.caption, cfg.answer, layout="paper")  # the paper's answer-pass layout (issue 12)
-        self.cags["cag_cold_paper"] = CaptionAugmentedGenerator(ColdMemory(mem), self.probe, context=ctx, config=paper)
-        self.cags["cag_warm_paper"] = CaptionAugmentedGenerator(mem, self.probe, context=ctx, config=paper)
-        self.cags["cag_cold_no_kv"] = self.cags["cag_cold"]
-        self._layouts: dict[tuple, tuple[int, list[tuple[int, int]]]] = {}
-
-    def run_mode(self, mode: str, photo: Path) -> dict:
-        reset_kv(self.engine)
-        self.probe.reuse = mode != "cag_cold_no_kv"
-        self.probe.calls = []
-        t0 = perf()
-        ans = self.cags[mode].ask(USER, photo, QUESTION, cag=mode != "direct")
-        wall = perf() - t0
-        self.probe.reuse = True
-        expect_cached = mode.startswith("cag_warm")
-        problems = []
-        if mode != "direct" and ans.caption_cached != expect_cached:
-            problems.append(f"caption_cached={ans.caption_cached}, expected {expect_cached}")
-        if ("kv_restored" in ans.tokens) != (mode == "cag_warm"):
-            problems.append(f"kv_restored={ans.tokens.get('kv_restored')} in mode {mode}")
-        return {"mode": mode, "wall_s": wall, "caption_cached": ans.caption_cached,
-                "n_memories": len(ans.memories), "kv_restored": ans.tokens.get("kv_restored"),
-                "kv_snapshot_s": ans.timings.get("kv_snapshot_s"), "kv_restore_s": ans.timings.get("kv_restore_s"),
-                "_calls": list(self.probe.calls), "problems": problems, "photo": photo.name}
-
-    def finish(self, run: dict) -> dict:
-        """Add token/timing totals and the image-token accounting (runs the tokenizer; outside the timing)."""
-        calls = run.pop("_calls")
-        mode = run["mode"]
-        names = ["answer"] if len(calls) == 1 else ["caption", "answer"]
-        if len(calls) != len(names):
-            run["problems"].append(f"{len(calls)} engine calls")
-            names = [f"call{i}" for i in range(len(calls))]
-        passes = []
-        for pname, (messages, gen) in zip(names, calls):
-            key = (mode, run["photo"], pname)
-            if key not in self._layouts:
-                self._layouts[key] = prompt_layout(self.name, self.engine, messages)
-            n_prompt, spans = self._layouts[key]
-            if pname == "answer":
-                run["_answer_last_image_end"] = max((e for _, e in spans), default=0)
-            if n_prompt != gen.total_prompt_tokens:
-                run["problems"].append(f"{pname}: layout has {n_prompt} tokens, engine reported "
-                                       f"{gen.total_prompt_tokens}")
-            passes.append({
-                "pass": pname, "prompt_tokens_total": gen.total_prompt_tokens, "prefill_tokens": gen.prompt_tokens,
-                "cached_tokens": gen.cached_tokens, "decode_tokens": gen.completion_tokens,
-                "prefill_s": gen.prefill_s, "decode_s": gen.decode_s, "finish_reason": gen.finish_reason,
-                "image_tokens_in_prompt": sum(e - s for s, e in spans), "n_images": len(spans),
-                "image_tokens_prefilled": images_after(spans, gen.cached_tokens),
-            })
-        run["passes"] = passes
-        for field in ("prefill_tokens", "cached_tokens", "decode_tokens", "image_tokens_prefilled",
-                      "prefill_s", "decode_s"):
-            run[field] = sum(p[field] for p in passes)
-        run["engine_s"] = run["prefill_s"] + run["decode_s"]
-        run["other_s"] = run["wall_s"] - run["engine_s"]
-        by = {p["pass"]: p for p in passes}
-        run["answer_image_tokens_prefilled"] = by["answer"]["image_tokens_prefilled"] if "answer" in by else None
-        if "caption" in by and "answer" in by:
-            cap, ans = by["caption"], by["answer"]
-            # what the caption pass left in the KV cache: its prompt + every generated token but the last
-            kv = cap["prompt_tokens_total"] + cap["decode_tokens"] - 1
-            run["caption_pass_kv_tokens"] = kv
-            run["answer_cached_covers_images"] = ans["cached_tokens"] >= run["_answer_last_image_end"]
-            run["answer_cached_covers_caption_prompt"] = ans["cached_tokens"] >= cap["prompt_tokens_total"]
-            run["answer_cached_covers_caption_pass"] = ans["cached_tokens"] >= kv
-            # caption-pass tokens the answer pass had to run again (re-tokenized caption split differently)
-            run["caption_pass_tokens_reprefilled"] = max(0, kv - ans["cached_tokens"])
-        run.pop("_answer_last_image_end", None)
-        return run
-
-
-def run_engine(name: str, mem: Memory, photos: list[Path], reps: int, args, deadline: float) -> dict:
-    t_open = perf()
-    engine, info = open_engine(name)
-    info["open_s"] = perf() - t_open
-    info["loadavg_at_start"] = loadavg()
-    bench = EngineBench(name, engine, mem, args)
-    runs: list[dict] = []
-    cycles: list[dict] = []
-    rng = random.Random(args.seed)
-    try:
-        # warm-up cycle (unmeasured): lazy initialisation; every photo needs a cached caption and a KV snapshot
-        t_warm = perf()  # of its caption pass before its first cag_warm
-        for photo in photos:
-            bench.run_mode("cag_cold", photo)
-        for mode in MODES:
-            bench.finish(bench.run_mode(mode, photos[0]))
-        info["warmup_s"] = perf() - t_warm
-        stopped = None
-        for rep in range(reps):
-            for pi, photo in enumerate(photos):
-                if perf() > deadline:
-                    stopped = f"stopped at rep {rep}, photo {pi}: --budget-minutes reached"
-                    break
-                order = rng.sample(MODES, len(MODES))
-                t_cycle = perf()
-                cycle_runs = [dict(bench.run_mode(mode, photo), rep=rep, photo_index=pi, order=pos)
-                              for pos, mode in enumerate(order)]
-                cycle = {"rep": rep, "photo_index": pi, "order": order, "seconds": perf() - t_cycle,
-                         "loadavg": loadavg()}
-                runs.extend(bench.finish(run) for run in cycle_runs)
-                cycles.append(cycle)
-                wall = {r["mode"]: round(r["wall_s"], 3) for r in cycle_runs}
-                print(f"  [{name}] rep {rep} photo {pi} ({photo.name}) wall s: {wall} load {cycle['loadavg']}",
-                      flush=True)
-            if stopped:
-                break
-        info["stopped_early"] = stopped
-        info["instruction_tokens"] = engine.count_tokens(prompts.CAPTION_INSTRUCTION)
-        info["question_tokens"] = engine.count_tokens(QUESTION)
-        info["loadavg_at_end"] = loadavg()
-    finally:
-        engine.close()
-    return {"engine": info, "runs": runs, "cycles": cycles}
 
 
 # ------------------------------------------------------------------------------------------------ summaries
@@ -678,97 +425,6 @@ def print_table(results: dict) -> None:
     print("\nNotes:")
     for note in results["notes"]:
         print(f"  - {note}")
-
-
-def _passes_s(ms: dict) -> float:
-    return sum((ms.get(p) or {}).get(f"{ph}_s", 0.0) for p in ("caption", "answer") for ph in ("prefill", "decode"))
-
-
-def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    engines = [e for e in ("llamacpp", "transformers") if e in results["engines"]]
-    fig, axes = plt.subplots(2, len(engines), figsize=(8 * len(engines), 11), squeeze=False)
-    seg_colors = {"caption prefill": "#9ecae1", "caption decode": "#3182bd", "answer prefill": "#fdae6b",
-                  "answer decode": "#e6550d", "other (search, photos, cache)": "#bdbdbd"}
-    for col, name in enumerate(engines):
-        res = results["engines"][name]
-        s = res["summary"]
-        modes = [m for m in MODES if m in s]
-        x = list(range(len(modes)))
-        # --- top: wall time per mode, stacked by pass and phase
-        ax = axes[0, col]
-        bottoms = [0.0] * len(modes)
-        for seg, color in seg_colors.items():
-            p, _, ph = seg.partition(" ")
-            vals = [max(0.0, s[m]["wall_s"] - _passes_s(s[m])) if p == "other" else (s[m].get(p) or {}).get(f"{ph}_s", 0.0)
-                    for m in modes]
-            ax.bar(x, vals, 0.6, bottom=bottoms, color=color, edgecolor="white", lw=0.5)
-            bottoms = [b + v for b, v in zip(bottoms, vals)]
-        direct = s["direct"]["wall_s"]
-        for i, m in enumerate(modes):
-            ms = s[m]
-            ax.errorbar(i, ms["wall_s"], yerr=[[ms["wall_s"] - ms["wall_s_p25"]], [ms["wall_s_p75"] - ms["wall_s"]]],
-                        color="k", capsize=3, lw=1)
-            label = f"{ms['wall_s'] * 1000:.0f} ms" if ms["wall_s"] < 1 else f"{ms['wall_s']:.2f} s"
-            ax.text(i, max(bottoms[i], ms["wall_s_p75"]) * 1.02, f"{label}\n{ms['wall_s'] / direct:.2f}x direct",
-                    ha="center", va="bottom", fontsize=8)
-        ax.axhline(direct * TARGET_WARM_RATIO, color="k", ls="--", lw=1)
-        ax.set_xticks(x, [SHORT[m] for m in modes], fontsize=8)
-        ax.set_ylim(0, max(max(bottoms), max(s[m]["wall_s_p75"] for m in modes)) * 1.45)
-        ax.set_ylabel("wall time per ask() (s), median")
-        ax.set_title(f"{ENGINE_LABELS[name]}\nwall time per mode (median of {s['direct']['n']} runs, "
-                     "p25-p75 whiskers)", fontsize=9)
-        if col == 0:
-            from matplotlib.lines import Line2D
-
-            ax.legend([*(Patch(color=c) for c in seg_colors.values()), Line2D([], [], color="k", ls="--", lw=1)],
-                      [*seg_colors, f"{TARGET_WARM_RATIO}x direct (target for CAG warm)"], fontsize=7,
-                      loc="upper center", ncol=3)
-        # --- bottom: tokens prefilled per mode (by pass, image vs text), cached tokens hatched
-        ax = axes[1, col]
-        w = 0.36
-        for i, m in enumerate(modes):
-            ms = s[m]
-            for p, xo in (("caption", -w / 2), ("answer", w / 2)):
-                ps = ms.get(p)
-                if not ps:
-                    continue
-                img = ps["image_tokens_prefilled"]
-                txt = ps["prefill_tokens"] - img
-                color = seg_colors[f"{p} prefill"]
-                ax.bar(i + xo, img, w, color=color, edgecolor="k", lw=0.5, hatch="xx")
-                ax.bar(i + xo, txt, w, bottom=img, color=color, edgecolor="k", lw=0.5)
-                ax.bar(i + xo, ps["cached_tokens"], w, bottom=img + txt, color="none", edgecolor="gray",
-                       lw=0.8, ls="--")
-                ax.text(i + xo, img + txt, f"{ps['prefill_tokens']:.0f}", ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(x, [f"{SHORT[m]}\n[answer pass: {s[m]['answer']['image_tokens_prefilled']:.0f}\nimage tokens prefilled]"
-                          for m in modes], fontsize=7.5)
-        ax.set_ylabel("prompt tokens per pass (median)")
-        top = max(max((ms.get(p) or {}).get("prompt_tokens_total", 0) for p in ("caption", "answer"))
-                  for ms in s.values())
-        ax.set_ylim(0, top * 1.4)
-        ax.set_title("tokens prefilled per pass (left bar: caption pass, right bar: answer pass)", fontsize=9)
-        if col == 0:
-            ax.legend([Patch(facecolor=seg_colors["caption prefill"], edgecolor="k"),
-                       Patch(facecolor=seg_colors["answer prefill"], edgecolor="k"),
-                       Patch(facecolor="white", edgecolor="k", hatch="xx"),
-                       Patch(facecolor="none", edgecolor="gray", ls="--")],
-                      ["caption pass: prefilled", "answer pass: prefilled", "of which image tokens",
-                       "reused from the KV cache (not prefilled)"], fontsize=7, loc="upper center", ncol=2)
-    meta = results["meta"]
-    fig.suptitle(f"CAG latency: direct vs CAG cold / warm on the same engine and photos (k={meta['args']['k']} "
-                 f"context photos + 1 query, {meta['args']['size']} px; caption {meta['args']['caption_tokens']} / "
-                 f"answer {meta['args']['answer_tokens']} new tokens, greedy; random-weight tiny model)\n"
-                 f"shared 2-core machine, load average {meta['loadavg_at_start']} at start - "
-                 f"{meta.get('loadavg_at_end')} at end", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------------ main
