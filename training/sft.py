@@ -146,7 +146,7 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
                                 types=[t for t in types if t != "describe"], warmup_describe=d.warmup_describe,
                                 rationale=d.recognition_rationale, matching_warmup=d.matching_warmup,
                                 queries_per_row=d.queries_per_row, copy_share=d.copy_share, passes=d.passes,
-                                pack=pack,
+                                pack=pack, context_spans=config.trainer.pointer_loss > 0,
                                 batch_size=config.trainer.per_device_train_batch_size if d.same_type_batches else None)
     counts: dict[str, int] = {}
     for s in samples:
@@ -214,6 +214,7 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
     trainer = CompletionOnlySFTTrainer(
         model=model, args=sft_args(config, out), train_dataset=dataset, processing_class=processor,
         callbacks=[metrics, budget, *([curve] if curve else []), *(callbacks or [])])
+    saved_attention = _use_pointer_supervision(config, model, processor, trainer)
     from covip.training.trainer_progress import use_progress_lines
 
     use_progress_lines(trainer, config.run.progress, "covip train sft")
@@ -223,6 +224,8 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
     finally:
         metrics.close()
         processor.chat_template = saved_template  # the saved model keeps its inference template
+        if saved_attention is not None:
+            model.set_attn_implementation(saved_attention)
     train_s = time.perf_counter() - train_start
     model = trainer.accelerator.unwrap_model(trainer.model)
     model_dir = _save_model(model, processor, out / "model", config, trainer.state.global_step, train_s,
@@ -271,6 +274,31 @@ def _vision_warmup(config: SftConfig, model: Any, processor: Any, out: Path, sam
         max_time_s=v.max_time_s, num_train_epochs=v.num_train_epochs, learning_rate=v.learning_rate,
         batch_size=v.per_device_train_batch_size, seed=config.run.seed, use_cpu=config.run.use_cpu,
         heldout=held_photos, progress=config.run.progress)
+
+
+def _use_pointer_supervision(config: SftConfig, model: Any, processor: Any, trainer: Any) -> str | None:
+    """With ``trainer.pointer_loss`` > 0: eager attention in the text model (it returns the weights the loss
+    reads), the pointer collator and the loss weight on ``trainer``; returns the attention implementation to
+    restore after training (None when off)."""
+    weight = config.trainer.pointer_loss
+    if not weight:
+        return None
+    from covip.sdk.errors import InputError
+    from covip.training.sft_pointer import HEADS, PointerCollator
+
+    text = model.config.text_config
+    layers = max(layer for layer, _ in HEADS.values()) + 1
+    heads = max(head for _, head in HEADS.values()) + 1
+    if text.num_hidden_layers < layers or text.num_attention_heads < heads:
+        raise InputError(f"trainer.pointer_loss supervises heads {dict(HEADS)}: the model needs >= {layers} decoder "
+                         f"layers and >= {heads} attention heads (it has {text.num_hidden_layers} and "
+                         f"{text.num_attention_heads}); set trainer.pointer_loss: 0")
+    saved = model.config._attn_implementation or "sdpa"
+    model.set_attn_implementation("eager")
+    trainer.pointer_weight = float(weight)
+    trainer.data_collator = PointerCollator(trainer.data_collator, processor.tokenizer,
+                                            model.config.image_token_id)
+    return saved
 
 
 def warm_start_vision(config: SftConfig, target: str | Path) -> tuple[Path, dict[str, Any]]:

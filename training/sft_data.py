@@ -41,6 +41,7 @@ from covip.training.data.targets import (
 from covip.training.data.world import Concept, Facts, Look
 from covip.training.gspo_data import placeholder_messages, sample_messages
 from covip.training.sft_config import SftDataSection
+from covip.training.sft_pointer import SPANS_COLUMN
 
 __all__ = [
     "SFT_COLUMNS",
@@ -271,14 +272,25 @@ def as_messages_row(row: Mapping[str, Any]) -> dict[str, Any]:
     return {"messages": [*row["prompt"], *row["completion"]], "images": list(row["images"])}
 
 
-def _features(conversational: bool = False) -> Any:
+def _context_spans(sample: Sample, world: World) -> list[list[str]]:
+    """Per context item: its concept's name, then its fact values (each stated verbatim in its dialogue)."""
+    out = []
+    for cid in _known_concept_ids(sample, world):
+        c = world.concepts[cid]
+        out.append([c.name, c.facts.place, c.facts.time, c.facts.event, c.facts.action])
+    return out
+
+
+def _features(conversational: bool = False, context_spans: bool = False) -> Any:
     import datasets
 
     text = datasets.Value("string")
     turn = datasets.List({"role": text, "content": datasets.List({"type": text, "text": text})})
-    if conversational:
-        return datasets.Features({"messages": turn, "images": datasets.List(datasets.Image())})
-    return datasets.Features({"prompt": turn, "completion": turn, "images": datasets.List(datasets.Image())})
+    cols = {"messages": turn} if conversational else {"prompt": turn, "completion": turn}
+    cols["images"] = datasets.List(datasets.Image())
+    if context_spans:
+        cols[SPANS_COLUMN] = datasets.List(datasets.List(text))
+    return datasets.Features(cols)
 
 
 def order_rows(groups: Mapping[str, Sequence[dict[str, Any]]], *, batch_size: int, seed: int | str,
@@ -330,7 +342,7 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
                       types: Sequence[str] | None = None, batch_size: int | None = None,
                       warmup_describe: int = 0, rationale: bool = True, matching_warmup: int = 0,
                       queries_per_row: int = 1, copy_share: float = 0.0, passes: int = 1,
-                      pack: prompts.PromptPack | None = None) -> Any:
+                      pack: prompts.PromptPack | None = None, context_spans: bool = False) -> Any:
     """A ``datasets.Dataset`` of :func:`sft_row` rows (and, with ``describe``, :func:`describe_row` rows of the
     samples' one-concept photos), after :func:`check_training_concepts`; ``types`` limits the sample rows.
 
@@ -340,6 +352,8 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
     recognition rows :func:`recognition_chat_row` rows; with ``queries_per_row`` > 1 every row is
     conversational (:func:`as_messages_row`), for trl's assistant-only loss. ``passes`` > 1 repeats the
     sample rows that many times, each pass with its own draws and (with ``batch_size``) its own order.
+    ``context_spans`` adds the column :data:`covip.training.sft_pointer.SPANS_COLUMN` (per context item of a
+    caption row its name and fact values; [] for other rows), which pointer supervision reads.
     """
     import datasets
 
@@ -360,6 +374,8 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
                                                copy_share=copy_share, rationale=rationale, pack=pack)
                 else:
                     row = sft_row(s, world, rng, rationale=rationale, pack=pack)
+                if context_spans:
+                    row[SPANS_COLUMN] = _context_spans(s, world) if s.sample_type == "caption" else []
                 groups.setdefault(s.sample_type, []).append(row)
         if describe:
             groups["describe"] = [describe_row(path, look, pack) for path, look in items]
@@ -383,7 +399,9 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
             rows += order_rows(groups, batch_size=batch_size, seed=seed if i == 0 else f"{seed}:{i}")
     if conversational:
         rows = [as_messages_row(r) for r in rows]
-    return datasets.Dataset.from_list(rows, features=_features(conversational))
+    if context_spans:
+        rows = [{**r, SPANS_COLUMN: r.get(SPANS_COLUMN, [])} for r in rows]
+    return datasets.Dataset.from_list(rows, features=_features(conversational, context_spans))
 
 
 def _subsample(samples: list[Sample], n: int | None, seed: str) -> list[Sample]:

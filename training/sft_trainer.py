@@ -58,12 +58,34 @@ class CompletionOnlySFTTrainer(SFTTrainer):
     accumulation, as trl does). Elsewhere, and when outputs are requested, trl's own loss runs.
     """
 
+    pointer_weight: float = 0.0
+    """Weight of :func:`covip.training.sft_pointer.pointer_loss` (set by covip.training.sft; 0 = off)."""
+
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
+        inputs = dict(inputs)
+        targets = inputs.pop("pointer_targets", None)
+        if not self.pointer_weight or not targets or not any(targets):
+            return self._answer_loss(model, inputs, return_outputs, num_items_in_batch)
+        from covip.training.sft_pointer import AttentionTap, pointer_loss
+
+        with AttentionTap(model) as tap:
+            out = self._answer_loss(model, inputs, return_outputs, num_items_in_batch)
+        aux = pointer_loss(tap.weights, targets)
+        tap.weights.clear()
+        if aux is None:
+            return out
+        mode = "train" if model.training else "eval"
+        self._metrics[mode]["pointer_loss"].append(aux.item())
+        if return_outputs:
+            loss, outputs = out
+            return loss + self.pointer_weight * aux, outputs
+        return out + self.pointer_weight * aux
+
+    def _answer_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool, num_items_in_batch: Any) -> Any:
         if inputs["input_ids"].device.type != "cpu" or return_outputs:
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
-        inputs = dict(inputs)
         labels = inputs.pop("labels")[:, 1:]  # the label of position t is the token at t + 1
         keep = (labels != -100).any(dim=0).nonzero().squeeze(-1)
         outputs = model(**inputs, use_cache=False, logits_to_keep=keep)

@@ -1,0 +1,117 @@
+"""Attention-pointer supervision (covip.training.sft_pointer): where the pointers of a caption row point, that
+the loss trains the supervised heads toward them, and that a model or config it cannot serve is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from covip.sdk.errors import InputError
+from covip.training.sft_config import SftConfig
+
+pytest.importorskip("trl")
+
+WORLD = {"n_concepts": 24, "test_fraction": 0.25, "n_train": 24, "n_test": 8, "context_size": 3, "max_present": 2,
+         "image_size": 64, "similarity": "attributes", "seed": 3, "type_mix": [1.0, 0.0, 0.0]}
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory):
+    from covip.training.data import SynthConfig, synthesize
+
+    out = tmp_path_factory.mktemp("pointer-world") / "world"
+    synthesize(SynthConfig(**WORLD), out, progress=False)
+    return out
+
+
+def _batch(world_dir, tiny_vlm_dir, n=4):
+    from transformers import AutoProcessor
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from covip.training.sft_config import SftDataSection
+    from covip.training.sft_data import build_sft_dataset, load_sft_samples, load_world
+    from covip.training.sft_pointer import PointerCollator
+
+    world = load_world(world_dir)
+    samples = [s for s in load_sft_samples(SftDataSection(), world_dir) if s.sample_type == "caption"][:n]
+    rows = build_sft_dataset(samples, world, types=["caption"], context_spans=True)
+    processor = AutoProcessor.from_pretrained(tiny_vlm_dir)
+    base = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)
+    collate = PointerCollator(base, processor.tokenizer, processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+    examples = [rows[i] for i in range(len(rows))]
+    return samples, world, processor, collate(examples), examples
+
+
+def test_pointers_bind_names_to_their_photos_and_answers_to_the_matching_name(world_dir, tiny_vlm_dir):
+    from covip.training.sft_pointer import SPANS_COLUMN, _runs
+
+    samples, _, processor, batch, _ = _batch(world_dir, tiny_vlm_dir)
+    tok = processor.tokenizer
+    image_id = tok.convert_tokens_to_ids("<|image_pad|>")
+    assert "pointer_targets" in batch and SPANS_COLUMN not in batch  # the column never reaches the model
+    for b, sample in enumerate(samples):
+        ids = batch["input_ids"][b].tolist()
+        labels = batch["labels"][b].tolist()
+        runs = _runs(ids, image_id)
+        pointers = batch["pointer_targets"][b]
+        names = list(sample.concept_names)
+        binds = [p for p in pointers if p[0] == "bind"]
+        assert len(binds) == len(names) == len(runs) - 1
+        for i, (_, src, dst) in enumerate(binds):  # each name, after its own photo, points at that photo
+            assert dst == runs[i] and runs[i][-1] < src < runs[i + 1][0]
+            assert tok.decode(ids[src:src + 8]).strip().startswith(names[i])
+        looks = [p for p in pointers if p[0] == "look"]
+        copies = {p[1]: p[2] for p in pointers if p[0] == "copy"}
+        present = {names[j] for j in sample.present}
+        assert looks and all(dst == runs[-1] for _, _, dst in looks)  # the answer looks at the query photo
+        said = set()
+        for _, pos, _ in looks:
+            assert labels[pos + 1] != -100  # it predicts an answer token...
+            (src,) = copies[pos]
+            item = next(i for i, (_, s, _) in enumerate(binds) if s == src)  # ...copied from a bound name
+            assert tok.decode(ids[pos + 1:pos + 8]).strip().startswith(names[item])
+            said.add(names[item])
+        assert said == present  # every present concept's name, and no distractor's
+        facts = [p for p in pointers if p[0] == "copy" and p[1] not in {q[1] for q in looks}]
+        assert facts  # the remembered facts the caption states point into the dialogues
+        for _, pos, (src,) in facts:
+            assert labels[pos + 1] == ids[src] and src < runs[-1][0]
+
+
+def test_rows_without_the_layout_get_no_pointers(tiny_vlm_dir):
+    from transformers import AutoProcessor
+
+    from covip.training.sft_pointer import pointer_loss, pointer_targets
+
+    tok = AutoProcessor.from_pretrained(tiny_vlm_dir).tokenizer
+    ids = tok("Hello there Bori", add_special_tokens=False)["input_ids"]
+    labels = [-100] * (len(ids) - 1) + ids[-1:]
+    image_id = tok.convert_tokens_to_ids("<|image_pad|>")
+    assert pointer_targets(ids, labels, [["Bori"]], tok, image_id) == []  # no photos
+    assert pointer_targets(ids, labels, [], tok, image_id) == []
+    assert pointer_loss({}, [[], []]) is None
+
+
+def test_pointer_loss_trains_the_supervised_heads_toward_their_targets(tmp_path, world_dir, tiny_vlm_dir):
+    from covip.training.sft import train_sft
+
+    config = SftConfig.from_dict({
+        "model": {"name_or_path": str(tiny_vlm_dir)},
+        "data": {"world": str(world_dir), "sample_types": ["caption"]},
+        "trainer": {"max_steps": 24, "per_device_train_batch_size": 4, "pointer_loss": 1.0, "learning_rate": 3e-3,
+                    "warmup_steps": 0},
+        "eval": {"enabled": False},
+        "run": {"output_dir": str(tmp_path / "run"), "use_cpu": True, "progress": False, "logging_steps": 4}})
+    result = train_sft(config)
+    logged = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    curve = [m["pointer_loss"] for m in logged if "pointer_loss" in m]
+    assert len(curve) >= 4
+    assert curve[-1] < 0.8 * curve[0]  # the heads learned to look where they are shown
+
+
+def test_pointer_loss_is_refused_where_it_cannot_apply(tmp_path, world_dir, tiny_vlm_dir):
+    with pytest.raises(InputError, match="trainer.pointer_loss"):
+        SftConfig.from_dict({"data": {"sample_types": ["recognition"]}, "trainer": {"pointer_loss": 1.0}})
+    with pytest.raises(InputError, match="trainer.pointer_loss"):
+        SftConfig.from_dict({"trainer": {"pointer_loss": -1.0}})

@@ -1,0 +1,164 @@
+"""Attention-pointer supervision for SFT: an auxiliary loss that shows three attention heads where to look
+while the retrieval circuit forms (``trainer.pointer_loss`` > 0; training only, inference is unchanged).
+
+Why: to name a held-out concept in a new photo, the model must match the query photo against the context
+photos and copy the name that follows the matching one: an induction-style chain of attention steps (Olsson
+et al., "In-context learning and induction heads", 2022). From random weights on two CPU cores that chain
+forms after a long loss plateau (750-1,500 steps when it forms at at all; training/README.md measures it),
+because each step gets a useful gradient only once the others work. Supervising the attention pattern of
+one head per step gives every step its own dense signal; the answer itself is still learned from the
+ordinary completion loss. The supervision needs only what a caption row already holds (which context item
+carries which name and facts, and which of them the answer says), so it uses no label the evaluation hides.
+
+Pointers of one caption row (``layer``/``head`` from :data:`HEADS`):
+
+* ``bind``: the first token of context item i's name, at its first mention after image i, attends to
+  image i's tokens (the name's position learns what its photo looks like);
+* ``look``: each answer position that predicts a context name attends to the query image's tokens;
+* ``copy``: that position attends to the name's first token in its context item (the match); and each
+  answer position that predicts a remembered fact (place, time, event, action) stated verbatim in a context
+  item attends to the fact's first token there.
+
+The loss is the mean over pointers of ``-log`` (the attention mass the head puts on the target tokens).
+Rows without context names (recognition by index, verification, descriptions) get no pointers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["HEADS", "SPANS_COLUMN", "PointerCollator", "pointer_targets", "pointer_loss", "AttentionTap"]
+
+HEADS: Mapping[str, tuple[int, int]] = {"bind": (0, 0), "look": (0, 1), "copy": (1, 0)}
+"""(decoder layer, attention head) supervised for each pointer kind."""
+SPANS_COLUMN = "context_spans"
+"""The dataset column pointer supervision reads: per context item (in order) its name, then the fact values
+its dialogue states verbatim; [] for rows without context items."""
+
+Pointer = tuple[str, int, list[int]]  # (kind, position that attends, positions it should attend to)
+
+
+def _runs(ids: Sequence[int], token: int) -> list[list[int]]:
+    """Positions of ``token`` grouped into maximal runs (one run per image)."""
+    runs: list[list[int]] = []
+    for pos, tok in enumerate(ids):
+        if tok == token:
+            if runs and runs[-1][-1] == pos - 1:
+                runs[-1].append(pos)
+            else:
+                runs.append([pos])
+    return runs
+
+
+def _find(ids: Sequence[int], pattern: Sequence[int], start: int, stop: int) -> int | None:
+    """First position p in [start, stop) where ``pattern`` starts, else None."""
+    n = len(pattern)
+    for p in range(start, max(start, stop - n + 1)):
+        if list(ids[p:p + n]) == list(pattern):
+            return p
+    return None
+
+
+def pointer_targets(ids: Sequence[int], labels: Sequence[int], spans: Sequence[Sequence[str]], tokenizer: Any,
+                    image_token_id: int) -> list[Pointer]:
+    """The pointers of one row (see the module doc); ``ids``/``labels`` are the collated row (-100 = no
+    label), ``spans`` its context items' [name, *facts] in order. Returns [] when the row does not have the
+    layout (one image per context item plus the query image, each name found after its image); a fact not
+    found verbatim (e.g. capitalized at a sentence start) gets no pointer."""
+    ids, labels = list(ids), list(labels)
+    runs = _runs(ids, image_token_id)
+    if not spans or len(runs) != len(spans) + 1 or any(not item for item in spans):
+        return []
+    answer_start = next((p for p, lab in enumerate(labels) if lab != -100), None)
+    if answer_start is None or answer_start <= runs[-1][-1]:
+        return []
+    pointers: list[Pointer] = []
+    sources: list[tuple[int, int, list[int]]] = []  # (item, source position, pattern) of each span
+    for i, item in enumerate(spans):
+        stop = runs[i + 1][0]
+        for j, text in enumerate(item):
+            pattern = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+            pos = _find(ids, pattern, runs[i][-1] + 1, stop)
+            if pos is None:
+                if j == 0:  # the name must be there: this is not the layout the pointers are for
+                    return []
+                continue
+            if j == 0:
+                pointers.append(("bind", pos, list(runs[i])))
+            sources.append((j, pos, pattern))
+    for j, source, pattern in sources:
+        pos = answer_start
+        while (hit := _find(ids, pattern, pos, len(ids))) is not None:
+            if labels[hit] != -100:  # the answer says it: the position before it predicts it
+                if j == 0:
+                    pointers.append(("look", hit - 1, list(runs[-1])))
+                pointers.append(("copy", hit - 1, [source]))
+            pos = hit + 1
+    return pointers
+
+
+class PointerCollator:
+    """Wraps trl's collator: the batch it returns gains ``pointer_targets`` (one list per row), computed from
+    the collated ids and labels and each example's :data:`SPANS_COLUMN`."""
+
+    def __init__(self, base: Any, tokenizer: Any, image_token_id: int) -> None:
+        self.base, self.tokenizer, self.image_token_id = base, tokenizer, image_token_id
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        spans = [[list(item) for item in ex.get(SPANS_COLUMN) or []] for ex in examples]
+        batch = self.base([{k: v for k, v in ex.items() if k != SPANS_COLUMN} for ex in examples])
+        batch["pointer_targets"] = [
+            pointer_targets(batch["input_ids"][b].tolist(), batch["labels"][b].tolist(), spans[b], self.tokenizer,
+                            self.image_token_id)
+            for b in range(len(examples))]
+        return batch
+
+
+class AttentionTap:
+    """Forward hooks that keep the attention weights of the supervised layers during a training forward
+    (the text model must run eager attention, which returns them). Use as a context manager."""
+
+    def __init__(self, model: Any) -> None:
+        self.layers = _decoder_layers(model)
+        self.weights: dict[int, Any] = {}
+        self._hooks: list[Any] = []
+
+    def __enter__(self) -> AttentionTap:
+        for layer in sorted({lay for lay, _ in HEADS.values()}):
+            def hook(_m: Any, _inp: Any, out: Any, layer: int = layer) -> None:
+                self.weights[layer] = out[1] if isinstance(out, tuple) and len(out) > 1 else None
+            self._hooks.append(self.layers[layer].self_attn.register_forward_hook(hook))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+
+
+def _decoder_layers(model: Any) -> Any:
+    inner = getattr(model, "model", model)
+    lm = getattr(inner, "language_model", None)
+    if lm is None:  # a peft wrapper around the VLM
+        lm = model.get_base_model().model.language_model
+    return lm.layers
+
+
+def pointer_loss(weights: Mapping[int, Any], targets: Sequence[Sequence[Pointer]]) -> Any:
+    """Mean of -log(attention mass on the target tokens) over every pointer of the batch (None when the
+    batch has none). ``weights[layer]``: (batch, heads, query positions, key positions)."""
+    import torch
+
+    terms = []
+    for b, row in enumerate(targets):
+        for kind, src, dst in row:
+            layer, head = HEADS[kind]
+            att = weights.get(layer)
+            if att is None:
+                raise RuntimeError("pointer supervision needs the attention weights; the text model must run "
+                                   "eager attention (covip sets it when trainer.pointer_loss > 0)")
+            terms.append(-torch.log(att[b, head, src, dst].sum().clamp(min=1e-6)))
+    if not terms:
+        return None
+    return torch.stack(terms).mean()
