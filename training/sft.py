@@ -146,7 +146,7 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
                                 types=[t for t in types if t != "describe"], warmup_describe=d.warmup_describe,
                                 rationale=d.recognition_rationale, matching_warmup=d.matching_warmup,
                                 queries_per_row=d.queries_per_row, copy_share=d.copy_share, passes=d.passes,
-                                pack=pack, context_spans=config.trainer.pointer_loss > 0,
+                                pack=pack, context_spans=config.trainer.pointer_loss > 0, identities=d.fresh_identities,
                                 batch_size=config.trainer.per_device_train_batch_size if d.same_type_batches else None)
     counts: dict[str, int] = {}
     for s in samples:

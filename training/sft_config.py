@@ -100,6 +100,11 @@ class SftDataSection:
         "held-out evaluation; null = covip's prompts. Use the same pack at inference."))
     recognition_rationale: bool = field(default=True, metadata=_h(
         "Recognition targets describe every concept image and the query before the box (false: the box alone)."))
+    fresh_identities: bool = field(default=False, metadata=_h(
+        "Each training caption row gives its context concepts fresh names and facts (drawn per row; dialogues "
+        "and caption rewritten to match), so only the context can tell them, as in held-out evaluation. With the "
+        "world's fixed names a model can name training concepts from their look alone (measured: "
+        "training/README.md)."))
     same_type_batches: bool = field(default=True, metadata=_h(
         "Fill every batch with one sample type (rows in a seeded order, batches shuffled): a short description "
         "row is never padded to a long caption prompt."))

@@ -21,6 +21,7 @@ split from the world's ``concepts.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -38,7 +39,7 @@ from covip.training.data.targets import (
     recognition_target,
     verification_target,
 )
-from covip.training.data.world import Concept, Facts, Look
+from covip.training.data.world import FACT_LISTS, NAMES, Concept, Facts, Look, dialogue_for
 from covip.training.gspo_data import placeholder_messages, sample_messages
 from covip.training.sft_config import SftDataSection
 from covip.training.sft_pointer import SPANS_COLUMN
@@ -167,8 +168,25 @@ def _known_concept_ids(sample: Sample, world: World) -> list[str]:
     return ids
 
 
-def target_for(sample: Sample, world: World, rng: random.Random, *, rationale: bool = True) -> str:
-    """The ground-truth answer of one sample (see :mod:`covip.training.data.targets`)."""
+def fresh_identities(sample: Sample, world: World, rng: random.Random) -> tuple[Sample, dict[str, Concept]]:
+    """``sample`` with every context concept renamed and given new facts (distinct names within the sample,
+    each fact drawn from the world's fact lists), its dialogues rewritten from them; and the renamed concepts
+    by id, for the target. The looks, photos and answer stay: only what the context says changes."""
+    ids = _known_concept_ids(sample, world)
+    names = rng.sample(NAMES, len(ids))
+    renamed: dict[str, Concept] = {}
+    for cid, name in zip(ids, names):
+        c = world.concepts[cid]
+        facts = Facts(**{key: rng.choice(values) for key, values in FACT_LISTS.items()})
+        renamed[cid] = dataclasses.replace(c, name=name, facts=facts, dialogue=dialogue_for(name, c.noun, facts, rng))
+    fresh = dataclasses.replace(sample, dialogues=[renamed[c].dialogue for c in ids], concept_names=names)
+    return fresh, renamed
+
+
+def target_for(sample: Sample, world: World, rng: random.Random, *, rationale: bool = True,
+               concepts: Mapping[str, Concept] | None = None) -> str:
+    """The ground-truth answer of one sample (see :mod:`covip.training.data.targets`); ``concepts`` overrides
+    the world's concepts by id (:func:`fresh_identities`)."""
     ids = _known_concept_ids(sample, world)
     if sample.sample_type == "recognition":
         return recognition_target([world.concepts[c].look for c in ids], list(sample.answer or ()),
@@ -176,20 +194,21 @@ def target_for(sample: Sample, world: World, rng: random.Random, *, rationale: b
     if sample.sample_type == "verification":
         return verification_target(str(sample.answer))
     if sample.sample_type == "caption":
-        present = [world.concepts[ids[i]] for i in sorted(sample.present or ())]
+        known = {**world.concepts, **(concepts or {})}
+        present = [known[ids[i]] for i in sorted(sample.present or ())]
         return caption_target(present, rng)
     raise DataError(f"sample {sample.id!r}: unknown sample_type {sample.sample_type!r}", sample_id=sample.id,
                     field="sample_type")
 
 
 def sft_row(sample: Sample, world: World, rng: random.Random, *, rationale: bool = True,
-            pack: prompts.PromptPack | None = None) -> dict[str, Any]:
-    """The dataset row of one sample (see the module doc)."""
+            pack: prompts.PromptPack | None = None, concepts: Mapping[str, Concept] | None = None) -> dict[str, Any]:
+    """The dataset row of one sample (see the module doc); ``concepts`` as in :func:`target_for`."""
     prompt, images = placeholder_messages(sample_messages(sample, rng=rng, pack=pack))
     if [str(p) for p in images] != [str(p) for p in sample.images]:
         raise DataError(f"sample {sample.id!r}: the prompt shows its images in another order than the sample",
                         sample_id=sample.id, field="images")
-    answer = target_for(sample, world, rng, rationale=rationale)
+    answer = target_for(sample, world, rng, rationale=rationale, concepts=concepts)
     return {"prompt": prompt, "completion": [{"role": "assistant", "content": [{"type": "text", "text": answer}]}],
             "images": [str(p) for p in images]}
 
@@ -272,11 +291,12 @@ def as_messages_row(row: Mapping[str, Any]) -> dict[str, Any]:
     return {"messages": [*row["prompt"], *row["completion"]], "images": list(row["images"])}
 
 
-def _context_spans(sample: Sample, world: World) -> list[list[str]]:
+def _context_spans(sample: Sample, world: World, concepts: Mapping[str, Concept] | None = None) -> list[list[str]]:
     """Per context item: its concept's name, then its fact values (each stated verbatim in its dialogue)."""
     out = []
+    known = {**world.concepts, **(concepts or {})}
     for cid in _known_concept_ids(sample, world):
-        c = world.concepts[cid]
+        c = known[cid]
         out.append([c.name, c.facts.place, c.facts.time, c.facts.event, c.facts.action])
     return out
 
@@ -312,8 +332,6 @@ def order_rows(groups: Mapping[str, Sequence[dict[str, Any]]], *, batch_size: in
 
 def copy_query(sample: Sample) -> Sample:
     """``sample`` (one present concept) with its query photo replaced by that concept's own memory photo."""
-    import dataclasses
-
     return dataclasses.replace(sample, images=[*sample.images[:-1], sample.images[int(sample.answer[0])]])
 
 
@@ -342,7 +360,8 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
                       types: Sequence[str] | None = None, batch_size: int | None = None,
                       warmup_describe: int = 0, rationale: bool = True, matching_warmup: int = 0,
                       queries_per_row: int = 1, copy_share: float = 0.0, passes: int = 1,
-                      pack: prompts.PromptPack | None = None, context_spans: bool = False) -> Any:
+                      pack: prompts.PromptPack | None = None, context_spans: bool = False,
+                      identities: bool = False) -> Any:
     """A ``datasets.Dataset`` of :func:`sft_row` rows (and, with ``describe``, :func:`describe_row` rows of the
     samples' one-concept photos), after :func:`check_training_concepts`; ``types`` limits the sample rows.
 
@@ -353,7 +372,8 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
     conversational (:func:`as_messages_row`), for trl's assistant-only loss. ``passes`` > 1 repeats the
     sample rows that many times, each pass with its own draws and (with ``batch_size``) its own order.
     ``context_spans`` adds the column :data:`covip.training.sft_pointer.SPANS_COLUMN` (per context item of a
-    caption row its name and fact values; [] for other rows), which pointer supervision reads.
+    caption row its name and fact values; [] for other rows), which pointer supervision reads. ``identities``
+    gives every caption row :func:`fresh_identities` (new names and facts per row and pass).
     """
     import datasets
 
@@ -373,9 +393,12 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
                     row = recognition_chat_row(s, world, rng, pool=pool, queries=queries_per_row,
                                                copy_share=copy_share, rationale=rationale, pack=pack)
                 else:
-                    row = sft_row(s, world, rng, rationale=rationale, pack=pack)
+                    renamed = None
+                    if identities and s.sample_type == "caption":
+                        s, renamed = fresh_identities(s, world, rng)
+                    row = sft_row(s, world, rng, rationale=rationale, pack=pack, concepts=renamed)
                 if context_spans:
-                    row[SPANS_COLUMN] = _context_spans(s, world) if s.sample_type == "caption" else []
+                    row[SPANS_COLUMN] = _context_spans(s, world, renamed) if s.sample_type == "caption" else []
                 groups.setdefault(s.sample_type, []).append(row)
         if describe:
             groups["describe"] = [describe_row(path, look, pack) for path, look in items]

@@ -115,3 +115,33 @@ def test_pointer_loss_is_refused_where_it_cannot_apply(tmp_path, world_dir, tiny
         SftConfig.from_dict({"data": {"sample_types": ["recognition"]}, "trainer": {"pointer_loss": 1.0}})
     with pytest.raises(InputError, match="trainer.pointer_loss"):
         SftConfig.from_dict({"trainer": {"pointer_loss": -1.0}})
+
+
+def test_fresh_identities_rename_every_context_concept_consistently(world_dir):
+    from covip.training.data.world import FACT_LISTS
+    from covip.training.sft_config import SftDataSection
+    from covip.training.sft_data import build_sft_dataset, load_sft_samples, load_world
+
+    world = load_world(world_dir)
+    samples = [s for s in load_sft_samples(SftDataSection(), world_dir) if s.sample_type == "caption"]
+    plain = build_sft_dataset(samples, world, types=["caption"], context_spans=True).to_list()
+    rows = build_sft_dataset(samples, world, types=["caption"], context_spans=True, identities=True,
+                             passes=2).to_list()
+    assert len(rows) == 2 * len(plain)
+    by_images = {}
+    for row in rows:
+        prompt = "".join(p.get("text") or "" for m in row["prompt"] for p in m["content"])
+        caption = row["completion"][0]["content"][0]["text"]
+        spans = row["context_spans"]
+        sample = next(s for s in samples if [str(p) for p in s.images] == [im["path"] for im in row["images"]])
+        names = [item[0] for item in spans]
+        assert len(set(names)) == len(names) == len(sample.concept_names)
+        for item in spans:  # every new name and fact is what the rewritten dialogue states
+            assert all(v in prompt or v[:1].upper() + v[1:] in prompt for v in item)
+            assert all(v in FACT_LISTS[k] for k, v in zip(("place", "time", "event", "action"), item[1:]))
+        for j, item in enumerate(spans):  # the caption names the present concepts by their new names only
+            assert (item[0] in caption) == (j in sample.present)
+        assert not any(world.concepts[c].name in prompt for c in sample.meta["concept_ids"]
+                       if world.concepts[c].name not in names)  # the world's own names are gone
+        by_images.setdefault(tuple(im["path"] for im in row["images"]), []).append(tuple(names))
+    assert any(len(set(v)) > 1 for v in by_images.values())  # each pass draws anew
