@@ -284,14 +284,15 @@ def _use_pointer_supervision(config: SftConfig, model: Any, processor: Any, trai
     if not weight:
         return None
     from covip.sdk.errors import InputError
-    from covip.training.sft_pointer import HEADS, PointerCollator
+    from covip.training.sft_pointer import HEADS, KINDS, PointerCollator
 
     text = model.config.text_config
-    layers = max(layer for layer, _ in HEADS.values()) + 1
-    heads = max(head for _, head in HEADS.values()) + 1
+    used = {kind: HEADS[kind] for stype in config.data.sample_types for kind in KINDS.get(stype, ())}
+    layers = max(layer for layer, _ in used.values()) + 1
+    heads = max(head for _, head in used.values()) + 1
     if text.num_hidden_layers < layers or text.num_attention_heads < heads:
-        raise InputError(f"trainer.pointer_loss supervises heads {dict(HEADS)}: the model needs >= {layers} decoder "
-                         f"layers and >= {heads} attention heads (it has {text.num_hidden_layers} and "
+        raise InputError(f"trainer.pointer_loss supervises heads {used} (layer, head): the model needs >= {layers} "
+                         f"decoder layers and >= {heads} attention heads (it has {text.num_hidden_layers} and "
                          f"{text.num_attention_heads}); set trainer.pointer_loss: 0")
     saved = model.config._attn_implementation or "sdpa"
     model.set_attn_implementation("eager")

@@ -132,10 +132,11 @@ class SftTrainerSection:
         "(measured: a frozen distilled tower keeps the pose-invariant features new-pose matching needs, "
         "training/README.md). A random-weight tower without a warm-up must train."))
     pointer_loss: float = field(default=0.0, metadata=_h(
-        "Weight of the attention-pointer loss on caption rows (covip.training.sft_pointer): three heads of "
-        "layers 0-1 are shown where the retrieval circuit looks (name -> its image, answer -> query image, "
-        "answer -> the matching name). 0 = off. Needs a decoder of >= 2 layers and >= 2 heads; runs the "
-        "text model with eager attention while training."))
+        "Weight of the attention-pointer loss (covip.training.sft_pointer): on recognition rows heads of layers "
+        "0-2 are shown where the retrieval circuit looks (concept photo -> its number, query photo -> the "
+        "matching concept photos, answer -> query photo); on caption rows heads of layers 0-1 (name -> its "
+        "photo, answer -> query photo and the matching name). 0 = off. Runs the text model with eager "
+        "attention while training."))
     extra_args: dict[str, Any] = field(default_factory=dict, metadata=_h(
         "Any other trl SFTConfig / TrainingArguments fields, passed through as given."))
 
@@ -295,8 +296,8 @@ class SftConfig(GroupedConfigMixin):
             _check(getattr(t, key) >= 1, f"trainer.{key}", f"must be >= 1, got {getattr(t, key)}")
         _check(t.max_length is None or t.max_length >= 16, "trainer.max_length", "must be >= 16 or null")
         _check(0.0 <= t.pointer_loss <= 100.0, "trainer.pointer_loss", f"must be 0-100, got {t.pointer_loss}")
-        _check(t.pointer_loss == 0 or "caption" in d.sample_types, "trainer.pointer_loss",
-               "supervises caption rows: needs 'caption' in data.sample_types")
+        _check(t.pointer_loss == 0 or bool({"caption", "recognition"} & set(d.sample_types)), "trainer.pointer_loss",
+               "supervises caption and recognition rows: needs one of them in data.sample_types")
         _check(e.max_samples is None or e.max_samples > 0, "eval.max_samples", "must be > 0 or null")
         for key in ("batch_size", "max_new_tokens", "caption_max_new_tokens"):
             _check(getattr(e, key) >= 1, f"eval.{key}", f"must be >= 1, got {getattr(e, key)}")

@@ -19,24 +19,41 @@ Pointers of one caption row (``layer``/``head`` from :data:`HEADS`):
   answer position that predicts a remembered fact (place, time, event, action) stated verbatim in a context
   item attends to the fact's first token there.
 
-The loss is the mean over pointers of ``-log`` (the attention mass the head puts on the target tokens).
-Rows without context names (recognition by index, verification, descriptions) get no pointers.
+Pointers of one recognition row (concept images numbered from 0 by headers *before* them, answer
+``\\boxed{[i, ...]}``; one query, or several in follow-up turns):
+
+* ``label``: every token of concept image i attends to the digit i of its header;
+* ``match``: every token of a query image attends to the images of the concepts its answer names;
+* ``read``: each answer position that predicts one of those digits attends to that query image.
+
+Here the match compares image tokens with image tokens, one attention step deep; in the caption chain it
+compares what two other heads copied, and in the research loop that step did not form in 600 steps while
+the recognition chain formed in 300 (training/README.md).
+
+The loss is the mean over pointers of ``-log`` (the attention mass the head puts on the target tokens,
+averaged over the pointer's source positions). Rows of another layout (verification, descriptions) get none.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["HEADS", "SPANS_COLUMN", "PointerCollator", "pointer_targets", "pointer_loss", "AttentionTap"]
+__all__ = ["HEADS", "KINDS", "SPANS_COLUMN", "PointerCollator", "pointer_targets", "recognition_pointers", "pointer_loss",
+           "AttentionTap"]
 
-HEADS: Mapping[str, tuple[int, int]] = {"bind": (0, 0), "look": (0, 1), "copy": (1, 0)}
+HEADS: Mapping[str, tuple[int, int]] = {"bind": (0, 0), "look": (0, 1), "copy": (1, 0),
+                                        "label": (0, 0), "match": (1, 0), "read": (2, 0)}
 """(decoder layer, attention head) supervised for each pointer kind."""
+KINDS: Mapping[str, tuple[str, ...]] = {"caption": ("bind", "look", "copy"), "recognition": ("label", "match", "read")}
+"""The pointer kinds of each sample type's rows."""
 SPANS_COLUMN = "context_spans"
 """The dataset column pointer supervision reads: per context item (in order) its name, then the fact values
 its dialogue states verbatim; [] for rows without context items."""
 
-Pointer = tuple[str, int, list[int]]  # (kind, position that attends, positions it should attend to)
+Pointer = tuple[str, list[int], list[int]]  # (kind, positions that attend, positions they should attend to)
+_BOX = re.compile(r"\\boxed\{\[([0-9,\s]*)\]")
 
 
 def _runs(ids: Sequence[int], token: int) -> list[list[int]]:
@@ -85,22 +102,70 @@ def pointer_targets(ids: Sequence[int], labels: Sequence[int], spans: Sequence[S
                     return []
                 continue
             if j == 0:
-                pointers.append(("bind", pos, list(runs[i])))
+                pointers.append(("bind", [pos], list(runs[i])))
             sources.append((j, pos, pattern))
     for j, source, pattern in sources:
         pos = answer_start
         while (hit := _find(ids, pattern, pos, len(ids))) is not None:
             if labels[hit] != -100:  # the answer says it: the position before it predicts it
                 if j == 0:
-                    pointers.append(("look", hit - 1, list(runs[-1])))
-                pointers.append(("copy", hit - 1, [source]))
+                    pointers.append(("look", [hit - 1], list(runs[-1])))
+                pointers.append(("copy", [hit - 1], [source]))
             pos = hit + 1
+    return pointers
+
+
+def recognition_pointers(ids: Sequence[int], labels: Sequence[int], tokenizer: Any,
+                         image_token_id: int) -> list[Pointer]:
+    """The pointers of one recognition row (see the module doc); [] when the row is not one: no labelled
+    ``\\boxed{[...]}`` after a query image, a header digit missing, or more than ten concept images."""
+    ids, labels = list(ids), list(labels)
+    runs = _runs(ids, image_token_id)
+    answer_start = next((p for p, lab in enumerate(labels) if lab != -100), None)
+    if answer_start is None:
+        return []
+    n_context = sum(run[-1] < answer_start for run in runs) - 1
+    if not 1 <= n_context <= 10:
+        return []
+    digits = [tokenizer(str(i), add_special_tokens=False)["input_ids"] for i in range(n_context)]
+    if any(len(d) != 1 for d in digits):
+        return []
+    digits_ids = [d[0] for d in digits]
+    pointers: list[Pointer] = []
+    for i in range(n_context):
+        start = runs[i - 1][-1] + 1 if i else 0
+        header = [p for p in range(start, runs[i][0]) if ids[p] == digits_ids[i]]
+        if not header:
+            return []
+        pointers.append(("label", list(runs[i]), [header[-1]]))
+    for k, query in enumerate(runs[n_context:], start=n_context):
+        stop = runs[k + 1][0] if k + 1 < len(runs) else len(ids)
+        answer = [p for p in range(query[-1] + 1, stop) if labels[p] != -100]
+        if not answer:
+            continue
+        pieces = [tokenizer.decode([ids[p]]) for p in answer]
+        text = "".join(pieces)
+        box = _BOX.search(text)
+        if box is None:
+            continue
+        offsets, at = [], 0
+        for piece in pieces:
+            offsets.append(at)
+            at += len(piece)
+        present: set[int] = set()
+        for j, pos in enumerate(answer):
+            if box.start(1) <= offsets[j] < box.end(1) and ids[pos] in digits_ids:
+                present.add(digits_ids.index(ids[pos]))
+                pointers.append(("read", [pos - 1], list(query)))
+        if present:
+            pointers.append(("match", list(query), [p for i in sorted(present) for p in runs[i]]))
     return pointers
 
 
 class PointerCollator:
     """Wraps trl's collator: the batch it returns gains ``pointer_targets`` (one list per row), computed from
-    the collated ids and labels and each example's :data:`SPANS_COLUMN`."""
+    the collated ids and labels: caption pointers from each example's :data:`SPANS_COLUMN`, else recognition
+    pointers."""
 
     def __init__(self, base: Any, tokenizer: Any, image_token_id: int) -> None:
         self.base, self.tokenizer, self.image_token_id = base, tokenizer, image_token_id
@@ -108,10 +173,12 @@ class PointerCollator:
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         spans = [[list(item) for item in ex.get(SPANS_COLUMN) or []] for ex in examples]
         batch = self.base([{k: v for k, v in ex.items() if k != SPANS_COLUMN} for ex in examples])
-        batch["pointer_targets"] = [
-            pointer_targets(batch["input_ids"][b].tolist(), batch["labels"][b].tolist(), spans[b], self.tokenizer,
-                            self.image_token_id)
-            for b in range(len(examples))]
+        targets = []
+        for b in range(len(examples)):
+            ids, labels = batch["input_ids"][b].tolist(), batch["labels"][b].tolist()
+            found = pointer_targets(ids, labels, spans[b], self.tokenizer, self.image_token_id) if spans[b] else []
+            targets.append(found or recognition_pointers(ids, labels, self.tokenizer, self.image_token_id))
+        batch["pointer_targets"] = targets
         return batch
 
 
@@ -125,7 +192,7 @@ class AttentionTap:
         self._hooks: list[Any] = []
 
     def __enter__(self) -> AttentionTap:
-        for layer in sorted({lay for lay, _ in HEADS.values()}):
+        for layer in sorted({lay for lay, _ in HEADS.values() if lay < len(self.layers)}):
             def hook(_m: Any, _inp: Any, out: Any, layer: int = layer) -> None:
                 self.weights[layer] = out[1] if isinstance(out, tuple) and len(out) > 1 else None
             self._hooks.append(self.layers[layer].self_attn.register_forward_hook(hook))
@@ -158,7 +225,8 @@ def pointer_loss(weights: Mapping[int, Any], targets: Sequence[Sequence[Pointer]
             if att is None:
                 raise RuntimeError("pointer supervision needs the attention weights; the text model must run "
                                    "eager attention (covip sets it when trainer.pointer_loss > 0)")
-            terms.append(-torch.log(att[b, head, src, dst].sum().clamp(min=1e-6)))
+            mass = att[b, head][src][:, dst].sum(-1)
+            terms.append(-torch.log(mass.clamp(min=1e-6)).mean())
     if not terms:
         return None
     return torch.stack(terms).mean()

@@ -56,6 +56,12 @@ class CompletionOnlySFTTrainer(SFTTrainer):
     whose next token carries a label in any row of the batch, and the loss is the usual cross-entropy over
     the labelled tokens (summed, divided by their count, or by ``num_items_in_batch`` under gradient
     accumulation, as trl does). Elsewhere, and when outputs are requested, trl's own loss runs.
+
+    With pointer supervision (``pointer_weight`` > 0) the answer loss is summed over each row's labelled
+    tokens and averaged over rows, on any device: a row's pointer terms and its answer then weigh alike,
+    whatever the answer's length. With the per-token mean, the one informative token of
+    ``Answer: \\boxed{[1]}<|im_end|>`` gets a ninth of the weight, and the retrieval circuit did not form
+    (measured: training/README.md).
     """
 
     pointer_weight: float = 0.0
@@ -83,7 +89,8 @@ class CompletionOnlySFTTrainer(SFTTrainer):
         return out + self.pointer_weight * aux
 
     def _answer_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool, num_items_in_batch: Any) -> Any:
-        if inputs["input_ids"].device.type != "cpu" or return_outputs:
+        per_row = bool(self.pointer_weight)
+        if return_outputs or (inputs["input_ids"].device.type != "cpu" and not per_row):
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
         labels = inputs.pop("labels")[:, 1:]  # the label of position t is the token at t + 1
@@ -94,7 +101,10 @@ class CompletionOnlySFTTrainer(SFTTrainer):
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
                                                  ignore_index=-100, reduction="sum")
         valid = target != -100
-        n = valid.sum() if num_items_in_batch is None else num_items_in_batch
+        if per_row:
+            n = valid.any(dim=1).sum()
+        else:
+            n = valid.sum() if num_items_in_batch is None else num_items_in_batch
         loss = loss / torch.as_tensor(n, device=loss.device).clamp(min=1)
         with torch.no_grad():
             right = ((logits.argmax(-1) == target) & valid).sum()

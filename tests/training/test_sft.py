@@ -422,6 +422,12 @@ def test_cpu_loss_is_the_models_loss_on_answer_tokens(tmp_path, world_dir, tiny_
         ours = trainer.compute_loss(trainer.model, dict(batch))
         reference = model(**batch).loss  # the model's own shifted cross-entropy over labelled tokens
     assert ours.item() == pytest.approx(reference.item(), rel=1e-4)
+    # with pointer supervision the answer loss is summed per row, then averaged over rows
+    trainer.pointer_weight = 1.0
+    with torch.no_grad():
+        per_row = trainer.compute_loss(trainer.model, dict(batch))  # no pointer_targets: the answer loss alone
+    rows = int((labels != -100).any(dim=1).sum())
+    assert per_row.item() == pytest.approx(reference.item() * int((labels != -100).sum()) / rows, rel=1e-4)
 
 
 def test_a_multi_query_run_trains_evaluates_and_saves_the_inference_template(tmp_path, world_dir, tiny_vlm_dir):

@@ -58,24 +58,24 @@ def test_pointers_bind_names_to_their_photos_and_answers_to_the_matching_name(wo
         names = list(sample.concept_names)
         binds = [p for p in pointers if p[0] == "bind"]
         assert len(binds) == len(names) == len(runs) - 1
-        for i, (_, src, dst) in enumerate(binds):  # each name, after its own photo, points at that photo
+        for i, (_, (src,), dst) in enumerate(binds):  # each name, after its own photo, points at that photo
             assert dst == runs[i] and runs[i][-1] < src < runs[i + 1][0]
             assert tok.decode(ids[src:src + 8]).strip().startswith(names[i])
         looks = [p for p in pointers if p[0] == "look"]
-        copies = {p[1]: p[2] for p in pointers if p[0] == "copy"}
+        copies = {p[1][0]: p[2] for p in pointers if p[0] == "copy"}
         present = {names[j] for j in sample.present}
         assert looks and all(dst == runs[-1] for _, _, dst in looks)  # the answer looks at the query photo
         said = set()
-        for _, pos, _ in looks:
+        for _, (pos,), _ in looks:
             assert labels[pos + 1] != -100  # it predicts an answer token...
             (src,) = copies[pos]
-            item = next(i for i, (_, s, _) in enumerate(binds) if s == src)  # ...copied from a bound name
+            item = next(i for i, (_, s, _) in enumerate(binds) if s == [src])  # ...copied from a bound name
             assert tok.decode(ids[pos + 1:pos + 8]).strip().startswith(names[item])
             said.add(names[item])
         assert said == present  # every present concept's name, and no distractor's
-        facts = [p for p in pointers if p[0] == "copy" and p[1] not in {q[1] for q in looks}]
+        facts = [p for p in pointers if p[0] == "copy" and p[1] not in [q[1] for q in looks]]
         assert facts  # the remembered facts the caption states point into the dialogues
-        for _, pos, (src,) in facts:
+        for _, (pos,), (src,) in facts:
             assert labels[pos + 1] == ids[src] and src < runs[-1][0]
 
 
@@ -112,7 +112,7 @@ def test_pointer_loss_trains_the_supervised_heads_toward_their_targets(tmp_path,
 
 def test_pointer_loss_is_refused_where_it_cannot_apply(tmp_path, world_dir, tiny_vlm_dir):
     with pytest.raises(InputError, match="trainer.pointer_loss"):
-        SftConfig.from_dict({"data": {"sample_types": ["recognition"]}, "trainer": {"pointer_loss": 1.0}})
+        SftConfig.from_dict({"data": {"sample_types": ["verification"]}, "trainer": {"pointer_loss": 1.0}})
     with pytest.raises(InputError, match="trainer.pointer_loss"):
         SftConfig.from_dict({"trainer": {"pointer_loss": -1.0}})
 
@@ -145,3 +145,83 @@ def test_fresh_identities_rename_every_context_concept_consistently(world_dir):
                        if world.concepts[c].name not in names)  # the world's own names are gone
         by_images.setdefault(tuple(im["path"] for im in row["images"]), []).append(tuple(names))
     assert any(len(set(v)) > 1 for v in by_images.values())  # each pass draws anew
+
+
+def test_recognition_pointers_label_match_and_read(tmp_path, tiny_vlm_dir):
+    from transformers import AutoProcessor
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from covip.training.data import SynthConfig, synthesize
+    from covip.training.sft_config import SftDataSection
+    from covip.training.sft_data import build_sft_dataset, load_sft_samples, load_world
+    from covip.training.sft_pointer import PointerCollator, _runs
+    from covip.training.sft_trainer import training_chat_template
+
+    root = tmp_path / "world"
+    synthesize(SynthConfig(**{**WORLD, "type_mix": [0.0, 1.0, 0.0]}), root, progress=False)
+    world = load_world(root)
+    samples = [s for s in load_sft_samples(SftDataSection(), root) if s.sample_type == "recognition"][:4]
+    processor = AutoProcessor.from_pretrained(tiny_vlm_dir)
+    tok = processor.tokenizer
+    image_id = tok.convert_tokens_to_ids("<|image_pad|>")
+    # one query per row, the rationale before the box; and two queries per row (a follow-up turn)
+    single = build_sft_dataset(samples, world, types=["recognition"], context_spans=True, rationale=True)
+    multi = build_sft_dataset(samples, world, types=["recognition"], context_spans=True, queries_per_row=2,
+                              rationale=False)
+    collators = [DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True),
+                 DataCollatorForVisionLanguageModeling(processor, assistant_only_loss=True,
+                                                       chat_template=training_chat_template(processor.chat_template))]
+    for rows, base, queries in ((single, collators[0], 1), (multi, collators[1], 2)):
+        batch = PointerCollator(base, tok, image_id)([rows[i] for i in range(len(rows))])
+        for b in range(len(rows)):
+            ids, labels = batch["input_ids"][b].tolist(), batch["labels"][b].tolist()
+            runs = _runs(ids, image_id)
+            pointers = batch["pointer_targets"][b]
+            n = len(runs) - queries
+            labels_ = [p for p in pointers if p[0] == "label"]
+            assert [p[1] for p in labels_] == runs[:n]  # every concept photo's tokens...
+            for i, (_, _, (digit,)) in enumerate(labels_):  # ...look at its own header number
+                assert tok.decode([ids[digit]]) == str(i) and (runs[i - 1][-1] if i else 0) < digit < runs[i][0]
+            matches = [p for p in pointers if p[0] == "match"]
+            assert [p[1] for p in matches] == runs[n:]  # each query photo...
+            for (_, query, dst), k in zip(matches, range(n, len(runs))):
+                stop = runs[k + 1][0] if k + 1 < len(runs) else len(ids)
+                said = tok.decode([t for p, t in enumerate(ids) if query[-1] < p < stop and labels[p] != -100])
+                box = said[said.index("\\boxed{[") + 8:said.index("]", said.index("\\boxed{["))]
+                present = sorted(int(x) for x in box.split(","))
+                assert dst == [p for i in present for p in runs[i]]  # ...at the photos its answer names
+                reads = [p for p in pointers if p[0] == "read" and p[2] == query]
+                assert [tok.decode([ids[p[1][0] + 1]]) for p in reads] == [str(i) for i in present]
+
+
+def test_recognition_pointer_loss_trains_a_three_layer_chain(tmp_path):
+    from covip.sdk.models import build_tiny_vlm
+    from covip.training.sft import train_sft
+
+    config = SftConfig.from_dict({
+        "model": {"name_or_path": str(build_tiny_vlm("mini-qwen3-vl"))},
+        "data": {"synth": {**WORLD, "type_mix": [0.0, 1.0, 0.0]}, "sample_types": ["recognition"],
+                 "recognition_rationale": False},
+        "trainer": {"max_steps": 16, "per_device_train_batch_size": 4, "pointer_loss": 1.0, "learning_rate": 3e-3,
+                    "warmup_steps": 0},
+        "eval": {"enabled": False},
+        "run": {"output_dir": str(tmp_path / "run"), "use_cpu": True, "progress": False, "logging_steps": 4}})
+    result = train_sft(config)
+    logged = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    curve = [m["pointer_loss"] for m in logged if "pointer_loss" in m]
+    assert len(curve) >= 4 and curve[-1] < 0.5 * curve[0]
+    tiny = SftConfig.from_dict({**config.to_dict(), "model": {"name_or_path": "tiny"}})
+    with pytest.raises(InputError, match="needs >= 3 decoder layers"):  # the tiny model has 2
+        train_sft(tiny)
+
+
+def test_the_pointer_recipe_loads_and_names_its_pack():
+    from pathlib import Path
+
+    from covip.training.sft import pack_path
+    from covip.training.sft_config import load_sft_config
+
+    path = Path(__file__).resolve().parents[2] / "training" / "configs" / "sft" / "mini-pointer.yaml"
+    config = load_sft_config(path)
+    assert config.trainer.pointer_loss > 0 and config.trainer.freeze_vision and config.data.sample_types == ["recognition"]
+    assert pack_path(config.data.prompt_pack, config.source).is_file()
