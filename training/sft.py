@@ -298,7 +298,7 @@ def _use_pointer_supervision(config: SftConfig, model: Any, processor: Any, trai
     model.set_attn_implementation("eager")
     trainer.pointer_weight = float(weight)
     trainer.data_collator = PointerCollator(trainer.data_collator, processor.tokenizer,
-                                            model.config.image_token_id)
+                                            model.config.image_token_id, config.trainer.answer_format_weight)
     return saved
 
 

@@ -137,6 +137,10 @@ class SftTrainerSection:
         "matching concept photos, answer -> query photo); on caption rows heads of layers 0-1 (name -> its "
         "photo, answer -> query photo and the matching name). 0 = off. Runs the text model with eager "
         "attention while training."))
+    answer_format_weight: float = field(default=1.0, metadata=_h(
+        "With pointer_loss > 0: loss weight of a recognition answer's format tokens (`Answer: \\boxed{[`, `]}`, "
+        "the end of turn) against 1 for its digits. Below 1 lets the one informative token lead while the "
+        "retrieval circuit forms (training/README.md measures it)."))
     extra_args: dict[str, Any] = field(default_factory=dict, metadata=_h(
         "Any other trl SFTConfig / TrainingArguments fields, passed through as given."))
 
@@ -296,6 +300,8 @@ class SftConfig(GroupedConfigMixin):
             _check(getattr(t, key) >= 1, f"trainer.{key}", f"must be >= 1, got {getattr(t, key)}")
         _check(t.max_length is None or t.max_length >= 16, "trainer.max_length", "must be >= 16 or null")
         _check(0.0 <= t.pointer_loss <= 100.0, "trainer.pointer_loss", f"must be 0-100, got {t.pointer_loss}")
+        _check(0.0 <= t.answer_format_weight <= 1.0, "trainer.answer_format_weight",
+               f"must be 0-1, got {t.answer_format_weight}")
         _check(t.pointer_loss == 0 or bool({"caption", "recognition"} & set(d.sample_types)), "trainer.pointer_loss",
                "supervises caption and recognition rows: needs one of them in data.sample_types")
         _check(e.max_samples is None or e.max_samples > 0, "eval.max_samples", "must be > 0 or null")

@@ -40,7 +40,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["HEADS", "KINDS", "SPANS_COLUMN", "PointerCollator", "pointer_targets", "recognition_pointers", "pointer_loss",
+__all__ = ["HEADS", "KINDS", "SPANS_COLUMN", "WEIGHTS_KEY", "PointerCollator", "pointer_targets", "recognition_pointers", "pointer_loss",
            "AttentionTap"]
 
 HEADS: Mapping[str, tuple[int, int]] = {"bind": (0, 0), "look": (0, 1), "copy": (1, 0),
@@ -48,6 +48,8 @@ HEADS: Mapping[str, tuple[int, int]] = {"bind": (0, 0), "look": (0, 1), "copy": 
 """(decoder layer, attention head) supervised for each pointer kind."""
 KINDS: Mapping[str, tuple[str, ...]] = {"caption": ("bind", "look", "copy"), "recognition": ("label", "match", "read")}
 """The pointer kinds of each sample type's rows."""
+WEIGHTS_KEY = "label_weights"
+"""The batch key of per-token answer-loss weights (:class:`PointerCollator` with a format weight below 1)."""
 SPANS_COLUMN = "context_spans"
 """The dataset column pointer supervision reads: per context item (in order) its name, then the fact values
 its dialogue states verbatim; [] for rows without context items."""
@@ -165,21 +167,38 @@ def recognition_pointers(ids: Sequence[int], labels: Sequence[int], tokenizer: A
 class PointerCollator:
     """Wraps trl's collator: the batch it returns gains ``pointer_targets`` (one list per row), computed from
     the collated ids and labels: caption pointers from each example's :data:`SPANS_COLUMN`, else recognition
-    pointers."""
+    pointers. With ``format_weight`` < 1 it also gains :data:`WEIGHTS_KEY`: per labelled token, 1 for the box
+    digits of a recognition answer and ``format_weight`` for its other tokens (1 elsewhere)."""
 
-    def __init__(self, base: Any, tokenizer: Any, image_token_id: int) -> None:
+    def __init__(self, base: Any, tokenizer: Any, image_token_id: int, format_weight: float = 1.0) -> None:
         self.base, self.tokenizer, self.image_token_id = base, tokenizer, image_token_id
+        self.format_weight = float(format_weight)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         spans = [[list(item) for item in ex.get(SPANS_COLUMN) or []] for ex in examples]
         batch = self.base([{k: v for k, v in ex.items() if k != SPANS_COLUMN} for ex in examples])
         targets = []
+        weights = batch["labels"].new_ones(batch["labels"].shape, dtype=_float()) if self.format_weight != 1 else None
         for b in range(len(examples)):
             ids, labels = batch["input_ids"][b].tolist(), batch["labels"][b].tolist()
             found = pointer_targets(ids, labels, spans[b], self.tokenizer, self.image_token_id) if spans[b] else []
-            targets.append(found or recognition_pointers(ids, labels, self.tokenizer, self.image_token_id))
+            if not found:
+                found = recognition_pointers(ids, labels, self.tokenizer, self.image_token_id)
+                digits = [src[0] + 1 for kind, src, _ in found if kind == "read"]
+                if weights is not None and digits:  # the format tokens of this recognition answer weigh less
+                    weights[b][batch["labels"][b] != -100] = self.format_weight
+                    weights[b][digits] = 1.0
+            targets.append(found)
         batch["pointer_targets"] = targets
+        if weights is not None:
+            batch[WEIGHTS_KEY] = weights
         return batch
+
+
+def _float() -> Any:
+    import torch
+
+    return torch.float32
 
 
 class AttentionTap:

@@ -15,6 +15,8 @@ import torch
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
+from covip.training.sft_pointer import WEIGHTS_KEY
+
 __all__ = ["CompletionOnlySFTTrainer", "TimeBudgetCallback", "CurveCallback", "training_chat_template"]
 
 _TURN_OPEN = "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
@@ -61,7 +63,8 @@ class CompletionOnlySFTTrainer(SFTTrainer):
     tokens and averaged over rows, on any device: a row's pointer terms and its answer then weigh alike,
     whatever the answer's length. With the per-token mean, the one informative token of
     ``Answer: \\boxed{[1]}<|im_end|>`` gets a ninth of the weight, and the retrieval circuit did not form
-    (measured: training/README.md).
+    (measured: training/README.md). The collator's per-token weights (``trainer.answer_format_weight``)
+    scale the format tokens of recognition answers.
     """
 
     pointer_weight: float = 0.0
@@ -71,6 +74,7 @@ class CompletionOnlySFTTrainer(SFTTrainer):
                      num_items_in_batch: Any = None) -> Any:
         inputs = dict(inputs)
         targets = inputs.pop("pointer_targets", None)
+        self._label_weights = inputs.pop(WEIGHTS_KEY, None)
         if not self.pointer_weight or not targets or not any(targets):
             return self._answer_loss(model, inputs, return_outputs, num_items_in_batch)
         from covip.training.sft_pointer import AttentionTap, pointer_loss
@@ -98,9 +102,13 @@ class CompletionOnlySFTTrainer(SFTTrainer):
         outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
         logits = outputs.logits.float()
         target = labels[:, keep]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
-                                                 ignore_index=-100, reduction="sum")
         valid = target != -100
+        tokens = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                                                   ignore_index=-100, reduction="none").view_as(target)
+        weights = getattr(self, "_label_weights", None)
+        if weights is not None and per_row:  # the answer-format weight of pointer supervision
+            tokens = tokens * weights[:, 1:][:, keep].to(tokens.device)
+        loss = tokens.sum()
         if per_row:
             n = valid.any(dim=1).sum()
         else:

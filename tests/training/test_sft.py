@@ -428,6 +428,13 @@ def test_cpu_loss_is_the_models_loss_on_answer_tokens(tmp_path, world_dir, tiny_
         per_row = trainer.compute_loss(trainer.model, dict(batch))  # no pointer_targets: the answer loss alone
     rows = int((labels != -100).any(dim=1).sum())
     assert per_row.item() == pytest.approx(reference.item() * int((labels != -100).sum()) / rows, rel=1e-4)
+    from covip.training.sft_pointer import WEIGHTS_KEY
+
+    weights = torch.ones(labels.shape)
+    weights[labels != -100] = 0.5  # the collator's per-token weights (trainer.answer_format_weight) scale it
+    with torch.no_grad():
+        halved = trainer.compute_loss(trainer.model, {**batch, WEIGHTS_KEY: weights})
+    assert halved.item() == pytest.approx(per_row.item() / 2, rel=1e-4)
 
 
 def test_a_multi_query_run_trains_evaluates_and_saves_the_inference_template(tmp_path, world_dir, tiny_vlm_dir):

@@ -192,6 +192,18 @@ def test_recognition_pointers_label_match_and_read(tmp_path, tiny_vlm_dir):
                 assert dst == [p for i in present for p in runs[i]]  # ...at the photos its answer names
                 reads = [p for p in pointers if p[0] == "read" and p[2] == query]
                 assert [tok.decode([ids[p[1][0] + 1]]) for p in reads] == [str(i) for i in present]
+    # trainer.answer_format_weight: the box digits keep weight 1, the answer's format tokens get the weight
+    from covip.training.sft_pointer import WEIGHTS_KEY
+
+    assert WEIGHTS_KEY not in PointerCollator(collators[0], tok, image_id)([single[0]])
+    batch = PointerCollator(collators[0], tok, image_id, format_weight=0.25)([single[i] for i in range(len(single))])
+    for b in range(len(single)):
+        labels, weights = batch["labels"][b], batch[WEIGHTS_KEY][b]
+        digits = {p[1][0] + 1 for p in batch["pointer_targets"][b] if p[0] == "read"}
+        assert digits and all(weights[p] == 1.0 for p in digits)
+        formats = [p for p in range(len(labels)) if labels[p] != -100 and p not in digits]
+        assert formats and all(weights[p] == 0.25 for p in formats)
+        assert (weights[labels == -100] == 1.0).all()  # unlabelled positions are not weighed at all
 
 
 def test_recognition_pointer_loss_trains_a_three_layer_chain(tmp_path):
