@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from covip.sdk.errors import InputError
 from covip.sdk.support import Overrides, parse_overrides
 
-__all__ = ["config_from_dict", "config_to_dict", "read_yaml", "resolve_recipe", "sections_help", "apply_overrides",
+__all__ = ["pack_path", "config_from_dict", "config_to_dict", "read_yaml", "resolve_recipe", "sections_help", "apply_overrides",
            "GroupedConfigMixin"]
 
 
@@ -148,3 +148,13 @@ class GroupedConfigMixin:
         out = self.with_overrides(quick)
         out.quick = {}
         return out
+
+
+def pack_path(value: str, source: str | None) -> Path:
+    """``data.prompt_pack`` as a file: an existing path, else relative to the config file's folder (the
+    bundled recipes name their packs under ``configs/packs``)."""
+    path = Path(value).expanduser()
+    if path.is_file() or path.is_absolute() or source is None:
+        return path
+    beside = Path(source).parent / path
+    return beside if beside.is_file() else path

@@ -526,11 +526,13 @@ def _train(config: GspoConfig, train_dataset: Any, reward_funcs: Sequence[Callab
         with args.main_process_first(desc="covip training data"):
             samples = load_training_samples(config.data, out, progress=config.run.progress and main)
         from covip.sdk.prompts import load_pack
+        from covip.training.config_io import pack_path
 
+        pack = load_pack(pack_path(config.data.prompt_pack, config.source)) if config.data.prompt_pack else None
         train_dataset = build_dataset(samples, seed=config.data.seed,
                                       verification_question=config.data.verification_question,
                                       default_name=config.data.verification_default_name,
-                                      pack=load_pack(config.data.prompt_pack))
+                                      pack=pack)
         n_samples = len(samples)
     log.info("GSPO on %d prompts x %d completions", n_samples, config.gspo.num_generations)
 

@@ -124,7 +124,8 @@ class DataSection:
         "The name used when a verification sample has no concept name (the authors' data)."))
     prompt_pack: str | None = field(default=None, metadata=_h(
         "A prompt pack file (TOML/JSON, covip.sdk.prompts.load_pack) that words the training prompts, e.g. to "
-        "continue from a checkpoint trained on another wording; None = covip's."))
+        "continue from a checkpoint trained on another wording; a relative path that is not a file here is "
+        "looked up beside the config file (the bundled recipes' packs); None = covip's."))
 
 
 @dataclass

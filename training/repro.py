@@ -62,6 +62,8 @@ def _sft_config(config: ReproConfig, work: Path, seed: int) -> Any:
                  "eval.initial": False}  # the reproduction scores the random initialization itself
     if r.torch_threads:
         overrides["run.torch_threads"] = r.torch_threads
+    if r.cache_dir:
+        overrides["vision_warmup.teacher_cache_dir"] = r.cache_dir
     return load_sft_config(s.recipe, overrides, quick=s.sft_quick)
 
 
@@ -180,8 +182,9 @@ def _retrieval(config: ReproConfig) -> dict[str, Any] | None:
     from covip.training.embedder_config import load_embedder_config
     from covip.training.embedder_train import build_mini_embedder
 
-    build = build_mini_embedder(load_embedder_config(config.eval.embedder, quick=config.eval.embedder_quick),
-                                progress=False)
+    overrides = [f"run.cache_dir={config.run.cache_dir}"] if config.run.cache_dir else None
+    build = build_mini_embedder(load_embedder_config(config.eval.embedder, overrides,
+                                                     quick=config.eval.embedder_quick), progress=False)
     r = build.record.get("retrieval") or {}
     return {"recall_at_1": r.get("recall_at_1"), "recall_at_5": r.get("recall_at_5"),
             "embedder": config.eval.embedder + (" (quick)" if config.eval.embedder_quick else ""),

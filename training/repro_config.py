@@ -92,6 +92,9 @@ class ReproRunSection:
         "Folder of the result JSON and PNG; null = benchmarks/results of the covip checkout when there is "
         "one, else <work_dir>/results (a quick run: their quick/ subfolder)."))
     result_name: str = field(default="miniature", metadata=_h("File stem of the result (<name>.json, <name>.png)."))
+    cache_dir: str | None = field(default=None, metadata=_h(
+        "Cache folder of the mini embedder this run builds and distils the vision tower from; null = covip's "
+        "cache (where `covip demo --model mini` finds it; a quick run's embedder replaces a full one there)."))
     torch_threads: int | None = field(default=None, metadata=_h("torch CPU threads; null keeps torch's default."))
     use_cpu: bool = field(default=True, metadata=_h("Train and evaluate on the CPU even when a GPU is present."))
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from covip.sdk.support import require
+from covip.training.config_io import pack_path
 from covip.training.sft_config import SftConfig, load_sft_config
 
 __all__ = ["SftResult", "train_sft", "warm_start_vision", "sft_args", "PROVENANCE_FILE"]
@@ -251,15 +252,20 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
 
 def _vision_warmup(config: SftConfig, model: Any, processor: Any, out: Path, samples: Sequence[Any], world: Any,
                    heldout: dict[str, Any]) -> dict[str, Any] | None:
-    """The vision warm-up of ``config`` (distillation or look attributes) on ``model`` in place; its report."""
+    """The vision warm-up of ``config`` (distillation, contrastive pairs or look attributes) on ``model`` in place;
+    its report."""
     v = config.vision_warmup
     if not v.enabled:
         return None
-    if v.objective == "distill":
+    if v.objective in ("distill", "contrastive"):
+        from contextlib import nullcontext
+
         from covip.sdk.vision import make_embedder
         from covip.training.sft_distill import distill_vision
 
-        with make_embedder(v.teacher, device="cpu" if config.run.use_cpu else "auto") as teacher:
+        teaching = make_embedder(v.teacher, device="cpu" if config.run.use_cpu else "auto",
+                                 cache_dir=v.teacher_cache_dir) if v.objective == "distill" else nullcontext()
+        with teaching as teacher:
             return distill_vision(
                 model, processor, teacher, output_dir=str(out / "vision_warmup"), max_time_s=v.max_time_s,
                 max_steps=v.max_steps, learning_rate=v.learning_rate, batch_size=v.per_device_train_batch_size,
@@ -297,6 +303,7 @@ def _use_pointer_supervision(config: SftConfig, model: Any, processor: Any, trai
     saved = model.config._attn_implementation or "sdpa"
     model.set_attn_implementation("eager")
     trainer.pointer_weight = float(weight)
+    trainer.probe_weight = float(config.trainer.probe_loss)
     trainer.data_collator = PointerCollator(trainer.data_collator, processor.tokenizer,
                                             model.config.image_token_id, config.trainer.answer_format_weight)
     return saved
@@ -328,16 +335,6 @@ def warm_start_vision(config: SftConfig, target: str | Path) -> tuple[Path, dict
     _save_model(model, processor, target, config, 0, 0.0, prompt_version="", stage="vision_warmup")
     _write_json(out / "vision_warmup.json", report)
     return target, report
-
-
-def pack_path(value: str, source: str | None) -> Path:
-    """``data.prompt_pack`` as a file: an existing path, else relative to the config file's folder (the
-    bundled recipes name their packs under ``configs/packs``)."""
-    path = Path(value).expanduser()
-    if path.is_file() or path.is_absolute() or source is None:
-        return path
-    beside = Path(source).parent / path
-    return beside if beside.is_file() else path
 
 
 def _write_json(path: Path, data: Any) -> None:

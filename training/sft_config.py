@@ -137,6 +137,10 @@ class SftTrainerSection:
         "matching concept photos, answer -> query photo); on caption rows heads of layers 0-1 (name -> its "
         "photo, answer -> query photo and the matching name). 0 = off. Runs the text model with eager "
         "attention while training."))
+    probe_loss: float = field(default=0.0, metadata=_h(
+        "With pointer_loss > 0: weight of the logit-lens supervision of the recognition chain's values "
+        "(covip.training.sft_pointer.probe_loss): after each supervised layer the residual stream, read through "
+        "the model's own final norm and LM head, names the digit the chain carries there. 0 = off."))
     answer_format_weight: float = field(default=1.0, metadata=_h(
         "With pointer_loss > 0: loss weight of a recognition answer's format tokens (`Answer: \\boxed{[`, `]}`, "
         "the end of turn) against 1 for its digits. Below 1 lets the one informative token lead while the "
@@ -147,15 +151,20 @@ class SftTrainerSection:
 
 @dataclass
 class SftVisionWarmupSection:
-    """Before SFT: a random vision tower learns on its own (look attributes, or the mini embedder by distillation)."""
+    """Before SFT: a random vision tower learns on its own (look attributes, contrastive pairs, or the mini
+    embedder by distillation)."""
 
     enabled: bool = field(default=False, metadata=_h(
         "Warm up the vision tower before SFT (for a random-weight tower; off for a pretrained one)."))
     objective: str = field(default="attributes", metadata=_h(
         "'attributes': learn the training photos' look attributes (linear heads); 'distill': learn to embed "
-        "fresh training-look photos as the `teacher` embedder does (tells look-alikes apart; covip.training.sft_distill)."))
+        "fresh training-look photos as the `teacher` embedder does (tells look-alikes apart; covip.training.sft_distill); "
+        "'contrastive': no teacher, the tower learns a look's memory photo vs its new-pose scene with open_clip's "
+        "ClipLoss (what the `mini` embedder learns, in one step)."))
     teacher: str = field(default="mini", metadata=_h(
         "Embedder spec of the distillation teacher (the trained `mini` embedder: covip train embedder --config mini-cpu)."))
+    teacher_cache_dir: str | None = field(default=None, metadata=_h(
+        "Cache folder the `mini` teacher is loaded from (its run.cache_dir when built); null = covip's cache."))
     max_steps: int = field(default=2000, metadata=_h("Distillation: stop after this many steps (max_time_s may stop it first)."))
     image_size: int = field(default=128, metadata=_h("Distillation: side of the drawn photos, pixels."))
     max_time_s: float | None = field(default=None, metadata=_h("Stop the warm-up after this many seconds."))
@@ -286,8 +295,8 @@ class SftConfig(GroupedConfigMixin):
         _check(v.num_train_epochs > 0, "vision_warmup.num_train_epochs", f"must be > 0, got {v.num_train_epochs}")
         _check(v.max_time_s is None or v.max_time_s > 0, "vision_warmup.max_time_s", "must be > 0 or null")
         _check(v.per_device_train_batch_size >= 1, "vision_warmup.per_device_train_batch_size", "must be >= 1")
-        _check(v.objective in ("attributes", "distill"), "vision_warmup.objective",
-               f"must be 'attributes' or 'distill', got {v.objective!r}")
+        _check(v.objective in ("attributes", "distill", "contrastive"), "vision_warmup.objective",
+               f"must be 'attributes', 'distill' or 'contrastive', got {v.objective!r}")
         _check(v.max_steps >= 1, "vision_warmup.max_steps", f"must be >= 1, got {v.max_steps}")
         _check(16 <= v.image_size <= 1024, "vision_warmup.image_size", f"must be 16-1024, got {v.image_size}")
         _check(t.learning_rate > 0, "trainer.learning_rate", f"must be > 0, got {t.learning_rate}")
@@ -300,6 +309,9 @@ class SftConfig(GroupedConfigMixin):
             _check(getattr(t, key) >= 1, f"trainer.{key}", f"must be >= 1, got {getattr(t, key)}")
         _check(t.max_length is None or t.max_length >= 16, "trainer.max_length", "must be >= 16 or null")
         _check(0.0 <= t.pointer_loss <= 100.0, "trainer.pointer_loss", f"must be 0-100, got {t.pointer_loss}")
+        _check(0.0 <= t.probe_loss <= 100.0, "trainer.probe_loss", f"must be 0-100, got {t.probe_loss}")
+        _check(t.probe_loss == 0 or t.pointer_loss > 0, "trainer.probe_loss",
+               "reads the recognition pointers: needs trainer.pointer_loss > 0")
         _check(0.0 <= t.answer_format_weight <= 1.0, "trainer.answer_format_weight",
                f"must be 0-1, got {t.answer_format_weight}")
         _check(t.pointer_loss == 0 or bool({"caption", "recognition"} & set(d.sample_types)), "trainer.pointer_loss",

@@ -6,7 +6,10 @@ the pattern and accessory that tell look-alike concepts apart (measured in ``tra
 tell them apart, so here it is the teacher: the tower's mean-pooled image tokens, through a linear map, are
 trained to point where the teacher's embedding of the same photo points (cosine loss), with transformers'
 ``Trainer`` on photos of *training* looks drawn fresh for every step (:func:`training_photo`); the linear map
-is thrown away afterwards. Held-out concepts stay unseen: the teacher trained on training looks only, and so
+is thrown away afterwards. ``objective: contrastive`` needs no teacher: the tower itself learns what the
+embedder learns, with open_clip's ``ClipLoss`` between a look's memory photo and a new-pose scene of it
+(image-image positives, the other pairs of the batch as negatives), which is what the ``mini`` embedder's
+recipe trains (CLIP, Radford et al. 2021, as open_clip implements it). Held-out concepts stay unseen: the teacher trained on training looks only, and so
 does the student here.
 
 :func:`distill_vision` measures what it bought the way the embedder is measured: recall@1/@5 of the right
@@ -35,6 +38,8 @@ __all__ = ["training_photo", "TowerEmbedder", "distill_vision"]
 
 log = logging.getLogger(__name__)
 
+CONTRAST_DIM = 128
+"""Width of the linear map the contrastive objective compares photos in (thrown away afterwards)."""
 MEMORY_SHARE = 0.4
 """Share of distillation photos drawn as memory photos (the rest are one-concept query scenes)."""
 
@@ -62,6 +67,19 @@ def _parts() -> tuple[type, type, Any]:
             while True:
                 yield {"image": training_photo(rng, self.image_size)}
 
+    class RenderedPairs(torch.utils.data.IterableDataset):
+        """An endless stream of (memory photo, new-pose scene) pairs of random training looks (seeded)."""
+
+        def __init__(self, seed: int, image_size: int) -> None:
+            self.seed, self.image_size = seed, image_size
+
+        def __iter__(self) -> Any:
+            rng = random.Random(f"covip-contrast:{self.seed}")
+            while True:
+                look = look_with_key(rng.choice(look_keys(heldout=False)), rng)
+                yield {"memory": render_memory(look, self.image_size, rng),
+                       "query": render_scene([look], self.image_size, rng)}
+
     class TowerHead(torch.nn.Module):
         """The vision tower + merger, mean-pooled per image, then a linear map into the teacher's space."""
 
@@ -69,16 +87,24 @@ def _parts() -> tuple[type, type, Any]:
             super().__init__()
             self.visual = visual
             self.head = torch.nn.Linear(dim, teacher_dim)
+            self.logit_scale = torch.nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))  # CLIP's initial 1/0.07
 
         def embed(self, pixel_values: Any, image_grid_thw: Any) -> Any:
             pooled = pooled_image_tokens(self.visual, pixel_values, image_grid_thw)
             return torch.nn.functional.normalize(self.head(pooled), dim=-1)
 
-        def forward(self, pixel_values: Any, image_grid_thw: Any, target: Any = None) -> dict[str, Any]:
+        def forward(self, pixel_values: Any, image_grid_thw: Any, target: Any = None,
+                    pairs: Any = None) -> dict[str, Any]:
             emb = self.embed(pixel_values, image_grid_thw)
             result: dict[str, Any] = {"embeddings": emb}
             if target is not None:
                 result["loss"] = (1.0 - (emb * target).sum(-1)).mean()
+            elif pairs is not None:  # memory photos first, then their scenes: open_clip's symmetric InfoNCE
+                import open_clip
+
+                n = emb.shape[0] // 2
+                scale = self.logit_scale.exp().clamp(max=100.0)
+                result["loss"] = open_clip.ClipLoss()(emb[:n], emb[n:], scale)
             return result
 
     def collate_for(image_processor: Any, teacher: Any) -> Any:
@@ -89,7 +115,15 @@ def _parts() -> tuple[type, type, Any]:
             return {"pixel_values": x["pixel_values"], "image_grid_thw": x["image_grid_thw"], "target": target}
         return collate
 
-    return RenderedPhotos, TowerHead, collate_for
+    def pair_collate_for(image_processor: Any) -> Any:
+        def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+            images = [b["memory"] for b in batch] + [b["query"] for b in batch]
+            x = image_processor(images=images, return_tensors="pt")
+            return {"pixel_values": x["pixel_values"], "image_grid_thw": x["image_grid_thw"],
+                    "pairs": torch.ones(len(batch))}
+        return collate
+
+    return RenderedPhotos, RenderedPairs, TowerHead, collate_for, pair_collate_for
 
 
 class TowerEmbedder:
@@ -141,7 +175,8 @@ def distill_vision(model: Any, processor: Any, teacher: Any, *, output_dir: str,
                    max_steps: int, learning_rate: float, batch_size: int, image_size: int, seed: int,
                    use_cpu: bool, eval_concepts: int = 60, queries_per_concept: int = 2,
                    progress: bool = True) -> dict[str, Any]:
-    """Distil ``teacher`` (an SDK embedder) into ``model``'s vision tower in place (see the module doc).
+    """Distil ``teacher`` (an SDK embedder) into ``model``'s vision tower in place (see the module doc); with
+    ``teacher`` None, train the tower contrastively on (memory photo, new-pose scene) pairs instead.
 
     Stops after ``max_steps`` steps or ``max_time_s`` seconds; returns steps, seconds and held-out retrieval
     (recall@1/@5 with per-query ranks) of the tower before and after and of the teacher.
@@ -155,9 +190,9 @@ def distill_vision(model: Any, processor: Any, teacher: Any, *, output_dir: str,
     if visual is None:
         raise InputError(f"{type(model).__name__} has no model.visual vision tower to distil into; set "
                          "vision_warmup.enabled: false")
-    stream_cls, head_cls, collate_for = _parts()
+    stream_cls, pairs_cls, head_cls, collate_for, pair_collate_for = _parts()
     dim = int(getattr(model.config.vision_config, "out_hidden_size", model.config.get_text_config().hidden_size))
-    wrapper = head_cls(visual, dim, int(teacher.dim))
+    wrapper = head_cls(visual, dim, int(teacher.dim) if teacher is not None else CONTRAST_DIM)
     image_processor = processor.image_processor
     world = retrieval_world(eval_concepts, queries_per_concept, image_size=image_size, seed=1)
     tower = TowerEmbedder(wrapper, image_processor)
@@ -168,19 +203,25 @@ def distill_vision(model: Any, processor: Any, teacher: Any, *, output_dir: str,
         logging_steps=50, save_strategy="no", report_to="none", use_cpu=use_cpu, seed=seed,
         remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=not progress)
     budget = TimeBudgetCallback(max_time_s)
-    trainer = Trainer(model=wrapper, args=args, train_dataset=stream_cls(seed, image_size),
-                      data_collator=collate_for(image_processor, teacher), callbacks=[budget])
+    if teacher is None:  # a batch of `batch_size` photos: half memory photos, half their scenes
+        data, collate = pairs_cls(seed, image_size), pair_collate_for(image_processor)
+        args.per_device_train_batch_size = max(2, batch_size // 2)
+    else:
+        data, collate = stream_cls(seed, image_size), collate_for(image_processor, teacher)
+    trainer = Trainer(model=wrapper, args=args, train_dataset=data, data_collator=collate, callbacks=[budget])
     from covip.training.trainer_progress import use_progress_lines
 
-    use_progress_lines(trainer, progress, "vision distillation")
+    use_progress_lines(trainer, progress, "vision distillation" if teacher is not None else "vision contrastive")
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
     after = _recall(evaluate_retrieval(tower, world, progress=False))
-    taught = _recall(evaluate_retrieval(teacher, world, progress=False))
-    log.info("vision distillation: %d steps in %.0fs, held-out recall@5 %.2f -> %.2f (teacher %.2f)",
-             trainer.state.global_step, seconds, before["recall_at_5"], after["recall_at_5"], taught["recall_at_5"])
-    return {"objective": "distill", "teacher": getattr(teacher, "model_id", type(teacher).__name__),
+    taught = _recall(evaluate_retrieval(teacher, world, progress=False)) if teacher is not None else None
+    log.info("vision %s: %d steps in %.0fs, held-out recall@5 %.2f -> %.2f%s",
+             "distillation" if teacher is not None else "contrastive warm-up", trainer.state.global_step, seconds,
+             before["recall_at_5"], after["recall_at_5"], f" (teacher {taught['recall_at_5']:.2f})" if taught else "")
+    return {"objective": "distill" if teacher is not None else "contrastive",
+            "teacher": getattr(teacher, "model_id", type(teacher).__name__) if teacher is not None else None,
             "steps": trainer.state.global_step, "photos": trainer.state.global_step * batch_size,
             "train_s": round(seconds, 2), "stopped_by_time": budget.stopped,
             "tower_retrieval_before": before, "tower_retrieval_after": after, "teacher_retrieval": taught}

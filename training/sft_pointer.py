@@ -32,6 +32,11 @@ the recognition chain formed in 300 (training/README.md).
 
 The loss is the mean over pointers of ``-log`` (the attention mass the head puts on the target tokens,
 averaged over the pointer's source positions). Rows of another layout (verification, descriptions) get none.
+
+The pointers shape where the heads look, not what they carry. :func:`probe_loss` (``trainer.probe_loss``)
+supervises that too, with the logit lens (nostalgebraist, "interpreting GPT: the logit lens", 2020): after
+each pointer's layer, the residual stream at its source positions, read through the model's own final norm
+and (tied) LM head, should name the digit the chain carries there.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = ["HEADS", "KINDS", "SPANS_COLUMN", "WEIGHTS_KEY", "PointerCollator", "pointer_targets", "recognition_pointers", "pointer_loss",
-           "AttentionTap"]
+           "probe_loss", "AttentionTap"]
 
 HEADS: Mapping[str, tuple[int, int]] = {"bind": (0, 0), "look": (0, 1), "copy": (1, 0),
                                         "label": (0, 0), "match": (1, 0), "read": (2, 0)}
@@ -229,6 +234,55 @@ def _decoder_layers(model: Any) -> Any:
     if lm is None:  # a peft wrapper around the VLM
         lm = model.get_base_model().model.language_model
     return lm.layers
+
+
+def _text_parts(model: Any) -> tuple[Any, Any]:
+    """(final norm of the text model, LM head) of ``model`` or of the VLM inside a peft wrapper."""
+    inner = getattr(model, "model", model)
+    lm = getattr(inner, "language_model", None)
+    if lm is None:
+        inner = model.get_base_model().model
+        lm = inner.language_model
+    return lm.norm, model.get_output_embeddings()
+
+
+def probe_loss(model: Any, hidden_states: Sequence[Any], input_ids: Any,
+               targets: Sequence[Sequence[Pointer]]) -> Any:
+    """Logit-lens supervision of the recognition chain's values (``trainer.probe_loss``): the residual stream
+    after the layer of each pointer, read through the model's own final norm and LM head restricted to the
+    row's header digits, should name the digit the chain carries there: a concept photo's tokens after the
+    ``label`` layer its header digit, a query photo's tokens after the ``match`` layer the digits of the
+    concepts it shows, the answer position after the ``read`` layer the digit it predicts. Mean of ``-log``
+    (probability of the right digits among the row's) over the pointers (None when the batch has no
+    recognition pointers). ``hidden_states``: the model's ``output_hidden_states`` (embeddings first)."""
+    import torch
+
+    norm, head = _text_parts(model)
+    terms = []
+    for b, row in enumerate(targets):
+        labels = [(src, int(input_ids[b, dst[0]])) for kind, src, dst in row if kind == "label"]
+        if not labels:
+            continue
+        digits = sorted({d for _, d in labels})
+        digit_at = {p: digits.index(d) for src, d in labels for p in src}
+        weight = head.weight[digits]  # the row's candidates: its header digits
+        for kind, src, dst in row:
+            if kind == "label":
+                wanted = [digit_at[src[0]]]
+            elif kind == "match":
+                wanted = sorted({digit_at[p] for p in dst if p in digit_at})
+            elif kind == "read" and int(input_ids[b, src[0] + 1]) in digits:
+                wanted = [digits.index(int(input_ids[b, src[0] + 1]))]
+            else:
+                continue
+            if not wanted:
+                continue
+            h = norm(hidden_states[HEADS[kind][0] + 1][b, src])
+            logp = torch.log_softmax((h @ weight.T).float(), dim=-1)
+            terms.append(-torch.logsumexp(logp[:, wanted], dim=-1).mean())
+    if not terms:
+        return None
+    return torch.stack(terms).mean()
 
 
 def pointer_loss(weights: Mapping[int, Any], targets: Sequence[Sequence[Pointer]]) -> Any:

@@ -69,6 +69,8 @@ class CompletionOnlySFTTrainer(SFTTrainer):
 
     pointer_weight: float = 0.0
     """Weight of :func:`covip.training.sft_pointer.pointer_loss` (set by covip.training.sft; 0 = off)."""
+    probe_weight: float = 0.0
+    """Weight of :func:`covip.training.sft_pointer.probe_loss` (needs ``pointer_weight`` > 0; 0 = off)."""
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -77,20 +79,30 @@ class CompletionOnlySFTTrainer(SFTTrainer):
         self._label_weights = inputs.pop(WEIGHTS_KEY, None)
         if not self.pointer_weight or not targets or not any(targets):
             return self._answer_loss(model, inputs, return_outputs, num_items_in_batch)
-        from covip.training.sft_pointer import AttentionTap, pointer_loss
+        from covip.training.sft_pointer import AttentionTap, pointer_loss, probe_loss
 
+        input_ids = inputs["input_ids"]
+        self._hidden = None
         with AttentionTap(model) as tap:
             out = self._answer_loss(model, inputs, return_outputs, num_items_in_batch)
         aux = pointer_loss(tap.weights, targets)
         tap.weights.clear()
-        if aux is None:
-            return out
         mode = "train" if model.training else "eval"
-        self._metrics[mode]["pointer_loss"].append(aux.item())
+        probe = probe_loss(model, self._hidden, input_ids, targets) if self._hidden is not None else None
+        self._hidden = None
+        extra = []
+        if aux is not None:
+            self._metrics[mode]["pointer_loss"].append(aux.item())
+            extra.append(self.pointer_weight * aux)
+        if probe is not None:
+            self._metrics[mode]["probe_loss"].append(probe.item())
+            extra.append(self.probe_weight * probe)
+        if not extra:
+            return out
         if return_outputs:
             loss, outputs = out
-            return loss + self.pointer_weight * aux, outputs
-        return out + self.pointer_weight * aux
+            return loss + sum(extra), outputs
+        return out + sum(extra)
 
     def _answer_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool, num_items_in_batch: Any) -> Any:
         per_row = bool(self.pointer_weight)
@@ -99,7 +111,10 @@ class CompletionOnlySFTTrainer(SFTTrainer):
                                         num_items_in_batch=num_items_in_batch)
         labels = inputs.pop("labels")[:, 1:]  # the label of position t is the token at t + 1
         keep = (labels != -100).any(dim=0).nonzero().squeeze(-1)
-        outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
+        probe = bool(self.probe_weight) and model.training
+        outputs = model(**inputs, use_cache=False, logits_to_keep=keep, output_hidden_states=probe)
+        if probe:
+            self._hidden = outputs.hidden_states
         logits = outputs.logits.float()
         target = labels[:, keep]
         valid = target != -100

@@ -307,6 +307,29 @@ def test_distilling_the_embedder_teaches_the_vlm_tower_to_retrieve_heldout_conce
     assert all(torch_equal(v, model.model.language_model.state_dict()[k]) for k, v in lm_before.items())
 
 
+def test_the_contrastive_warm_up_teaches_the_tower_without_a_teacher(tmp_path: Path) -> None:
+    import transformers
+
+    from covip.sdk.models import build_tiny_vlm
+    from covip.training.embedder_eval import sign_test_p
+    from covip.training.sft_distill import distill_vision
+
+    folder = build_tiny_vlm("mini-qwen3-vl")
+    model = transformers.AutoModelForImageTextToText.from_pretrained(folder)
+    processor = transformers.AutoProcessor.from_pretrained(folder)
+    lm_before = {k: v.clone() for k, v in model.model.language_model.state_dict().items()}
+    report = distill_vision(model, processor, None, output_dir=str(tmp_path / "c"), max_time_s=None,
+                            max_steps=150, learning_rate=2e-3, batch_size=64, image_size=64, seed=0,
+                            use_cpu=True, eval_concepts=30, queries_per_concept=2, progress=False)
+    assert report["objective"] == "contrastive" and report["teacher"] is None and report["teacher_retrieval"] is None
+    assert report["steps"] == 150 and report["photos"] == 150 * 64  # 32 (memory photo, scene) pairs per step
+    before, after = report["tower_retrieval_before"], report["tower_retrieval_after"]
+    wins = sum(a < 5 <= b for a, b in zip(after["ranks"], before["ranks"]))
+    losses = sum(b < 5 <= a for a, b in zip(after["ranks"], before["ranks"]))
+    assert after["recall_at_5"] >= before["recall_at_5"] + 0.2 and sign_test_p(wins, losses) < 0.01, report
+    assert all(torch_equal(v, model.model.language_model.state_dict()[k]) for k, v in lm_before.items())
+
+
 def torch_equal(a, b) -> bool:
     import torch
 

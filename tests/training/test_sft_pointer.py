@@ -214,26 +214,56 @@ def test_recognition_pointer_loss_trains_a_three_layer_chain(tmp_path):
         "model": {"name_or_path": str(build_tiny_vlm("mini-qwen3-vl"))},
         "data": {"synth": {**WORLD, "type_mix": [0.0, 1.0, 0.0]}, "sample_types": ["recognition"],
                  "recognition_rationale": False},
-        "trainer": {"max_steps": 16, "per_device_train_batch_size": 4, "pointer_loss": 1.0, "learning_rate": 3e-3,
-                    "warmup_steps": 0},
+        "trainer": {"max_steps": 16, "per_device_train_batch_size": 4, "pointer_loss": 1.0, "probe_loss": 1.0,
+                    "learning_rate": 3e-3, "warmup_steps": 0},
         "eval": {"enabled": False},
         "run": {"output_dir": str(tmp_path / "run"), "use_cpu": True, "progress": False, "logging_steps": 4}})
     result = train_sft(config)
     logged = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
     curve = [m["pointer_loss"] for m in logged if "pointer_loss" in m]
     assert len(curve) >= 4 and curve[-1] < 0.5 * curve[0]
+    probe = [m["probe_loss"] for m in logged if "probe_loss" in m]  # the values the chain carries, read out
+    assert len(probe) == len(curve) and probe[-1] < 0.5 * probe[0]
     tiny = SftConfig.from_dict({**config.to_dict(), "model": {"name_or_path": "tiny"}})
     with pytest.raises(InputError, match="needs >= 3 decoder layers"):  # the tiny model has 2
         train_sft(tiny)
 
 
-def test_the_pointer_recipe_loads_and_names_its_pack():
-    from pathlib import Path
-
-    from covip.training.sft import pack_path
+def test_the_mini_recipe_uses_the_pointer_chain_and_names_its_pack():
+    from covip.training.config_io import pack_path
     from covip.training.sft_config import load_sft_config
 
-    path = Path(__file__).resolve().parents[2] / "training" / "configs" / "sft" / "mini-pointer.yaml"
-    config = load_sft_config(path)
-    assert config.trainer.pointer_loss > 0 and config.trainer.freeze_vision and config.data.sample_types == ["recognition"]
+    config = load_sft_config("mini-cpu")
+    t = config.trainer
+    assert t.pointer_loss > 0 and t.probe_loss > 0 and t.answer_format_weight < 1 and t.freeze_vision
+    assert config.data.sample_types == ["recognition"] and config.vision_warmup.objective == "contrastive"
     assert pack_path(config.data.prompt_pack, config.source).is_file()
+
+
+def test_probe_loss_reads_the_carried_digit_through_the_models_own_head(tiny_vlm_dir):
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from covip.training.sft_pointer import probe_loss
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_vlm_dir)
+    tok = AutoProcessor.from_pretrained(tiny_vlm_dir).tokenizer
+    d0, d1, img = (tok.convert_tokens_to_ids(t) for t in ("0", "1", "<|image_pad|>"))
+    ids = torch.tensor([[d0, img, img, d1, img, img, img, img, d0, d1]])
+    # concept photo 0 (positions 1-2) under header "0", photo 1 (4-5) under "1", the query (6-7) shows concept
+    # 1, and position 8 predicts the answer digit "1" at 9
+    row = [("label", [1, 2], [0]), ("label", [4, 5], [3]), ("match", [6, 7], [4, 5]), ("read", [8], [6, 7])]
+    head = model.get_output_embeddings().weight.detach()
+
+    def states(digit_of):  # residual streams that hold, at each position, the embedding of a chosen digit
+        h = torch.zeros(1, ids.shape[1], head.shape[1])
+        for pos, tok_id in digit_of.items():
+            h[0, pos] = head[tok_id] * 10
+        return [h] * 4  # embeddings, then the outputs of layers 0-2 (the label, match and read layers)
+
+    right = {1: d0, 2: d0, 4: d1, 5: d1, 6: d1, 7: d1, 8: d1}
+    wrong = {1: d1, 2: d1, 4: d0, 5: d0, 6: d0, 7: d0, 8: d0}
+    with torch.no_grad():
+        good, bad = probe_loss(model, states(right), ids, [row]), probe_loss(model, states(wrong), ids, [row])
+    assert good.item() < bad.item() - 0.5  # the digit each pointer carries is what the loss rewards
+    assert probe_loss(model, states(right), ids, [[("bind", [1], [0])]]) is None  # caption pointers: no probe
