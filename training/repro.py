@@ -111,8 +111,10 @@ def _recognition(sft_config: Any, model_dir: Path, root: Path, n: int | None,
     samples = load_heldout_samples(root, ["recognition"], n, world)["recognition"]
     model, processor, _ = load_policy(sft_config.with_overrides({"model.name_or_path": str(model_dir)}))
     e = sft_config.eval
+    from covip.sdk.prompts import load_pack
+
     answers = generate_answers(model, processor, samples, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
-                               progress=False, pack=pack)
+                               progress=False, pack=load_pack(pack))
     del model
     return score_recognition(answers, samples, permutations=e.permutations), answers, samples
 
@@ -125,6 +127,7 @@ def _laptop_path(model_dir: Path, out: Path, config: ReproConfig, sft_config: An
     from covip.export.onnx import export_onnx
     from covip.sdk.engines.base import GenerationConfig
     from covip.sdk.engines.factory import make_engine
+    from covip.sdk.prompts import load_pack
     from covip.training.gspo_data import sample_messages
     from covip.training.rewards import parse_index_set
     from covip.training.sft_eval import score_recognition
@@ -137,7 +140,7 @@ def _laptop_path(model_dir: Path, out: Path, config: ReproConfig, sft_config: An
     try:
         gen = GenerationConfig(max_new_tokens=sft_config.eval.max_new_tokens, temperature=0.0)
         for sample in samples[:k]:
-            answers.append(engine.generate(sample_messages(sample, pack=pack), gen).text)
+            answers.append(engine.generate(sample_messages(sample, pack=load_pack(pack)), gen).text)
     finally:
         engine.close()
     scored = score_recognition(answers, samples[:k], permutations=200)
