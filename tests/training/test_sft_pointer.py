@@ -214,16 +214,23 @@ def test_recognition_pointer_loss_trains_a_three_layer_chain(tmp_path):
         "model": {"name_or_path": str(build_tiny_vlm("mini-qwen3-vl"))},
         "data": {"synth": {**WORLD, "type_mix": [0.0, 1.0, 0.0]}, "sample_types": ["recognition"],
                  "recognition_rationale": False},
-        "trainer": {"max_steps": 16, "per_device_train_batch_size": 4, "pointer_loss": 1.0, "probe_loss": 1.0,
-                    "learning_rate": 3e-3, "warmup_steps": 0},
+        "trainer": {"max_steps": 16, "per_device_train_batch_size": 4, "pointer_loss": 1.0, "learning_rate": 3e-3,
+                    "warmup_steps": 0},
         "eval": {"enabled": False},
-        "run": {"output_dir": str(tmp_path / "run"), "use_cpu": True, "progress": False, "logging_steps": 4}})
+        "run": {"output_dir": str(tmp_path / "run"), "use_cpu": True, "progress": False, "logging_steps": 1}})
     result = train_sft(config)
     logged = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
     curve = [m["pointer_loss"] for m in logged if "pointer_loss" in m]
     assert len(curve) >= 4 and curve[-1] < 0.5 * curve[0]
-    probe = [m["probe_loss"] for m in logged if "probe_loss" in m]  # the values the chain carries, read out
-    assert len(probe) == len(curve) and probe[-1] < 0.5 * probe[0]
+    assert not any("probe_loss" in m for m in logged)
+    # trainer.probe_loss: the same first step (same weights, same batch) adds exactly its weight x the probe term
+    probed = train_sft(SftConfig.from_dict({**config.to_dict(), "trainer": {**config.to_dict()["trainer"],
+                                                                           "probe_loss": 2.0, "max_steps": 1},
+                                            "run": {**config.to_dict()["run"], "output_dir": str(tmp_path / "p")}}))
+    first = next(json.loads(line) for line in probed.metrics_path.read_text().splitlines() if "probe_loss" in line)
+    plain = next(m for m in logged if m.get("step") == 1)
+    assert first["probe_loss"] > 0 and first["pointer_loss"] == pytest.approx(plain["pointer_loss"], rel=1e-4)
+    assert first["loss"] - plain["loss"] == pytest.approx(2.0 * first["probe_loss"], rel=1e-3)
     tiny = SftConfig.from_dict({**config.to_dict(), "model": {"name_or_path": "tiny"}})
     with pytest.raises(InputError, match="needs >= 3 decoder layers"):  # the tiny model has 2
         train_sft(tiny)
