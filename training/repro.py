@@ -173,6 +173,7 @@ def _downstream(model_dir: Path, root: Path, out: Path, config: ReproConfig, pac
         res = run_downstream(task, data, out=out / task, model=str(model_dir), judge="lexical" if task == "lar" else None,
                              modes=("cag", "no_cag"), limit=config.eval.downstream_samples, seed=seed, progress=False,
                              caption_tokens=config.eval.max_new_tokens,
+                             answer_tokens=config.eval.downstream_answer_tokens,
                              prompt_pack=pack, engine_options={"device": "cpu"} if config.run.use_cpu else None)
         scores[task] = {mode: res.scores[mode]["score"] for mode in ("cag", "no_cag")}
         scores[task]["n"] = res.scores["cag"]["n"]

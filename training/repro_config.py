@@ -69,6 +69,10 @@ class ReproEvalSection:
     downstream_tasks: list[str] = field(default_factory=lambda: list(DOWNSTREAM_TASKS), metadata=_h(
         "Downstream tasks answered with and without CAG by the final model (needs data.synth.n_downstream)."))
     downstream_samples: int | None = field(default=30, metadata=_h("Samples per downstream task; null = all."))
+    downstream_answer_tokens: int | None = field(default=64, metadata=_h(
+        "Answer budget of the downstream tasks, tokens (their answers are a letter, yes/no or a short phrase); "
+        "null = the paper protocol's 1,024, which a mini model that never learned to stop free-form answers "
+        "spends in full (about a minute per answer on 2 cores)."))
     bootstrap: int = field(default=2000, metadata=_h(
         "Bootstrap resamples of the 95% intervals (seeds, then held-out samples within each seed)."))
     embedder: str | None = field(default="mini-cpu", metadata=_h(
@@ -153,6 +157,8 @@ class ReproConfig(GroupedConfigMixin):
         _check(not bad, "eval.downstream_tasks", f"must be among {list(DOWNSTREAM_TASKS)}, got {bad}")
         _check(100 <= e.bootstrap <= 100_000, "eval.bootstrap", f"must be in 100..100000, got {e.bootstrap}")
         _check(1 <= e.laptop_samples <= 10_000, "eval.laptop_samples", f"must be in 1..10000, got {e.laptop_samples}")
+        _check(e.downstream_answer_tokens is None or 1 <= e.downstream_answer_tokens <= 4096,
+               "eval.downstream_answer_tokens", f"must be null or in 1..4096, got {e.downstream_answer_tokens}")
         _check(1 <= e.max_new_tokens <= 4096, "eval.max_new_tokens", f"must be in 1..4096, got {e.max_new_tokens}")
         _check(bool(r.work_dir.strip()), "run.work_dir", "must be a folder path")
         _check(bool(r.result_name) and r.result_name.replace("-", "").replace("_", "").isalnum(), "run.result_name",

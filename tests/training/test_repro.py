@@ -119,6 +119,7 @@ def test_the_bundled_recipe_and_its_quick_variant():
     ("eval.capeval_samples", 10**9, "eval.capeval_samples"),
     ("eval.downstream_tasks", ["lsd", "rm -rf"], "eval.downstream_tasks"),
     ("eval.bootstrap", 10**9, "eval.bootstrap"),
+    ("eval.downstream_answer_tokens", 10**9, "eval.downstream_answer_tokens"),
     ("run.result_name", "../../home/x", "run.result_name"),
     ("run.torch_threads", 10**6, "run.torch_threads"),
 ])
@@ -200,6 +201,10 @@ def test_a_run_trains_both_stages_per_seed_and_evaluates_three_models(tiny_repro
     before = load_file(Path(tiny_vlm_dir) / "model.safetensors")
     assert tower and any(not (v == before[k]).all() for k, v in tower.items())  # the warm-up trained the tower
     assert set(data["cag_minus_direct"]) == {"lsd", "lar", "itr"} and data["cag_model"] == "gspo"
+    for task in ("lsd", "lar", "itr"):  # the downstream answers kept to eval.downstream_answer_tokens (64)
+        path = tmp / "work" / "seed-0" / "eval" / "downstream" / task / f"answers_{task}.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        assert rows and all(r["answer_tokens"] <= 64 for r in rows)
     # the laptop path: the first seed's final model exported with parity, and llama.cpp answered held-out samples
     lap = data["laptop_path"]
     assert lap["gguf"]["parity_ok"] and lap["onnx"]["parity_ok"]
