@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 from covip.sdk.errors import InputError
 from covip.sdk.support import Overrides, parse_overrides
 
-__all__ = ["pack_path", "config_from_dict", "config_to_dict", "read_yaml", "resolve_recipe", "sections_help", "apply_overrides",
-           "GroupedConfigMixin"]
+__all__ = ["pack_path", "config_from_dict", "config_to_dict", "read_yaml", "resolve_recipe", "sections_help",
+           "apply_overrides", "GroupedConfigMixin"]
 
 
 def config_from_dict(cls: type, sections: Mapping[str, type], data: Any, *, what: str, unknown: str,

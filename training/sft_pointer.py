@@ -45,8 +45,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["HEADS", "KINDS", "SPANS_COLUMN", "WEIGHTS_KEY", "PointerCollator", "pointer_targets", "recognition_pointers", "pointer_loss",
-           "probe_loss", "AttentionTap"]
+__all__ = ["HEADS", "KINDS", "SPANS_COLUMN", "WEIGHTS_KEY", "PointerCollator", "pointer_targets",
+           "recognition_pointers", "pointer_loss", "probe_loss", "AttentionTap"]
 
 HEADS: Mapping[str, tuple[int, int]] = {"bind": (0, 0), "look": (0, 1), "copy": (1, 0),
                                         "label": (0, 0), "match": (1, 0), "read": (2, 0)}
