@@ -111,10 +111,8 @@ def _recognition(sft_config: Any, model_dir: Path, root: Path, n: int | None,
     samples = load_heldout_samples(root, ["recognition"], n, world)["recognition"]
     model, processor, _ = load_policy(sft_config.with_overrides({"model.name_or_path": str(model_dir)}))
     e = sft_config.eval
-    from covip.sdk.prompts import load_pack
-
     answers = generate_answers(model, processor, samples, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
-                               progress=False, pack=load_pack(pack))
+                               progress=False, pack=pack)
     del model
     return score_recognition(answers, samples, permutations=e.permutations), answers, samples
 
@@ -127,7 +125,6 @@ def _laptop_path(model_dir: Path, out: Path, config: ReproConfig, sft_config: An
     from covip.export.onnx import export_onnx
     from covip.sdk.engines.base import GenerationConfig
     from covip.sdk.engines.factory import make_engine
-    from covip.sdk.prompts import load_pack
     from covip.training.gspo_data import sample_messages
     from covip.training.rewards import parse_index_set
     from covip.training.sft_eval import score_recognition
@@ -140,7 +137,7 @@ def _laptop_path(model_dir: Path, out: Path, config: ReproConfig, sft_config: An
     try:
         gen = GenerationConfig(max_new_tokens=sft_config.eval.max_new_tokens, temperature=0.0)
         for sample in samples[:k]:
-            answers.append(engine.generate(sample_messages(sample, pack=load_pack(pack)), gen).text)
+            answers.append(engine.generate(sample_messages(sample, pack=pack), gen).text)
     finally:
         engine.close()
     scored = score_recognition(answers, samples[:k], permutations=200)
@@ -206,8 +203,10 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
     import torch
 
     from covip.sdk.progress import progress_bar
+    from covip.sdk.prompts import load_pack
+    from covip.training.config_io import pack_path
     from covip.training.gspo import _resolve_source, torch_threads
-    from covip.training.sft import pack_path, train_sft
+    from covip.training.sft import train_sft
 
     if not isinstance(config, ReproConfig):
         config = load_repro_config(config, quick=quick)
@@ -248,7 +247,8 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
             sft = train_sft(sft_config)
             bar.update(1)
             root = work / "world"
-            pack = pack_path(sft_config.data.prompt_pack, sft_config.source) if sft_config.data.prompt_pack else None
+            pack = (load_pack(pack_path(sft_config.data.prompt_pack, sft_config.source))
+                    if sft_config.data.prompt_pack else None)  # the SFT stage's wording, for every evaluation
             models = {"random": random_dir, "sft": sft.model_dir}
             run: dict[str, Any] = {"seed": seed, "sft": {"steps": sft.global_step, "train_s": sft.train_s,
                                                           "stopped_by_time": sft.stopped_by_time,
