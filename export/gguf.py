@@ -35,6 +35,7 @@ from typing import Any
 from covip.sdk.errors import ExportError
 
 __all__ = [
+    "image_token_limits",
     "GGUF_QUANTS",
     "MMPROJ_TYPES",
     "GgufExportResult",
@@ -124,6 +125,44 @@ def quantize_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str], quan
         raise ExportError(f"llama.cpp could not quantize {src} to {quant} (code {rc}: "
                           f"{last_native_error(mark) or 'no reason given'})")
     return Path(dst)
+
+
+def image_token_limits(model_dir: str | os.PathLike[str]) -> dict[str, int] | None:
+    """The image-token limits of a Qwen-VL checkpoint's processor, ``{"image_min_tokens", "image_max_tokens"}``:
+    its min/max pixels over the area of one merged token ((patch x merge)^2). libmtmd applies its own
+    limits to Qwen-VL (at least 8 tokens), so without these a small photo reaches the GGUF model in a
+    layout the model never saw. None when the checkpoint has no such processor config."""
+    import json
+
+    d = Path(model_dir)
+    ip: dict[str, Any] | None = None
+    for name, key in (("processor_config.json", "image_processor"), ("preprocessor_config.json", None)):
+        try:
+            data = json.loads((d / name).read_text())
+        except (OSError, ValueError):
+            continue
+        data = data.get(key) if key and isinstance(data, dict) else data
+        if isinstance(data, dict) and "patch_size" in data:
+            ip = data
+            break
+    if ip is None:
+        return None
+    size = ip.get("size") if isinstance(ip.get("size"), dict) else {}
+    lo = size.get("shortest_edge") or ip.get("min_pixels")
+    hi = size.get("longest_edge") or ip.get("max_pixels")
+    try:
+        area = (int(ip["patch_size"]) * int(ip.get("merge_size", 2))) ** 2
+        out = {}
+        if lo:
+            out["image_min_tokens"] = max(1, int(lo) // area)
+        if hi:
+            out["image_max_tokens"] = max(out.get("image_min_tokens", 1), min(65536, int(hi) // area))
+    except (TypeError, ValueError):
+        log.warning("%s: unreadable image processor limits %r; llama.cpp keeps its own", d, ip)
+        return None
+    if "image_min_tokens" in out:
+        out["image_min_tokens"] = min(out["image_min_tokens"], 65536)
+    return out or None
 
 
 def _gguf_model_name(ck: Any) -> str | None:
@@ -230,7 +269,8 @@ def export_gguf(model: str | os.PathLike[str], out: str | os.PathLike[str], *,
         source["model"] = str(model) if not Path(os.fspath(model)).exists() else str(
             Path(os.fspath(model)).expanduser().absolute())
         manifest = new_manifest(source=source, chat_template=read_chat_template(ck.path),
-                                meaningless=ck.meaningless, llama_cpp_version=version)
+                                meaningless=ck.meaningless, llama_cpp_version=version,
+                                vision=image_token_limits(ck.path))
         add_files(manifest, stage, entries)
         write_manifest(stage, manifest)
 

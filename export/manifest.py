@@ -61,13 +61,14 @@ def covip_version() -> str:
 
 
 def new_manifest(*, source: dict[str, Any], chat_template: str | None, meaningless: bool,
-                 llama_cpp_version: str | None = None, onnx: dict[str, Any] | None = None) -> ExportManifest:
+                 llama_cpp_version: str | None = None, onnx: dict[str, Any] | None = None,
+                 vision: dict[str, int] | None = None) -> ExportManifest:
     """A manifest with covip's version and prompt version filled in and no files yet."""
     from covip.sdk.prompts import PROMPT_VERSION
 
     return ExportManifest(source=dict(source), covip_version=covip_version(), prompt_version=PROMPT_VERSION,
                           chat_template=chat_template, meaningless=bool(meaningless),
-                          llama_cpp_version=llama_cpp_version, onnx=onnx)
+                          llama_cpp_version=llama_cpp_version, onnx=onnx, vision=vision)
 
 
 def file_entry(directory: str | os.PathLike[str], rel: str, kind: str, quant: str) -> ExportFile:

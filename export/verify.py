@@ -18,8 +18,9 @@ must agree on at least ``min_top1`` of the positions (default 0.5) and report th
 unquantized file of the same kind.
 
 Both sides see the same pixels: the image is generated at a size that is a multiple of the model's
-patch * merge size, and the HF image processor's min/max pixels are opened up so that it does not resize
-it (llama.cpp's libmtmd keeps such an image as it is).
+patch * merge size and inside the HF image processor's min/max pixels, so neither side resizes it; the
+GGUF side runs with the image-token limits the export recorded (its manifest's ``vision``), so a model whose
+processor allows fewer image tokens than libmtmd's default (8 for Qwen-VL) is checked at its own layout.
 
 Other export kinds plug in with :func:`register_verifier` (``kind`` = the manifest's kind, e.g. "onnx");
 their function gets the manifest, the :class:`HfReference` and :class:`VerifyOptions` and returns
@@ -102,8 +103,17 @@ def _vision_factor(model_dir: Path) -> int:
 
 
 def default_cases(model_dir: str | os.PathLike[str]) -> list[PromptCase]:
-    """A text-only prompt and an image prompt (image side = 3 x patch x merge: 96 px for Qwen3-VL)."""
-    size = 3 * _vision_factor(Path(model_dir))
+    """A text-only prompt and an image prompt (image side = 3 x patch x merge, 96 px for Qwen3-VL, or the
+    nearest square side the processor's min/max pixels allow: 64 px for the ``mini`` preset)."""
+    from covip.export.gguf import image_token_limits
+
+    limits = image_token_limits(model_dir) or {}
+    side = 3
+    while side > 1 and side * side > limits.get("image_max_tokens", 9):
+        side -= 1
+    while side * side < limits.get("image_min_tokens", 1):
+        side += 1
+    size = side * _vision_factor(Path(model_dir))
     return [PromptCase("text", "Describe my blue mug in one sentence."),
             PromptCase("image", "What is in this picture?", test_image(size))]
 
@@ -132,7 +142,7 @@ class HfReference:
 def hf_reference(model_dir: str | os.PathLike[str], *, cases: Sequence[PromptCase] | None = None,
                  max_new_tokens: int = 16) -> HfReference:
     """Run the HF checkpoint (float32, CPU) greedily on ``cases`` (default :func:`default_cases`)."""
-    from covip.sdk.support import quiet_progress, require, set_pixels
+    from covip.sdk.support import quiet_progress, require
 
     torch = require("torch", feature="export verification", extra="export")
     tf = require("transformers", feature="export verification", extra="export")
@@ -144,10 +154,6 @@ def hf_reference(model_dir: str | os.PathLike[str], *, cases: Sequence[PromptCas
             model = tf.AutoModelForImageTextToText.from_pretrained(str(d), dtype=torch.float32).eval()
     except (OSError, ValueError, KeyError) as exc:
         raise ExportError(f"cannot load the reference model {d} ({type(exc).__name__}: {str(exc)[:300]})") from exc
-    factor = _vision_factor(d)
-    ip = getattr(processor, "image_processor", None)
-    if ip is not None:  # keep the test image's size: what llama.cpp / the ONNX export see too
-        set_pixels(ip, factor * factor, 4096 * 4096)
     tok = processor.tokenizer
     eos = {i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")) if isinstance(i, int)}
     gen_eos = getattr(model.generation_config, "eos_token_id", None)
@@ -444,7 +450,8 @@ def verify_gguf(manifest: Any, ref: HfReference, opts: VerifyOptions) -> list[Fi
         try:
             cfg = LlamaCppEngineConfig(model_path=manifest.path_of(entry),
                                        mmproj_path=manifest.path_of(mm) if mm is not None else None,
-                                       n_ctx=opts.n_ctx, meaningless=manifest.meaningless)
+                                       n_ctx=opts.n_ctx, meaningless=manifest.meaningless,
+                                       **(manifest.vision or {}))
             with LlamaCppEngine(cfg) as engine:
                 for case in ref.cases:
                     if case.case.image is not None and mm is None:

@@ -8,6 +8,7 @@ directory by it (:func:`covip.sdk.engines.make_engine`). The JSON::
      "covip_version": "0.1.0", "prompt_version": "covip-prompts-1",
      "chat_template": "...", "meaningless": false,
      "llama_cpp_version": "0.3.36",                       # GGUF exports only
+     "vision": {"image_min_tokens": 4, "image_max_tokens": 4},  # GGUF: the processor's image-token limits
      "files": [{"path": "model-q8_0.gguf", "kind": "gguf-text", "quant": "q8_0",
                 "sha256": "...", "bytes": 12345}, ...],
      "onnx": {...}}                                        # ONNX exports only, free-form
@@ -116,6 +117,9 @@ class ExportManifest:
     files: list[ExportFile] = field(default_factory=list)
     llama_cpp_version: str | None = None
     onnx: dict[str, Any] | None = None
+    vision: dict[str, int] | None = None
+    """GGUF exports: the image-token limits of the model's processor (``image_min_tokens``,
+    ``image_max_tokens``), which the llama.cpp engine gives libmtmd (its Qwen-VL defaults differ)."""
     format: str = MANIFEST_FORMAT
     version: int = MANIFEST_VERSION
     directory: Path | None = field(default=None, compare=False, repr=False)
@@ -185,6 +189,8 @@ class ExportManifest:
         d["files"] = [asdict(f) for f in self.files]
         if self.onnx is not None:
             d["onnx"] = self.onnx
+        if self.vision is not None:
+            d["vision"] = dict(self.vision)
         return d
 
     @classmethod
@@ -211,9 +217,25 @@ class ExportManifest:
             files=[ExportFile.from_dict(f, where) for f in files],
             llama_cpp_version=d.get("llama_cpp_version"),
             onnx=d.get("onnx"),
+            vision=_vision_limits(d.get("vision"), where),
             format=MANIFEST_FORMAT,
             version=version,
         )
+
+
+def _vision_limits(v: Any, where: str) -> dict[str, int] | None:
+    """The manifest's ``vision`` section checked: only positive integer image-token limits, min <= max."""
+    if v is None:
+        return None
+    if not isinstance(v, dict) or set(v) - {"image_min_tokens", "image_max_tokens"}:
+        raise ExportError(f"{where}: 'vision' must be an object with image_min_tokens/image_max_tokens, got {v!r}")
+    for key, value in v.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65536:
+            raise ExportError(f"{where}: vision.{key} must be an integer from 1 to 65,536, got {value!r}")
+    lo, hi = v.get("image_min_tokens"), v.get("image_max_tokens")
+    if lo is not None and hi is not None and lo > hi:
+        raise ExportError(f"{where}: vision.image_min_tokens ({lo}) exceeds vision.image_max_tokens ({hi})")
+    return {k: int(x) for k, x in v.items()}
 
 
 def has_manifest(directory: str | os.PathLike[str]) -> bool:

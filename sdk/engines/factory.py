@@ -160,6 +160,8 @@ def _engine_from_export(directory: Path, options: dict[str, Any]) -> Any:
         _warn_llama_version(manifest.llama_cpp_version)
     if kind == "gguf":
         options.setdefault("meaningless", manifest.meaningless)
+        for key, value in (manifest.vision or {}).items():
+            options.setdefault(key, value)  # the processor's image-token limits, recorded at export
         from covip.sdk.engines.llamacpp import LlamaCppEngine, LlamaCppEngineConfig
 
         mm = manifest.path_of(mmproj) if mmproj is not None else None

@@ -71,6 +71,8 @@ __all__ = ["LlamaCppEngineConfig", "LlamaCppEngine"]
 logger = logging.getLogger(__name__)
 _TINY_MARKER = "covip_tiny.json"  # written by covip.sdk.models.build_tiny_vlm into a tiny model's folder
 _ALL_LAYERS = 0x7FFFFFFF
+#: The most image tokens one photo may be given (Qwen-VL's processors allow 16,384; libmtmd's default is 4,096).
+MAX_IMAGE_TOKENS = 65536
 _CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
     "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -106,6 +108,16 @@ class LlamaCppEngineConfig(ConfigMixin):
                   "marker next to the GGUF or 'covip-tiny' in its general.name."})
     verbose: bool = field(
         default=False, metadata={"help": "Log llama.cpp's native messages at their own level (else DEBUG)."})
+    image_min_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Fewest merged image tokens a photo becomes (libmtmd's image_min_tokens); None = "
+                  "libmtmd's default for the projector (8 for Qwen-VL). Set it to the model's processor "
+                  "min_pixels / (patch x merge)^2 so small photos keep the layout the model was trained on; "
+                  "`covip export gguf` records it and an export directory sets it."})
+    image_max_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Most merged image tokens a photo becomes (libmtmd's image_max_tokens); None = "
+                  "libmtmd's default (4096 for Qwen-VL)."})
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_path, (str, os.PathLike)) or not os.fspath(self.model_path):
@@ -126,6 +138,14 @@ class LlamaCppEngineConfig(ConfigMixin):
             raise InputError(f"n_gpu_layers must be -1 (all), 0 (CPU) or a layer count, got {self.n_gpu_layers!r}")
         if self.chat_template is not None and (not isinstance(self.chat_template, str) or not self.chat_template):
             raise InputError("chat_template must be a non-empty Jinja2 template string or None")
+        for name in ("image_min_tokens", "image_max_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 1 <= value <= MAX_IMAGE_TOKENS):
+                raise InputError(f"{name} must be an integer from 1 to {MAX_IMAGE_TOKENS:,} or None, got {value!r}")
+        if self.image_min_tokens and self.image_max_tokens and self.image_min_tokens > self.image_max_tokens:
+            raise InputError(f"image_min_tokens ({self.image_min_tokens}) must not exceed image_max_tokens "
+                             f"({self.image_max_tokens})")
 
 
 @dataclass(frozen=True)
@@ -224,6 +244,12 @@ class LlamaCppEngine(TokenLoopEngine):
             mparams_v.print_timings = False
             mparams_v.n_threads = n_threads
             mparams_v.warmup = False
+            # libmtmd's own limits for Qwen-VL (8..4096 merged tokens) differ from the HF processor the model
+            # was trained with; the export's recorded limits keep photos at the trained layout
+            if cfg.image_min_tokens is not None:
+                mparams_v.image_min_tokens = cfg.image_min_tokens
+            if cfg.image_max_tokens is not None:
+                mparams_v.image_max_tokens = cfg.image_max_tokens
             self._mctx = mtmd.mtmd_init_from_file(str(mmproj_path).encode("utf-8"), self._model, mparams_v)
             if not self._mctx:
                 self._mctx = None

@@ -115,6 +115,8 @@ def test_export_writes_manifest_quants_and_passes_parity(exported) -> None:
     assert "<|im_start|>" in (m.chat_template or "")
     assert (out / "covip_tiny.json").is_file()
     assert not list(out.parent.glob(".export.tmp-*"))  # the build folder is gone
+    # the processor's image-token limits (tiny presets: 1..16 merged tokens) travel with the export
+    assert m.vision == {"image_min_tokens": 1, "image_max_tokens": 16}
 
     # q4_k_m cannot be made on a model whose rows are 64 wide: skipped, with the reason
     assert "256" in result["skipped"]["q4_k_m"] and "q4_0" in result["skipped"]["q4_k_m"]
@@ -342,3 +344,79 @@ def test_init_quant_chooses_the_file_ask_and_the_api_open(qwen3, tmp_path) -> No
     other = CliRunner().invoke(cli, ["--home", str(tmp_path / "h2"), "init", "--embedder", "tiny", "--model", "tiny",
                                      "--quant", "q8_0"])
     assert other.exit_code != 0 and "is not one" in other.output
+
+
+def _with_pixels(src: Path, dst: Path, pixels: int) -> Path:
+    """A copy of a tiny checkpoint whose image processor keeps every photo at exactly ``pixels`` pixels."""
+    shutil.copytree(src, dst)
+    cfg_path = dst / "processor_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["image_processor"]["size"] = {"shortest_edge": pixels, "longest_edge": pixels}
+    cfg_path.write_text(json.dumps(cfg))
+    return dst
+
+
+def test_small_photos_keep_the_trained_image_layout_on_llama_cpp(tmp_path, tiny_vlm_dir, converter) -> None:
+    """A processor of 4 image tokens (the ``mini`` preset's 64-px photos): libmtmd's Qwen-VL default of at
+    least 8 tokens would show the GGUF model a layout it never saw; the export records the processor's
+    limits and the engine opened from it prefills exactly the tokens transformers does."""
+    from covip.export.gguf import export_gguf, image_token_limits
+    from covip.sdk.engines import make_engine
+    from covip.sdk.engines.base import GenerationConfig
+    from covip.sdk.engines.llamacpp import LlamaCppEngine, LlamaCppEngineConfig
+    from covip.sdk.engines.transformers import TransformersEngine, TransformersEngineConfig
+
+    model = _with_pixels(tiny_vlm_dir, tmp_path / "small-photos", 64 * 64)
+    assert image_token_limits(model) == {"image_min_tokens": 4, "image_max_tokens": 4}
+    result = export_gguf(model, tmp_path / "export", quants="f32", progress=False)
+    m = read_manifest(tmp_path / "export")
+    assert m.vision == {"image_min_tokens": 4, "image_max_tokens": 4}
+    report = result.to_dict()["verify"]
+    image_case = [c for f in report["files"] for c in f["cases"] if c["case"] == "image"]
+    assert report["parity_ok"] and image_case and all(c["prompt_match"] for c in image_case), report
+
+    photo = draw_photo(3, 64)
+    msgs = [{"role": "user", "content": [{"type": "image", "image": photo},
+                                         {"type": "text", "text": "Who is this?"}]}]
+    one = GenerationConfig(max_new_tokens=1)
+    with TransformersEngine(TransformersEngineConfig(model=str(model))) as hf:
+        hf_tokens = hf.generate(msgs, one).prompt_tokens
+    with make_engine(str(tmp_path / "export"), n_ctx=512) as eng:
+        assert (eng.config.image_min_tokens, eng.config.image_max_tokens) == (4, 4)
+        assert eng.generate(msgs, one).prompt_tokens == hf_tokens
+    # libmtmd's own limits (what the engine did before the export recorded them): at least 8 tokens, not 4
+    text, mm = m.gguf_text(), m.gguf_mmproj()
+    with LlamaCppEngine(LlamaCppEngineConfig(model_path=m.path_of(text), mmproj_path=m.path_of(mm), n_ctx=512)) as eng:
+        assert eng.generate(msgs, one).prompt_tokens >= hf_tokens + 4
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"image_min_tokens": 10**9}, "image_min_tokens must be an integer from 1 to 65,536"),
+    ({"image_max_tokens": 0}, "image_max_tokens must be an integer from 1"),
+    ({"image_min_tokens": True}, "image_min_tokens must be an integer"),
+    ({"image_min_tokens": 16, "image_max_tokens": 4}, r"image_min_tokens \(16\) must not exceed"),
+])
+def test_image_token_limits_reject_bad_values(bad, match) -> None:
+    from covip.sdk.engines.llamacpp import LlamaCppEngineConfig
+    from covip.sdk.errors import InputError
+
+    with pytest.raises(InputError, match=match):
+        LlamaCppEngineConfig(model_path="m.gguf", **bad)
+
+
+@pytest.mark.parametrize("vision, match", [
+    ({"image_min_tokens": -1}, "vision.image_min_tokens must be an integer from 1"),
+    ({"image_min_tokens": "4"}, "vision.image_min_tokens must be an integer"),
+    ({"image_min_tokens": 9, "image_max_tokens": 4}, "exceeds vision.image_max_tokens"),
+    ({"n_threads": 64}, "'vision' must be an object with image_min_tokens"),
+    ([4, 4], "'vision' must be an object"),
+])
+def test_a_tampered_manifest_vision_section_is_refused(tmp_path, qwen3, vision, match) -> None:
+    _, _, out, _ = qwen3
+    bad = tmp_path / "export"
+    shutil.copytree(out, bad)
+    doc = json.loads((bad / MANIFEST_NAME).read_text())
+    doc["vision"] = vision
+    (bad / MANIFEST_NAME).write_text(json.dumps(doc))
+    with pytest.raises(ExportError, match=match):
+        read_manifest(bad, verify="none")

@@ -57,4 +57,6 @@ def test_quick_result_has_the_documented_fields(quick_run):
     assert 0 <= retrieval["recall_at_1"] <= retrieval["recall_at_5"] <= 1
     assert (tmp / "cache" / "embedders").is_dir()  # built where the run was told, not in the user's cache
     assert data["laptop_path"]["gguf"]["parity_ok"] and data["laptop_path"]["onnx"]["parity_ok"]
+    # llama.cpp sees the 64-px photos at the trained layout (the export's image-token limits): same answers
+    assert data["laptop_path"]["llamacpp_recognition"]["agreement_with_transformers"] >= 0.85
     assert result.png_path.is_file()
