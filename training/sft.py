@@ -148,6 +148,7 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
                                 rationale=d.recognition_rationale, matching_warmup=d.matching_warmup,
                                 queries_per_row=d.queries_per_row, copy_share=d.copy_share, passes=d.passes,
                                 pack=pack, context_spans=config.trainer.pointer_loss > 0, identities=d.fresh_identities,
+                                caption_style=d.caption_style,
                                 batch_size=config.trainer.per_device_train_batch_size if d.same_type_batches else None)
     counts: dict[str, int] = {}
     for s in samples:
@@ -293,7 +294,8 @@ def _use_pointer_supervision(config: SftConfig, model: Any, processor: Any, trai
     from covip.training.sft_pointer import HEADS, KINDS, PointerCollator
 
     text = model.config.text_config
-    used = {kind: HEADS[kind] for stype in config.data.sample_types for kind in KINDS.get(stype, ())}
+    styles = {"caption": "indexed_caption" if config.data.caption_style == "indexed" else "caption"}
+    used = {kind: HEADS[kind] for stype in config.data.sample_types for kind in KINDS.get(styles.get(stype, stype), ())}
     layers = max(layer for layer, _ in used.values()) + 1
     heads = max(head for _, head in used.values()) + 1
     if text.num_hidden_layers < layers or text.num_attention_heads < heads:

@@ -105,6 +105,10 @@ class SftDataSection:
         "and caption rewritten to match), so only the context can tell them, as in held-out evaluation. With the "
         "world's fixed names a model can name training concepts from their look alone (measured: "
         "training/README.md)."))
+    caption_style: str = field(default="prose", metadata=_h(
+        "Caption targets: 'prose' (a personalized caption naming the present concepts with their looks and "
+        "facts) or 'indexed' (the recognition box of the present dialogues, then what the user said in them, "
+        "verbatim: the miniature recipe's captions, which reuse the recognition chain; training/README.md)."))
     same_type_batches: bool = field(default=True, metadata=_h(
         "Fill every batch with one sample type (rows in a seeded order, batches shuffled): a short description "
         "row is never padded to a long caption prompt."))
@@ -278,6 +282,8 @@ class SftConfig(GroupedConfigMixin):
                "data.matching_warmup", "needs 'recognition' in data.sample_types and data.same_type_batches: true")
         _check(1 <= d.queries_per_row <= 16, "data.queries_per_row", f"must be 1-16, got {d.queries_per_row}")
         _check(1 <= d.passes <= 1000, "data.passes", f"must be 1-1000, got {d.passes}")
+        _check(d.caption_style in ("prose", "indexed"), "data.caption_style",
+               f"must be 'prose' or 'indexed', got {d.caption_style!r}")
         _check(0.0 <= d.copy_share <= 1.0, "data.copy_share", f"must be between 0 and 1, got {d.copy_share}")
         _check(d.prompt_pack is None or bool(str(d.prompt_pack).strip()), "data.prompt_pack",
                "must be a pack file or null")

@@ -36,6 +36,7 @@ from covip.training.data.schema import Sample, read_jsonl
 from covip.training.data.targets import (
     caption_target,
     describe_target,
+    indexed_caption_target,
     recognition_target,
     verification_target,
 )
@@ -184,15 +185,19 @@ def fresh_identities(sample: Sample, world: World, rng: random.Random) -> tuple[
 
 
 def target_for(sample: Sample, world: World, rng: random.Random, *, rationale: bool = True,
-               concepts: Mapping[str, Concept] | None = None) -> str:
+               concepts: Mapping[str, Concept] | None = None, caption_style: str = "prose",
+               numbering: int = 1) -> str:
     """The ground-truth answer of one sample (see :mod:`covip.training.data.targets`); ``concepts`` overrides
-    the world's concepts by id (:func:`fresh_identities`)."""
+    the world's concepts by id (:func:`fresh_identities`). ``caption_style`` 'indexed': captions by
+    :func:`indexed_caption_target`, boxed with the prompt's dialogue ``numbering``."""
     ids = _known_concept_ids(sample, world)
     if sample.sample_type == "recognition":
         return recognition_target([world.concepts[c].look for c in ids], list(sample.answer or ()),
                                   rationale=rationale)
     if sample.sample_type == "verification":
         return verification_target(str(sample.answer))
+    if sample.sample_type == "caption" and caption_style == "indexed":
+        return indexed_caption_target(sample.dialogues, list(sample.present or ()), numbering=numbering)
     if sample.sample_type == "caption":
         known = {**world.concepts, **(concepts or {})}
         present = [known[ids[i]] for i in sorted(sample.present or ())]
@@ -202,13 +207,17 @@ def target_for(sample: Sample, world: World, rng: random.Random, *, rationale: b
 
 
 def sft_row(sample: Sample, world: World, rng: random.Random, *, rationale: bool = True,
-            pack: prompts.PromptPack | None = None, concepts: Mapping[str, Concept] | None = None) -> dict[str, Any]:
-    """The dataset row of one sample (see the module doc); ``concepts`` as in :func:`target_for`."""
+            pack: prompts.PromptPack | None = None, concepts: Mapping[str, Concept] | None = None,
+            caption_style: str = "prose") -> dict[str, Any]:
+    """The dataset row of one sample (see the module doc); ``concepts``/``caption_style`` as in
+    :func:`target_for`."""
     prompt, images = placeholder_messages(sample_messages(sample, rng=rng, pack=pack))
     if [str(p) for p in images] != [str(p) for p in sample.images]:
         raise DataError(f"sample {sample.id!r}: the prompt shows its images in another order than the sample",
                         sample_id=sample.id, field="images")
-    answer = target_for(sample, world, rng, rationale=rationale, concepts=concepts)
+    numbering = (pack or prompts.PromptPack()).dialogue_numbering
+    answer = target_for(sample, world, rng, rationale=rationale, concepts=concepts, caption_style=caption_style,
+                        numbering=numbering)
     return {"prompt": prompt, "completion": [{"role": "assistant", "content": [{"type": "text", "text": answer}]}],
             "images": [str(p) for p in images]}
 
@@ -361,7 +370,7 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
                       warmup_describe: int = 0, rationale: bool = True, matching_warmup: int = 0,
                       queries_per_row: int = 1, copy_share: float = 0.0, passes: int = 1,
                       pack: prompts.PromptPack | None = None, context_spans: bool = False,
-                      identities: bool = False) -> Any:
+                      identities: bool = False, caption_style: str = "prose") -> Any:
     """A ``datasets.Dataset`` of :func:`sft_row` rows (and, with ``describe``, :func:`describe_row` rows of the
     samples' one-concept photos), after :func:`check_training_concepts`; ``types`` limits the sample rows.
 
@@ -373,7 +382,8 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
     sample rows that many times, each pass with its own draws and (with ``batch_size``) its own order.
     ``context_spans`` adds the column :data:`covip.training.sft_pointer.SPANS_COLUMN` (per context item of a
     caption row its name and fact values; [] for other rows), which pointer supervision reads. ``identities``
-    gives every caption row :func:`fresh_identities` (new names and facts per row and pass).
+    gives every caption row :func:`fresh_identities` (new names and facts per row and pass). ``caption_style``
+    as in :func:`target_for`.
     """
     import datasets
 
@@ -396,9 +406,11 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
                     renamed = None
                     if identities and s.sample_type == "caption":
                         s, renamed = fresh_identities(s, world, rng)
-                    row = sft_row(s, world, rng, rationale=rationale, pack=pack, concepts=renamed)
+                    row = sft_row(s, world, rng, rationale=rationale, pack=pack, concepts=renamed,
+                                  caption_style=caption_style)
                 if context_spans:
-                    row[SPANS_COLUMN] = _context_spans(s, world, renamed) if s.sample_type == "caption" else []
+                    prose = s.sample_type == "caption" and caption_style == "prose"
+                    row[SPANS_COLUMN] = _context_spans(s, world, renamed) if prose else []
                 groups.setdefault(s.sample_type, []).append(row)
         if describe:
             groups["describe"] = [describe_row(path, look, pack) for path, look in items]

@@ -23,6 +23,7 @@ the tower before and after, and the teacher, on the same memory and queries.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -56,33 +57,27 @@ def training_photo(rng: random.Random, image_size: int) -> Image.Image:
     return render_scene([look], image_size, rng)
 
 
-def _parts() -> tuple[type, type, Any]:
-    """(the photo stream, the tower + linear map, the collate factory), built when torch is wanted."""
+def _pair(rng: random.Random, image_size: int) -> dict[str, Any]:
+    """A memory photo of a random training look and a new-pose scene of it (a contrastive positive pair)."""
+    look = look_with_key(rng.choice(look_keys(heldout=False)), rng)
+    return {"memory": render_memory(look, image_size, rng), "query": render_scene([look], image_size, rng)}
+
+
+def _parts() -> tuple[type, type, Any, Any, Any]:
+    """(the rendered stream, the tower + linear map, the two collate factories), built when torch is wanted."""
     import torch
 
-    class RenderedPhotos(torch.utils.data.IterableDataset):
-        """An endless stream of fresh training photos (seeded: the same seed gives the same photos)."""
+    class Rendered(torch.utils.data.IterableDataset):
+        """An endless stream of freshly rendered training examples, ``draw(rng)`` each, seeded by
+        ``name:seed`` (the same seed gives the same stream)."""
 
-        def __init__(self, seed: int, image_size: int) -> None:
-            self.seed, self.image_size = seed, image_size
-
-        def __iter__(self) -> Any:
-            rng = random.Random(f"covip-distill:{self.seed}")
-            while True:
-                yield {"image": training_photo(rng, self.image_size)}
-
-    class RenderedPairs(torch.utils.data.IterableDataset):
-        """An endless stream of (memory photo, new-pose scene) pairs of random training looks (seeded)."""
-
-        def __init__(self, seed: int, image_size: int) -> None:
-            self.seed, self.image_size = seed, image_size
+        def __init__(self, name: str, seed: int, draw: Any) -> None:
+            self.name, self.seed, self.draw = name, seed, draw
 
         def __iter__(self) -> Any:
-            rng = random.Random(f"covip-contrast:{self.seed}")
+            rng = random.Random(f"{self.name}:{self.seed}")
             while True:
-                look = look_with_key(rng.choice(look_keys(heldout=False)), rng)
-                yield {"memory": render_memory(look, self.image_size, rng),
-                       "query": render_scene([look], self.image_size, rng)}
+                yield self.draw(rng)
 
     class TowerHead(torch.nn.Module):
         """The vision tower + merger, mean-pooled per image, then a linear map into the teacher's space."""
@@ -127,7 +122,7 @@ def _parts() -> tuple[type, type, Any]:
                     "pairs": torch.ones(len(batch))}
         return collate
 
-    return RenderedPhotos, RenderedPairs, TowerHead, collate_for, pair_collate_for
+    return Rendered, TowerHead, collate_for, pair_collate_for
 
 
 class TowerEmbedder:
@@ -194,7 +189,7 @@ def distill_vision(model: Any, processor: Any, teacher: Any, *, output_dir: str,
     if visual is None:
         raise InputError(f"{type(model).__name__} has no model.visual vision tower to distil into; set "
                          "vision_warmup.enabled: false")
-    stream_cls, pairs_cls, head_cls, collate_for, pair_collate_for = _parts()
+    stream_cls, head_cls, collate_for, pair_collate_for = _parts()
     dim = int(getattr(model.config.vision_config, "out_hidden_size", model.config.get_text_config().hidden_size))
     wrapper = head_cls(visual, dim, int(teacher.dim) if teacher is not None else CONTRAST_DIM)
     image_processor = processor.image_processor
@@ -208,10 +203,12 @@ def distill_vision(model: Any, processor: Any, teacher: Any, *, output_dir: str,
         remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=not progress)
     budget = TimeBudgetCallback(max_time_s)
     if teacher is None:  # a batch of `batch_size` photos: half memory photos, half their scenes
-        data, collate = pairs_cls(seed, image_size), pair_collate_for(image_processor)
+        data = stream_cls("covip-contrast", seed, functools.partial(_pair, image_size=image_size))
+        collate = pair_collate_for(image_processor)
         args.per_device_train_batch_size = max(2, batch_size // 2)
     else:
-        data, collate = stream_cls(seed, image_size), collate_for(image_processor, teacher)
+        data = stream_cls("covip-distill", seed, lambda rng: {"image": training_photo(rng, image_size)})
+        collate = collate_for(image_processor, teacher)
     trainer = Trainer(model=wrapper, args=args, train_dataset=data, data_collator=collate, callbacks=[budget])
     from covip.training.trainer_progress import use_progress_lines
 

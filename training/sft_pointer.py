@@ -26,6 +26,18 @@ Pointers of one recognition row (concept images numbered from 0 by headers *befo
 * ``match``: every token of a query image attends to the images of the concepts its answer names;
 * ``read``: each answer position that predicts one of those digits attends to that query image.
 
+Pointers of one caption-by-index row (``data.caption_style: indexed``: the recognition box of the dialogue
+that shows the concept, then what the user said there, verbatim): the recognition pointers above, with the
+dialogue headers' numbers as the digits, and
+
+* ``tag``: every token of each dialogue's text attends to the digit of its header (the head ``label`` uses);
+* ``prev``: every token of a user's line attends to the token before it (the previous-token half of an
+  induction head: a token's key learns what preceded it);
+* ``carry``: each answer position after the box attends to the box digit (which dialogue to copy from);
+* ``recall``: each answer position that predicts a token copied from that dialogue attends to the token
+  there (an induction step whose keys the ``tag`` and ``prev`` heads marked with the dialogue's number and
+  the preceding token). ``prev`` and ``recall`` pair their i-th source with their i-th target.
+
 Here the match compares image tokens with image tokens, one attention step deep; in the caption chain it
 compares what two other heads copied, and in the research loop that step did not form in 600 steps while
 the recognition chain formed in 300 (training/README.md).
@@ -46,13 +58,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = ["HEADS", "KINDS", "SPANS_COLUMN", "WEIGHTS_KEY", "PointerCollator", "pointer_targets",
-           "recognition_pointers", "pointer_loss", "probe_loss", "AttentionTap"]
+           "recognition_pointers", "pointer_loss", "probe_loss", "AttentionTap", "PAIRED"]
 
 HEADS: Mapping[str, tuple[int, int]] = {"bind": (0, 0), "look": (0, 1), "copy": (1, 0),
-                                        "label": (0, 0), "match": (1, 0), "read": (2, 0)}
+                                        "label": (0, 0), "match": (1, 0), "read": (2, 0),
+                                        "tag": (0, 0), "prev": (0, 2), "carry": (2, 2), "recall": (3, 0)}
 """(decoder layer, attention head) supervised for each pointer kind."""
-KINDS: Mapping[str, tuple[str, ...]] = {"caption": ("bind", "look", "copy"), "recognition": ("label", "match", "read")}
-"""The pointer kinds of each sample type's rows."""
+KINDS: Mapping[str, tuple[str, ...]] = {"caption": ("bind", "look", "copy"), "recognition": ("label", "match", "read"),
+                                        "indexed_caption": ("label", "match", "read", "tag", "prev", "carry", "recall")}
+"""The pointer kinds of each sample type's rows (``indexed_caption``: caption rows of ``data.caption_style:
+indexed``)."""
+PAIRED = frozenset({"prev", "recall"})
+"""Pointer kinds whose i-th source attends to their i-th target (the others: every source to all targets)."""
 WEIGHTS_KEY = "label_weights"
 """The batch key of per-token answer-loss weights (:class:`PointerCollator` with a format weight below 1)."""
 SPANS_COLUMN = "context_spans"
@@ -132,19 +149,13 @@ def recognition_pointers(ids: Sequence[int], labels: Sequence[int], tokenizer: A
     if answer_start is None:
         return []
     n_context = sum(run[-1] < answer_start for run in runs) - 1
-    if not 1 <= n_context <= 10:
+    if not 1 <= n_context <= 9:
         return []
-    digits = [tokenizer(str(i), add_special_tokens=False)["input_ids"] for i in range(n_context)]
-    if any(len(d) != 1 for d in digits):
+    found = _header_digits(ids, runs, n_context, tokenizer)
+    if found is None:
         return []
-    digits_ids = [d[0] for d in digits]
-    pointers: list[Pointer] = []
-    for i in range(n_context):
-        start = runs[i - 1][-1] + 1 if i else 0
-        header = [p for p in range(start, runs[i][0]) if ids[p] == digits_ids[i]]
-        if not header:
-            return []
-        pointers.append(("label", list(runs[i]), [header[-1]]))
+    digits_ids, headers = found
+    pointers: list[Pointer] = [("label", list(runs[i]), [headers[i]]) for i in range(n_context)]
     for k, query in enumerate(runs[n_context:], start=n_context):
         stop = runs[k + 1][0] if k + 1 < len(runs) else len(ids)
         answer = [p for p in range(query[-1] + 1, stop) if labels[p] != -100]
@@ -166,14 +177,105 @@ def recognition_pointers(ids: Sequence[int], labels: Sequence[int], tokenizer: A
                 pointers.append(("read", [pos - 1], list(query)))
         if present:
             pointers.append(("match", list(query), [p for i in sorted(present) for p in runs[i]]))
+            box_end = answer[next(j for j in range(len(answer)) if offsets[j] + len(pieces[j]) >= box.end(1))]
+            pointers += _recall_pointers(ids, labels, runs, headers, sorted(present), box_end, stop, tokenizer)
     return pointers
+
+
+def _header_digits(ids: Sequence[int], runs: Sequence[Sequence[int]], n_context: int,
+                   tokenizer: Any) -> tuple[list[int], list[int]] | None:
+    """(digit token ids, header digit positions) of the ``n_context`` context images, numbered from 0 (concept
+    headers, or a pack's ``dialogue_numbering: 0``) or from 1 (covip's dialogue headers); None when a header
+    number is missing or not one token."""
+    for base in (0, 1):
+        digits = [tokenizer(str(i + base), add_special_tokens=False)["input_ids"] for i in range(n_context)]
+        if any(len(d) != 1 for d in digits):
+            continue
+        digits_ids = [d[0] for d in digits]
+        headers = []
+        for i in range(n_context):
+            start = runs[i - 1][-1] + 1 if i else 0
+            header = [p for p in range(max(start, runs[i][0] - 8), runs[i][0]) if ids[p] == digits_ids[i]]
+            if not header:
+                break
+            headers.append(header[-1])
+        if len(headers) == n_context:
+            return digits_ids, headers
+    return None
+
+
+def _recall_pointers(ids: Sequence[int], labels: Sequence[int], runs: Sequence[Sequence[int]],
+                     headers: Sequence[int], present: Sequence[int], box_end: int, stop: int,
+                     tokenizer: Any) -> list[Pointer]:
+    """``tag``/``prev``/``carry``/``recall`` pointers of a caption-by-index answer (module doc): the labelled tokens
+    after the box (from ``box_end`` + 1 to ``stop``) aligned with the text of the present dialogues, each
+    token to the source that continues the previous one, else to the first occurrence whose previous token
+    matches too. [] when nothing after the box comes from a dialogue (a recognition answer)."""
+    fence = tokenizer("=====", add_special_tokens=False)["input_ids"][0]
+    regions: dict[int, range] = {}
+    for i in range(len(headers)):
+        start = runs[i][-1] + 2  # after the image's end marker
+        end = next((p for p in range(start, runs[i + 1][0]) if ids[p] == fence), runs[i + 1][0])
+        regions[i] = range(start, end)
+    said = _user_lines(ids, [p for i in present for p in regions[i]], tokenizer)
+    sources = [p for i in present for p in regions[i] if p in said]
+    copyable = set(sources)
+    srcs: list[int] = []
+    dsts: list[int] = []
+    previous: int | None = None
+    for p in range(box_end + 1, stop):
+        if labels[p] == -100:
+            continue
+        src = None
+        if previous is not None and previous + 1 in copyable and ids[previous + 1] == ids[p]:
+            src = previous + 1  # the copy goes on
+        else:
+            later = [q for q in sources if previous is None or q > previous] + sources
+            src = next((q for q in later if ids[q] == ids[p] and ids[q - 1] == ids[p - 1]), None)
+            if src is None:
+                src = next((q for q in later if ids[q] == ids[p]), None)
+        if src is None:
+            continue
+        srcs.append(p - 1)
+        dsts.append(src)
+        previous = src
+    if not srcs:
+        return []
+    digit_positions = [p for p in range(box_end - 4, box_end + 1) if labels[p] != -100
+                       and ids[p] in {ids[headers[i]] for i in present}]
+    pointers: list[Pointer] = [("tag", list(regions[i]), [headers[i]]) for i in regions if regions[i]]
+    lines = sorted(_user_lines(ids, [p for i in regions for p in regions[i]], tokenizer))
+    pointers.append(("prev", lines, [q - 1 for q in lines]))
+    if digit_positions:
+        pointers.append(("carry", list(srcs), digit_positions))
+    pointers.append(("recall", srcs, dsts))
+    return pointers
+
+
+def _user_lines(ids: Sequence[int], positions: Sequence[int], tokenizer: Any) -> set[int]:
+    """The positions among ``positions`` inside a ``User:`` line of a dialogue (after the colon, up to the
+    line's end): what a caption by index copies."""
+    user = tokenizer("User:", add_special_tokens=False)["input_ids"]
+    inside, out = False, set()
+    for p in positions:
+        if list(ids[p - len(user) + 1:p + 1]) == user:
+            inside = True
+            continue
+        if inside and "\n" in tokenizer.decode([ids[p]]):
+            inside = False
+        if inside:
+            out.add(p)
+    return out
 
 
 class PointerCollator:
     """Wraps trl's collator: the batch it returns gains ``pointer_targets`` (one list per row), computed from
     the collated ids and labels: caption pointers from each example's :data:`SPANS_COLUMN`, else recognition
     pointers. With ``format_weight`` < 1 it also gains :data:`WEIGHTS_KEY`: per labelled token, 1 for the box
-    digits of a recognition answer and ``format_weight`` for its other tokens (1 elsewhere)."""
+    digits of a recognition answer and ``format_weight`` for its other tokens (1 elsewhere); every token of a
+    caption by index's text after the box weighs ``format_weight`` too (with the row's answer loss summed per
+    row, a 60-token copy at weight 1 would outweigh its pointer terms sixtyfold, and the heads did not learn
+    where to look: training/README.md)."""
 
     def __init__(self, base: Any, tokenizer: Any, image_token_id: int, format_weight: float = 1.0) -> None:
         self.base, self.tokenizer, self.image_token_id = base, tokenizer, image_token_id
@@ -190,9 +292,13 @@ class PointerCollator:
             if not found:
                 found = recognition_pointers(ids, labels, self.tokenizer, self.image_token_id)
                 digits = [src[0] + 1 for kind, src, _ in found if kind == "read"]
-                if weights is not None and digits:  # the format tokens of this recognition answer weigh less
+                if weights is not None and digits:  # the format tokens of this answer weigh less
                     weights[b][batch["labels"][b] != -100] = self.format_weight
-                    weights[b][digits] = 1.0
+                    weights[b][digits] = 1.0  # the box digits
+                    copied = [p + 1 for kind, src, _ in found if kind == "recall" for p in src]
+                    if copied:  # a caption by index: what it says after the box, its end included
+                        after = (batch["labels"][b] != -100).nonzero().squeeze(-1)
+                        weights[b][after[after >= min(copied)]] = self.format_weight
             targets.append(found)
         batch["pointer_targets"] = targets
         if weights is not None:
@@ -252,7 +358,10 @@ def probe_loss(model: Any, hidden_states: Sequence[Any], input_ids: Any,
     after the layer of each pointer, read through the model's own final norm and LM head restricted to the
     row's header digits, should name the digit the chain carries there: a concept photo's tokens after the
     ``label`` layer its header digit, a query photo's tokens after the ``match`` layer the digits of the
-    concepts it shows, the answer position after the ``read`` layer the digit it predicts. Mean of ``-log``
+    concepts it shows, the answer position after the ``read`` layer the digit it predicts; in a caption by
+    index, a dialogue's text after the ``tag`` layer its header digit, the answer after the box, after the
+    ``carry`` layer, the box digit, and a user line's tokens after the ``prev`` layer the token before them
+    (among the row's dialogue words: what an induction key is made of). Mean of ``-log``
     (probability of the right digits among the row's) over the pointers (None when the batch has no
     recognition pointers). ``hidden_states``: the model's ``output_hidden_states`` (embeddings first)."""
     import torch
@@ -273,6 +382,16 @@ def probe_loss(model: Any, hidden_states: Sequence[Any], input_ids: Any,
                 wanted = sorted({digit_at[p] for p in dst if p in digit_at})
             elif kind == "read" and int(input_ids[b, src[0] + 1]) in digits:
                 wanted = [digits.index(int(input_ids[b, src[0] + 1]))]
+            elif kind in ("tag", "carry") and dst and int(input_ids[b, dst[0]]) in digits:
+                wanted = [digits.index(int(input_ids[b, dst[0]]))]
+            elif kind == "prev" and src:  # each token should carry the token before it, among the row's words
+                ids_row = input_ids[b]
+                words = sorted({int(t) for t in ids_row[src].tolist()} | {int(t) for t in ids_row[dst].tolist()})
+                h = norm(hidden_states[HEADS[kind][0] + 1][b, src])
+                logp = torch.log_softmax((h @ head.weight[words].T).float(), dim=-1)
+                index = torch.as_tensor([words.index(int(t)) for t in ids_row[dst].tolist()], device=logp.device)
+                terms.append(-logp.gather(1, index[:, None]).mean())
+                continue
             else:
                 continue
             if not wanted:
@@ -285,9 +404,12 @@ def probe_loss(model: Any, hidden_states: Sequence[Any], input_ids: Any,
     return torch.stack(terms).mean()
 
 
-def pointer_loss(weights: Mapping[int, Any], targets: Sequence[Sequence[Pointer]]) -> Any:
-    """Mean of -log(attention mass on the target tokens) over every pointer of the batch (None when the
-    batch has none). ``weights[layer]``: (batch, heads, query positions, key positions)."""
+def pointer_loss(weights: Mapping[int, Any], targets: Sequence[Sequence[Pointer]],
+                 by_kind: dict[str, list[float]] | None = None) -> Any:
+    """Mean of -log(attention mass on the target tokens) over every pointer of the batch, a ``recall``
+    pointer counting once per copied token (None when the batch has none). ``weights[layer]``: (batch, heads,
+    query positions, key positions). ``by_kind``, when given, collects each pointer's term under its kind
+    (for the training log)."""
     import torch
 
     terms = []
@@ -298,8 +420,15 @@ def pointer_loss(weights: Mapping[int, Any], targets: Sequence[Sequence[Pointer]
             if att is None:
                 raise RuntimeError("pointer supervision needs the attention weights; the text model must run "
                                    "eager attention (covip sets it when trainer.pointer_loss > 0)")
-            mass = att[b, head][src][:, dst].sum(-1)
-            terms.append(-torch.log(mass.clamp(min=1e-6)).mean())
+            if kind in PAIRED:  # the i-th source to the i-th target
+                mass = att[b, head][torch.as_tensor(src), torch.as_tensor(dst)]
+            else:
+                mass = att[b, head][src][:, dst].sum(-1)
+            term = -torch.log(mass.clamp(min=1e-6))
+            # one term per pointer; a recall pointer is one term per copied token (the copy is the answer)
+            terms.append(term if kind == "recall" else term.mean()[None])
+            if by_kind is not None:
+                by_kind.setdefault(kind, []).append(float(term.detach().mean()))
     if not terms:
         return None
-    return torch.stack(terms).mean()
+    return torch.cat(terms).mean()

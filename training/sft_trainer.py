@@ -85,9 +85,12 @@ class CompletionOnlySFTTrainer(SFTTrainer):
         self._hidden = None
         with AttentionTap(model) as tap:
             out = self._answer_loss(model, inputs, return_outputs, num_items_in_batch)
-        aux = pointer_loss(tap.weights, targets)
+        by_kind: dict[str, list[float]] = {}
+        aux = pointer_loss(tap.weights, targets, by_kind)
         tap.weights.clear()
         mode = "train" if model.training else "eval"
+        for kind, values in by_kind.items():  # which step of the chain lags (logged as pointer_<kind>)
+            self._metrics[mode][f"pointer_{kind}"].append(sum(values) / len(values))
         probe = probe_loss(model, self._hidden, input_ids, targets) if self._hidden is not None else None
         self._hidden = None
         extra = []

@@ -85,6 +85,8 @@ def test_unknown_and_bad_sft_keys_name_the_key(tmp_path):
         load_sft_config("mini-cpu", ["data.queries_per_row=1000000000"])
     with pytest.raises(InputError, match=r"'data\.copy_share'"):
         load_sft_config("mini-cpu", ["data.copy_share=1.5"])
+    with pytest.raises(InputError, match=r"'data\.caption_style'.*'prose' or 'indexed'"):
+        load_sft_config("mini-cpu", ["data.caption_style=../../etc/passwd"])
     with pytest.raises(InputError, match=r"'trainer\.max_setps'"):
         load_sft_config("mini-cpu", ["trainer.max_setps=3"])
     with pytest.raises(InputError, match="sft"):
@@ -375,6 +377,17 @@ def test_targets_state_the_ground_truth():
     facts = Facts("Haeundae beach", "two winters ago", "a family picnic", "feeding the ducks")
     caption = caption_target([Concept("c1", "Bori", looks[0], facts, "", ())], random.Random(0))
     assert "Bori" in caption and all(v in caption for v in (facts.place, facts.time, facts.event, facts.action))
+    # a caption by index: the box numbered like the dialogue headers, then the user's lines of those dialogues
+    from covip.training.data.targets import indexed_caption_target
+
+    dialogues = ["User: Meet Bori! My dog.\nAssistant: Cute!\nUser: At Haeundae beach.", "User: This is Mom."]
+    assert indexed_caption_target(dialogues, [0], numbering=1) == "Answer: \\boxed{[1]} Meet Bori! My dog. At Haeundae beach."
+    assert indexed_caption_target(dialogues, [1, 0]) == \
+        "Answer: \\boxed{[0, 1]} Meet Bori! My dog. At Haeundae beach. This is Mom."
+    with pytest.raises(InputError, match="do not fit 2 dialogues"):
+        indexed_caption_target(dialogues, [2])
+    with pytest.raises(InputError, match="no 'User: ' line"):
+        indexed_caption_target(["Assistant: hello"], [0])
 
 
 # ----------------------------------------------------------------------------- scoring

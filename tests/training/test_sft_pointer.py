@@ -4,6 +4,7 @@ the loss trains the supervised heads toward them, and that a model or config it 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -245,6 +246,17 @@ def test_the_mini_recipe_uses_the_pointer_chain_and_names_its_pack():
     assert t.pointer_loss > 0 and t.probe_loss > 0 and t.answer_format_weight < 1 and t.freeze_vision
     assert config.data.sample_types == ["recognition"] and config.vision_warmup.objective == "contrastive"
     assert pack_path(config.data.prompt_pack, config.source).is_file()
+    # the caption phase continues from the recognition phase's checkpoint and world, with the same pack
+    from covip.sdk.prompts import load_pack
+
+    captions = load_sft_config(Path(config.source).parent / "sft" / "mini-cpu-captions.yaml")
+    assert captions.model.name_or_path == f"{config.run.output_dir}/model"
+    assert captions.data.world == config.data.world and captions.data.caption_style == "indexed"
+    assert set(captions.data.sample_types) == {"caption", "recognition"} and captions.data.fresh_identities
+    assert captions.trainer.pointer_loss > 0 and captions.trainer.probe_loss > 0
+    pack = pack_path(captions.data.prompt_pack, captions.source)
+    assert pack.resolve() == pack_path(config.data.prompt_pack, config.source).resolve()
+    assert load_pack(pack).dialogue_numbering == 0  # caption and recognition boxes count context items alike
 
 
 def test_probe_loss_reads_the_carried_digit_through_the_models_own_head(tiny_vlm_dir):
@@ -274,3 +286,77 @@ def test_probe_loss_reads_the_carried_digit_through_the_models_own_head(tiny_vlm
         good, bad = probe_loss(model, states(right), ids, [row]), probe_loss(model, states(wrong), ids, [row])
     assert good.item() < bad.item() - 0.5  # the digit each pointer carries is what the loss rewards
     assert probe_loss(model, states(right), ids, [[("bind", [1], [0])]]) is None  # caption pointers: no probe
+
+
+@pytest.mark.parametrize("numbering", [1, 0])
+def test_captions_by_index_box_the_dialogue_then_copy_what_the_user_said(world_dir, tiny_vlm_dir, numbering):
+    """``data.caption_style: indexed``: the target boxes the present dialogues (numbered as the prompt's
+    headers) and repeats the user's lines there; the pointers tag every dialogue with its header digit, carry
+    the box digit along the answer and point each copied token at its source in a present dialogue."""
+    import dataclasses
+
+    from transformers import AutoProcessor
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from covip.sdk.prompts import PromptPack
+    from covip.training.sft_config import SftDataSection
+    from covip.training.sft_data import build_sft_dataset, load_sft_samples, load_world
+    from covip.training.sft_pointer import WEIGHTS_KEY, PointerCollator, _runs
+
+    world = load_world(world_dir)
+    samples = [s for s in load_sft_samples(SftDataSection(), world_dir) if s.sample_type == "caption"][:6]
+    assert any(len(s.present) == 2 for s in samples)
+    pack = dataclasses.replace(PromptPack(), dialogue_numbering=numbering)
+    rows = build_sft_dataset(samples, world, types=["caption"], context_spans=True, identities=True, pack=pack,
+                             caption_style="indexed")
+    processor = AutoProcessor.from_pretrained(tiny_vlm_dir)
+    tok = processor.tokenizer
+    image_id = tok.convert_tokens_to_ids("<|image_pad|>")
+    base = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)
+    batch = PointerCollator(base, tok, image_id, format_weight=0.25)([rows[i] for i in range(len(rows))])
+    for b, sample in enumerate(samples):
+        target = rows[b]["completion"][0]["content"][0]["text"]
+        present = sorted(sample.present)
+        box = "Answer: \\boxed{[" + ", ".join(str(i + numbering) for i in present) + "]} "
+        assert target.startswith(box) and rows[b]["context_spans"] == []  # no prose-caption pointers
+        dialogues = rows[b]["prompt"][0]["content"]
+        said = [line[6:] for i in present for line in _dialogue_text(dialogues, i).splitlines()
+                if line.startswith("User: ")]
+        assert target[len(box):] == " ".join(said)  # the user's own words, in the present dialogues' order
+
+        ids, labels = batch["input_ids"][b].tolist(), batch["labels"][b].tolist()
+        runs = _runs(ids, image_id)
+        pointers = batch["pointer_targets"][b]
+        kinds = {k: [p for p in pointers if p[0] == k]
+                 for k in ("label", "match", "read", "tag", "prev", "carry", "recall")}
+        assert [tok.decode([ids[p[2][0]]]) for p in kinds["label"]] == [str(i + numbering) for i in range(3)]
+        assert [tok.decode([ids[p[2][0]]]) for p in kinds["tag"]] == [str(i + numbering) for i in range(3)]
+        for i, (_, src, _) in enumerate(kinds["tag"]):  # dialogue i's text, between its photo and the next one
+            assert runs[i][-1] < src[0] and src[-1] < runs[i + 1][0]
+            assert _dialogue_text(dialogues, i).strip()[:40] in tok.decode([ids[p] for p in src])
+        assert [tok.decode([ids[p[1][0] + 1]]) for p in kinds["read"]] == [str(i + numbering) for i in present]
+        assert kinds["match"][0][2] == [p for i in present for p in runs[i]]
+        (_, srcs, dsts), = kinds["recall"]
+        answer = [p for p in range(len(ids)) if labels[p] != -100]
+        copied = [p for p in answer if p > kinds["read"][-1][1][0] + 1]
+        # nearly every token after the box is a copy, each pointing at the same token in a present dialogue
+        assert len(srcs) == len(dsts) >= 0.9 * (len(copied) - 3)
+        for src, dst in zip(srcs, dsts):
+            assert ids[dst] == ids[src + 1] and any(runs[i][-1] < dst < runs[i + 1][0] for i in present)
+        (_, lines, before), = kinds["prev"]  # every user-line token of every dialogue to the token before it
+        assert set(dsts) <= set(lines) and before == [q - 1 for q in lines]
+        assert all(any(runs[i][-1] < q < runs[i + 1][0] for i in range(3)) for q in lines)
+        assert any(runs[i][-1] < q < runs[i + 1][0] for q in lines for i in range(3) if i not in present)
+        digits = [p[1][0] + 1 for p in kinds["read"]]
+        assert kinds["carry"] == [("carry", srcs, digits)]
+        weights = batch[WEIGHTS_KEY][b]
+        assert all(weights[p] == 1.0 for p in digits)
+        tail = [p for p in answer if p >= srcs[0] + 1]  # the text after the box, its end included
+        assert all(weights[p] == 0.25 for p in tail)
+        assert weights[answer[0]] == 0.25  # "Answer" is format
+
+
+def _dialogue_text(content, i):
+    """The text part that follows the (i+1)-th image of a caption prompt (its dialogue)."""
+    images = [k for k, part in enumerate(content) if part["type"] == "image"]
+    return content[images[i] + 1]["text"]

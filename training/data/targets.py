@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from covip.sdk.errors import InputError
 from covip.training.data.world import KIND_NOUNS, Concept, Look
 
-__all__ = ["look_phrase", "recognition_target", "verification_target", "describe_target", "caption_target"]
+__all__ = ["look_phrase", "recognition_target", "verification_target", "describe_target", "caption_target",
+           "indexed_caption_target"]
 
 _PATTERN_WORDS = {"stripes": "{c} stripes", "spots": "{c} spots", "patch": "{a} {c} patch"}
 _ACCESSORY_WORDS = {
@@ -122,3 +123,23 @@ def caption_target(present: Sequence[Concept], rng: random.Random) -> str:
         sentences.append(rng.choice(_FACTS).format(name=c.name, place=f.place, time=f.time, event=f.event,
                                                    action=f.action))
     return " ".join(sentences)
+
+
+def indexed_caption_target(dialogues: Sequence[str], present: Sequence[int], *, numbering: int = 0) -> str:
+    """A caption by index: the recognition box of the present context items (numbered from ``numbering``, as
+    the prompt's dialogue headers), then what the user said in each of their dialogues, verbatim.
+
+    The miniature recipe's caption style (``data.caption_style: indexed``): the box reuses the recognition
+    chain (match the new photo against the memory photos, name the index) and the rest is a copy from the
+    dialogue that index names, which carries every remembered fact a CapEval question asks about.
+    """
+    present = sorted({int(i) for i in present})
+    if not present or any(i < 0 or i >= len(dialogues) for i in present):
+        raise InputError(f"present indices {present} do not fit {len(dialogues)} dialogues")
+    said = []
+    for i in present:
+        lines = [line[len("User: "):].strip() for line in str(dialogues[i]).splitlines() if line.startswith("User: ")]
+        if not lines:
+            raise InputError(f"dialogue {i} has no 'User: ' line to caption from")
+        said.append(" ".join(lines))
+    return _boxed([i + numbering for i in present]) + " " + " ".join(said)
