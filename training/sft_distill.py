@@ -63,7 +63,7 @@ def _pair(rng: random.Random, image_size: int) -> dict[str, Any]:
     return {"memory": render_memory(look, image_size, rng), "query": render_scene([look], image_size, rng)}
 
 
-def _parts() -> tuple[type, type, Any, Any, Any]:
+def _parts() -> tuple[type, type, Any, Any]:
     """(the rendered stream, the tower + linear map, the two collate factories), built when torch is wanted."""
     import torch
 
