@@ -132,36 +132,20 @@ def image_token_limits(model_dir: str | os.PathLike[str]) -> dict[str, int] | No
     its min/max pixels over the area of one merged token ((patch x merge)^2). libmtmd applies its own
     limits to Qwen-VL (at least 8 tokens), so without these a small photo reaches the GGUF model in a
     layout the model never saw. None when the checkpoint has no such processor config."""
-    import json
+    from covip.export.merge import read_pixel_limits
+    from covip.sdk.export_manifest import MAX_IMAGE_TOKENS
 
-    d = Path(model_dir)
-    ip: dict[str, Any] | None = None
-    for name, key in (("processor_config.json", "image_processor"), ("preprocessor_config.json", None)):
-        try:
-            data = json.loads((d / name).read_text())
-        except (OSError, ValueError):
-            continue
-        data = data.get(key) if key and isinstance(data, dict) else data
-        if isinstance(data, dict) and "patch_size" in data:
-            ip = data
-            break
-    if ip is None:
+    px = read_pixel_limits(model_dir)
+    if px is None:
         return None
-    size = ip.get("size") if isinstance(ip.get("size"), dict) else {}
-    lo = size.get("shortest_edge") or ip.get("min_pixels")
-    hi = size.get("longest_edge") or ip.get("max_pixels")
-    try:
-        area = (int(ip["patch_size"]) * int(ip.get("merge_size", 2))) ** 2
-        out = {}
-        if lo:
-            out["image_min_tokens"] = max(1, int(lo) // area)
-        if hi:
-            out["image_max_tokens"] = max(out.get("image_min_tokens", 1), min(65536, int(hi) // area))
-    except (TypeError, ValueError):
-        log.warning("%s: unreadable image processor limits %r; llama.cpp keeps its own", d, ip)
-        return None
-    if "image_min_tokens" in out:
-        out["image_min_tokens"] = min(out["image_min_tokens"], 65536)
+    area = px.factor ** 2
+    out = {}
+    if px.min_pixels:  # each clamped into 1..MAX_IMAGE_TOKENS first, then min <= max
+        out["image_min_tokens"] = min(MAX_IMAGE_TOKENS, max(1, px.min_pixels // area))
+    if px.max_pixels:
+        out["image_max_tokens"] = min(MAX_IMAGE_TOKENS, max(1, px.max_pixels // area))
+    if len(out) == 2 and out["image_min_tokens"] > out["image_max_tokens"]:
+        out["image_max_tokens"] = out["image_min_tokens"]  # a processor keeps at least min_pixels
     return out or None
 
 

@@ -29,7 +29,8 @@ from typing import Any
 
 from covip.sdk.errors import ExportError
 
-__all__ = ["ResolvedCheckpoint", "resolve_checkpoint", "merge_lora", "read_chat_template", "TINY_MARKER"]
+__all__ = ["ResolvedCheckpoint", "resolve_checkpoint", "merge_lora", "read_chat_template", "read_pixel_limits",
+           "PixelLimits", "TINY_MARKER"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,41 @@ def read_chat_template(model_dir: str | os.PathLike[str]) -> str | None:
     data = _read_json(d / "tokenizer_config.json")
     if data and isinstance(data.get("chat_template"), str):
         return data["chat_template"]
+    return None
+
+
+@dataclass(frozen=True)
+class PixelLimits:
+    """A Qwen-VL image processor's photo size limits: ``min_pixels``/``max_pixels`` (None when unset) and the
+    side of one merged image token, ``factor`` = patch x merge (a photo of N pixels gives N / factor^2 tokens)."""
+
+    min_pixels: int | None
+    max_pixels: int | None
+    factor: int
+
+
+def read_pixel_limits(model_dir: str | os.PathLike[str]) -> PixelLimits | None:
+    """The image processor's limits saved with a checkpoint (``processor_config.json``'s ``image_processor``, else
+    ``preprocessor_config.json``; ``size.shortest_edge``/``longest_edge`` are pixel counts in Qwen-VL's
+    processors, as ``min_pixels``/``max_pixels`` are). None when there is no such config or it is unreadable."""
+    d = Path(model_dir)
+    for name, key in (("processor_config.json", "image_processor"), ("preprocessor_config.json", None)):
+        data = _read_json(d / name)
+        data = data.get(key) if key and data else data
+        if not isinstance(data, dict) or "patch_size" not in data:
+            continue
+        size = data.get("size") if isinstance(data.get("size"), dict) else {}
+        lo, hi = size.get("shortest_edge") or data.get("min_pixels"), size.get("longest_edge") or data.get("max_pixels")
+        try:
+            factor = int(data["patch_size"]) * int(data.get("merge_size", 2))
+            limits = PixelLimits(int(lo) if lo else None, int(hi) if hi else None, factor)
+        except (TypeError, ValueError):
+            log.warning("%s: unreadable image processor limits %r", d / name, data)
+            return None
+        if factor < 1 or any(v is not None and v < 1 for v in (limits.min_pixels, limits.max_pixels)):
+            log.warning("%s: image processor limits out of range %r", d / name, data)
+            return None
+        return limits
     return None
 
 

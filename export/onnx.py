@@ -76,13 +76,14 @@ class OnnxExportResult:
                 "verify": self.verify.to_dict() if self.verify is not None else None}
 
 
-def default_image_size(processor: Any, factor: int) -> int:
+def default_image_size(model_dir: str | os.PathLike[str], factor: int) -> int:
     """The largest square side <= 448 that is a multiple of ``factor`` (patch x merge) and whose pixel count
-    lies inside the image processor's [min_pixels, max_pixels] (so the HF processor keeps it as it is)."""
-    ip = getattr(processor, "image_processor", None)
-    size = dict(getattr(ip, "size", None) or {})
-    lo = int(size.get("shortest_edge") or getattr(ip, "min_pixels", 0) or 0)
-    hi = int(size.get("longest_edge") or getattr(ip, "max_pixels", 0) or 0) or DEFAULT_MAX_IMAGE_SIDE**2
+    lies inside the checkpoint's image processor [min_pixels, max_pixels] (so the HF processor keeps it as it is)."""
+    from covip.export.merge import read_pixel_limits
+
+    px = read_pixel_limits(model_dir)
+    lo = (px.min_pixels if px else None) or 0
+    hi = (px.max_pixels if px else None) or DEFAULT_MAX_IMAGE_SIDE**2
     side = DEFAULT_MAX_IMAGE_SIDE // factor * factor
     while side > factor and side * side > hi:
         side -= factor
@@ -270,7 +271,7 @@ def export_onnx(model: str | os.PathLike[str], out: str | os.PathLike[str], *, i
             raise ExportError(f"cannot load {ck.path} ({type(exc).__name__}: {str(exc)[:300]})") from exc
         info = graphs.model_info(hf)
         graphs.use_eager_attention(hf)
-        side = image_size if image_size is not None else default_image_size(processor, factor)
+        side = image_size if image_size is not None else default_image_size(ck.path, factor)
         grid = (1, side // info.patch_size, side // info.patch_size)
         bar.update(1)
 

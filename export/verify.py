@@ -105,15 +105,17 @@ def _vision_factor(model_dir: Path) -> int:
 def default_cases(model_dir: str | os.PathLike[str]) -> list[PromptCase]:
     """A text-only prompt and an image prompt (image side = 3 x patch x merge, 96 px for Qwen3-VL, or the
     nearest square side the processor's min/max pixels allow: 64 px for the ``mini`` preset)."""
-    from covip.export.gguf import image_token_limits
+    from covip.export.merge import read_pixel_limits
 
-    limits = image_token_limits(model_dir) or {}
+    factor = _vision_factor(Path(model_dir))
+    px = read_pixel_limits(model_dir)
+    lo, hi = (px.min_pixels or 0, px.max_pixels or 9 * factor**2) if px else (0, 9 * factor**2)
     side = 3
-    while side > 1 and side * side > limits.get("image_max_tokens", 9):
+    while side > 1 and (side * factor) ** 2 > hi:
         side -= 1
-    while side * side < limits.get("image_min_tokens", 1):
+    while (side * factor) ** 2 < lo:
         side += 1
-    size = side * _vision_factor(Path(model_dir))
+    size = side * factor
     return [PromptCase("text", "Describe my blue mug in one sentence."),
             PromptCase("image", "What is in this picture?", test_image(size))]
 

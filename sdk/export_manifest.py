@@ -40,6 +40,7 @@ __all__ = [
     "read_manifest",
     "has_manifest",
     "sha256_file",
+    "MAX_IMAGE_TOKENS",
 ]
 
 MANIFEST_NAME = "covip_export.json"
@@ -49,6 +50,9 @@ FILE_KINDS = ("gguf-text", "gguf-mmproj", "onnx-vision", "onnx-embed", "onnx-dec
 QUANTS = ("f32", "f16", "q8_0", "q4_0", "q4_k_m", "fp32", "int8", "int4")
 #: GGUF text quants from most to least faithful: the default pick is the first one present.
 GGUF_QUANT_ORDER = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
+#: The most image tokens one photo may be given (Qwen-VL's processors allow 16,384; libmtmd's default is 4,096):
+#: the bound of a manifest's ``vision`` limits, of what the export records and of the llama.cpp engine's config.
+MAX_IMAGE_TOKENS = 65536
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -230,8 +234,8 @@ def _vision_limits(v: Any, where: str) -> dict[str, int] | None:
     if not isinstance(v, dict) or set(v) - {"image_min_tokens", "image_max_tokens"}:
         raise ExportError(f"{where}: 'vision' must be an object with image_min_tokens/image_max_tokens, got {v!r}")
     for key, value in v.items():
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65536:
-            raise ExportError(f"{where}: vision.{key} must be an integer from 1 to 65,536, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_IMAGE_TOKENS:
+            raise ExportError(f"{where}: vision.{key} must be an integer from 1 to {MAX_IMAGE_TOKENS:,}, got {value!r}")
     lo, hi = v.get("image_min_tokens"), v.get("image_max_tokens")
     if lo is not None and hi is not None and lo > hi:
         raise ExportError(f"{where}: vision.image_min_tokens ({lo}) exceeds vision.image_max_tokens ({hi})")

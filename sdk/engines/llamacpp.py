@@ -65,14 +65,13 @@ from covip.sdk.engines.base import (
     Message,
 )
 from covip.sdk.errors import EngineError, InputError
+from covip.sdk.export_manifest import MAX_IMAGE_TOKENS
 
 __all__ = ["LlamaCppEngineConfig", "LlamaCppEngine"]
 
 logger = logging.getLogger(__name__)
 _TINY_MARKER = "covip_tiny.json"  # written by covip.sdk.models.build_tiny_vlm into a tiny model's folder
 _ALL_LAYERS = 0x7FFFFFFF
-#: The most image tokens one photo may be given (Qwen-VL's processors allow 16,384; libmtmd's default is 4,096).
-MAX_IMAGE_TOKENS = 65536
 _CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
     "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"

@@ -420,3 +420,34 @@ def test_a_tampered_manifest_vision_section_is_refused(tmp_path, qwen3, vision, 
     (bad / MANIFEST_NAME).write_text(json.dumps(doc))
     with pytest.raises(ExportError, match=match):
         read_manifest(bad, verify="none")
+
+
+def _processor_config(folder: Path, image_processor: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "processor_config.json").write_text(json.dumps({"image_processor": image_processor}))
+    return folder
+
+
+def test_recorded_image_token_limits_are_clamped_and_unreadable_ones_are_dropped(tmp_path) -> None:
+    """What a checkpoint's processor says becomes limits every manifest reader accepts: both ends clamped to
+    1..MAX_IMAGE_TOKENS before min <= max is settled; a garbled processor config records nothing."""
+    from covip.export.gguf import image_token_limits
+    from covip.export.merge import read_pixel_limits
+    from covip.sdk.export_manifest import MAX_IMAGE_TOKENS, _vision_limits
+
+    huge = _processor_config(tmp_path / "huge", {"patch_size": 16, "merge_size": 2,
+                                                 "size": {"shortest_edge": 10**12, "longest_edge": 10**13}})
+    limits = image_token_limits(huge)
+    assert limits == {"image_min_tokens": MAX_IMAGE_TOKENS, "image_max_tokens": MAX_IMAGE_TOKENS}
+    assert _vision_limits(limits, "test") == limits  # read_manifest accepts what the export writes
+    inverted = _processor_config(tmp_path / "inverted", {"patch_size": 16, "min_pixels": 64 * 32 * 32,
+                                                         "max_pixels": 4 * 32 * 32})
+    assert image_token_limits(inverted) == {"image_min_tokens": 64, "image_max_tokens": 64}
+    real = _processor_config(tmp_path / "real", {"patch_size": 16, "merge_size": 2,  # Qwen3-VL's own numbers
+                                                 "size": {"shortest_edge": 65536, "longest_edge": 16777216}})
+    assert image_token_limits(real) == {"image_min_tokens": 64, "image_max_tokens": 16384}
+    for garbled in ({"patch_size": "sixteen", "min_pixels": 4096}, {"patch_size": 16, "min_pixels": -5},
+                    {"patch_size": 0, "min_pixels": 4096}, {"patch_size": 16, "merge_size": [2]}):
+        folder = _processor_config(tmp_path / f"garbled-{len(list(tmp_path.iterdir()))}", garbled)
+        assert read_pixel_limits(folder) is None and image_token_limits(folder) is None, garbled
+    assert image_token_limits(tmp_path / "no-such-checkpoint") is None
