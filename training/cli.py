@@ -122,7 +122,9 @@ def sft(config_name: str, quick: bool, output_dir: Path | None, resume: bool, fo
 
     Writes under the run folder: model/ (the SFT checkpoint with its processor: what GSPO and the export
     package take), logs/metrics.jsonl, config.yaml, eval.json (held-out recognition F1 of the random
-    initialization and of the trained model, with chance levels) and result.json.
+    initialization and of the trained model, with chance levels) and result.json. A config's `then:` phases
+    (mini-cpu: recognition, then captions) continue from that model, each into <run folder>/<phase name>;
+    --max-steps, --max-time-s and --set reach the first phase only (--set then=[] skips the others).
 
     \b
     Example:
@@ -148,18 +150,29 @@ def sft(config_name: str, quick: bool, output_dir: Path | None, resume: bool, fo
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=1, sort_keys=True))
         return
-    click.echo(f"trained {result.global_step} steps on {result.n_samples} samples in {result.train_s:.1f}s "
-               f"(run {result.runtime_s:.1f}s{', stopped by the time budget' if result.stopped_by_time else ''})")
-    evaluation = result.evaluation or {}
-    rec = (evaluation.get("sft") or {}).get("recognition")
-    init = (evaluation.get("random_init") or {}).get("recognition")
+    for phase in result.phases or [result.to_dict()]:
+        _echo_sft(phase, named=bool(result.phases))
+
+
+def _echo_sft(r: dict[str, Any], *, named: bool) -> None:
+    """One SFT phase's summary lines (steps, held-out recognition F1 and CapEval, the model)."""
+    head = f"{r['name']}: " if named else ""
+    click.echo(f"{head}trained {r['global_step']} steps on {r['n_samples']} samples in {r['train_s']:.1f}s "
+               f"(run {r['runtime_s']:.1f}s{', stopped by the time budget' if r['stopped_by_time'] else ''})")
+    evaluation = r.get("evaluation") or {}
+    after, init = evaluation.get("sft") or {}, evaluation.get("random_init") or {}
+    rec = after.get("recognition")
     if rec:
-        start = f"random init {init['f1']:.3f} -> " if init else ""
-        click.echo(f"  held-out recognition F1: {start}SFT {rec['f1']:.3f} (best constant answer "
+        start = f"before {init['recognition']['f1']:.3f} -> " if init.get("recognition") else ""
+        click.echo(f"  held-out recognition F1: {start}after {rec['f1']:.3f} (best constant answer "
                    f"{rec['constant']['f1']:.3f}, permutation p={rec['permutation']['p_value']:.4f})")
-    click.echo(f"  model: {result.model_dir}")
-    if result.eval_path is not None:
-        click.echo(f"  eval: {result.eval_path}")
+    cap = after.get("caption")
+    if cap:
+        click.echo(f"  held-out CapEval (lexical judge): Acc+ {cap['acc_pos']:.3f}, Acc- {cap['acc_neg']:.3f} "
+                   f"({cap['n']} captions)")
+    click.echo(f"  model: {r['model_dir']}")
+    if r.get("eval_path"):
+        click.echo(f"  eval: {r['eval_path']}")
 
 
 @train.command("configs")

@@ -8,12 +8,16 @@ permutation null, and for the final model the downstream tasks LSD / LAR / ITR w
 "Caption-Augmented Generation"). The mini embedder's held-out retrieval recall@1/@5 is measured as well.
 Seed means and 95% intervals come from :mod:`.repro_stats`; the result JSON (``miniature.json``) and a PNG go
 to ``benchmarks/results`` of the checkout, where ``covip bench --report-only`` renders them into RESULTS.md.
+A full run takes hours on 2 cores with the caption phase; ``resume`` continues a stopped one (finished seeds and
+SFT phases are reused when the recipe is unchanged).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +39,8 @@ __all__ = ["ReproResult", "run_repro", "default_results_dir", "STAGES"]
 log = logging.getLogger(__name__)
 
 STAGES = ("random", "sft", "gspo")
+SEED_FILE = "seed.json"
+"""A finished seed's run and the key of the recipe that made it (what ``resume`` reuses)."""
 """The three models every seed evaluates: the random initialization, after SFT, after SFT+GSPO."""
 
 
@@ -154,8 +160,7 @@ def _capeval(model_dir: Path, root: Path, out: Path, config: ReproConfig, pack: 
     run_capeval(root / "test.jsonl", out=out, judge="lexical", model=str(model_dir), limit=config.eval.capeval_samples,
                 max_new_tokens=config.eval.max_new_tokens, progress=False, prompt_pack=pack,
                 engine_options={"device": "cpu"} if config.run.use_cpu else None)
-    lines = (out / "judgments.jsonl").read_text(encoding="utf-8").splitlines()
-    return counts_from_judgments([json.loads(line) for line in lines if line.strip()])
+    return _judged(out)
 
 
 def _downstream(model_dir: Path, root: Path, out: Path, config: ReproConfig, pack: Any, seed: int) -> dict[str, Any]:
@@ -197,9 +202,47 @@ def _mean(values: list[Any]) -> float | None:
     return sum(vals) / len(vals) if len(vals) == len(values) and vals else None
 
 
+def _seed_key(config: ReproConfig, sft_config: Any, work: Path, seed: int) -> str:
+    """What a seed's figures depend on: the recipe's stages and evaluation, the mode, the seed, and the SFT phases'
+    and GSPO's configs as they would run now (so an edited recipe file is not mistaken for the finished one)."""
+    from covip.training.sft_config import load_phases
+
+    data = config.to_dict()
+    stages = {k: v for k, v in data["stages"].items() if k != "seeds"}
+    phases = [sft_config, *load_phases(sft_config)]
+    final = Path(phases[-1].run.output_dir).expanduser().resolve() / "model"
+    gspo = _gspo_config(config, work, seed, final).to_dict() if config.stages.gspo else None
+    key = {"stages": stages, "eval": data["eval"], "mode": config.mode, "seed": seed, "cache_dir": config.run.cache_dir,
+           "use_cpu": config.run.use_cpu, "sft": [c.to_dict() for c in phases], "gspo": gspo}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _finished_seed(path: Path, key: str) -> dict[str, Any] | None:
+    """A seed's saved run (``seed-N/seed.json``) when it was made by the same recipe (``key``), else None."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("key") == key and isinstance(data.get("run"), dict) else None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from covip.training.data.schema import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
+
+
+def _judged(capeval_dir: Path) -> SampleCounts:
+    lines = (capeval_dir / "judgments.jsonl").read_text(encoding="utf-8").splitlines()
+    return counts_from_judgments([json.loads(line) for line in lines if line.strip()])
+
+
 def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progress: bool | None = None,
-              results_dir: str | Path | None = None) -> ReproResult:
-    """Run the whole reproduction (see the module doc) and write ``<results>/<name>.json`` and ``.png``."""
+              results_dir: str | Path | None = None, resume: bool = False) -> ReproResult:
+    """Run the whole reproduction (see the module doc) and write ``<results>/<name>.json`` and ``.png``.
+
+    ``resume``: reuse what an earlier run of the same recipe finished under ``run.work_dir`` (a whole seed, from
+    its ``seed-N/seed.json``; else its finished SFT phases), so a full run can be stopped and continued."""
     import torch
 
     from covip.sdk.progress import progress_bar
@@ -237,6 +280,18 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
         for seed in s.seeds:
             seed_dir = work / f"seed-{seed}"
             sft_config = _sft_config(config, work, seed)
+            key = _seed_key(config, sft_config, work, seed)
+            first_seed = seed == s.seeds[0]
+            saved = _finished_seed(seed_dir / SEED_FILE, key) if resume else None
+            if saved is not None:
+                log.info("seed %d: reusing the finished run in %s", seed, seed_dir)
+                for stage in stages:
+                    counts[stage].append(_judged(seed_dir / "eval" / stage / "capeval"))
+                if first_seed:
+                    laptop = saved.get("laptop")
+                runs.append(saved["run"])
+                bar.update(per_seed_steps + bool(e.laptop_path and first_seed))
+                continue
             random_dir = _resolve_source(sft_config.model.name_or_path)[1] or Path(sft_config.model.name_or_path)
             if warm is None:
                 warm = _shared_warmup(sft_config, work) or False
@@ -244,21 +299,28 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
                 sft_config = sft_config.with_overrides({"model.name_or_path": str(warm),
                                                         "vision_warmup.enabled": False})
             log.info("seed %d: SFT into %s", seed, sft_config.run.output_dir)
-            sft = train_sft(sft_config)
+            sft = train_sft(sft_config, reuse_finished=resume)
             bar.update(1)
             root = work / "world"
             pack = (load_pack(pack_path(sft_config.data.prompt_pack, sft_config.source))
                     if sft_config.data.prompt_pack else None)  # the SFT stage's wording, for every evaluation
             models = {"random": random_dir, "sft": sft.model_dir}
-            run: dict[str, Any] = {"seed": seed, "sft": {"steps": sft.global_step, "train_s": sft.train_s,
-                                                          "stopped_by_time": sft.stopped_by_time,
-                                                          "curve": (sft.evaluation or {}).get("curve", [])}}
+            first = sft.phases[0] if sft.phases else sft.to_dict()
+            run: dict[str, Any] = {"seed": seed, "sft": {
+                "steps": sum(p["global_step"] for p in sft.phases) if sft.phases else sft.global_step,
+                "train_s": round(sum(p["train_s"] for p in sft.phases), 2) if sft.phases else sft.train_s,
+                "stopped_by_time": any(p["stopped_by_time"] for p in sft.phases or [first]),
+                "curve": (first.get("evaluation") or {}).get("curve", []),
+                "phases": [{k: p[k] for k in ("name", "global_step", "train_s", "stopped_by_time")}
+                           for p in sft.phases]}}
             if s.gspo:
                 g = train_gspo_stage(_gspo_config(config, work, seed, sft.model_dir))
                 models["gspo"] = g["merged_dir"]
                 run["gspo"] = {k: v for k, v in g.items() if k != "merged_dir"}
                 bar.update(1)
             run["stages"] = {}
+            if (seed_dir / "eval").exists():  # an earlier run's answers to other models: evaluated afresh
+                shutil.rmtree(seed_dir / "eval")
             for stage in stages:
                 out = seed_dir / "eval" / stage
                 c = _capeval(Path(models[stage]), root, out / "capeval", config, pack)
@@ -272,7 +334,7 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
                                         "recognition_constant_f1": rec["constant"]["f1"], "recognition_n": rec["n"],
                                         "capeval_samples": len(c), "model": str(models[stage])}
                 bar.update(1)
-            if e.laptop_path and seed == s.seeds[0]:  # the first seed's final model (the loop's last answers)
+            if e.laptop_path and first_seed:  # the first seed's final model (the loop's last answers)
                 laptop = _laptop_path(Path(models[stages[-1]]), work / "export", config, sft_config, pack, answers,
                                       rec_samples)
                 bar.update(1)
@@ -282,6 +344,7 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
                                                                    "downstream", config, pack, seed)}
                 bar.update(1)
             runs.append(run)
+            _write_json(seed_dir / SEED_FILE, {"key": key, "run": run, "laptop": laptop if first_seed else None})
     data = summarize(config, runs, counts, retrieval, wall_s=time.perf_counter() - started)
     data["laptop_path"] = laptop
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -42,10 +42,13 @@ def repro() -> None:
               help="Override a recipe key, e.g. --set eval.capeval_samples=30 (repeatable; values read as YAML).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress on stderr (default: on; bars on a terminal, plain lines otherwise).")
+@click.option("--resume", is_flag=True,
+              help="Continue a stopped run in the same work folder: finished seeds and finished SFT phases of the same "
+                   "recipe are reused, not trained again (anything else changed: trained afresh).")
 @click.option("--print-config", is_flag=True, help="Print the resolved recipe as YAML and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result document as JSON.")
 def mini(config_name: str, quick: bool, seeds: str | None, work_dir: Path | None, results_dir: Path | None,
-         overrides: tuple[str, ...], progress: bool | None, print_config: bool, as_json: bool) -> None:
+         overrides: tuple[str, ...], progress: bool | None, resume: bool, print_config: bool, as_json: bool) -> None:
     """The miniature CoViP reproduction: SFT then GSPO per seed, three models on held-out concepts.
 
     For each seed, on one synthetic world whose test concepts never appear in training: `covip train sft`,
@@ -58,6 +61,7 @@ def mini(config_name: str, quick: bool, seeds: str | None, work_dir: Path | None
     Example:
       covip repro mini --quick
       covip repro mini --seeds 0,1,2 --set stages.sft_overrides='{trainer.max_time_s: 900}'
+      covip repro mini --resume      # after a stop: finished seeds and SFT phases are kept
       covip bench --report-only      # RESULTS.md gains the miniature section
     """
     from covip.sdk.errors import InputError
@@ -81,7 +85,7 @@ def mini(config_name: str, quick: bool, seeds: str | None, work_dir: Path | None
     from covip.training.repro import run_repro
 
     with contextlib.redirect_stdout(sys.stderr):  # the trainers print their log dicts; stdout is for the result
-        result = run_repro(config, progress=progress, results_dir=results_dir)
+        result = run_repro(config, progress=progress, results_dir=results_dir, resume=resume)
     if as_json:
         click.echo(json.dumps(result.data, indent=1, sort_keys=True, default=str))
         return

@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,8 @@ from covip.sdk.support import require
 from covip.training.config_io import pack_path
 from covip.training.sft_config import SftConfig, load_sft_config
 
-__all__ = ["SftResult", "train_sft", "warm_start_vision", "sft_args", "PROVENANCE_FILE"]
+__all__ = ["SftResult", "train_sft", "finished_run", "config_hash", "warm_start_vision", "sft_args",
+           "PROVENANCE_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,12 @@ class SftResult:
     sample_types: dict[str, int] = field(default_factory=dict)
     stopped_by_time: bool = False
     evaluation: dict[str, Any] | None = None
+    world_dir: Path | None = None
+    """The synthetic world trained on (``data.world`` or the one generated under ``output_dir``)."""
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    """With ``then`` phases: every phase's summary, first to last (this result is the last phase's)."""
+    config_sha256: str = ""
+    """:func:`config_hash` of the config this run trained with."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (paths as strings)."""
@@ -99,8 +106,12 @@ def sft_args(config: SftConfig, output_dir: Path) -> Any:
     return trl_args(SFTConfig, kwargs, "trainer.extra_args", "SFT")
 
 
-def train_sft(config: SftConfig | str | Path, *, callbacks: Sequence[Any] | None = None) -> SftResult:
-    """Run SFT as ``config`` says (an SftConfig, a bundled config name or a YAML path); see the module doc."""
+def train_sft(config: SftConfig | str | Path, *, callbacks: Sequence[Any] | None = None,
+              reuse_finished: bool = False) -> SftResult:
+    """Run SFT as ``config`` says (an SftConfig, a bundled config name or a YAML path), then its ``then`` phases;
+    see the module doc. ``reuse_finished``: a phase whose output folder already holds a finished run of exactly
+    this config (its ``result.json`` records the config's hash) is not trained again (``covip repro mini
+    --resume``)."""
     start = time.time()
     if not isinstance(config, SftConfig):
         config = load_sft_config(config)
@@ -108,9 +119,61 @@ def train_sft(config: SftConfig | str | Path, *, callbacks: Sequence[Any] | None
     require("trl", feature="SFT training", extra="train")
     require("datasets", feature="SFT training", extra="train")
     from covip.training.gspo import torch_threads
+    from covip.training.sft_config import load_phases
 
-    with torch_threads(torch, config.run.torch_threads):
-        return _train(config, callbacks, start)
+    phases = load_phases(config)  # every phase's config checked before the first trains
+    done: list[SftResult] = []
+    for phase in [config, *phases]:
+        if done:  # each phase continues from the previous checkpoint on the same world
+            phase = phase.with_overrides({"model.name_or_path": str(done[-1].model_dir),
+                                          "data.world": str(done[0].world_dir)})
+            log.info("SFT phase %r from %s into %s", phase.name, done[-1].model_dir, phase.run.output_dir)
+        finished = finished_run(phase) if reuse_finished else None
+        if finished is not None:
+            log.info("SFT phase %r: reusing the finished run in %s", phase.name, finished.output_dir)
+            done.append(finished)
+            continue
+        with torch_threads(torch, phase.run.torch_threads):
+            done.append(_train(phase, callbacks, time.time() if done else start))
+    result = done[0]
+    if not phases:
+        return result
+    final = done[-1]
+    final.phases = [{"name": c.name, **r.to_dict()} for c, r in zip([config, *phases], done, strict=True)]
+    final.runtime_s = round(time.time() - start, 2)
+    _write_json(result.output_dir / "result.json", {**result.to_dict(), "phases": final.phases,
+                                                     "final_model_dir": str(final.model_dir)})
+    return final
+
+
+def config_hash(config: SftConfig) -> str:
+    """sha256 of a run's config as trained (its YAML, progress display aside): what ``reuse_finished`` compares."""
+    import hashlib
+
+    return hashlib.sha256(config.with_overrides({"run.progress": True}).to_yaml().encode()).hexdigest()
+
+
+def finished_run(config: SftConfig) -> SftResult | None:
+    """The result of a finished run of exactly ``config`` in its output folder (``result.json`` with the config's
+    hash, the checkpoint in place), else None."""
+    out = Path(config.run.output_dir).expanduser().resolve()
+    try:
+        data = json.loads((out / "result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("config_sha256") != config_hash(config):
+        return None
+    known = {f.name for f in fields(SftResult)}
+    kwargs = {k: v for k, v in data.items() if k in known and k != "phases"}
+    paths = ("output_dir", "model_dir", "metrics_path", "config_path", "eval_path", "world_dir")
+    try:
+        kwargs.update({k: Path(kwargs[k]) if kwargs.get(k) else None for k in paths})
+        result = SftResult(**kwargs)
+    except TypeError:
+        return None
+    if result.model_dir is None or not (result.model_dir / PROVENANCE_FILE).is_file():
+        return None
+    return result
 
 
 def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> SftResult:
@@ -246,7 +309,8 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
         output_dir=out, model_dir=model_dir, metrics_path=metrics_path, config_path=out / "config.yaml",
         eval_path=eval_path, global_step=trainer.state.global_step, epoch=trainer.state.epoch,
         train_s=round(train_s, 2), runtime_s=round(time.time() - start, 2), n_samples=len(samples),
-        n_rows=len(dataset), sample_types=counts, stopped_by_time=budget.stopped, evaluation=evaluation)
+        n_rows=len(dataset), sample_types=counts, stopped_by_time=budget.stopped, evaluation=evaluation,
+        world_dir=root, config_sha256=config_hash(config))
     _write_json(out / "result.json", result.to_dict())
     return result
 

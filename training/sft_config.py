@@ -18,6 +18,7 @@ accepts both. Unknown keys are errors naming the dotted key; values are converte
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -46,12 +47,20 @@ __all__ = [
     "SftRunSection",
     "SftConfig",
     "load_sft_config",
+    "load_phases",
     "sft_config_help",
 ]
 
 SFT_SAMPLE_TYPES = ("caption", "recognition", "verification", "describe")
 """What SFT can learn: the three CoViP sample types, and ``describe`` (a plain description of one photo of a
 training concept, with the SDK's describe prompt: cheap, dense practice at reading looks)."""
+
+
+MAX_PHASES = 8
+"""At most this many phases after a config (``then``), counted over nested ones too."""
+
+PHASE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+"""A config's name, which names its phase's output folder: no path separators, no leading dot."""
 
 
 def _h(text: str) -> dict[str, str]:
@@ -234,6 +243,11 @@ class SftConfig(GroupedConfigMixin):
     trainer: SftTrainerSection = field(default_factory=SftTrainerSection, metadata=_h("trl SFTTrainer settings."))
     eval: SftEvalSection = field(default_factory=SftEvalSection, metadata=_h("Held-out evaluation."))
     run: SftRunSection = field(default_factory=SftRunSection, metadata=_h("Output, device, logging."))
+    then: list[str] = field(default_factory=list, metadata=_h(
+        "Phases run after this one, in order: each an SFT config (a bundled name or a YAML file, relative to "
+        "this config's folder) that continues from the previous phase's model on the same world, into "
+        "<run.output_dir>/<its name>; the world, seed, device, threads and progress carry over. The miniature "
+        "recipe learns recognition first, then captions (training/README.md)."))
     quick: dict[str, Any] = field(default_factory=dict, metadata=_h(
         "Dotted overrides applied by --quick (e.g. trainer.max_time_s: 90), checked like any override."))
     name: str = field(default="custom", metadata=_h("A short name of this configuration."))
@@ -336,6 +350,9 @@ class SftConfig(GroupedConfigMixin):
         _check(r.torch_threads is None or r.torch_threads >= 1, "run.torch_threads", "must be >= 1 or null")
         _check(not (r.bf16 and m.dtype == "float16"), "run.bf16", "bf16 mixed precision with float16 weights")
         _check(isinstance(self.quick, dict), "quick", "must be a mapping of dotted overrides")
+        _check(len(self.then) <= MAX_PHASES, "then", f"at most {MAX_PHASES} phases, got {len(self.then)}")
+        _check(all(isinstance(p, str) and p.strip() for p in self.then), "then",
+               f"must be a list of SFT config names or YAML files, got {self.then!r}")
 
 
 def load_sft_config(name_or_path: str | Path, overrides: dict[str, Any] | list[str] | None = None, *,
@@ -361,6 +378,47 @@ def load_sft_config(name_or_path: str | Path, overrides: dict[str, Any] | list[s
     if quick:
         config = config.quick_variant()
     return config.with_overrides(overrides) if overrides else config
+
+
+def load_phases(config: SftConfig) -> list[SftConfig]:
+    """The SFT configs named by ``config.then`` (and theirs, depth first), each set to continue this run: the world,
+    seed, device, threads and progress of ``config``, the output ``<run.output_dir>/<name>``. The model each starts
+    from is set by :func:`covip.training.sft.train_sft` (the previous phase's checkpoint). Loaded before training,
+    so a bad phase fails in seconds, not after the first phase's hour."""
+    out_dir = Path(config.run.output_dir)
+    phases: list[SftConfig] = []
+    seen = {config.name}
+
+    def visit(parent: SftConfig) -> None:
+        for entry in parent.then:
+            if len(phases) >= MAX_PHASES:
+                raise InputError(f"config key 'then': more than {MAX_PHASES} phases after {config.name!r} "
+                                 f"(counting nested ones); is a phase naming itself?")
+            path = Path(entry).expanduser()
+            if not path.is_file() and parent.source and not path.is_absolute():
+                beside = Path(parent.source).parent / path
+                path = beside if beside.is_file() else path
+            try:
+                phase = load_sft_config(path if path.is_file() else entry)
+            except InputError as exc:
+                raise InputError(f"config key 'then' of {parent.name!r}: phase {entry!r}: {exc}") from None
+            if not PHASE_NAME.fullmatch(phase.name):
+                raise InputError(f"config key 'then' of {parent.name!r}: phase {entry!r} is named {phase.name!r}; "
+                                 f"a phase's name names its folder: letters, digits, '.', '_' or '-', not starting "
+                                 f"with '.'")
+            if phase.name in seen:
+                raise InputError(f"config key 'then' of {parent.name!r}: phase {entry!r} is named {phase.name!r} "
+                                 f"like an earlier phase; each phase writes <run.output_dir>/<name>: rename it")
+            seen.add(phase.name)
+            r = config.run
+            phases.append(phase.with_overrides({
+                "data.world": config.data.world, "run.output_dir": str(out_dir / phase.name), "run.seed": r.seed,
+                "run.use_cpu": r.use_cpu, "run.torch_threads": r.torch_threads, "run.progress": r.progress,
+                "then": []}))
+            visit(phase)
+
+    visit(config)
+    return phases
 
 
 def sft_config_help() -> dict[str, str]:

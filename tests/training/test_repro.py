@@ -260,3 +260,26 @@ def test_the_cli_prints_the_recipe_and_refuses_bad_seeds(tmp_path):
     assert "- 3\n  - 4" in shown.output and str(tmp_path) in shown.output and "sft_quick: true" in shown.output
     bad = runner.invoke(cli, ["repro", "mini", "--seeds", "zero"])
     assert bad.exit_code == 2 and "--seeds takes comma-separated integers" in bad.output
+
+
+# Last in this file: it reruns the module's run in place (the tests above read that run's outputs first).
+def test_resume_reuses_finished_seeds_and_sft_phases_of_the_same_recipe(tiny_repro):
+    from covip.training.repro import run_repro
+
+    tmp, result = tiny_repro
+    config = ReproConfig.from_dict(json.loads(result.json_path.read_text())["config"])
+    work = Path(config.run.work_dir)
+    stamps = {p: p.stat().st_mtime_ns for p in (work / "seed-0" / "sft" / "result.json",
+                                                 work / "seed-0" / "gspo" / "result.json",
+                                                 work / "seed-1" / "gspo" / "result.json")}
+    again = run_repro(config, progress=False, results_dir=tmp / "resumed", resume=True)
+    before, after = json.loads(result.json_path.read_text()), again.data
+    assert after["runs"] == json.loads(json.dumps(before["runs"]))  # both seeds reused as they were
+    assert after["stages"] == before["stages"] and after["laptop_path"] == before["laptop_path"]
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # nothing trained again
+    # another evaluation: the seed is redone, but its SFT (the same config) is not trained again
+    changed = config.with_overrides({"stages.seeds": [0], "eval.capeval_samples": 2, "eval.laptop_path": False})
+    redone = run_repro(changed, progress=False, results_dir=tmp / "changed", resume=True)
+    assert redone.data["runs"][0]["stages"]["sft"]["capeval_samples"] == 2
+    assert (work / "seed-0" / "sft" / "result.json").stat().st_mtime_ns == stamps[work / "seed-0" / "sft" / "result.json"]
+    assert (work / "seed-0" / "gspo" / "result.json").stat().st_mtime_ns != stamps[work / "seed-0" / "gspo" / "result.json"]

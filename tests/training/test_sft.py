@@ -51,8 +51,16 @@ def test_mini_recipe_loads_for_both_stages_and_quick_applies_its_overrides():
     assert quick.trainer.max_time_s <= 600 and quick.trainer.max_steps < full.trainer.max_steps
     assert quick.vision_warmup.max_time_s < full.vision_warmup.max_time_s and quick.quick == {}
     assert quick.run.output_dir != full.run.output_dir and quick.data.world != full.data.world
-    gspo = load_config("mini-cpu")  # the same file is the GSPO stage's config
-    assert gspo.model.name_or_path == str(Path(full.run.output_dir) / "model")
+    from covip.training.sft_config import load_phases
+
+    # phase 2, captions by index, continues on the same world into <output_dir>/<its name>; not in a quick run
+    (captions,) = load_phases(full)
+    assert captions.data.caption_style == "indexed" and "caption" in captions.data.sample_types
+    assert captions.data.world == full.data.world and captions.run.seed == full.run.seed
+    assert captions.run.output_dir == str(Path(full.run.output_dir) / captions.name) and captions.then == []
+    assert quick.then == [] and load_phases(quick) == []
+    gspo = load_config("mini-cpu")  # the same file is the GSPO stage's config: it starts from the last phase
+    assert gspo.model.name_or_path == str(Path(captions.run.output_dir) / "model")
     assert gspo.data.train == str(Path(full.data.world) / "train.jsonl")
     assert gspo.sft and gspo.gspo.importance_sampling_level == "sequence"
     from covip.training.config_io import pack_path
@@ -486,6 +494,95 @@ def test_a_multi_query_run_trains_evaluates_and_saves_the_inference_template(tmp
     assert [m["step"] for m in curve] == [1, 2] and all(m["heldout_n"] == 2 for m in curve)
     assert json.loads(result.eval_path.read_text())["curve"] == result.evaluation["curve"]
     assert [p["step"] for p in result.evaluation["curve"]] == [1, 2]
+
+
+def _phase_file(folder: Path, stem: str, then: list[str] | None = None, **groups) -> Path:
+    path = folder / f"{stem}.yaml"
+    data = {"name": stem, "model": {"name_or_path": "not-used-the-previous-phase-is"},
+            "data": {"sample_types": ["caption"], "caption_style": "indexed"},
+            "trainer": {"max_steps": 1, "per_device_train_batch_size": 2}, "eval": {"enabled": False},
+            "run": {"output_dir": "not-used"}, **({"then": then} if then is not None else {}), **groups}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_phases_continue_from_the_previous_checkpoint_on_the_same_world(tmp_path, world_dir, tiny_vlm_dir):
+    from click.testing import CliRunner
+
+    from covip.sdk.cli.main import cli
+    from covip.training.cli import register
+    from covip.training.sft import PROVENANCE_FILE
+
+    if "train" not in cli.commands:
+        register(cli)
+    _phase_file(tmp_path, "captions")
+    first = tmp_path / "first.yaml"
+    first.write_text(yaml.safe_dump({
+        "name": "recognition", "model": {"name_or_path": str(tiny_vlm_dir)},
+        "data": {"world": str(world_dir), "sample_types": ["recognition"], "recognition_rationale": False},
+        "trainer": {"max_steps": 2, "per_device_train_batch_size": 2}, "eval": {"enabled": False},
+        "run": {"output_dir": str(tmp_path / "run"), "use_cpu": True, "progress": False, "seed": 3},
+        "then": ["captions.yaml"]}))  # found beside the config, whatever the working folder
+    out = CliRunner().invoke(cli, ["train", "sft", "--config", str(first)])
+    assert out.exit_code == 0, out.output
+    assert "recognition: trained 2 steps" in out.output and "captions: trained 1 steps" in out.output
+    phase_dir = tmp_path / "run" / "captions"
+    provenance = json.loads((phase_dir / "model" / PROVENANCE_FILE).read_text())
+    assert provenance["base_model"] == str(tmp_path / "run" / "model")  # from phase 1's checkpoint
+    ran = yaml.safe_load((phase_dir / "config.yaml").read_text())
+    assert ran["data"]["world"] == str(world_dir) and ran["run"]["seed"] == 3 and ran["then"] == []
+    summary = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert summary["final_model_dir"] == str(phase_dir / "model")
+    assert [p["name"] for p in summary["phases"]] == ["recognition", "captions"]
+    assert [p["global_step"] for p in summary["phases"]] == [2, 1]
+
+    # reuse_finished (covip repro mini --resume): a finished phase of the same config is not trained again
+    from transformers import TrainerCallback
+
+    from covip.training.sft import train_sft
+
+    class Count(TrainerCallback):
+        runs = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            Count.runs += 1
+
+    again = train_sft(load_sft_config(first), callbacks=[Count()], reuse_finished=True)
+    assert Count.runs == 0 and again.model_dir == phase_dir / "model" and len(again.phases) == 2
+    _phase_file(tmp_path, "captions", trainer={"max_steps": 2, "per_device_train_batch_size": 2})
+    changed = train_sft(load_sft_config(first), callbacks=[Count()], reuse_finished=True)
+    assert Count.runs == 1 and changed.global_step == 2  # only the changed phase trained
+    assert json.loads((phase_dir / "result.json").read_text())["global_step"] == 2
+
+
+def test_bad_phases_are_refused_before_anything_trains(tmp_path, world_dir, tiny_vlm_dir):
+    from covip.training.sft import train_sft
+
+    def run(then: list[str]) -> str:
+        config = SftConfig.from_dict({
+            "name": "first", "model": {"name_or_path": str(tiny_vlm_dir)},
+            "data": {"world": str(world_dir), "sample_types": ["recognition"]},
+            "trainer": {"max_steps": 1}, "eval": {"enabled": False},
+            "run": {"output_dir": str(tmp_path / "run"), "use_cpu": True, "progress": False}, "then": then},
+            source=str(tmp_path / "first.yaml"))
+        with pytest.raises(InputError) as err:
+            train_sft(config)
+        assert not (tmp_path / "run" / "model").exists()  # refused before the first phase trained
+        return str(err.value)
+
+    assert "no-such-phase.yaml" in run(["no-such-phase.yaml"])
+    _phase_file(tmp_path, "loop", then=["loop.yaml"])  # a phase that names itself
+    assert "named 'loop' like an earlier phase" in run(["loop.yaml"])
+    _phase_file(tmp_path, "again", name="first")
+    assert "like an earlier phase" in run(["again.yaml"])
+    _phase_file(tmp_path, "escape", name="../../outside")  # a name is a folder under the run: no way out
+    assert "'../../outside'" in run(["escape.yaml"]) and not (tmp_path.parent / "outside").exists()
+    _phase_file(tmp_path, "bad", trainer={"max_steps": 0})
+    assert "phase 'bad.yaml'" in run(["bad.yaml"]) and "trainer.max_steps" in run(["bad.yaml"])
+    with pytest.raises(InputError, match="at most 8 phases"):
+        SftConfig.from_dict({"then": ["a"] * 9})
+    with pytest.raises(InputError, match="then"):
+        SftConfig.from_dict({"then": [""]})
 
 
 def test_freeze_vision_keeps_the_tower_the_warm_up_trained(tmp_path, world_dir, tiny_vlm_dir):
