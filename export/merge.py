@@ -101,7 +101,8 @@ def read_pixel_limits(model_dir: str | os.PathLike[str]) -> PixelLimits | None:
         if not isinstance(data, dict) or "patch_size" not in data:
             continue
         size = data.get("size") if isinstance(data.get("size"), dict) else {}
-        lo, hi = size.get("shortest_edge") or data.get("min_pixels"), size.get("longest_edge") or data.get("max_pixels")
+        lo = size.get("shortest_edge") or size.get("min_pixels") or data.get("min_pixels")  # older processors:
+        hi = size.get("longest_edge") or size.get("max_pixels") or data.get("max_pixels")  # size.min/max_pixels
         try:
             factor = int(data["patch_size"]) * int(data.get("merge_size", 2))
             limits = PixelLimits(int(lo) if lo else None, int(hi) if hi else None, factor)

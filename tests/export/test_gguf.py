@@ -446,6 +446,9 @@ def test_recorded_image_token_limits_are_clamped_and_unreadable_ones_are_dropped
     real = _processor_config(tmp_path / "real", {"patch_size": 16, "merge_size": 2,  # Qwen3-VL's own numbers
                                                  "size": {"shortest_edge": 65536, "longest_edge": 16777216}})
     assert image_token_limits(real) == {"image_min_tokens": 64, "image_max_tokens": 16384}
+    older = _processor_config(tmp_path / "older", {"patch_size": 14, "merge_size": 2,  # Qwen2.5-VL's older layout
+                                                   "size": {"min_pixels": 3136, "max_pixels": 12845056}})
+    assert image_token_limits(older) == {"image_min_tokens": 4, "image_max_tokens": 16384}
     for garbled in ({"patch_size": "sixteen", "min_pixels": 4096}, {"patch_size": 16, "min_pixels": -5},
                     {"patch_size": 0, "min_pixels": 4096}, {"patch_size": 16, "merge_size": [2]}):
         folder = _processor_config(tmp_path / f"garbled-{len(list(tmp_path.iterdir()))}", garbled)
