@@ -39,9 +39,9 @@ __all__ = ["ReproResult", "run_repro", "default_results_dir", "STAGES"]
 log = logging.getLogger(__name__)
 
 STAGES = ("random", "sft", "gspo")
+"""The three models every seed evaluates: the random initialization, after SFT, after SFT+GSPO."""
 SEED_FILE = "seed.json"
 """A finished seed's run and the key of the recipe that made it (what ``resume`` reuses)."""
-"""The three models every seed evaluates: the random initialization, after SFT, after SFT+GSPO."""
 
 
 @dataclass
