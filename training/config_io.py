@@ -151,8 +151,8 @@ class GroupedConfigMixin:
 
 
 def pack_path(value: str, source: str | None) -> Path:
-    """``data.prompt_pack`` as a file: an existing path, else relative to the config file's folder (the
-    bundled recipes name their packs under ``configs/packs``)."""
+    """A file a config names (``data.prompt_pack``, an SFT phase under ``then``): an existing path, else relative
+    to the config file's folder (the bundled recipes name their packs under ``configs/packs``)."""
     path = Path(value).expanduser()
     if path.is_file() or path.is_absolute() or source is None:
         return path

@@ -45,6 +45,7 @@ from typing import Any
 
 from covip.sdk.errors import InputError, MissingExtraError
 from covip.sdk.support import require, set_pixels
+from covip.training.data.schema import write_json
 from covip.training.gspo_config import GspoConfig, load_config
 
 __all__ = [
@@ -605,7 +606,7 @@ def _train(config: GspoConfig, train_dataset: Any, reward_funcs: Sequence[Callab
         reward_history=metrics.reward_history(),
     )
     if main:
-        (out / "result.json").write_text(json.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n")
+        write_json(out / "result.json", result.to_dict())
     return result
 
 

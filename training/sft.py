@@ -39,6 +39,7 @@ from typing import Any
 
 from covip.sdk.support import require
 from covip.training.config_io import pack_path
+from covip.training.data.schema import write_json
 from covip.training.sft_config import SftConfig, load_sft_config
 
 __all__ = ["SftResult", "train_sft", "finished_run", "config_hash", "warm_start_vision", "sft_args",
@@ -141,7 +142,7 @@ def train_sft(config: SftConfig | str | Path, *, callbacks: Sequence[Any] | None
     final = done[-1]
     final.phases = [{"name": c.name, **r.to_dict()} for c, r in zip([config, *phases], done, strict=True)]
     final.runtime_s = round(time.time() - start, 2)
-    _write_json(result.output_dir / "result.json", {**result.to_dict(), "phases": final.phases,
+    write_json(result.output_dir / "result.json", {**result.to_dict(), "phases": final.phases,
                                                      "final_model_dir": str(final.model_dir)})
     return final
 
@@ -304,14 +305,14 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
                       "random_init": before, "sft": after, "vision_warmup": vision_report,
                       "curve": curve.points if curve else []}
         eval_path = out / "eval.json"
-        _write_json(eval_path, evaluation)
+        write_json(eval_path, evaluation)
     result = SftResult(
         output_dir=out, model_dir=model_dir, metrics_path=metrics_path, config_path=out / "config.yaml",
         eval_path=eval_path, global_step=trainer.state.global_step, epoch=trainer.state.epoch,
         train_s=round(train_s, 2), runtime_s=round(time.time() - start, 2), n_samples=len(samples),
         n_rows=len(dataset), sample_types=counts, stopped_by_time=budget.stopped, evaluation=evaluation,
         world_dir=root, config_sha256=config_hash(config))
-    _write_json(out / "result.json", result.to_dict())
+    write_json(out / "result.json", result.to_dict())
     return result
 
 
@@ -399,14 +400,8 @@ def warm_start_vision(config: SftConfig, target: str | Path) -> tuple[Path, dict
     model, processor, _ = load_policy(config)
     report = _vision_warmup(config, model, processor, out, load_sft_samples(config.data, root), world, {}) or {}
     _save_model(model, processor, target, config, 0, 0.0, prompt_version="", stage="vision_warmup")
-    _write_json(out / "vision_warmup.json", report)
+    write_json(out / "vision_warmup.json", report)
     return target, report
-
-
-def _write_json(path: Path, data: Any) -> None:
-    from covip.training.data.schema import atomic_write_text
-
-    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def _save_model(model: Any, processor: Any, target: Path, config: SftConfig, step: int, train_s: float, *,

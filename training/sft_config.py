@@ -28,6 +28,7 @@ from covip.training.config_io import (
     GroupedConfigMixin,
     config_from_dict,
     config_to_dict,
+    pack_path,
     read_yaml,
     sections_help,
 )
@@ -394,10 +395,7 @@ def load_phases(config: SftConfig) -> list[SftConfig]:
             if len(phases) >= MAX_PHASES:
                 raise InputError(f"config key 'then': more than {MAX_PHASES} phases after {config.name!r} "
                                  f"(counting nested ones); is a phase naming itself?")
-            path = Path(entry).expanduser()
-            if not path.is_file() and parent.source and not path.is_absolute():
-                beside = Path(parent.source).parent / path
-                path = beside if beside.is_file() else path
+            path = pack_path(entry, parent.source)  # a file as given, else beside the parent config
             try:
                 phase = load_sft_config(path if path.is_file() else entry)
             except InputError as exc:

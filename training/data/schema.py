@@ -69,6 +69,7 @@ __all__ = [
     "iter_jsonl",
     "write_jsonl",
     "atomic_write_text",
+    "write_json",
     "atomic_write_bytes",
     "resolve_images",
     "resolve_image_path",
@@ -526,6 +527,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """:func:`atomic_write_bytes` for UTF-8 text."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, data: Any, *, sort_keys: bool = True) -> Path:
+    """Write ``data`` as indented UTF-8 JSON, atomically (a run's result.json, an evaluation's report); values
+    JSON cannot hold (paths, dates) are written as their ``str``."""
+    return atomic_write_text(path, json.dumps(data, indent=1, sort_keys=sort_keys, ensure_ascii=False, default=str)
+                             + "\n")
 
 
 def swap_into_place(tmp: Path, target: Path) -> None:

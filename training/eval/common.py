@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from covip.sdk.errors import InputError
+from covip.training.data import schema
 from covip.training.data.schema import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -106,8 +107,8 @@ class JsonlStore:
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON, atomically."""
-    return atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False, default=str) + "\n")
+    """Write ``data`` as indented JSON, atomically, keys in the order the report built them."""
+    return schema.write_json(path, data, sort_keys=False)
 
 
 def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]]) -> Path:
