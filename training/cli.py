@@ -194,6 +194,44 @@ def configs(as_json: bool) -> None:
         click.echo(f"{name:20s} {load_config(path).description}")
 
 
+@train.command("install-mini")
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The trained checkpoint: an SFT phase's model/ folder or a GSPO run's merged/ folder.")
+@click.option("--world", "world_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The synthetic world it was trained on (data.world of the SFT config); the demo set is drawn "
+                   "from its held-out concepts.")
+@click.option("--prompt-pack", "pack_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The prompt pack it was trained with (default: the mini-cpu recipe's).")
+@click.option("--demo-concepts", "n_demo", type=int, default=12, show_default=True,
+              help="How many held-out concepts the demo shows.")
+@click.option("--json", "as_json", is_flag=True, help="Print the install record as JSON.")
+def install_mini_cmd(model_dir: Path, world_dir: Path, pack_file: Path | None, n_demo: int, as_json: bool) -> None:
+    """Install a trained mini model for `covip demo --model mini`.
+
+    `covip repro mini` installs its seed-0 model itself; use this for a model you trained by hand
+    (`covip train sft --config mini-cpu`, then `covip train gspo --config mini-cpu`). Replaces an earlier
+    install; the demo set is drawn from the world's held-out concepts (never trained on).
+
+    \b
+    Example:
+      covip train install-mini --model runs/mini-cpu/gspo/merged --world runs/mini-cpu/world
+      covip demo --model mini
+    """
+    from covip.training.config_io import pack_path
+    from covip.training.mini_install import install_mini
+    from covip.training.sft_config import load_sft_config
+
+    if pack_file is None:
+        recipe = load_sft_config("mini-cpu")
+        pack_file = pack_path(recipe.data.prompt_pack or "", recipe.source)
+    installed = install_mini(model_dir, world_dir, pack_file, n_demo=n_demo, source={"command": "install-mini"})
+    if as_json:
+        click.echo(json.dumps(installed.record, indent=1, sort_keys=True))
+        return
+    click.echo(f"mini model installed in {installed.folder} ({len(installed.concepts)} held-out demo concepts)")
+    click.echo("  try: covip demo --model mini")
+
+
 train.add_command(embedder_cmd)  # `covip train embedder`: the mini image embedder
 
 

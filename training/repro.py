@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from covip.sdk.errors import InputError
+from covip.training.data.schema import write_json
 from covip.training.repro_config import ReproConfig, load_repro_config
 from covip.training.repro_stats import (
     SampleCounts,
@@ -226,12 +227,6 @@ def _finished_seed(path: Path, key: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("key") == key and isinstance(data.get("run"), dict) else None
 
 
-def _write_json(path: Path, data: Any) -> None:
-    from covip.training.data.schema import atomic_write_text
-
-    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
-
-
 def _judged(capeval_dir: Path) -> SampleCounts:
     lines = (capeval_dir / "judgments.jsonl").read_text(encoding="utf-8").splitlines()
     return counts_from_judgments([json.loads(line) for line in lines if line.strip()])
@@ -277,6 +272,8 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
         retrieval = _retrieval(config)
         if e.embedder:
             bar.update(1)
+        recipe = _sft_config(config, work, s.seeds[0])
+        pack_file = pack_path(recipe.data.prompt_pack, recipe.source) if recipe.data.prompt_pack else None
         for seed in s.seeds:
             seed_dir = work / f"seed-{seed}"
             sft_config = _sft_config(config, work, seed)
@@ -302,8 +299,7 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
             sft = train_sft(sft_config, reuse_finished=resume)
             bar.update(1)
             root = work / "world"
-            pack = (load_pack(pack_path(sft_config.data.prompt_pack, sft_config.source))
-                    if sft_config.data.prompt_pack else None)  # the SFT stage's wording, for every evaluation
+            pack = load_pack(pack_file) if pack_file else None  # the SFT stage's wording, for every evaluation
             models = {"random": random_dir, "sft": sft.model_dir}
             first = sft.phases[0] if sft.phases else sft.to_dict()
             run: dict[str, Any] = {"seed": seed, "sft": {
@@ -344,9 +340,10 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
                                                                    "downstream", config, pack, seed)}
                 bar.update(1)
             runs.append(run)
-            _write_json(seed_dir / SEED_FILE, {"key": key, "run": run, "laptop": laptop if first_seed else None})
+            write_json(seed_dir / SEED_FILE, {"key": key, "run": run, "laptop": laptop if first_seed else None})
     data = summarize(config, runs, counts, retrieval, wall_s=time.perf_counter() - started)
     data["laptop_path"] = laptop
+    data["installed"] = _install(config, runs[0], stages[-1], work / "world", pack_file) if runs else None
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / f"{config.run.result_name}.json", out_dir / f"{config.run.result_name}.png"
     from covip.training.repro_report import plot_repro, write_result
@@ -354,6 +351,21 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
     write_result(json_path, data)
     plot_repro(data, png_path)
     return ReproResult(json_path, png_path, data)
+
+
+def _install(config: ReproConfig, run: dict[str, Any], stage: str, world: Path, pack_file: Path | None) -> str | None:
+    """A full run's first seed's final model, installed for `covip demo --model mini`; the folder, or None."""
+    if config.mode != "full" or not config.run.install:
+        return None
+    from covip.training.mini_install import install_mini
+
+    figures = run["stages"][stage]
+    installed = install_mini(figures["model"], world, pack_file, cache_dir=config.run.cache_dir, source={
+        "recipe": f"covip repro mini ({config.name})", "seed": run["seed"], "stage": stage,
+        **{k: figures[k] for k in ("acc_pos", "acc_neg", "recognition_f1")}})
+    log.info("installed the seed-%d %s model for `covip demo --model mini` in %s", run["seed"], stage,
+             installed.folder)
+    return str(installed.folder)
 
 
 def train_gspo_stage(gspo_config: Any) -> dict[str, Any]:

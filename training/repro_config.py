@@ -101,6 +101,9 @@ class ReproRunSection:
         "cache (where `covip demo --model mini` finds it; a quick run's embedder replaces a full one there)."))
     torch_threads: int | None = field(default=None, metadata=_h("torch CPU threads; null keeps torch's default."))
     use_cpu: bool = field(default=True, metadata=_h("Train and evaluate on the CPU even when a GPU is present."))
+    install: bool = field(default=True, metadata=_h(
+        "A full run installs the first seed's final model into cache_dir (else covip's cache) for "
+        "`covip demo --model mini`; a quick run never does."))
 
 
 _SECTIONS: dict[str, type] = {"stages": ReproStagesSection, "eval": ReproEvalSection, "run": ReproRunSection}

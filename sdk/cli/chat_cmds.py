@@ -25,6 +25,7 @@ from covip.sdk.assistant import TINY_MAX_TOKENS
 from covip.sdk.cli.common import CliState, echo_json, is_interactive, json_option, pass_state, user_option
 from covip.sdk.cli.inference import (
     InferenceOptions,
+    _cap_tokens,
     _check_photo,
     _ensure_user,
     _model_label,
@@ -36,6 +37,7 @@ from covip.sdk.cli.inference import (
     inference_options,
 )
 from covip.sdk.errors import CovipError, InputError, NotFoundError
+from covip.sdk.models.mini import MINI_MODEL_SPEC
 
 if TYPE_CHECKING:
     from covip.sdk.assistant import Assistant
@@ -322,9 +324,14 @@ def demo_cmd(state: CliState, embedder_spec: str | None, demo_home: Path | None,
     random-weight models: the pipeline is real, the answers are meaningless (it says so). Never
     touches your own memory: it uses a temporary home unless --home is given here.
 
+    With --model mini it runs the trained miniature model (installed by `covip repro mini`, or
+    `covip train install-mini`) with the mini embedder on concepts it never saw in training, asks
+    about a new photo of each with and without CAG, and prints how often it names the right one.
+
     \b
     Example:
       covip demo                                   # offline, tiny models, meaningless answers
+      covip demo --model mini                      # the trained miniature model: naming rate
       covip demo --model Qwen/Qwen3-VL-2B-Instruct --embedder ViT-B-32/laion2b_s34b_b79k
       covip demo --model ./export/qwen3-vl-2b-gguf --home ./demo-home --json
     """
@@ -337,6 +344,9 @@ def demo_cmd(state: CliState, embedder_spec: str | None, demo_home: Path | None,
     from covip.sdk.vision import parse_embedder_spec
 
     say: Callable[[str], None] = (lambda s: click.echo(s, err=True)) if as_json else click.echo
+    if opts.model is not None and opts.model.strip() == MINI_MODEL_SPEC:
+        _mini_demo(state, embedder_spec, demo_home, as_json, opts, say)
+        return
     model = "tiny"
     if opts.model is not None:
         model, backend, notes = check_model_spec(opts.model)
@@ -378,6 +388,48 @@ def demo_cmd(state: CliState, embedder_spec: str | None, demo_home: Path | None,
     if as_json:
         echo_json({"home": None if temporary else str(home.resolve()), "model": model_id, "model_spec": model,
                    "embedder": embedder_id, **result})
+
+
+def _mini_demo(state: CliState, embedder_spec: str | None, demo_home: Path | None, as_json: bool,
+               opts: InferenceOptions, say: Callable[[str], None]) -> None:
+    """`covip demo --model mini`: the installed miniature model on its held-out demo concepts (naming rate)."""
+    import shutil
+
+    from covip.sdk.assistant import Assistant, AssistantConfig
+    from covip.sdk.demo_mini import run_mini_demo
+    from covip.sdk.models.mini import find_mini_model
+    from covip.sdk.prompts import load_pack
+
+    installed = find_mini_model()  # not installed: a NotFoundError that says how to build it
+    pack = load_pack(installed.prompt_pack)
+    # the mini model was trained on three remembered dialogues per photo, numbered by its pack, and on
+    # captions of ~60 tokens: the same here, whatever the similarity of the look-alikes
+    context = dataclasses.replace(opts.context_config(), k=opts.k or 3,
+                                  similarity_floor=-1.0 if opts.floor is None else opts.floor)
+    cag = dataclasses.replace(opts.cag_config(),
+                              prompt_pack=None if installed.prompt_pack is None else str(installed.prompt_pack))
+    if opts.max_tokens is None:
+        _cap_tokens(cag, 96)
+    ctx = click.get_current_context()
+    group_home = None
+    if ctx.parent is not None and ctx.parent.get_parameter_source("home") == ParameterSource.COMMANDLINE:
+        group_home = state.home
+    home, temporary = _demo_home(group_home, demo_home)
+    click.echo(f"demo home: {home}" + (" (temporary, deleted at the end; --home DIR keeps it)" if temporary
+                                      else ""), err=True)
+    say(f"mini model: {installed.model_dir} (installed {installed.record.get('installed_at', '?')})")
+    try:
+        config = AssistantConfig(home=home, model=str(installed.model_dir), embedder=embedder_spec or "mini",
+                                 context=context, cag=cag)
+        with Assistant(config) as assistant:
+            result = run_mini_demo(assistant, installed, say=say, numbering=pack.dialogue_numbering)
+            model_id, embedder_id = assistant.engine.model_id, assistant.memory.embedder.model_id
+    finally:
+        if temporary:
+            shutil.rmtree(home, ignore_errors=True)
+    if as_json:
+        echo_json({"home": None if temporary else str(home.resolve()), "model": model_id,
+                   "model_spec": MINI_MODEL_SPEC, "embedder": embedder_id, **result})
 
 
 def _quote(path: Path) -> str:

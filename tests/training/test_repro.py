@@ -174,7 +174,7 @@ def tiny_repro(tmp_path_factory, tiny_vlm_dir):
         "stages": {"recipe": str(recipe), "seeds": [0, 1]},
         "eval": {"capeval_samples": 3, "recognition_samples": 3, "downstream_samples": 1, "bootstrap": 200,
                  "embedder": None, "max_new_tokens": 8, "laptop_samples": 2},
-        "run": {"work_dir": str(tmp / "work"), "torch_threads": 1}})
+        "run": {"work_dir": str(tmp / "work"), "torch_threads": 1, "cache_dir": str(tmp / "cache")}})
     return tmp, run_repro(config, progress=False, results_dir=tmp / "results")
 
 
@@ -210,6 +210,14 @@ def test_a_run_trains_both_stages_per_seed_and_evaluates_three_models(tiny_repro
     assert lap["gguf"]["parity_ok"] and lap["onnx"]["parity_ok"]
     assert (tmp / "work" / "export" / "gguf" / "covip_export.json").is_file()
     assert lap["llamacpp_recognition"]["n"] == 2 and 0 <= lap["llamacpp_recognition"]["agreement_with_transformers"] <= 1
+    # the first seed's final model is installed for `covip demo --model mini` (into the run's cache_dir)
+    from covip.sdk.models.mini import find_mini_model
+
+    installed = find_mini_model(tmp / "cache")
+    assert data["installed"] == str(installed.folder) and installed.record["source"]["seed"] == 0
+    assert installed.record["source"]["stage"] == "gspo" and installed.prompt_pack is None
+    merged = tmp / "work" / "seed-0" / "gspo" / "merged"
+    assert (installed.model_dir / "model.safetensors").read_bytes() == (merged / "model.safetensors").read_bytes()
     assert set(data["targets"]) == {"sft_acc_pos_3x_random", "sft_recognition_beats_chance", "gspo_acc_pos_plus_0.05",
                                     "gspo_acc_neg_within_0.01", "cag_beats_direct_once"}
 
