@@ -189,6 +189,9 @@ def test_scoring_given_captions_with_the_lexical_judge(official, tmp_path: Path)
     assert s["overall"].acc_pos == pytest.approx(2 / 5) and s["overall"].acc_neg == 1.0
     lines = [json.loads(x) for x in (tmp_path / "o" / "judgments.jsonl").read_text().splitlines()]
     assert len(lines) == 8 and {"judge_output", "answer", "right", "polarity", "question"} <= set(lines[0])
+    # each record quotes its own concept's question (ids Q1-Q3 repeat per concept: Bori's Q1 is not Mochi's)
+    topics = {("sample_0", 0): "bori", ("sample_0", 1): "mochi", ("sample_1", 0): "pino", ("sample_1", 1): "dubu"}
+    assert all(r["question"] == f"Where was {topics[r['sample_id'], r['concept_index']]}?" for r in lines)
 
 
 def test_downstream_layout_is_read(official, tmp_path: Path) -> None:

@@ -317,7 +317,7 @@ def _make_judge(judge: Any, out: Path, options: Mapping[str, Any] | None, cache:
     if isinstance(judge, Judge):
         return judge, False
     opts = dict(options or {})
-    if str(judge).strip() != "lexical":
+    if str(judge).strip() not in ("lexical", "lexical-loose"):
         if cache:
             opts.setdefault("cache_path", str(out / "judge_cache.sqlite"))
         if protocol == "paper":  # the authors' judge writes its reasoning first: no tight cap
@@ -374,10 +374,12 @@ def run_capeval(test: str | Path, *, out: str | Path, judge: Any = "lexical", mo
                                         desc="judge" + ("" if vision else " (no vision)"), protocol=protocol,
                                         pack=pack)
             files[f"judgments{suffix}"] = str(out / f"judgments{suffix}.jsonl")
-            questions = {(it.id, qa.id): qa.question for it in items for qa in (*it.pos_qas, *it.neg_qas)}
-            write_jsonl(files[f"judgments{suffix}"], ({**r.to_dict(), "question": questions[(r.sample_id,
-                                                                                             r.question_id)]}
-                                                      for r in runs[name]))
+            # question ids repeat per concept (Q1-Q3 of each, as in the authors' files): key by concept too
+            questions = {(it.id, qa.concept_index, qa.id): qa.question
+                         for it in items for qa in (*it.pos_qas, *it.neg_qas)}
+            write_jsonl(files[f"judgments{suffix}"],
+                        ({**r.to_dict(), "question": questions[(r.sample_id, r.concept_index, r.question_id)]}
+                         for r in runs[name]))
         judge_id = getattr(the_judge, "model_id", type(the_judge).__name__)
         judge_stats = the_judge.stats.as_dict() if hasattr(the_judge, "stats") else {}
         judge_sampling = the_judge.sampling_params() if hasattr(the_judge, "sampling_params") else {}
