@@ -214,10 +214,10 @@ def make_judge_from_config(config: GspoConfig) -> Any:
     from covip.training.judges import make_judge
 
     j = config.judge
-    if j.spec.strip() == "lexical":
+    if j.spec.strip() in ("lexical", "lexical-loose"):
         if j.options:
             raise InputError(f"config key 'judge.options': the lexical judge takes no options, got {sorted(j.options)}")
-        return make_judge("lexical")
+        return make_judge(j.spec.strip())
     return make_judge(j.spec, temperature=j.temperature, top_p=j.top_p, top_k=j.top_k, **j.options)
 
 

@@ -363,12 +363,32 @@ def test_transformers_judge(which: str, request: pytest.FixtureRequest):
         pytest.param("They saw the veterinarian.", "D", id="whole-words-only"),
         pytest.param("It cannot be determined.", "D", id="D-text-ignored"),
         pytest.param("", "D", id="empty-caption"),
+        pytest.param("Tom took Rex to the park by the lake.", "D", id="asked-about-someone-not-named"),
+        pytest.param("Mia took her dog to the park by the lake.", "D", id="every-named-subject-needed"),
     ],
 )
 def test_lexical_judge(caption: str, expected: str):
     judge = LexicalJudge()
     assert judge.answer([JudgeItem(caption, PARK)]) == [expected]
     assert judge.complete([(caption, PARK)]) == [f"\\boxed{{{expected}}}"]
+
+
+def test_lexical_judge_needs_the_caption_to_name_who_the_question_asks_about():
+    from covip.training.judges.lexical import question_subjects
+
+    assert question_subjects("What occasion was the user's photo of Frank-Ziggy taken at?") == ["Frank-Ziggy"]
+    assert question_subjects("Where did Mia take Rex last weekend?") == ["Mia", "Rex"]
+    assert question_subjects("When was the user's photo taken? I wonder.") == []
+    q = MCQA.coerce({"question": "Where did the user take the photo of Frank-Ziggy?",
+                     "options": {"A": "the rooftop of my office", "B": "the train station in Daejeon",
+                                 "C": "the university rose garden"}, "answer": "C"})
+    wrong_name = "Meet Button! That's my toy robot, and this picture is from the university rose garden."
+    half_name = "Meet Frank! That's my toy robot, and this picture is from the university rose garden."
+    right_name = "Meet Frank-Ziggy! That's my toy robot, and this picture is from the university rose garden."
+    strict, loose = make_judge("lexical"), make_judge("lexical-loose")
+    assert strict.answer([JudgeItem(c, q) for c in (wrong_name, half_name, right_name)]) == ["D", "D", "C"]
+    assert loose.answer([JudgeItem(c, q) for c in (wrong_name, half_name, right_name)]) == ["C", "C", "C"]
+    assert strict.model_id != loose.model_id  # cached or recorded judgments of the two never mix
 
 
 # ----------------------------------------------------------------------------- factory and configs

@@ -14,7 +14,9 @@ import click
 
 __all__ = ["eval_group", "register"]
 
-_JUDGE_HELP = ("Judge spec: 'lexical' (synthetic data only), 'http://host:port/v1#model' (OpenAI-compatible "
+_JUDGE_HELP = ("Judge spec: 'lexical' (synthetic data only; credits an option only in a caption that names "
+               "whom the question asks about; 'lexical-loose' does not ask), 'http://host:port/v1#model' "
+               "(OpenAI-compatible "
                "server, e.g. vLLM), 'gguf:/path/model.gguf' or 'hf:model-id-or-dir'.")
 
 

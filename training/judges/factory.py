@@ -10,8 +10,9 @@ from covip.training.judges.base import Judge
 __all__ = ["make_judge", "JUDGE_SPEC_HELP"]
 
 JUDGE_SPEC_HELP = (
-    "'lexical' (synthetic data only), 'http://host:port/v1#model-name' (OpenAI-compatible server; "
-    "'#model-name' optional: the server's first model), 'gguf:/path/model.gguf' (llama.cpp), "
+    "'lexical' (synthetic data only; 'lexical-loose': options only, not who the caption names), "
+    "'http://host:port/v1#model-name' (OpenAI-compatible server; '#model-name' optional: the server's first "
+    "model), 'gguf:/path/model.gguf' (llama.cpp), "
     "'hf:model-id-or-dir' (transformers; 'hf:tiny' = random-weight tiny VLM for tests)"
 )
 
@@ -29,12 +30,12 @@ def make_judge(spec: str | Judge, **overrides: Any) -> Judge:
     if not isinstance(spec, str) or not spec.strip():
         raise InputError(f"a judge spec must be a non-empty string: {JUDGE_SPEC_HELP}")
     spec = spec.strip()
-    if spec == "lexical":
+    if spec in ("lexical", "lexical-loose"):
         if overrides:
             raise InputError(f"the lexical judge takes no options, got {sorted(overrides)}")
         from covip.training.judges.lexical import LexicalJudge
 
-        return LexicalJudge()
+        return LexicalJudge(require_subject=spec == "lexical")
     if spec.startswith(("http://", "https://")):
         from covip.training.judges.http import HttpJudge, HttpJudgeConfig
 
