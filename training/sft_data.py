@@ -85,6 +85,12 @@ class World:
         """Ids of the concepts outside the training split."""
         return {cid for cid, s in self.split.items() if s != "train"}
 
+    def compound_share(self) -> float:
+        """The share of compound names ("Bori-Mochi") among the training concepts (the generator makes them once
+        its single names run out, so a large world has mostly these)."""
+        names = [c.name for cid, c in self.concepts.items() if self.split.get(cid) == "train"]
+        return sum("-" in n for n in names) / len(names) if names else 0.0
+
 
 def load_world(root: str | Path) -> World:
     """Read ``<root>/concepts.json`` (written by :func:`covip.training.data.synthesize`)."""
@@ -169,12 +175,31 @@ def _known_concept_ids(sample: Sample, world: World) -> list[str]:
     return ids
 
 
+def fresh_names(world: World, rng: random.Random, n: int) -> list[str]:
+    """``n`` distinct names drawn the way the world's names are: single ones, and compound ones in the share its
+    training concepts have (a caption phase that only ever copies single names learns to copy the first half of
+    "Frank-Ziggy", measured in training/README.md)."""
+    share = world.compound_share()
+    if share == 0:
+        return rng.sample(NAMES, n)
+    names: list[str] = []
+    while len(names) < n:
+        if rng.random() < share:
+            first, second = rng.sample(NAMES, 2)
+            name = f"{first}-{second}"
+        else:
+            name = rng.choice(NAMES)
+        if name not in names:
+            names.append(name)
+    return names
+
+
 def fresh_identities(sample: Sample, world: World, rng: random.Random) -> tuple[Sample, dict[str, Concept]]:
     """``sample`` with every context concept renamed and given new facts (distinct names within the sample,
     each fact drawn from the world's fact lists), its dialogues rewritten from them; and the renamed concepts
     by id, for the target. The looks, photos and answer stay: only what the context says changes."""
     ids = _known_concept_ids(sample, world)
-    names = rng.sample(NAMES, len(ids))
+    names = fresh_names(world, rng, len(ids))
     renamed: dict[str, Concept] = {}
     for cid, name in zip(ids, names):
         c = world.concepts[cid]

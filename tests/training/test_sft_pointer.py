@@ -118,6 +118,33 @@ def test_pointer_loss_is_refused_where_it_cannot_apply(tmp_path, world_dir, tiny
         SftConfig.from_dict({"trainer": {"pointer_loss": -1.0}})
 
 
+def test_fresh_names_are_drawn_like_the_worlds_names(world_dir):
+    """A world whose training concepts have compound names ("Frank-Ziggy") gets compound fresh names in the same
+    share, so a caption phase learns to copy them; a world of single names gets single names as before."""
+    import dataclasses
+    import random
+
+    from covip.training.data.world import NAMES
+    from covip.training.sft_data import fresh_names, load_world
+
+    world = load_world(world_dir)
+    assert world.compound_share() == 0
+    assert fresh_names(world, random.Random(3), 3) == random.Random(3).sample(NAMES, 3)
+    train = sorted(cid for cid, s in world.split.items() if s == "train")
+    renamed = {cid: dataclasses.replace(c, name=f"{NAMES[0]}-{NAMES[i + 1]}" if cid in train[: len(train) // 2]
+                                        else c.name) for i, (cid, c) in enumerate(world.concepts.items())}
+    mixed = dataclasses.replace(world, concepts=renamed)
+    share = mixed.compound_share()
+    assert 0.4 <= share <= 0.6
+    rng = random.Random(0)
+    draws = [fresh_names(mixed, rng, 3) for _ in range(400)]
+    assert all(len(set(d)) == 3 for d in draws)
+    flat = [n for d in draws for n in d]
+    compounds = [n for n in flat if "-" in n]
+    assert abs(len(compounds) / len(flat) - share) < 0.08
+    assert all(a in NAMES and b in NAMES and a != b for a, b in (n.split("-") for n in compounds))
+
+
 def test_fresh_identities_rename_every_context_concept_consistently(world_dir):
     from covip.training.data.world import FACT_LISTS
     from covip.training.sft_config import SftDataSection
