@@ -48,7 +48,7 @@ def test_mini_recipe_loads_for_both_stages_and_quick_applies_its_overrides():
     assert full.trainer.max_time_s <= 1800  # the full SFT stage fits 30 minutes
     assert full.data.sample_types == ["recognition"]  # the stage that learns held-out concepts on 2 cores
     quick = load_sft_config("mini-cpu", quick=True)
-    assert quick.trainer.max_time_s <= 600 and quick.trainer.max_steps < full.trainer.max_steps
+    assert quick.trainer.max_steps <= 600 and quick.trainer.max_steps < full.trainer.max_steps  # steps bound it
     assert quick.vision_warmup.max_time_s < full.vision_warmup.max_time_s and quick.quick == {}
     assert quick.run.output_dir != full.run.output_dir and quick.data.world != full.data.world
     from covip.training.sft_config import load_phases
@@ -648,7 +648,7 @@ def test_cli_prints_the_quick_config_and_lists_the_recipe(tmp_path):
                               "--set", "trainer.learning_rate=2e-3"])
     assert out.exit_code == 0, out.output
     printed = yaml.safe_load(out.output)
-    assert printed["trainer"]["learning_rate"] == 2e-3 and printed["trainer"]["max_time_s"] <= 600
+    assert printed["trainer"]["learning_rate"] == 2e-3 and printed["trainer"]["max_steps"] <= 600
     listed = runner.invoke(cli, ["train", "configs"])
     assert listed.exit_code == 0 and "mini-cpu" in listed.output
     bad = runner.invoke(cli, ["train", "sft", "--config", "mini-cpu", "--print-config", "--set", "trainer.nope=1"])
