@@ -431,14 +431,17 @@ def test_dataset_columns_feed_the_covip_reward(tmp_path, synth_train):
     from covip.training.gspo_data import build_dataset
     from covip.training.gspo_logging import LoggedReward
     from covip.training.judges import LexicalJudge
+    from covip.training.judges.lexical import question_subjects
     from covip.training.rewards import CoViPReward
 
     ds = build_dataset(read_jsonl(synth_train, image_root=synth_train.parent))
     rows = [ds[i] for i in range(len(ds))]
     texts = []
-    for r in rows:  # a perfect answer per type: the present concept's facts, the boxed indices, yes/no
+    for r in rows:  # a perfect answer per type: the present concept named with its facts, the indices, yes/no
         if r["sample_type"] == "caption":
-            texts.append("Here you are with it: " + "; ".join(q["options"][q["answer"]] for q in r["pos_qas"]) + ".")
+            names = sorted({n for q in r["pos_qas"] for n in question_subjects(q["question"])})
+            texts.append(f"Here you are with {' and '.join(names)}: "
+                         + "; ".join(q["options"][q["answer"]] for q in r["pos_qas"]) + ".")
         elif r["sample_type"] == "recognition":
             texts.append(f"Answer: \\boxed{{{r['present']}}}")
         else:
