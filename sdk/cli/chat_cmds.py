@@ -305,6 +305,19 @@ def _demo_home(state_home_given: Path | None, home: Path | None) -> tuple[Path, 
     return Path(tempfile.mkdtemp(prefix="covip-demo-")), True
 
 
+def _chosen_demo_home(state: CliState, demo_home: Path | None) -> tuple[Path, bool]:
+    """The demo's home (said on stderr): demo's --home, else the group's --home given on the command line, else
+    a temporary one; (home, temporary?)."""
+    ctx = click.get_current_context()
+    group_home = None
+    if ctx.parent is not None and ctx.parent.get_parameter_source("home") == ParameterSource.COMMANDLINE:
+        group_home = state.home  # `covip --home DIR demo`; never $COVIP_HOME (that is the user's real memory)
+    home, temporary = _demo_home(group_home, demo_home)
+    click.echo(f"demo home: {home}" + (" (temporary, deleted at the end; --home DIR keeps it)" if temporary
+                                      else ""), err=True)
+    return home, temporary
+
+
 @click.command("demo")
 @inference_options
 @click.option("--embedder", "embedder_spec", metavar="MODEL[/PRETRAINED]",
@@ -355,13 +368,7 @@ def demo_cmd(state: CliState, embedder_spec: str | None, demo_home: Path | None,
     if embedder_spec is None:
         embedder_spec = "tiny" if describe_model_spec(model) == "tiny" else DEFAULT_EMBEDDER
     emb_config = parse_embedder_spec(embedder_spec)
-    ctx = click.get_current_context()
-    group_home = None
-    if ctx.parent is not None and ctx.parent.get_parameter_source("home") == ParameterSource.COMMANDLINE:
-        group_home = state.home  # `covip --home DIR demo`; never $COVIP_HOME (that is the user's real memory)
-    home, temporary = _demo_home(group_home, demo_home)
-    click.echo(f"demo home: {home}" + (" (temporary, deleted at the end; --home DIR keeps it)" if temporary
-                                      else ""), err=True)
+    home, temporary = _chosen_demo_home(state, demo_home)
     try:
         if not (home / SETTINGS_FILE).exists():  # so `covip --home DIR ask ...` works on it afterwards
             write_settings(home, {"embedder": {"model": emb_config.model, "pretrained": emb_config.pretrained},
@@ -410,13 +417,7 @@ def _mini_demo(state: CliState, embedder_spec: str | None, demo_home: Path | Non
                               prompt_pack=None if installed.prompt_pack is None else str(installed.prompt_pack))
     if opts.max_tokens is None:
         _cap_tokens(cag, 96)
-    ctx = click.get_current_context()
-    group_home = None
-    if ctx.parent is not None and ctx.parent.get_parameter_source("home") == ParameterSource.COMMANDLINE:
-        group_home = state.home
-    home, temporary = _demo_home(group_home, demo_home)
-    click.echo(f"demo home: {home}" + (" (temporary, deleted at the end; --home DIR keeps it)" if temporary
-                                      else ""), err=True)
+    home, temporary = _chosen_demo_home(state, demo_home)
     say(f"mini model: {installed.model_dir} (installed {installed.record.get('installed_at', '?')})")
     try:
         config = AssistantConfig(home=home, model=str(installed.model_dir), embedder=embedder_spec or "mini",
