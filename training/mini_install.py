@@ -48,6 +48,17 @@ def _load_json(path: Path, what: str) -> Any:
         raise InputError(f"{what} {path} cannot be read: {exc}") from None
 
 
+def _inside(root: Path, relative: Any, what: str) -> Path:
+    """``root / relative`` for a file that must lie inside the world folder (a world names its photos
+    relative to itself; ``../`` or an absolute path would copy some other file into the install)."""
+    if not isinstance(relative, str) or not relative:
+        raise TypeError(f"{what} is {relative!r}, not a path")
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()) or not path.is_file():
+        raise ValueError(f"{what} {relative!r} is not a file inside the world folder")
+    return path
+
+
 def demo_rows(world_dir: str | Path, n: int = DEMO_CONCEPTS_DEFAULT) -> list[dict[str, Any]]:
     """Up to ``n`` held-out concepts of a synthetic world with a photo showing only them: name, SDK kind,
     dialogue, memory photo and new photo (absolute paths), in the world's order."""
@@ -62,18 +73,25 @@ def demo_rows(world_dir: str | Path, n: int = DEMO_CONCEPTS_DEFAULT) -> list[dic
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
     with test.open(encoding="utf-8") as fh:
-        for line in fh:
+        for number, line in enumerate(fh, 1):
             if len(rows) >= n:
                 break
-            sample = json.loads(line) if line.strip() else {}
-            query = (sample.get("meta") or {}).get("query_concept_ids") or []
-            if len(query) != 1 or query[0] not in held_out or query[0] in seen:
-                continue
-            concept = held_out[query[0]]
+            try:
+                sample = json.loads(line) if line.strip() else {}
+                query = (sample.get("meta") or {}).get("query_concept_ids") or []
+                if len(query) != 1 or query[0] not in held_out or query[0] in seen:
+                    continue
+                concept = held_out[query[0]]
+                row = {"name": concept["name"], "kind": _SDK_KIND.get(concept["look"]["kind"], "object"),
+                       "dialogue": concept["dialogue"],
+                       "memory_photo": str(_inside(root, concept["image"], "a concept's photo")),
+                       "new_photo": str(_inside(root, sample["images"][-1], "a test sample's photo"))}
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+                raise InputError(f"{test} line {number} is not a test sample of covip's synthetic world "
+                                 f"({type(exc).__name__}: {exc}); write the world again with `covip train sft`"
+                                 ) from None
             seen.add(query[0])
-            rows.append({"name": concept["name"], "kind": _SDK_KIND.get(concept["look"]["kind"], "object"),
-                         "dialogue": concept["dialogue"], "memory_photo": str(root / concept["image"]),
-                         "new_photo": str(root / sample["images"][-1])})
+            rows.append(row)
     if not rows:
         raise InputError(f"{root} has no held-out concept with a photo of its own in test.jsonl; a world written "
                          "by covip's synthetic generator (split test) is needed")

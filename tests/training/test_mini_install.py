@@ -80,6 +80,36 @@ def test_bad_installs_are_refused_and_keep_the_earlier_one(tmp_path, world, pack
     assert not [p for p in cache.joinpath("models").iterdir() if p.name.startswith(".")]  # no temp folder left
 
 
+def test_a_tampered_world_is_refused_before_anything_is_copied(tmp_path, world, pack, tiny_vlm_dir):
+    """A world names its photos relative to itself: one pointing outside (``../``, absolute, the user's
+    own files) or a garbled test sample is refused with the line, and no earlier install is touched."""
+    import shutil
+
+    from covip.training.mini_install import demo_rows, install_mini
+
+    cache = tmp_path / "cache"
+    first = install_mini(tiny_vlm_dir, world, pack, cache_dir=cache, n_demo=2)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not a photo")
+    concepts = json.loads((world / "concepts.json").read_text())
+    held_out = next(i for i, c in enumerate(concepts) if c["split"] == "test" and c["name"] == first.concepts[0].name)
+    tampered_photos = ["../../secret.txt", str(secret), "", None, "images/none.png"]
+    for n, bad in enumerate(tampered_photos):
+        copy = tmp_path / f"world-{n}"
+        shutil.copytree(world, copy)
+        changed = [dict(c) for c in concepts]
+        changed[held_out]["image"] = bad
+        (copy / "concepts.json").write_text(json.dumps(changed))
+        with pytest.raises(InputError, match=r"line \d+ is not a test sample"):
+            install_mini(tiny_vlm_dir, copy, pack, cache_dir=cache, n_demo=2)
+        assert find_mini_model(cache).record == first.record
+    garbled = tmp_path / "world-garbled"
+    shutil.copytree(world, garbled)
+    (garbled / "test.jsonl").write_text("{not json\n" + (world / "test.jsonl").read_text())
+    with pytest.raises(InputError, match="line 1 is not a test sample"):
+        demo_rows(garbled)
+
+
 def test_install_mini_then_demo_model_mini_prints_the_naming_rate(tmp_path, world, tiny_vlm_dir, monkeypatch):
     from covip.sdk.cli import cli
 
