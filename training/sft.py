@@ -372,7 +372,8 @@ def _use_pointer_supervision(config: SftConfig, model: Any, processor: Any, trai
     trainer.pointer_weight = float(weight)
     trainer.probe_weight = float(config.trainer.probe_loss)
     trainer.data_collator = PointerCollator(trainer.data_collator, processor.tokenizer,
-                                            model.config.image_token_id, config.trainer.answer_format_weight)
+                                            model.config.image_token_id, config.trainer.answer_format_weight,
+                                            name_weight=config.trainer.copy_name_weight)
     return saved
 
 

@@ -159,6 +159,10 @@ class SftTrainerSection:
         "With pointer_loss > 0: loss weight of a recognition answer's format tokens (`Answer: \\boxed{[`, `]}`, "
         "the end of turn) against 1 for its digits. Below 1 lets the one informative token lead while the "
         "retrieval circuit forms (training/README.md measures it)."))
+    copy_name_weight: float | None = field(default=None, metadata=_h(
+        "With pointer_loss > 0 and answer_format_weight < 1: loss weight of the tokens of a context concept's "
+        "name inside a caption by index (the rest of the copy weighs answer_format_weight). The name is the one "
+        "part of a caption only the context can give; null = answer_format_weight (training/README.md)."))
     extra_args: dict[str, Any] = field(default_factory=dict, metadata=_h(
         "Any other trl SFTConfig / TrainingArguments fields, passed through as given."))
 
@@ -333,6 +337,8 @@ class SftConfig(GroupedConfigMixin):
         _check(0.0 <= t.probe_loss <= 100.0, "trainer.probe_loss", f"must be 0-100, got {t.probe_loss}")
         _check(t.probe_loss == 0 or t.pointer_loss > 0, "trainer.probe_loss",
                "reads the recognition pointers: needs trainer.pointer_loss > 0")
+        _check(t.copy_name_weight is None or 0.0 <= t.copy_name_weight <= 1.0, "trainer.copy_name_weight",
+               f"must be 0-1 or null, got {t.copy_name_weight}")
         _check(0.0 <= t.answer_format_weight <= 1.0, "trainer.answer_format_weight",
                f"must be 0-1, got {t.answer_format_weight}")
         _check(t.pointer_loss == 0 or bool({"caption", "recognition"} & set(d.sample_types)), "trainer.pointer_loss",

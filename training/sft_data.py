@@ -43,7 +43,7 @@ from covip.training.data.targets import (
 from covip.training.data.world import FACT_LISTS, NAMES, Concept, Facts, Look, dialogue_for
 from covip.training.gspo_data import placeholder_messages, sample_messages
 from covip.training.sft_config import SftDataSection
-from covip.training.sft_pointer import SPANS_COLUMN
+from covip.training.sft_pointer import NAMES_COLUMN, SPANS_COLUMN
 
 __all__ = [
     "SFT_COLUMNS",
@@ -344,6 +344,7 @@ def _features(conversational: bool = False, context_spans: bool = False) -> Any:
     cols["images"] = datasets.List(datasets.Image())
     if context_spans:
         cols[SPANS_COLUMN] = datasets.List(datasets.List(text))
+        cols[NAMES_COLUMN] = datasets.List(text)
     return datasets.Features(cols)
 
 
@@ -406,7 +407,8 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
     conversational (:func:`as_messages_row`), for trl's assistant-only loss. ``passes`` > 1 repeats the
     sample rows that many times, each pass with its own draws and (with ``batch_size``) its own order.
     ``context_spans`` adds the column :data:`covip.training.sft_pointer.SPANS_COLUMN` (per context item of a
-    caption row its name and fact values; [] for other rows), which pointer supervision reads. ``identities``
+    caption row its name and fact values; [] for other rows) and :data:`covip.training.sft_pointer.NAMES_COLUMN`
+    (a caption-by-index row's context names), which pointer supervision reads. ``identities``
     gives every caption row :func:`fresh_identities` (new names and facts per row and pass). ``caption_style``
     as in :func:`target_for`.
     """
@@ -436,6 +438,8 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
                 if context_spans:
                     prose = s.sample_type == "caption" and caption_style == "prose"
                     row[SPANS_COLUMN] = _context_spans(s, world, renamed) if prose else []
+                    indexed = s.sample_type == "caption" and caption_style == "indexed"
+                    row[NAMES_COLUMN] = list(s.concept_names) if indexed else []
                 groups.setdefault(s.sample_type, []).append(row)
         if describe:
             groups["describe"] = [describe_row(path, look, pack) for path, look in items]
@@ -460,7 +464,7 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
     if conversational:
         rows = [as_messages_row(r) for r in rows]
     if context_spans:
-        rows = [{**r, SPANS_COLUMN: r.get(SPANS_COLUMN, [])} for r in rows]
+        rows = [{**r, SPANS_COLUMN: r.get(SPANS_COLUMN, []), NAMES_COLUMN: r.get(NAMES_COLUMN, [])} for r in rows]
     return datasets.Dataset.from_list(rows, features=_features(conversational, context_spans))
 
 

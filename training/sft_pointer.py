@@ -76,6 +76,10 @@ SPANS_COLUMN = "context_spans"
 """The dataset column pointer supervision reads: per context item (in order) its name, then the fact values
 its dialogue states verbatim; [] for rows without context items."""
 
+NAMES_COLUMN = "context_names"
+"""The dataset column of a caption-by-index row's context concept names (as the row's dialogues spell them),
+read by :class:`PointerCollator` to weigh a copied name; [] for other rows."""
+
 Pointer = tuple[str, list[int], list[int]]  # (kind, positions that attend, positions they should attend to)
 _BOX = re.compile(r"\\boxed\{\[([0-9,\s]*)\]")
 
@@ -275,15 +279,19 @@ class PointerCollator:
     digits of a recognition answer and ``format_weight`` for its other tokens (1 elsewhere); every token of a
     caption by index's text after the box weighs ``format_weight`` too (with the row's answer loss summed per
     row, a 60-token copy at weight 1 would outweigh its pointer terms sixtyfold, and the heads did not learn
-    where to look: training/README.md)."""
+    where to look: training/README.md). ``name_weight`` (not None): the tokens of a context concept's name
+    (:data:`NAMES_COLUMN`) inside that copy weigh this instead, the one part only the context can give."""
 
-    def __init__(self, base: Any, tokenizer: Any, image_token_id: int, format_weight: float = 1.0) -> None:
+    def __init__(self, base: Any, tokenizer: Any, image_token_id: int, format_weight: float = 1.0, *,
+                 name_weight: float | None = None) -> None:
         self.base, self.tokenizer, self.image_token_id = base, tokenizer, image_token_id
         self.format_weight = float(format_weight)
+        self.name_weight = None if name_weight is None else float(name_weight)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         spans = [[list(item) for item in ex.get(SPANS_COLUMN) or []] for ex in examples]
-        batch = self.base([{k: v for k, v in ex.items() if k != SPANS_COLUMN} for ex in examples])
+        names = [[str(n) for n in ex.get(NAMES_COLUMN) or []] for ex in examples]
+        batch = self.base([{k: v for k, v in ex.items() if k not in (SPANS_COLUMN, NAMES_COLUMN)} for ex in examples])
         targets = []
         weights = batch["labels"].new_ones(batch["labels"].shape, dtype=_float()) if self.format_weight != 1 else None
         for b in range(len(examples)):
@@ -299,11 +307,27 @@ class PointerCollator:
                     if copied:  # a caption by index: what it says after the box, its end included
                         after = (batch["labels"][b] != -100).nonzero().squeeze(-1)
                         weights[b][after[after >= min(copied)]] = self.format_weight
+                        if self.name_weight is not None:
+                            for p in self._name_positions(ids, labels, names[b], min(copied)):
+                                weights[b][p] = self.name_weight
             targets.append(found)
         batch["pointer_targets"] = targets
         if weights is not None:
             batch[WEIGHTS_KEY] = weights
         return batch
+
+
+    def _name_positions(self, ids: Sequence[int], labels: Sequence[int], names: Sequence[str],
+                        start: int) -> list[int]:
+        """Labelled positions from ``start`` on that spell one of ``names`` (each as it follows a space)."""
+        out: list[int] = []
+        for name in names:
+            pattern = self.tokenizer(" " + name, add_special_tokens=False)["input_ids"]
+            pos = start
+            while pattern and (hit := _find(ids, pattern, pos, len(ids))) is not None:
+                out += [p for p in range(hit, hit + len(pattern)) if labels[p] != -100]
+                pos = hit + 1
+        return out
 
 
 def _float() -> Any:

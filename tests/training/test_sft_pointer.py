@@ -341,6 +341,7 @@ def test_captions_by_index_box_the_dialogue_then_copy_what_the_user_said(world_d
     image_id = tok.convert_tokens_to_ids("<|image_pad|>")
     base = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)
     batch = PointerCollator(base, tok, image_id, format_weight=0.25)([rows[i] for i in range(len(rows))])
+    named = PointerCollator(base, tok, image_id, format_weight=0.25, name_weight=1.0)([rows[i] for i in range(len(rows))])
     for b, sample in enumerate(samples):
         target = rows[b]["completion"][0]["content"][0]["text"]
         present = sorted(sample.present)
@@ -381,6 +382,15 @@ def test_captions_by_index_box_the_dialogue_then_copy_what_the_user_said(world_d
         tail = [p for p in answer if p >= srcs[0] + 1]  # the text after the box, its end included
         assert all(weights[p] == 0.25 for p in tail)
         assert weights[answer[0]] == 0.25  # "Answer" is format
+        # trainer.copy_name_weight: the copied names (the row's own fresh names) weigh 1, the rest of the copy not
+        names = rows[b]["context_names"]
+        assert len(names) == 3 and all(n in _dialogue_text(dialogues, i) for i, n in enumerate(names))
+        heavy = [p for p in tail if named[WEIGHTS_KEY][b][p] == 1.0]
+        spelled = tok.decode([ids[p] for p in heavy])
+        assert heavy and all(named[WEIGHTS_KEY][b][p] == 0.25 for p in tail if p not in heavy)
+        assert spelled.replace(" ", "") == "".join(names[i] for i in present for _ in
+                                                   range(target[len(box):].count(" " + names[i]))).replace(" ", "")
+        assert named["input_ids"][b].tolist() == ids  # the names column changes weights only
 
 
 def _dialogue_text(content, i):
