@@ -339,6 +339,9 @@ class SftConfig(GroupedConfigMixin):
                "reads the recognition pointers: needs trainer.pointer_loss > 0")
         _check(t.copy_name_weight is None or 0.0 <= t.copy_name_weight <= 1.0, "trainer.copy_name_weight",
                f"must be 0-1 or null, got {t.copy_name_weight}")
+        _check(t.copy_name_weight is None or (t.pointer_loss > 0 and t.answer_format_weight < 1),
+               "trainer.copy_name_weight", "weighs names apart from the copy's answer_format_weight: needs "
+               "trainer.pointer_loss > 0 and trainer.answer_format_weight < 1 (or set it null)")
         _check(0.0 <= t.answer_format_weight <= 1.0, "trainer.answer_format_weight",
                f"must be 0-1, got {t.answer_format_weight}")
         _check(t.pointer_loss == 0 or bool({"caption", "recognition"} & set(d.sample_types)), "trainer.pointer_loss",

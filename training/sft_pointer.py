@@ -316,7 +316,6 @@ class PointerCollator:
             batch[WEIGHTS_KEY] = weights
         return batch
 
-
     def _name_positions(self, ids: Sequence[int], labels: Sequence[int], names: Sequence[str],
                         start: int) -> list[int]:
         """Labelled positions from ``start`` on that spell one of ``names`` (each as it follows a space)."""

@@ -97,6 +97,11 @@ def test_unknown_and_bad_sft_keys_name_the_key(tmp_path):
         load_sft_config("mini-cpu", ["data.caption_style=../../etc/passwd"])
     with pytest.raises(InputError, match=r"'trainer\.max_setps'"):
         load_sft_config("mini-cpu", ["trainer.max_setps=3"])
+    with pytest.raises(InputError, match=r"'trainer\.copy_name_weight'.*0-1"):
+        load_sft_config("mini-cpu", ["trainer.copy_name_weight=1000000000"])
+    with pytest.raises(InputError, match=r"'trainer\.copy_name_weight'.*pointer_loss > 0"):
+        load_sft_config("mini-cpu", ["trainer.copy_name_weight=1.0", "trainer.pointer_loss=0", "trainer.probe_loss=0"])
+    assert load_sft_config("mini-cpu", ["trainer.copy_name_weight=1.0"]).trainer.copy_name_weight == 1.0
     with pytest.raises(InputError, match="sft"):
         path = tmp_path / "recipe.yaml"
         path.write_text("sft: 3\n")
