@@ -19,7 +19,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_replace", "file_lock", "fsync_dir", "tmp_path", "sweep_dead_tmp", "pid_alive",
-           "private_dir", "create_private_file", "read_bytes", "PRIVATE_FILE_MODE", "PRIVATE_DIR_MODE"]
+           "private_dir", "create_private_file", "read_bytes", "path_inside", "PRIVATE_FILE_MODE", "PRIVATE_DIR_MODE"]
 
 PRIVATE_FILE_MODE = 0o600
 """Mode of every file in a memory home (and of exported bundles): readable by its owner only."""
@@ -56,6 +56,18 @@ def create_private_file(path: Path, *, exclusive: bool = True) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def path_inside(folder: Path, relative: object) -> Path | None:
+    """``folder / relative`` resolved, when ``relative`` is a non-empty relative path that stays inside
+    ``folder`` after links and ``..`` are resolved; None otherwise (an absolute path, ``../``, a link out, not
+    a string). Records that name their files relative to themselves (an installed model, a synthetic world)
+    check every name with this before reading or copying it; callers raise their own error."""
+    if not isinstance(relative, str) or not relative or Path(relative).is_absolute():
+        return None
+    root = Path(folder).resolve()
+    path = (root / relative).resolve()
+    return path if path != root and path.is_relative_to(root) else None
 
 
 def read_bytes(path: Path) -> bytes:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from covip.sdk.errors import InputError
+from covip.sdk.files import path_inside
 from covip.sdk.models.mini import (
     MAX_DEMO_CONCEPTS,
     MINI_MODEL_FORMAT,
@@ -49,12 +50,10 @@ def _load_json(path: Path, what: str) -> Any:
 
 
 def _inside(root: Path, relative: Any, what: str) -> Path:
-    """``root / relative`` for a file that must lie inside the world folder (a world names its photos
-    relative to itself; ``../`` or an absolute path would copy some other file into the install)."""
-    if not isinstance(relative, str) or not relative:
-        raise TypeError(f"{what} is {relative!r}, not a path")
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root.resolve()) or not path.is_file():
+    """A photo the world names relative to itself, which must be a file inside the world folder (``../`` or an
+    absolute path would copy some other file into the install)."""
+    path = path_inside(root, relative)
+    if path is None or not path.is_file():
         raise ValueError(f"{what} {relative!r} is not a file inside the world folder")
     return path
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from covip.sdk._config import cache_root
 from covip.sdk.errors import NotFoundError
+from covip.sdk.files import path_inside
 
 __all__ = [
     "MINI_MODEL_SPEC",
@@ -89,9 +90,9 @@ def _not_built(folder: Path, why: str) -> NotFoundError:
 
 def _inside(folder: Path, name: Any, what: str) -> Path:
     """A file the record names, which must be a plain relative path inside the install folder."""
-    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+    path = path_inside(folder, name)
+    if path is None:
         raise _not_built(folder, f"its record names {what} {name!r}, not a file inside the folder; reinstall it")
-    path = folder / name
     if not path.exists():
         raise _not_built(folder, f"{what} {name} is missing; reinstall it")
     return path
