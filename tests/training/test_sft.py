@@ -53,14 +53,16 @@ def test_mini_recipe_loads_for_both_stages_and_quick_applies_its_overrides():
     assert quick.run.output_dir != full.run.output_dir and quick.data.world != full.data.world
     from covip.training.sft_config import load_phases
 
-    # phase 2, captions by index, continues on the same world into <output_dir>/<its name>; not in a quick run
-    (captions,) = load_phases(full)
+    # phase 2, captions by index, then phase 3, names, continue on the same world into <output_dir>/<its name>;
+    # not in a quick run
+    captions, names = load_phases(full)
+    assert names.run.output_dir == str(Path(full.run.output_dir) / names.name) and names.data.world == full.data.world
     assert captions.data.caption_style == "indexed" and "caption" in captions.data.sample_types
     assert captions.data.world == full.data.world and captions.run.seed == full.run.seed
     assert captions.run.output_dir == str(Path(full.run.output_dir) / captions.name) and captions.then == []
     assert quick.then == [] and load_phases(quick) == []
     gspo = load_config("mini-cpu")  # the same file is the GSPO stage's config: it starts from the last phase
-    assert gspo.model.name_or_path == str(Path(captions.run.output_dir) / "model")
+    assert gspo.model.name_or_path == str(Path(names.run.output_dir) / "model")
     assert gspo.data.train == str(Path(full.data.world) / "train.jsonl")
     assert gspo.sft and gspo.gspo.importance_sampling_level == "sequence"
     from covip.training.config_io import pack_path

@@ -284,6 +284,18 @@ def test_the_mini_recipe_uses_the_pointer_chain_and_names_its_pack():
     pack = pack_path(captions.data.prompt_pack, captions.source)
     assert pack.resolve() == pack_path(config.data.prompt_pack, config.source).resolve()
     assert load_pack(pack).dialogue_numbering == 0  # caption and recognition boxes count context items alike
+    # then the names phase: the caption phase's checkpoint, gentler, the copied names weighing as answers do
+    from covip.training.gspo_config import load_config
+    from covip.training.sft_config import load_phases
+
+    phases = load_phases(config)
+    assert [p.name for p in phases] == ["mini-cpu-captions", "mini-cpu-names"]
+    names = load_sft_config(Path(config.source).parent / "sft" / "mini-cpu-names.yaml")
+    assert names.model.name_or_path == f"{phases[0].run.output_dir}/model"
+    assert names.trainer.copy_name_weight == 1.0 and names.trainer.learning_rate < captions.trainer.learning_rate
+    assert names.data.caption_style == "indexed" and names.data.fresh_identities
+    assert pack_path(names.data.prompt_pack, names.source).resolve() == pack.resolve()
+    assert load_config("mini-cpu").model.name_or_path == f"{phases[-1].run.output_dir}/model"  # GSPO starts there
 
 
 def test_probe_loss_reads_the_carried_digit_through_the_models_own_head(tiny_vlm_dir):
