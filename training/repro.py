@@ -9,7 +9,9 @@ permutation null, and for the final model the downstream tasks LSD / LAR / ITR w
 Seed means and 95% intervals come from :mod:`.repro_stats`; the result JSON (``miniature.json``) and a PNG go
 to ``benchmarks/results`` of the checkout, where ``covip bench --report-only`` renders them into RESULTS.md.
 A full run takes hours on 2 cores with the caption phase; ``resume`` continues a stopped one (finished seeds and
-SFT phases are reused when the recipe is unchanged).
+SFT phases are reused when the recipe is unchanged). Each finished seed is also recorded beside the results
+(``miniature-seeds/seed-N.json``: its figures and per-sample CapEval tallies), so the seeds of one reproduction
+can be trained in separate sessions or on separate machines and summarized together.
 """
 
 from __future__ import annotations
@@ -215,16 +217,37 @@ def _seed_key(config: ReproConfig, sft_config: Any, work: Path, seed: int) -> st
     gspo = _gspo_config(config, work, seed, final).to_dict() if config.stages.gspo else None
     key = {"stages": stages, "eval": data["eval"], "mode": config.mode, "seed": seed, "cache_dir": config.run.cache_dir,
            "use_cpu": config.run.use_cpu, "sft": [c.to_dict() for c in phases], "gspo": gspo}
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    text = json.dumps(key, sort_keys=True, default=str)
+    # the same recipe in another work folder or checkout is the same recipe (seed records travel with the results)
+    text = text.replace(str(work), "$WORK").replace(str(Path(__file__).resolve().parents[1]), "$COVIP")
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _finished_seed(path: Path, key: str) -> dict[str, Any] | None:
-    """A seed's saved run (``seed-N/seed.json``) when it was made by the same recipe (``key``), else None."""
+def _finished_seed(path: Path, key: str, stages: tuple[str, ...]) -> dict[str, Any] | None:
+    """A seed's record (``seed-N/seed.json`` or the results' ``<name>-seeds/seed-N.json``) when it was made by the
+    same recipe (``key``) and holds every stage's CapEval tallies, else None (the seed is then run again)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) and data.get("key") == key and isinstance(data.get("run"), dict) else None
+    if not (isinstance(data, dict) and data.get("key") == key and isinstance(data.get("run"), dict)):
+        return None
+    counts = data.get("counts")
+    if not isinstance(counts, dict) or any(_tallies(counts.get(stage)) is None for stage in stages):
+        return None
+    return data
+
+
+def _tallies(value: Any) -> SampleCounts | None:
+    """One stage's per-sample CapEval tallies read back from JSON, or None when they are not that shape."""
+    if not isinstance(value, dict) or not value:
+        return None
+    out: SampleCounts = {}
+    for sample, tally in value.items():
+        if not (isinstance(tally, list) and len(tally) == 4 and all(type(x) is int and x >= 0 for x in tally)):
+            return None
+        out[str(sample)] = (tally[0], tally[1], tally[2], tally[3])
+    return out
 
 
 def _judged(capeval_dir: Path) -> SampleCounts:
@@ -236,8 +259,9 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
               results_dir: str | Path | None = None, resume: bool = False) -> ReproResult:
     """Run the whole reproduction (see the module doc) and write ``<results>/<name>.json`` and ``.png``.
 
-    ``resume``: reuse what an earlier run of the same recipe finished under ``run.work_dir`` (a whole seed, from
-    its ``seed-N/seed.json``; else its finished SFT phases), so a full run can be stopped and continued."""
+    ``resume``: reuse what an earlier run of the same recipe finished (a whole seed, from ``seed-N/seed.json``
+    under ``run.work_dir`` or its record ``<name>-seeds/seed-N.json`` beside the results; else its finished SFT
+    phases under ``run.work_dir``), so a full run can be stopped and continued, here or in another checkout."""
     import torch
 
     from covip.sdk.progress import progress_bar
@@ -268,6 +292,8 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
     runs: list[dict[str, Any]] = []
     counts: dict[str, list[SampleCounts]] = {st: [] for st in stages}
     warm: Path | bool | None = None
+    archive = out_dir / f"{config.run.result_name}-seeds"  # each finished seed's record (SEED_FILE's content)
+    reused_s = 0.0  # the recorded time of the seeds reused from earlier runs
     with torch_threads(torch, config.run.torch_threads), bar:
         retrieval = _retrieval(config)
         if e.embedder:
@@ -279,16 +305,24 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
             sft_config = _sft_config(config, work, seed)
             key = _seed_key(config, sft_config, work, seed)
             first_seed = seed == s.seeds[0]
-            saved = _finished_seed(seed_dir / SEED_FILE, key) if resume else None
+            saved, record = None, archive / f"seed-{seed}.json"
+            for place in (seed_dir / SEED_FILE, record) if resume else ():
+                saved = _finished_seed(place, key, stages)
+                if saved is not None:
+                    log.info("seed %d: reusing the finished run recorded in %s", seed, place)
+                    break
             if saved is not None:
-                log.info("seed %d: reusing the finished run in %s", seed, seed_dir)
                 for stage in stages:
-                    counts[stage].append(_judged(seed_dir / "eval" / stage / "capeval"))
+                    counts[stage].append(_tallies(saved["counts"][stage]) or {})
                 if first_seed:
                     laptop = saved.get("laptop")
                 runs.append(saved["run"])
+                reused_s += float(saved["run"].get("wall_s") or 0.0)
+                if not record.is_file() or _finished_seed(record, key, stages) is None:
+                    write_json(record, saved)
                 bar.update(per_seed_steps + bool(e.laptop_path and first_seed))
                 continue
+            seed_started = time.perf_counter()
             random_dir = _resolve_source(sft_config.model.name_or_path)[1] or Path(sft_config.model.name_or_path)
             if warm is None:
                 warm = _shared_warmup(sft_config, work) or False
@@ -339,9 +373,13 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
                 run["downstream"] = {"model": final, **_downstream(Path(models[final]), root, seed_dir / "eval" /
                                                                    "downstream", config, pack, seed)}
                 bar.update(1)
+            run["wall_s"] = round(time.perf_counter() - seed_started, 1)
             runs.append(run)
-            write_json(seed_dir / SEED_FILE, {"key": key, "run": run, "laptop": laptop if first_seed else None})
-    data = summarize(config, runs, counts, retrieval, wall_s=time.perf_counter() - started)
+            saved = {"key": key, "run": run, "laptop": laptop if first_seed else None,
+                     "counts": {stage: {k: list(v) for k, v in counts[stage][-1].items()} for stage in stages}}
+            write_json(seed_dir / SEED_FILE, saved)
+            write_json(record, saved)  # beside the results: a later run elsewhere (--resume) reuses the seed
+    data = summarize(config, runs, counts, retrieval, wall_s=time.perf_counter() - started + reused_s)
     data["laptop_path"] = laptop
     data["installed"] = _install(config, runs[0], stages[-1], work / "world", pack_file) if runs else None
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -360,6 +398,11 @@ def _install(config: ReproConfig, run: dict[str, Any], stage: str, world: Path, 
     from covip.training.mini_install import install_mini
 
     figures = run["stages"][stage]
+    if not Path(figures["model"]).is_dir() or not world.is_dir():  # a seed reused from its record, trained elsewhere
+        log.warning("not installing the mini model: %s (seed %d, %s) or its world %s is not on this machine; run "
+                    "`covip repro mini --seeds %d` here to train it", figures["model"], run["seed"], stage, world,
+                    run["seed"])
+        return None
     installed = install_mini(figures["model"], world, pack_file, cache_dir=config.run.cache_dir, source={
         "recipe": f"covip repro mini ({config.name})", "seed": run["seed"], "stage": stage,
         **{k: figures[k] for k in ("acc_pos", "acc_neg", "recognition_f1")}})

@@ -43,8 +43,9 @@ def repro() -> None:
 @click.option("--progress/--no-progress", default=None,
               help="Progress on stderr (default: on; bars on a terminal, plain lines otherwise).")
 @click.option("--resume", is_flag=True,
-              help="Continue a stopped run in the same work folder: finished seeds and finished SFT phases of the same "
-                   "recipe are reused, not trained again (anything else changed: trained afresh).")
+              help="Continue a stopped run: finished seeds (in the work folder, or recorded beside the results in "
+                   "miniature-seeds/) and finished SFT phases of the same recipe are reused, not trained again "
+                   "(anything else changed: trained afresh).")
 @click.option("--print-config", is_flag=True, help="Print the resolved recipe as YAML and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result document as JSON.")
 def mini(config_name: str, quick: bool, seeds: str | None, work_dir: Path | None, results_dir: Path | None,
@@ -64,6 +65,7 @@ def mini(config_name: str, quick: bool, seeds: str | None, work_dir: Path | None
       covip repro mini --quick
       covip repro mini --seeds 0,1,2 --set stages.sft_overrides='{trainer.max_time_s: 900}'
       covip repro mini --resume      # after a stop: finished seeds and SFT phases are kept
+      covip repro mini --seeds 2 --resume   # one more seed; seeds recorded by earlier sessions are kept
       covip bench --report-only      # RESULTS.md gains the miniature section
     """
     from covip.sdk.errors import InputError

@@ -291,3 +291,49 @@ def test_resume_reuses_finished_seeds_and_sft_phases_of_the_same_recipe(tiny_rep
     assert redone.data["runs"][0]["stages"]["sft"]["capeval_samples"] == 2
     assert (work / "seed-0" / "sft" / "result.json").stat().st_mtime_ns == stamps[work / "seed-0" / "sft" / "result.json"]
     assert (work / "seed-0" / "gspo" / "result.json").stat().st_mtime_ns != stamps[work / "seed-0" / "gspo" / "result.json"]
+
+
+def test_seed_records_beside_the_results_let_another_work_folder_resume(tiny_repro):
+    """Seeds trained in separate sessions or checkouts: each finished seed's record (figures and per-sample CapEval
+    tallies) lies beside the results, and --resume in a fresh work folder reuses it instead of training again."""
+    from covip.training.repro import run_repro
+
+    tmp, result = tiny_repro
+    records = tmp / "results" / "miniature-seeds"
+    assert sorted(p.name for p in records.iterdir()) == ["seed-0.json", "seed-1.json"]
+    first = json.loads((records / "seed-0.json").read_text())
+    assert set(first["counts"]) == {"random", "sft", "gspo"} and first["run"]["wall_s"] > 0
+    config = ReproConfig.from_dict(json.loads(result.json_path.read_text())["config"])
+    fresh = config.with_overrides({"run.work_dir": str(tmp / "elsewhere")})
+    again = run_repro(fresh, progress=False, results_dir=tmp / "results", resume=True)
+    before = json.loads(result.json_path.read_text())
+    assert again.data["runs"] == before["runs"] and again.data["stages"] == before["stages"]
+    assert again.data["gspo_minus_sft"]["acc_pos"]["per_seed"] == before["gspo_minus_sft"]["acc_pos"]["per_seed"]
+    assert not any((tmp / "elsewhere").glob("seed-*"))  # nothing trained or evaluated there
+    assert again.data["installed"] is None  # the models' world is not in the fresh folder: not installed from there
+    assert again.data["wall_s"] >= sum(r["wall_s"] for r in before["runs"])  # the reused seeds' time counts
+
+
+@pytest.mark.parametrize("damage", ["key", "counts", "tally", "stage"])
+def test_a_record_of_another_recipe_or_with_broken_tallies_is_not_reused(tmp_path, damage):
+    from covip.training.repro import _finished_seed
+
+    good = {"key": "k", "run": {"seed": 0}, "counts": {"random": {"a": [1, 2, 0, 1]}, "sft": {"a": [2, 2, 1, 1]}}}
+    assert _finished_seed(_write(tmp_path / "good.json", good), "k", ("random", "sft")) is not None
+    bad = json.loads(json.dumps(good))
+    if damage == "key":
+        bad["key"] = "another recipe"
+    elif damage == "counts":
+        bad["counts"] = [1, 2, 3]
+    elif damage == "tally":
+        bad["counts"]["sft"]["a"] = [2, -1, 1, 1]
+    else:
+        del bad["counts"]["sft"]
+    assert _finished_seed(_write(tmp_path / "bad.json", bad), "k", ("random", "sft")) is None
+    (tmp_path / "torn.json").write_text('{"key": "k", "run": {')
+    assert _finished_seed(tmp_path / "torn.json", "k", ("random", "sft")) is None
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(json.dumps(data))
+    return path
