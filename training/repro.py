@@ -381,7 +381,9 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
             write_json(record, saved)  # beside the results: a later run elsewhere (--resume) reuses the seed
     data = summarize(config, runs, counts, retrieval, wall_s=time.perf_counter() - started + reused_s)
     data["laptop_path"] = laptop
-    data["installed"] = _install(config, runs[0], stages[-1], work / "world", pack_file) if runs else None
+    # the demo gets the first seed whose final model is on this machine (seeds reused from records may not be)
+    local = [r for r in runs if Path(r["stages"][stages[-1]]["model"]).is_dir()]
+    data["installed"] = _install(config, (local or runs)[0], stages[-1], work / "world", pack_file) if runs else None
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / f"{config.run.result_name}.json", out_dir / f"{config.run.result_name}.png"
     from covip.training.repro_report import plot_repro, write_result
@@ -392,7 +394,8 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
 
 
 def _install(config: ReproConfig, run: dict[str, Any], stage: str, world: Path, pack_file: Path | None) -> str | None:
-    """A full run's first seed's final model, installed for `covip demo --model mini`; the folder, or None."""
+    """A full run's seed's final model (the first seed's, when it was trained here), installed for
+    `covip demo --model mini`; the folder, or None."""
     if config.mode != "full" or not config.run.install:
         return None
     from covip.training.mini_install import install_mini

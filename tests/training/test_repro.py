@@ -312,6 +312,21 @@ def test_seed_records_beside_the_results_let_another_work_folder_resume(tiny_rep
     assert not any((tmp / "elsewhere").glob("seed-*"))  # nothing trained or evaluated there
     assert again.data["installed"] is None  # the models' world is not in the fresh folder: not installed from there
     assert again.data["wall_s"] >= sum(r["wall_s"] for r in before["runs"])  # the reused seeds' time counts
+    # seed 0 trained on another machine (its model is not here), seed 1 here: the demo gets seed 1's model
+    import shutil
+
+    from covip.sdk.models.mini import find_mini_model
+
+    moved = tmp / "moved-results"
+    shutil.copytree(records, moved / "miniature-seeds")
+    record = json.loads((moved / "miniature-seeds" / "seed-0.json").read_text())
+    record["run"]["stages"]["gspo"]["model"] = str(tmp / "another-machine" / "merged")
+    (moved / "miniature-seeds" / "seed-0.json").write_text(json.dumps(record))
+    shutil.copytree(tmp / "work" / "world", tmp / "with-world" / "world")
+    mixed = run_repro(config.with_overrides({"run.work_dir": str(tmp / "with-world")}), progress=False,
+                      results_dir=moved, resume=True)
+    installed = find_mini_model(tmp / "cache")
+    assert mixed.data["installed"] == str(installed.folder) and installed.record["source"]["seed"] == 1
 
 
 @pytest.mark.parametrize("damage", ["key", "counts", "tally", "stage"])
