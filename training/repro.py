@@ -374,6 +374,10 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
                                                                    "downstream", config, pack, seed)}
                 bar.update(1)
             run["wall_s"] = round(time.perf_counter() - seed_started, 1)
+            from covip.training.repro_report import time_capped
+
+            for warning in time_capped({"runs": [run]}):
+                log.warning(warning)
             runs.append(run)
             saved = {"key": key, "run": run, "laptop": laptop if first_seed else None,
                      "counts": {stage: {k: list(v) for k, v in counts[stage][-1].items()} for stage in stages}}

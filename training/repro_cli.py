@@ -126,6 +126,9 @@ def summary_text(data: dict[str, Any]) -> str:
                      f"recall@5 {_f(ret['recall_at_5'])}")
     for name, t in (data.get("targets") or {}).items():
         lines.append(f"  target {name}: {'met' if t['met'] else 'not met' if t['met'] is False else 'n/a'}")
+    from covip.training.repro_report import time_capped
+
+    lines.extend(f"  WARNING: {w}" for w in time_capped(data))
     return "\n".join(lines)
 
 

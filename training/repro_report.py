@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_meta", "write_result", "plot_repro"]
+__all__ = ["run_meta", "write_result", "plot_repro", "time_capped"]
 
 STAGE_LABELS = {"random": "random init", "sft": "SFT", "gspo": "SFT+GSPO"}
 
@@ -105,3 +105,19 @@ def plot_repro(data: Mapping[str, Any], path: Path) -> None:
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
+
+
+def time_capped(data: dict[str, Any]) -> list[str]:
+    """A line for every SFT phase that a time cap stopped: its model is not the recipe's (fewer steps than the
+    recipe trains, so the figures depend on the machine's speed)."""
+    out = []
+    for run in data.get("runs") or []:
+        sft = run.get("sft") or {}
+        one = {"name": "(single)", "global_step": sft.get("steps"), "stopped_by_time": sft.get("stopped_by_time")}
+        for phase in sft.get("phases") or [one]:
+            if phase.get("stopped_by_time"):
+                out.append(f"seed {run.get('seed')}: SFT phase {phase.get('name')} stopped by its time cap at step "
+                           f"{phase.get('global_step')}, short of the recipe's steps (a slower or loaded machine); "
+                           "its figures are not the recipe's: raise trainer.max_time_s and run the seed again")
+    return out
+

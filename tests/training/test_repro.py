@@ -352,3 +352,21 @@ def test_a_record_of_another_recipe_or_with_broken_tallies_is_not_reused(tmp_pat
 def _write(path: Path, data: dict) -> Path:
     path.write_text(json.dumps(data))
     return path
+
+
+def test_a_phase_stopped_by_its_time_cap_is_called_out():
+    """A time cap that binds trains fewer steps than the recipe: the printed summary says which seed and phase."""
+    from covip.training.repro_cli import summary_text
+    from covip.training.repro_report import time_capped
+
+    phases = [{"name": "mini-cpu", "global_step": 1000, "train_s": 700.0, "stopped_by_time": False},
+              {"name": "mini-cpu-captions", "global_step": 1670, "train_s": 9000.0, "stopped_by_time": True}]
+    data = {"mode": "full", "seeds": [0, 1], "wall_s": 1.0, "stages": {}, "runs": [
+        {"seed": 0, "sft": {"steps": 2670, "stopped_by_time": True, "phases": phases}},
+        {"seed": 1, "sft": {"steps": 600, "stopped_by_time": True, "phases": []}}]}
+    lines = time_capped(data)
+    assert len(lines) == 2 and "seed 0: SFT phase mini-cpu-captions stopped by its time cap at step 1670" in lines[0]
+    assert "seed 1" in lines[1] and "at step 600" in lines[1]
+    assert "WARNING: seed 0: SFT phase mini-cpu-captions" in summary_text(data)
+    data["runs"] = [{"seed": 0, "sft": {"steps": 1000, "stopped_by_time": False, "phases": phases[:1]}}]
+    assert time_capped(data) == [] and "WARNING" not in summary_text(data)
