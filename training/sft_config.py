@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from covip.sdk.errors import InputError
+from covip.sdk.files import path_inside
 from covip.training.config_io import (
     GroupedConfigMixin,
     config_from_dict,
@@ -370,10 +371,11 @@ def load_sft_config(name_or_path: str | Path, overrides: dict[str, Any] | list[s
     """Load a bundled config by name (``mini-cpu``) or a YAML file, then ``quick`` and dotted ``overrides``.
 
     A recipe file (GSPO groups at the top level) holds the SFT config under ``sft:``; its top-level
-    ``name`` and ``description`` are used when the ``sft`` group has none.
+    ``name`` and ``description`` are used when the ``sft`` group has none. ``extends: FILE`` (a YAML file in
+    the same folder) starts from that file's keys, which this file's own replace group by group.
     """
     path = resolve_config_path(name_or_path)
-    data = read_yaml(path)
+    data = _read_extended(path)
     if isinstance(data, dict) and "sft" in data:
         section = data["sft"]
         if not isinstance(section, dict):
@@ -388,6 +390,38 @@ def load_sft_config(name_or_path: str | Path, overrides: dict[str, Any] | list[s
     if quick:
         config = config.quick_variant()
     return config.with_overrides(overrides) if overrides else config
+
+
+EXTENDS_DEPTH = 4
+"""At most this many files behind a config through ``extends:`` (a chain, not a loop)."""
+
+
+def _read_extended(path: Path, depth: int = 0) -> Any:
+    """The YAML of ``path`` merged over its ``extends:`` base, a YAML file in the same folder (so relative paths
+    in either mean the same): mappings merge key by key, anything else (lists included) is replaced."""
+    data = read_yaml(path)
+    if not isinstance(data, dict) or "extends" not in data:
+        return data
+    data = dict(data)
+    base_name = data.pop("extends")
+    base_path = path_inside(path.parent, base_name) if isinstance(base_name, str) else None
+    if base_path is None or not base_path.is_file() or base_path.suffix not in (".yaml", ".yml"):
+        raise InputError(f"config key 'extends' in {path}: must name a YAML config file in {path.parent} "
+                         f"(e.g. extends: mini-cpu-captions.yaml), got {base_name!r}")
+    if depth >= EXTENDS_DEPTH:
+        raise InputError(f"config key 'extends' in {path}: more than {EXTENDS_DEPTH} files behind one config; "
+                         "does a file extend itself?")
+    base = _read_extended(base_path, depth + 1)
+    if not isinstance(base, dict):
+        raise InputError(f"config key 'extends' in {path}: {base_path} holds no mapping of config groups")
+    return _merged(base, data)
+
+
+def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def load_phases(config: SftConfig) -> list[SftConfig]:

@@ -54,7 +54,7 @@ and (tied) LM head, should name the digit the chain carries there.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 __all__ = ["HEADS", "KINDS", "SPANS_COLUMN", "WEIGHTS_KEY", "PointerCollator", "pointer_targets",
@@ -105,6 +105,19 @@ def _find(ids: Sequence[int], pattern: Sequence[int], start: int, stop: int) -> 
     return None
 
 
+def _hits(ids: Sequence[int], pattern: Sequence[int], start: int) -> Iterator[int]:
+    """Every position from ``start`` on where ``pattern`` starts (overlapping ones too); none for an empty one."""
+    pos = start
+    while pattern and (hit := _find(ids, pattern, pos, len(ids))) is not None:
+        yield hit
+        pos = hit + 1
+
+
+def _spelled(tokenizer: Any, text: str) -> list[int]:
+    """The token ids of ``text`` as it follows a space in running text (how names and facts appear in rows)."""
+    return tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+
+
 def pointer_targets(ids: Sequence[int], labels: Sequence[int], spans: Sequence[Sequence[str]], tokenizer: Any,
                     image_token_id: int) -> list[Pointer]:
     """The pointers of one row (see the module doc); ``ids``/``labels`` are the collated row (-100 = no
@@ -123,7 +136,7 @@ def pointer_targets(ids: Sequence[int], labels: Sequence[int], spans: Sequence[S
     for i, item in enumerate(spans):
         stop = runs[i + 1][0]
         for j, text in enumerate(item):
-            pattern = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+            pattern = _spelled(tokenizer, text)
             pos = _find(ids, pattern, runs[i][-1] + 1, stop)
             if pos is None:
                 if j == 0:  # the name must be there: this is not the layout the pointers are for
@@ -133,13 +146,11 @@ def pointer_targets(ids: Sequence[int], labels: Sequence[int], spans: Sequence[S
                 pointers.append(("bind", [pos], list(runs[i])))
             sources.append((j, pos, pattern))
     for j, source, pattern in sources:
-        pos = answer_start
-        while (hit := _find(ids, pattern, pos, len(ids))) is not None:
+        for hit in _hits(ids, pattern, answer_start):
             if labels[hit] != -100:  # the answer says it: the position before it predicts it
                 if j == 0:
                     pointers.append(("look", [hit - 1], list(runs[-1])))
                 pointers.append(("copy", [hit - 1], [source]))
-            pos = hit + 1
     return pointers
 
 
@@ -321,11 +332,8 @@ class PointerCollator:
         """Labelled positions from ``start`` on that spell one of ``names`` (each as it follows a space)."""
         out: list[int] = []
         for name in names:
-            pattern = self.tokenizer(" " + name, add_special_tokens=False)["input_ids"]
-            pos = start
-            while pattern and (hit := _find(ids, pattern, pos, len(ids))) is not None:
-                out += [p for p in range(hit, hit + len(pattern)) if labels[p] != -100]
-                pos = hit + 1
+            pattern = _spelled(self.tokenizer, name)
+            out += [p for hit in _hits(ids, pattern, start) for p in range(hit, hit + len(pattern)) if labels[p] != -100]
         return out
 
 

@@ -114,6 +114,54 @@ def test_unknown_and_bad_sft_keys_name_the_key(tmp_path):
         load_sft_config(no_quick, quick=True)
 
 
+def test_a_config_extends_a_file_beside_it_group_by_group(tmp_path):
+    base = {"name": "base", "data": {"sample_types": ["caption", "recognition"], "copy_share": 0.3},
+            "trainer": {"learning_rate": 1e-3, "max_steps": 2400, "pointer_loss": 1.0}, "then": ["x.yaml"]}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({
+        "name": "child", "extends": "base.yaml", "data": {"sample_types": ["caption"]},
+        "trainer": {"max_steps": 500}, "then": []}))
+    child = load_sft_config(tmp_path / "child.yaml")
+    assert child.name == "child" and child.source == str(tmp_path / "child.yaml")
+    assert child.data.sample_types == ["caption"] and child.data.copy_share == 0.3  # lists replaced, keys merged
+    assert child.trainer.max_steps == 500 and child.trainer.learning_rate == 1e-3 and child.trainer.pointer_loss == 1.0
+    assert child.then == []
+
+
+def test_the_names_phase_is_the_caption_phase_but_for_its_own_keys():
+    import covip.training
+
+    phases = Path(covip.training.__file__).parent / "configs" / "sft"
+    captions = load_sft_config(phases / "mini-cpu-captions.yaml").to_dict()
+    names = load_sft_config(phases / "mini-cpu-names.yaml").to_dict()
+    differ = {f"{group}.{key}" for group, values in names.items() if isinstance(values, dict)
+              for key, value in values.items() if captions[group][key] != value}
+    assert differ == {"model.name_or_path", "trainer.learning_rate", "trainer.warmup_steps", "trainer.max_steps",
+                      "trainer.max_time_s", "trainer.copy_name_weight", "run.output_dir"}
+
+
+@pytest.mark.parametrize("extends, needle", [
+    ("../outside.yaml", "must name a YAML config file in"),
+    ("/etc/passwd", "must name a YAML config file in"),
+    ("missing.yaml", "must name a YAML config file in"),
+    ("notes.txt", "must name a YAML config file in"),
+    (5, "must name a YAML config file in"),
+    ("loop.yaml", "more than 4 files behind one config"),
+    ("list.yaml", "holds no mapping of config groups"),
+])
+def test_extends_refuses_files_outside_loops_and_non_configs(tmp_path, extends, needle):
+    (tmp_path / "outside.yaml").write_text("name: outside\n")
+    inner = tmp_path / "configs"
+    inner.mkdir()
+    (inner / "notes.txt").write_text("name: notes\n")
+    (inner / "loop.yaml").write_text("name: loop\nextends: loop.yaml\n")
+    (inner / "list.yaml").write_text("- 1\n- 2\n")
+    (inner / "child.yaml").write_text(yaml.safe_dump({"name": "child", "extends": extends}))
+    with pytest.raises(InputError, match="config key 'extends'") as err:
+        load_sft_config(inner / "child.yaml")
+    assert needle in str(err.value)
+
+
 def test_sft_values_are_typed_and_synth_overrides_apply(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"trainer": {"learning_rate": "5e-4", "max_time_s": "60"},
