@@ -120,4 +120,3 @@ def time_capped(data: dict[str, Any]) -> list[str]:
                            f"{phase.get('global_step')}, short of the recipe's steps (a slower or loaded machine); "
                            "its figures are not the recipe's: raise trainer.max_time_s and run the seed again")
     return out
-
