@@ -223,9 +223,11 @@ def _seed_key(config: ReproConfig, sft_config: Any, work: Path, seed: int) -> st
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _finished_seed(path: Path, key: str, stages: tuple[str, ...]) -> dict[str, Any] | None:
-    """A seed's record (``seed-N/seed.json`` or the results' ``<name>-seeds/seed-N.json``) when it was made by the
-    same recipe (``key``) and holds every stage's CapEval tallies, else None (the seed is then run again)."""
+def _finished_seed(path: Path, key: str,
+                   stages: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, SampleCounts]] | None:
+    """A seed's record (``seed-N/seed.json`` or the results' ``<name>-seeds/seed-N.json``) and its per-stage
+    CapEval tallies when it was made by the same recipe (``key``) and holds every stage's tallies, else None
+    (the seed is then run again)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -233,9 +235,13 @@ def _finished_seed(path: Path, key: str, stages: tuple[str, ...]) -> dict[str, A
     if not (isinstance(data, dict) and data.get("key") == key and isinstance(data.get("run"), dict)):
         return None
     counts = data.get("counts")
-    if not isinstance(counts, dict) or any(_tallies(counts.get(stage)) is None for stage in stages):
-        return None
-    return data
+    tallies: dict[str, SampleCounts] = {}
+    for stage in stages:
+        parsed = _tallies(counts.get(stage)) if isinstance(counts, dict) else None
+        if parsed is None:
+            return None
+        tallies[stage] = parsed
+    return data, tallies
 
 
 def _tallies(value: Any) -> SampleCounts | None:
@@ -268,6 +274,7 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
     from covip.sdk.prompts import load_pack
     from covip.training.config_io import pack_path
     from covip.training.gspo import _resolve_source, torch_threads
+    from covip.training.repro_report import time_capped
     from covip.training.sft import train_sft
 
     if not isinstance(config, ReproConfig):
@@ -305,20 +312,21 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
             sft_config = _sft_config(config, work, seed)
             key = _seed_key(config, sft_config, work, seed)
             first_seed = seed == s.seeds[0]
-            saved, record = None, archive / f"seed-{seed}.json"
+            found, record = None, archive / f"seed-{seed}.json"
             for place in (seed_dir / SEED_FILE, record) if resume else ():
-                saved = _finished_seed(place, key, stages)
-                if saved is not None:
+                found = _finished_seed(place, key, stages)
+                if found is not None:
                     log.info("seed %d: reusing the finished run recorded in %s", seed, place)
                     break
-            if saved is not None:
+            if found is not None:
+                saved, tallies = found
                 for stage in stages:
-                    counts[stage].append(_tallies(saved["counts"][stage]) or {})
+                    counts[stage].append(tallies[stage])
                 if first_seed:
                     laptop = saved.get("laptop")
                 runs.append(saved["run"])
                 reused_s += float(saved["run"].get("wall_s") or 0.0)
-                if not record.is_file() or _finished_seed(record, key, stages) is None:
+                if place != record:  # a seed of this work folder: its record beside the results too
                     write_json(record, saved)
                 bar.update(per_seed_steps + bool(e.laptop_path and first_seed))
                 continue
@@ -374,8 +382,6 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
                                                                    "downstream", config, pack, seed)}
                 bar.update(1)
             run["wall_s"] = round(time.perf_counter() - seed_started, 1)
-            from covip.training.repro_report import time_capped
-
             for warning in time_capped({"runs": [run]}):
                 log.warning(warning)
             runs.append(run)
