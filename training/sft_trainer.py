@@ -12,12 +12,18 @@ import time
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, modeling_utils
 from trl import SFTTrainer
 
 from covip.training.sft_pointer import WEIGHTS_KEY
 
 __all__ = ["CompletionOnlySFTTrainer", "TimeBudgetCallback", "CurveCallback", "training_chat_template"]
+
+_ROW_MASK = hasattr(modeling_utils, "slice_logits_to_keep")
+"""Whether the model's ``logits_to_keep`` takes a (batch, sequence) boolean mask (transformers 5): then only
+each row's own labelled positions go through the LM head, not every position labelled in any row of the
+batch (half of the 49k-row head's work in a caption batch of the mini recipe, whose answers start at
+different positions)."""
 
 _TURN_OPEN = "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
 _TURN_CLOSE = "{{- '<|im_end|>\\n' -}}"
@@ -54,8 +60,8 @@ class CompletionOnlySFTTrainer(SFTTrainer):
 
     trl's fused LM head scores only the labelled positions where Triton runs (CUDA/XPU); elsewhere it scores
     every position of the vocabulary projection, which for long interleaved prompts and a 49k vocabulary
-    costs several times the rest of the model. Here the model gets ``logits_to_keep`` = the positions
-    whose next token carries a label in any row of the batch, and the loss is the usual cross-entropy over
+    costs several times the rest of the model. Here the model gets ``logits_to_keep`` = each row's positions
+    whose next token carries a label (with transformers 4: those labelled in any row of the batch), and the loss is the usual cross-entropy over
     the labelled tokens (summed, divided by their count, or by ``num_items_in_batch`` under gradient
     accumulation, as trl does). Elsewhere, and when outputs are requested, trl's own loss runs.
 
@@ -113,22 +119,28 @@ class CompletionOnlySFTTrainer(SFTTrainer):
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
         labels = inputs.pop("labels")[:, 1:]  # the label of position t is the token at t + 1
-        keep = (labels != -100).any(dim=0).nonzero().squeeze(-1)
         probe = bool(self.probe_weight) and model.training
+        labelled = labels != -100
+        if _ROW_MASK:  # each row's own labelled positions, flattened
+            keep = torch.nn.functional.pad(labelled, (0, 1))
+            target, valid = labels[labelled], labelled[labelled]
+        else:  # the positions labelled in any row, for every row
+            keep = labelled.any(dim=0).nonzero().squeeze(-1)
+            target = labels[:, keep]
+            valid = target != -100
         outputs = model(**inputs, use_cache=False, logits_to_keep=keep, output_hidden_states=probe)
         if probe:
             self._hidden = outputs.hidden_states
-        logits = outputs.logits.float()
-        target = labels[:, keep]
-        valid = target != -100
+        logits = outputs.logits.float().reshape(*target.shape, -1)
         tokens = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
                                                    ignore_index=-100, reduction="none").view_as(target)
         weights = getattr(self, "_label_weights", None)
         if weights is not None and per_row:  # the answer-format weight of pointer supervision
-            tokens = tokens * weights[:, 1:][:, keep].to(tokens.device)
+            weights = weights[:, 1:].to(tokens.device)
+            tokens = tokens * (weights[labelled] if _ROW_MASK else weights[:, keep])
         loss = tokens.sum()
         if per_row:
-            n = valid.any(dim=1).sum()
+            n = labelled.any(dim=1).sum()
         else:
             n = valid.sum() if num_items_in_batch is None else num_items_in_batch
         loss = loss / torch.as_tensor(n, device=loss.device).clamp(min=1)

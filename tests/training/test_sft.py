@@ -481,7 +481,7 @@ def test_recognition_scores_come_with_chance_levels():
 # ----------------------------------------------------------------------------- the trainer
 
 
-def test_cpu_loss_is_the_models_loss_on_answer_tokens(tmp_path, world_dir, tiny_vlm_dir):
+def test_cpu_loss_is_the_models_loss_on_answer_tokens(tmp_path, world_dir, tiny_vlm_dir, monkeypatch):
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
@@ -517,6 +517,21 @@ def test_cpu_loss_is_the_models_loss_on_answer_tokens(tmp_path, world_dir, tiny_
     with torch.no_grad():
         halved = trainer.compute_loss(trainer.model, {**batch, WEIGHTS_KEY: weights})
     assert halved.item() == pytest.approx(per_row.item() / 2, rel=1e-4)
+    # each weight scales its own token: only row 0's answer counts, the others weigh 0
+    only = torch.zeros(labels.shape)
+    only[0][labels[0] != -100] = 1.0
+    with torch.no_grad():
+        first = trainer.compute_loss(trainer.model, {**batch, WEIGHTS_KEY: only})
+        logits = model(**batch).logits[0, :-1]
+    row0 = torch.nn.functional.cross_entropy(logits, labels[0, 1:], ignore_index=-100, reduction="sum")
+    assert first.item() == pytest.approx(row0.item() / rows, rel=1e-4)
+    # transformers 4 keeps the positions labelled in any row (a 1-D logits_to_keep): the same loss
+    import covip.training.sft_trainer as sft_trainer
+
+    monkeypatch.setattr(sft_trainer, "_ROW_MASK", False)
+    with torch.no_grad():
+        assert trainer.compute_loss(trainer.model, {**batch, WEIGHTS_KEY: only}).item() == pytest.approx(first.item(),
+                                                                                                        rel=1e-4)
 
 
 def test_a_multi_query_run_trains_evaluates_and_saves_the_inference_template(tmp_path, world_dir, tiny_vlm_dir):

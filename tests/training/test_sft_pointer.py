@@ -409,3 +409,91 @@ def _dialogue_text(content, i):
     """The text part that follows the (i+1)-th image of a caption prompt (its dialogue)."""
     images = [k for k, part in enumerate(content) if part["type"] == "image"]
     return content[images[i] + 1]["text"]
+
+
+def test_batched_pointer_and_probe_losses_equal_their_per_pointer_definition(tiny_vlm_dir):
+    """The losses read every pointer of a batch in one indexing step per layer (for speed on the CPU); the value,
+    the gradient and the per-kind log must stay what the docstrings define pointer by pointer."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from covip.training.sft_pointer import HEADS, PAIRED, pointer_loss, probe_loss
+
+    torch.manual_seed(0)
+    rows = [[("label", [1, 2], [0]), ("match", [6, 7], [1, 2, 4]), ("read", [8], [6, 7]), ("tag", [3, 4, 5], [0]),
+             ("prev", [4, 5], [3, 4]), ("carry", [9], [8]), ("recall", [9, 10, 11], [4, 5, 6])],
+            [("label", [2, 3], [1]), ("recall", [10, 11], [2, 3]), ("match", [5], [2, 3])]]
+    att = {layer: torch.rand(2, 3, 12, 12).softmax(-1).requires_grad_() for layer in range(4)}
+    by_kind: dict[str, list[float]] = {}
+    loss = pointer_loss(att, rows, by_kind)
+    loss.backward()
+    fast = {layer: a.grad.clone() for layer, a in att.items()}
+    for a in att.values():
+        a.grad = None
+    terms, expected_log = [], {}
+    for b, row in enumerate(rows):
+        for kind, src, dst in row:
+            layer, head = HEADS[kind]
+            m = att[layer][b, head]
+            mass = m[src, dst] if kind in PAIRED else m[src][:, dst].sum(-1)
+            term = -torch.log(mass.clamp(min=1e-6))
+            terms.append(term if kind == "recall" else term.mean()[None])
+            expected_log.setdefault(kind, []).append(term.mean().item())
+    reference = torch.cat(terms).mean()
+    reference.backward()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    for layer in att:
+        assert torch.allclose(fast[layer], att[layer].grad, atol=1e-7)
+    assert by_kind.keys() == expected_log.keys()
+    for kind, values in expected_log.items():
+        assert by_kind[kind] == pytest.approx(values, rel=1e-6)
+    with pytest.raises(ValueError, match="'recall' pointer pairs 2 sources with 1 targets"):
+        pointer_loss(att, [[("recall", [9, 10], [4])]])
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_vlm_dir)
+    tok = AutoProcessor.from_pretrained(tiny_vlm_dir).tokenizer
+    d0, d1, d2 = (tok.convert_tokens_to_ids(t) for t in ("0", "1", "2"))
+    words = tok.convert_tokens_to_ids(["the", "dog", "park", "red", "ball"])
+    ids = torch.tensor([[d0, 7, 7, d1, 7, 7, 7, 7, words[0], words[1], words[2], d1],
+                        [d2, d0, 7, 7, d1, 7, 7, words[3], words[4], words[0], d0, 7]])
+    probe_rows = [[("label", [1, 2], [0]), ("label", [4, 5], [3]), ("match", [6, 7], [4, 5]), ("read", [10], [6, 7]),
+                   ("prev", [9, 10], [8, 9]), ("carry", [8], [3])],
+                  [("label", [2, 3], [1]), ("label", [5, 6], [4]), ("tag", [7, 8], [4]), ("prev", [8, 9], [7, 8])]]
+    hidden = [torch.randn(2, 12, model.config.text_config.hidden_size, requires_grad=True) for _ in range(4)]
+    value = probe_loss(model, hidden, ids, probe_rows)
+    value.backward()
+    fast = [None if h.grad is None else h.grad.clone() for h in hidden]  # [0]: the embeddings, not read
+    head_grad = model.get_output_embeddings().weight.grad.clone()
+    model.zero_grad()
+    for h in hidden:
+        h.grad = None
+    norm = model.model.language_model.norm
+    weight = model.get_output_embeddings().weight
+    terms = []
+    for b, row in enumerate(probe_rows):
+        digits = sorted({int(ids[b, dst[0]]) for kind, _, dst in row if kind == "label"})
+        digit_at = {p: digits.index(int(ids[b, dst[0]])) for kind, src, dst in row if kind == "label" for p in src}
+        for kind, src, dst in row:
+            h = norm(hidden[HEADS[kind][0] + 1][b, src])
+            if kind == "prev":
+                vocab = sorted({int(t) for t in ids[b, src]} | {int(t) for t in ids[b, dst]})
+                logp = torch.log_softmax(h @ weight[vocab].T, -1)
+                terms.append(-logp.gather(1, torch.tensor([[vocab.index(int(t))] for t in ids[b, dst]])).mean())
+                continue
+            if kind == "label":
+                wanted = [digit_at[src[0]]]
+            elif kind == "match":
+                wanted = sorted({digit_at[p] for p in dst if p in digit_at})
+            elif kind == "read":
+                wanted = [digits.index(int(ids[b, src[0] + 1]))]
+            else:
+                wanted = [digits.index(int(ids[b, dst[0]]))]
+            logp = torch.log_softmax(h @ weight[digits].T, -1)
+            terms.append(-torch.logsumexp(logp[:, wanted], -1).mean())
+    reference = torch.stack(terms).mean()
+    reference.backward()
+    assert value.item() == pytest.approx(reference.item(), rel=1e-5)
+    assert [g is None for g in fast] == [h.grad is None for h in hidden] == [True, False, False, False]
+    for got, h in zip(fast[1:], hidden[1:]):
+        assert torch.allclose(got, h.grad, atol=1e-6)
+    assert torch.allclose(head_grad, weight.grad, atol=1e-6)
