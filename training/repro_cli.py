@@ -57,7 +57,7 @@ def mini(config_name: str, quick: bool, seeds: str | None, work_dir: Path | None
     of the random initialization, the SFT model and the SFT+GSPO model, and LSD/LAR/ITR with and without
     CAG for the final model. Also measures the mini embedder's held-out retrieval. Prints seed means with
     95% intervals and whether the targets are met; `covip bench --report-only` adds the RESULTS.md section.
-    On 2 CPU cores a full seed takes 2-3 hours (recognition SFT, the caption phases, GSPO, evaluation):
+    On 2 CPU cores a full seed takes about 2 hours (recognition SFT, the caption phases, GSPO, evaluation):
     stop any time and continue with --resume.
 
     \b

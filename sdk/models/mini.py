@@ -44,7 +44,7 @@ MINI_MODEL_SPEC = "mini"
 """The ``--model`` value that selects the installed mini model."""
 MINI_MODEL_MARKER = "covip_mini.json"
 MINI_MODEL_BUILD_COMMAND = "covip repro mini"
-"""Trains and installs the mini model (2-3 hours per seed on two CPU cores; see training/README.md)."""
+"""Trains and installs the mini model (about 2 hours per seed on two CPU cores; see training/README.md)."""
 MINI_MODEL_FORMAT = 1
 MINI_MODEL_KIND = "covip-mini-model"
 """The ``kind`` of an install record."""
@@ -83,7 +83,7 @@ def mini_model_dir(cache_dir: str | Path | None = None) -> Path:
 def _not_built(folder: Path, why: str) -> NotFoundError:
     return NotFoundError(
         f"the 'mini' model is not installed ({why}). Build it with `{MINI_MODEL_BUILD_COMMAND}` (trains the "
-        "miniature CoViP recipe on two CPU cores, 2-3 hours per seed, and installs seed 0's model into "
+        "miniature CoViP recipe on two CPU cores, about 2 hours per seed, and installs seed 0's model into "
         f"{folder}; needs pip install 'covip[train]'), or install a model you trained yourself with "
         "`covip train install-mini --model DIR --world DIR`")
 
