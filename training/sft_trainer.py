@@ -61,9 +61,9 @@ class CompletionOnlySFTTrainer(SFTTrainer):
     trl's fused LM head scores only the labelled positions where Triton runs (CUDA/XPU); elsewhere it scores
     every position of the vocabulary projection, which for long interleaved prompts and a 49k vocabulary
     costs several times the rest of the model. Here the model gets ``logits_to_keep`` = each row's positions
-    whose next token carries a label (with transformers 4: those labelled in any row of the batch), and the loss is the usual cross-entropy over
-    the labelled tokens (summed, divided by their count, or by ``num_items_in_batch`` under gradient
-    accumulation, as trl does). Elsewhere, and when outputs are requested, trl's own loss runs.
+    whose next token carries a label (with transformers 4: those labelled in any row of the batch), and the
+    loss is the usual cross-entropy over the labelled tokens (summed, divided by their count, or by
+    ``num_items_in_batch`` under gradient accumulation, as trl does). Elsewhere, and when outputs are requested, trl's own loss runs.
 
     With pointer supervision (``pointer_weight`` > 0) the answer loss is summed over each row's labelled
     tokens and averaged over rows, on any device: a row's pointer terms and its answer then weigh alike,
