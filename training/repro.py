@@ -207,7 +207,8 @@ def _mean(values: list[Any]) -> float | None:
 
 def _seed_key(config: ReproConfig, sft_config: Any, work: Path, seed: int) -> str:
     """What a seed's figures depend on: the recipe's stages and evaluation, the mode, the seed, and the SFT phases'
-    and GSPO's configs as they would run now (so an edited recipe file is not mistaken for the finished one)."""
+    and GSPO's configs as they would run now (so an edited recipe file is not mistaken for the finished one;
+    their descriptions and options left off aside, :meth:`covip.training.sft_config.SftConfig.identity`)."""
     from covip.training.sft_config import load_phases
 
     data = config.to_dict()
@@ -215,8 +216,10 @@ def _seed_key(config: ReproConfig, sft_config: Any, work: Path, seed: int) -> st
     phases = [sft_config, *load_phases(sft_config)]
     final = Path(phases[-1].run.output_dir).expanduser().resolve() / "model"
     gspo = _gspo_config(config, work, seed, final).to_dict() if config.stages.gspo else None
+    if gspo is not None:
+        gspo.pop("description", None)  # free text: rewording it changes no figure
     key = {"stages": stages, "eval": data["eval"], "mode": config.mode, "seed": seed, "cache_dir": config.run.cache_dir,
-           "use_cpu": config.run.use_cpu, "sft": [c.to_dict() for c in phases], "gspo": gspo}
+           "use_cpu": config.run.use_cpu, "sft": [c.identity() for c in phases], "gspo": gspo}
     text = json.dumps(key, sort_keys=True, default=str)
     # the same recipe in another work folder or checkout is the same recipe (seed records travel with the results)
     text = text.replace(str(work), "$WORK").replace(str(Path(__file__).resolve().parents[1]), "$COVIP")

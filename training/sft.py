@@ -148,10 +148,14 @@ def train_sft(config: SftConfig | str | Path, *, callbacks: Sequence[Any] | None
 
 
 def config_hash(config: SftConfig) -> str:
-    """sha256 of a run's config as trained (its YAML, progress display aside): what ``reuse_finished`` compares."""
+    """sha256 of a run's config as trained (the YAML of its ``identity()``: progress display, description and
+    options left off aside): what ``finished_run`` compares."""
     import hashlib
 
-    return hashlib.sha256(config.with_overrides({"run.progress": True}).to_yaml().encode()).hexdigest()
+    import yaml
+
+    identity = config.with_overrides({"run.progress": True}).identity()
+    return hashlib.sha256(yaml.safe_dump(identity, sort_keys=False, allow_unicode=True).encode()).hexdigest()
 
 
 def finished_run(config: SftConfig) -> SftResult | None:
@@ -212,7 +216,7 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
                                 rationale=d.recognition_rationale, matching_warmup=d.matching_warmup,
                                 queries_per_row=d.queries_per_row, copy_share=d.copy_share, passes=d.passes,
                                 pack=pack, context_spans=config.trainer.pointer_loss > 0, identities=d.fresh_identities,
-                                caption_style=d.caption_style,
+                                caption_style=d.caption_style, invented_names=d.invented_names,
                                 batch_size=config.trainer.per_device_train_batch_size if d.same_type_batches else None)
     counts: dict[str, int] = {}
     for s in samples:
@@ -371,6 +375,7 @@ def _use_pointer_supervision(config: SftConfig, model: Any, processor: Any, trai
     model.set_attn_implementation("eager")
     trainer.pointer_weight = float(weight)
     trainer.probe_weight = float(config.trainer.probe_loss)
+    trainer.value_weight = float(config.trainer.value_probe)
     trainer.data_collator = PointerCollator(trainer.data_collator, processor.tokenizer,
                                             model.config.image_token_id, config.trainer.answer_format_weight,
                                             name_weight=config.trainer.copy_name_weight)

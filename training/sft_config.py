@@ -51,6 +51,7 @@ __all__ = [
     "load_sft_config",
     "load_phases",
     "sft_config_help",
+    "NEUTRAL_WHEN_OFF",
 ]
 
 SFT_SAMPLE_TYPES = ("caption", "recognition", "verification", "describe")
@@ -68,6 +69,11 @@ PHASE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 def _h(text: str) -> dict[str, str]:
     return {"help": text}
 
+
+NEUTRAL_WHEN_OFF: dict[str, Any] = {"data.invented_names": 0.0, "trainer.value_probe": 0.0}
+"""Options added after runs were recorded, with the value at which training is exactly what it was before them
+(same draws, same loss): :meth:`SftConfig.identity` leaves them out at that value. A new option joins this list
+only if that holds."""
 
 @dataclass
 class SftDataSection:
@@ -116,6 +122,10 @@ class SftDataSection:
         "and caption rewritten to match), so only the context can tell them, as in held-out evaluation. With the "
         "world's fixed names a model can name training concepts from their look alone (measured: "
         "training/README.md)."))
+    invented_names: float = field(default=0.0, metadata=_h(
+        "With fresh_identities: the probability that a fresh name (or each half of a compound one) is made up "
+        "from syllables (covip.training.sft_data.invented_name) instead of drawn from the world's ~70 names, so "
+        "guessing a likely name from the list cannot stand in for copying it (training/README.md). 0 = off."))
     caption_style: str = field(default="prose", metadata=_h(
         "Caption targets: 'prose' (a personalized caption naming the present concepts with their looks and "
         "facts) or 'indexed' (the recognition box of the present dialogues, then what the user said in them, "
@@ -156,6 +166,11 @@ class SftTrainerSection:
         "With pointer_loss > 0: weight of the logit-lens supervision of the recognition chain's values "
         "(covip.training.sft_pointer.probe_loss): after each supervised layer the residual stream, read through "
         "the model's own final norm and LM head, names the digit the chain carries there. 0 = off."))
+    value_probe: float = field(default=0.0, metadata=_h(
+        "With pointer_loss > 0: weight of the copy head's value supervision on caption-by-index rows "
+        "(covip.training.sft_pointer.value_loss): the `recall` head's own output, read through the final norm "
+        "and LM head among the row's dialogue words, names the token it attends to. The pointers teach where "
+        "the head looks; this, what it carries (training/README.md measures why it is needed). 0 = off."))
     answer_format_weight: float = field(default=1.0, metadata=_h(
         "With pointer_loss > 0: loss weight of a recognition answer's format tokens (`Answer: \\boxed{[`, `]}`, "
         "the end of turn) against 1 for its digits. Below 1 lets the one informative token lead while the "
@@ -273,6 +288,19 @@ class SftConfig(GroupedConfigMixin):
         """A plain nested dict that :meth:`from_dict` turns back into an equal config."""
         return config_to_dict(self)
 
+    def identity(self) -> dict[str, Any]:
+        """What a run's results depend on: :meth:`to_dict` without the free-text ``description`` and without the
+        :data:`NEUTRAL_WHEN_OFF` options that are off. Finished-run hashes (``covip.training.sft.config_hash``,
+        ``covip repro mini``'s seed records) use it, so rewording a description or adding an option that is off
+        does not make a finished run look like another recipe."""
+        data = self.to_dict()
+        data.pop("description", None)
+        for dotted, off in NEUTRAL_WHEN_OFF.items():
+            section, key = dotted.split(".")
+            if key in data.get(section, {}) and data[section][key] == off:
+                del data[section][key]
+        return data
+
     def to_yaml(self) -> str:
         """The config as YAML text."""
         import yaml
@@ -302,6 +330,9 @@ class SftConfig(GroupedConfigMixin):
                "data.matching_warmup", "needs 'recognition' in data.sample_types and data.same_type_batches: true")
         _check(1 <= d.queries_per_row <= 16, "data.queries_per_row", f"must be 1-16, got {d.queries_per_row}")
         _check(1 <= d.passes <= 1000, "data.passes", f"must be 1-1000, got {d.passes}")
+        _check(0.0 <= d.invented_names <= 1.0, "data.invented_names", f"must be 0-1, got {d.invented_names}")
+        _check(d.invented_names == 0 or d.fresh_identities, "data.invented_names",
+               "makes up fresh names: needs data.fresh_identities: true")
         _check(d.caption_style in ("prose", "indexed"), "data.caption_style",
                f"must be 'prose' or 'indexed', got {d.caption_style!r}")
         _check(0.0 <= d.copy_share <= 1.0, "data.copy_share", f"must be between 0 and 1, got {d.copy_share}")
@@ -338,6 +369,9 @@ class SftConfig(GroupedConfigMixin):
         _check(0.0 <= t.probe_loss <= 100.0, "trainer.probe_loss", f"must be 0-100, got {t.probe_loss}")
         _check(t.probe_loss == 0 or t.pointer_loss > 0, "trainer.probe_loss",
                "reads the recognition pointers: needs trainer.pointer_loss > 0")
+        _check(0.0 <= t.value_probe <= 100.0, "trainer.value_probe", f"must be 0-100, got {t.value_probe}")
+        _check(t.value_probe == 0 or t.pointer_loss > 0, "trainer.value_probe",
+               "reads the recall pointers: needs trainer.pointer_loss > 0")
         _check(t.copy_name_weight is None or 0.0 <= t.copy_name_weight <= 1.0, "trainer.copy_name_weight",
                f"must be 0-1 or null, got {t.copy_name_weight}")
         _check(t.copy_name_weight is None or (t.pointer_loss > 0 and t.answer_format_weight < 1),

@@ -175,31 +175,50 @@ def _known_concept_ids(sample: Sample, world: World) -> list[str]:
     return ids
 
 
-def fresh_names(world: World, rng: random.Random, n: int) -> list[str]:
+_ONSETS = ("B", "D", "G", "H", "J", "K", "L", "M", "N", "P", "R", "S", "T", "V", "Y", "Z", "Ch", "Sh", "Th", "W")
+_VOWELS = ("a", "e", "i", "o", "u", "ae", "eo", "ou")
+
+
+def invented_name(rng: random.Random) -> str:
+    """A pronounceable name of two or three syllables that no name list holds ("Kaeshi", "Temoru"): one of
+    ~9 million, so a model that has to say it can only copy it from the context."""
+    return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(rng.choice((2, 3)))).capitalize()
+
+
+def fresh_names(world: World, rng: random.Random, n: int, *, invented: float = 0.0) -> list[str]:
     """``n`` distinct names drawn the way the world's names are: single ones, and compound ones in the share its
     training concepts have (a caption phase that only ever copies single names learns to copy the first half of
-    "Frank-Ziggy", measured in training/README.md)."""
+    "Frank-Ziggy", measured in training/README.md). With ``invented`` > 0 each name, or each half of a compound
+    one, is an :func:`invented_name` with that probability: a model cannot guess those from the world's
+    name list, only copy them (``data.invented_names``)."""
     share = world.compound_share()
-    if share == 0:
+
+    def one() -> str:
+        return invented_name(rng) if invented and rng.random() < invented else rng.choice(NAMES)
+
+    if share == 0 and not invented:
         return rng.sample(NAMES, n)
     names: list[str] = []
     while len(names) < n:
-        if rng.random() < share:
-            first, second = rng.sample(NAMES, 2)
+        if share and rng.random() < share:
+            first, second = (one(), one()) if invented else rng.sample(NAMES, 2)  # off: the draws as before
+            if first == second:
+                continue
             name = f"{first}-{second}"
         else:
-            name = rng.choice(NAMES)
+            name = one()
         if name not in names:
             names.append(name)
     return names
 
 
-def fresh_identities(sample: Sample, world: World, rng: random.Random) -> tuple[Sample, dict[str, Concept]]:
+def fresh_identities(sample: Sample, world: World, rng: random.Random, *,
+                     invented: float = 0.0) -> tuple[Sample, dict[str, Concept]]:
     """``sample`` with every context concept renamed and given new facts (distinct names within the sample,
     each fact drawn from the world's fact lists), its dialogues rewritten from them; and the renamed concepts
     by id, for the target. The looks, photos and answer stay: only what the context says changes."""
     ids = _known_concept_ids(sample, world)
-    names = fresh_names(world, rng, len(ids))
+    names = fresh_names(world, rng, len(ids), invented=invented)
     renamed: dict[str, Concept] = {}
     for cid, name in zip(ids, names):
         c = world.concepts[cid]
@@ -396,7 +415,7 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
                       warmup_describe: int = 0, rationale: bool = True, matching_warmup: int = 0,
                       queries_per_row: int = 1, copy_share: float = 0.0, passes: int = 1,
                       pack: prompts.PromptPack | None = None, context_spans: bool = False,
-                      identities: bool = False, caption_style: str = "prose") -> Any:
+                      identities: bool = False, caption_style: str = "prose", invented_names: float = 0.0) -> Any:
     """A ``datasets.Dataset`` of :func:`sft_row` rows (and, with ``describe``, :func:`describe_row` rows of the
     samples' one-concept photos), after :func:`check_training_concepts`; ``types`` limits the sample rows.
 
@@ -409,7 +428,8 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
     ``context_spans`` adds the column :data:`covip.training.sft_pointer.SPANS_COLUMN` (per context item of a
     caption row its name and fact values; [] for other rows) and :data:`covip.training.sft_pointer.NAMES_COLUMN`
     (a caption-by-index row's context names), which pointer supervision reads. ``identities``
-    gives every caption row :func:`fresh_identities` (new names and facts per row and pass). ``caption_style``
+    gives every caption row :func:`fresh_identities` (new names and facts per row and pass; ``invented_names``
+    the share of them made up, :func:`fresh_names`). ``caption_style``
     as in :func:`target_for`.
     """
     import datasets
@@ -432,7 +452,7 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
                 else:
                     renamed = None
                     if identities and s.sample_type == "caption":
-                        s, renamed = fresh_identities(s, world, rng)
+                        s, renamed = fresh_identities(s, world, rng, invented=invented_names)
                     row = sft_row(s, world, rng, rationale=rationale, pack=pack, concepts=renamed,
                                   caption_style=caption_style)
                 if context_spans:

@@ -48,7 +48,11 @@ averaged over the pointer's source positions). Rows of another layout (verificat
 The pointers shape where the heads look, not what they carry. :func:`probe_loss` (``trainer.probe_loss``)
 supervises that too, with the logit lens (nostalgebraist, "interpreting GPT: the logit lens", 2020): after
 each pointer's layer, the residual stream at its source positions, read through the model's own final norm
-and (tied) LM head, should name the digit the chain carries there.
+and (tied) LM head, should name the digit the chain carries there. :func:`value_loss` (``trainer.value_probe``)
+does the same for the copy: the ``recall`` head's own output should name the token it attends to. Measured
+without it (training/README.md): the head put 0.95 of its attention on the right first name token of held-out
+captions, yet its output ranked that token first among the dialogue's words in 2% of them, and the caption
+named the concept from the model's prior over names.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 __all__ = ["HEADS", "KINDS", "SPANS_COLUMN", "WEIGHTS_KEY", "PointerCollator", "pointer_targets",
-           "recognition_pointers", "pointer_loss", "probe_loss", "AttentionTap", "PAIRED"]
+           "recognition_pointers", "pointer_loss", "probe_loss", "value_loss", "AttentionTap", "PAIRED"]
 
 HEADS: Mapping[str, tuple[int, int]] = {"bind": (0, 0), "look": (0, 1), "copy": (1, 0),
                                         "label": (0, 0), "match": (1, 0), "read": (2, 0),
@@ -345,11 +349,15 @@ def _float() -> Any:
 
 class AttentionTap:
     """Forward hooks that keep the attention weights of the supervised layers during a training forward
-    (the text model must run eager attention, which returns them). Use as a context manager."""
+    (the text model must run eager attention, which returns them). With ``values``, also the input of the
+    ``recall`` layer's output projection (every head's output, before they are mixed) in ``head_inputs``,
+    for :func:`value_loss`. Use as a context manager."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, *, values: bool = False) -> None:
         self.layers = _decoder_layers(model)
         self.weights: dict[int, Any] = {}
+        self.head_inputs: dict[int, Any] = {}
+        self.values = values
         self._hooks: list[Any] = []
 
     def __enter__(self) -> AttentionTap:
@@ -357,6 +365,11 @@ class AttentionTap:
             def hook(_m: Any, _inp: Any, out: Any, layer: int = layer) -> None:
                 self.weights[layer] = out[1] if isinstance(out, tuple) and len(out) > 1 else None
             self._hooks.append(self.layers[layer].self_attn.register_forward_hook(hook))
+        layer = HEADS["recall"][0]
+        if self.values and layer < len(self.layers):
+            def keep(_m: Any, args: Any, layer: int = layer) -> None:
+                self.head_inputs[layer] = args[0]
+            self._hooks.append(self.layers[layer].self_attn.o_proj.register_forward_pre_hook(keep))
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -449,6 +462,53 @@ def probe_loss(model: Any, hidden_states: Sequence[Any], input_ids: Any,
             else:
                 terms.append(-torch.logsumexp(logp[:, wanted], dim=-1).mean())
     return torch.stack(terms).mean()
+
+
+def value_loss(model: Any, head_inputs: Mapping[int, Any], input_ids: Any,
+               targets: Sequence[Sequence[Pointer]]) -> Any:
+    """Supervision of what the copy head carries (``trainer.value_probe``): at each ``recall`` source
+    position, the recall head's own contribution to the residual stream (its slice of the output
+    projection's input, through the projection), read through the final norm and LM head restricted to the
+    row's dialogue words (the tokens the ``prev`` pointer covers), should name the token the pointer
+    attends to. Mean ``-log`` probability over the copied tokens of the batch (None when it has none).
+    ``head_inputs``: :class:`AttentionTap` ``head_inputs`` (taken with ``values=True``)."""
+    import torch
+
+    layer, head = HEADS["recall"]
+    x = head_inputs.get(layer)
+    if x is None:
+        return None
+    specs: list[tuple[int, list[int], list[int], list[int]]] = []  # (row, sources, wanted tokens, candidates)
+    for b, row in enumerate(targets):
+        recall = [(src, dst) for kind, src, dst in row if kind == "recall"]
+        words = {t for kind, src, _ in row if kind == "prev" for t in input_ids[b, src].tolist()}
+        for src, dst in recall:
+            wanted = [int(t) for t in input_ids[b, dst].tolist()]
+            candidates = sorted(words | set(wanted))
+            specs.append((b, list(src), wanted, candidates))
+    specs = [spec for spec in specs if spec[1]]
+    if not specs:
+        return None
+    norm, lm_head = _text_parts(model)
+    projection = _decoder_layers(model)[layer].self_attn.o_proj
+    width = x.shape[-1] // model.config.text_config.num_attention_heads
+    rows = torch.as_tensor([spec[0] for spec in specs for _ in spec[1]], device=x.device)
+    cols = torch.as_tensor([p for spec in specs for p in spec[1]], device=x.device)
+    own = torch.zeros_like(x[rows, cols])
+    own[:, head * width:(head + 1) * width] = x[rows, cols, head * width:(head + 1) * width]
+    out = projection(own)
+    if getattr(projection, "bias", None) is not None:
+        out = out - projection.bias
+    states = norm(out)
+    vocab = sorted({t for spec in specs for t in spec[3]})  # every candidate's LM head row, read once
+    where = {t: i for i, t in enumerate(vocab)}
+    table = lm_head.weight[torch.as_tensor(vocab, device=lm_head.weight.device)]
+    terms = []
+    for (_, _, wanted, candidates), h in zip(specs, states.split([len(spec[1]) for spec in specs])):
+        logp = torch.log_softmax((h @ table[[where[t] for t in candidates]].T).float(), dim=-1)
+        index = torch.as_tensor([candidates.index(t) for t in wanted], device=logp.device)
+        terms.append(-logp.gather(1, index[:, None]).squeeze(1))
+    return torch.cat(terms).mean()
 
 
 def pointer_loss(weights: Mapping[int, Any], targets: Sequence[Sequence[Pointer]],

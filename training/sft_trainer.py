@@ -77,6 +77,8 @@ class CompletionOnlySFTTrainer(SFTTrainer):
     """Weight of :func:`covip.training.sft_pointer.pointer_loss` (set by covip.training.sft; 0 = off)."""
     probe_weight: float = 0.0
     """Weight of :func:`covip.training.sft_pointer.probe_loss` (needs ``pointer_weight`` > 0; 0 = off)."""
+    value_weight: float = 0.0
+    """Weight of :func:`covip.training.sft_pointer.value_loss` (needs ``pointer_weight`` > 0; 0 = off)."""
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -85,12 +87,14 @@ class CompletionOnlySFTTrainer(SFTTrainer):
         self._label_weights = inputs.pop(WEIGHTS_KEY, None)
         if not self.pointer_weight or not targets or not any(targets):
             return self._answer_loss(model, inputs, return_outputs, num_items_in_batch)
-        from covip.training.sft_pointer import AttentionTap, pointer_loss, probe_loss
+        from covip.training.sft_pointer import AttentionTap, pointer_loss, probe_loss, value_loss
 
         input_ids = inputs["input_ids"]
         self._hidden = None
-        with AttentionTap(model) as tap:
+        with AttentionTap(model, values=bool(self.value_weight)) as tap:
             out = self._answer_loss(model, inputs, return_outputs, num_items_in_batch)
+        value = value_loss(model, tap.head_inputs, input_ids, targets) if self.value_weight else None
+        tap.head_inputs.clear()
         by_kind: dict[str, list[float]] = {}
         aux = pointer_loss(tap.weights, targets, by_kind)
         tap.weights.clear()
@@ -106,6 +110,9 @@ class CompletionOnlySFTTrainer(SFTTrainer):
         if probe is not None:
             self._metrics[mode]["probe_loss"].append(probe.item())
             extra.append(self.probe_weight * probe)
+        if value is not None:
+            self._metrics[mode]["value_loss"].append(value.item())
+            extra.append(self.value_weight * value)
         if not extra:
             return out
         if return_outputs:

@@ -139,6 +139,41 @@ def test_only_bundled_names_or_real_files_are_recipes(tmp_path):
         load_repro_config(bad)
 
 
+def test_committed_seed_records_are_of_the_recipe_as_it_is_now(tmp_path):
+    """`covip repro mini --resume` reuses a committed seed record (benchmarks/results/miniature-seeds/) only
+    while the recipe hashes to its key; RESULTS.md quotes those records, so they must be of the committed recipe.
+    (A reworded description once made seed 0's two-hour record unusable; descriptions no longer count.)"""
+    from covip.training import repro
+
+    records = sorted((Path(__file__).resolve().parents[2] / "benchmarks/results/miniature-seeds").glob("seed-*.json"))
+    assert records
+    config = load_repro_config("mini", {"run.work_dir": str(tmp_path / "work")})
+    work = Path(config.run.work_dir).expanduser().resolve()
+    for record in records:
+        seed = int(record.stem.split("-")[1])
+        key = repro._seed_key(config, repro._sft_config(config, work, seed), work, seed)
+        stages = tuple(json.loads(record.read_text())["counts"])
+        assert repro._finished_seed(record, key, stages) is not None, (
+            f"{record.name} is not of the recipe as it is now: run `covip repro mini --seeds {seed} --resume` "
+            "again, or undo the recipe change")
+    assert not (tmp_path / "work").exists()  # computing a key builds nothing
+
+
+def test_a_reworded_description_or_an_option_left_off_keeps_a_finished_runs_hash():
+    from covip.training.sft import config_hash
+    from covip.training.sft_config import NEUTRAL_WHEN_OFF, SftConfig
+
+    base = SftConfig.from_dict({"description": "one wording", "trainer": {"pointer_loss": 1.0}})
+    reworded = SftConfig.from_dict({"description": "another wording", "trainer": {"pointer_loss": 1.0}})
+    assert config_hash(base) == config_hash(reworded)
+    assert "value_probe" in base.to_dict()["trainer"] and "value_probe" not in base.identity()["trainer"]
+    assert {"data.invented_names", "trainer.value_probe"} <= set(NEUTRAL_WHEN_OFF)
+    for key, on in (("trainer.value_probe", 1.0), ("data.invented_names", 0.5), ("trainer.max_steps", 7)):
+        extra = {"data.fresh_identities": True} if key == "data.invented_names" else {}
+        changed = base.with_overrides({key: on, **extra})
+        assert config_hash(changed) != config_hash(base.with_overrides(extra)), key  # a setting that trains otherwise
+
+
 # ----------------------------------------------------------------------------------------------- end to end
 
 TINY_RECIPE = """

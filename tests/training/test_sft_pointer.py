@@ -116,6 +116,10 @@ def test_pointer_loss_is_refused_where_it_cannot_apply(tmp_path, world_dir, tiny
         SftConfig.from_dict({"data": {"sample_types": ["verification"]}, "trainer": {"pointer_loss": 1.0}})
     with pytest.raises(InputError, match="trainer.pointer_loss"):
         SftConfig.from_dict({"trainer": {"pointer_loss": -1.0}})
+    with pytest.raises(InputError, match="trainer.value_probe.*needs trainer.pointer_loss > 0"):
+        SftConfig.from_dict({"trainer": {"value_probe": 1.0}})
+    with pytest.raises(InputError, match="trainer.value_probe"):
+        SftConfig.from_dict({"trainer": {"pointer_loss": 1.0, "value_probe": 1e9}})
 
 
 def test_fresh_names_are_drawn_like_the_worlds_names(world_dir):
@@ -143,6 +147,32 @@ def test_fresh_names_are_drawn_like_the_worlds_names(world_dir):
     compounds = [n for n in flat if "-" in n]
     assert abs(len(compounds) / len(flat) - share) < 0.08
     assert all(a in NAMES and b in NAMES and a != b for a, b in (n.split("-") for n in compounds))
+
+
+    def before(rng):  # the draws before data.invented_names existed: off, it must not change a recorded recipe
+        names = []
+        while len(names) < 3:
+            name = "-".join(rng.sample(NAMES, 2)) if rng.random() < share else rng.choice(NAMES)
+            if name not in names:
+                names.append(name)
+        return names
+
+    r1, r2 = random.Random(9), random.Random(9)
+    assert [fresh_names(mixed, r1, 3, invented=0.0) for _ in range(50)] == [before(r2) for _ in range(50)]
+
+    # data.invented_names: that share of the names (and of compound halves) is made up, not in the list
+    rng = random.Random(1)
+    invented = [fresh_names(mixed, rng, 3, invented=0.5) for _ in range(400)]
+    assert all(len(set(d)) == 3 for d in invented)
+    halves = [h for d in invented for n in d for h in n.split("-")]
+    made_up = [h for h in halves if h not in NAMES]
+    assert 0.4 <= len(made_up) / len(halves) <= 0.6
+    assert all(h.isalpha() and h[0].isupper() and h[1:].islower() and 4 <= len(h) <= 12 for h in made_up)
+    assert len(set(made_up)) > 0.95 * len(made_up)  # a guess from a list cannot name them
+    assert abs(sum("-" in n for d in invented for n in d) / (3 * len(invented)) - share) < 0.08
+    assert all(h not in NAMES for n in fresh_names(world, random.Random(2), 3, invented=1.0) for h in n.split("-"))
+    with pytest.raises(InputError, match="data.invented_names.*fresh_identities"):
+        SftConfig.from_dict({"data": {"invented_names": 0.5}})
 
 
 def test_fresh_identities_rename_every_context_concept_consistently(world_dir):
@@ -497,3 +527,84 @@ def test_batched_pointer_and_probe_losses_equal_their_per_pointer_definition(tin
     for got, h in zip(fast[1:], hidden[1:]):
         assert torch.allclose(got, h.grad, atol=1e-6)
     assert torch.allclose(head_grad, weight.grad, atol=1e-6)
+
+
+def test_value_loss_reads_only_what_the_copy_head_carries_and_trains_it_to_name_the_copied_token(tiny_vlm_dir,
+                                                                                            monkeypatch):
+    """``trainer.value_probe``: the recall head's own output (not the other heads' and not the residual stream),
+    read through the final norm and LM head among the row's dialogue words, should name the token each recall
+    pointer attends to; the loss is that definition, and descending it makes the head name the copied token."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from covip.training.sft_pointer import HEADS, value_loss
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_vlm_dir)
+    tok = AutoProcessor.from_pretrained(tiny_vlm_dir).tokenizer
+    text = model.config.text_config
+    layer, head = text.num_hidden_layers - 1, 1  # the tiny model is shallower than the mini recipe's chain
+    monkeypatch.setitem(HEADS, "recall", (layer, head))
+    words = tok.convert_tokens_to_ids(["the", "dog", "park", "red", "ball", "Frank"])
+    ids = torch.tensor([[7, words[0], words[1], words[5], words[2], 7, 7, 7, 7, 7],
+                        [7, words[3], words[4], words[0], 7, 7, 7, 7, 7, 7]])
+    # row 0: positions 6-7 copy "Frank park" (sources 3-4); row 1: position 5 copies "ball" (source 2)
+    rows = [[("prev", [1, 2, 3, 4], [0, 1, 2, 3]), ("recall", [6, 7], [3, 4])],
+            [("prev", [1, 2, 3], [0, 1, 2]), ("recall", [5], [2])]]
+    width = text.head_dim
+    torch.manual_seed(0)
+    x = torch.randn(2, 10, text.num_attention_heads * width, requires_grad=True)
+    loss = value_loss(model, {layer: x}, ids, rows)
+    # the definition, written out: the head's slice through its columns of the output projection
+    projection = model.model.language_model.layers[layer].self_attn.o_proj
+    columns = projection.weight[:, head * width:(head + 1) * width]
+    norm, lm = model.model.language_model.norm, model.get_output_embeddings().weight
+    terms = []
+    for b, row in enumerate(rows):
+        (_, src, dst), = [p for p in row if p[0] == "recall"]
+        vocab = sorted({int(t) for t in ids[b, row[0][1]]} | {int(t) for t in ids[b, dst]})
+        logp = torch.log_softmax(norm(x[b, src, head * width:(head + 1) * width] @ columns.T) @ lm[vocab].T, -1)
+        terms.append(-logp[range(len(src)), [vocab.index(int(t)) for t in ids[b, dst]]])
+    assert loss.item() == pytest.approx(torch.cat(terms).mean().item(), rel=1e-5)
+    loss.backward()
+    grad = x.grad.view(2, 10, text.num_attention_heads, width)
+    others = [h for h in range(text.num_attention_heads) if h != head]
+    assert grad[:, :, others].abs().max() == 0  # the other heads' outputs are not read
+    assert grad[0, 6, head].abs().max() > 0 and grad[0, 5, head].abs().max() == 0  # only the recall sources
+    assert value_loss(model, {layer: x}, ids, [[("prev", [1, 2], [0, 1])], []]) is None  # no copy, no term
+    assert value_loss(model, {}, ids, rows) is None
+
+    # descending the loss on the head's output makes it name the copied token among the row's words
+    own = x.detach().clone().requires_grad_()
+    opt = torch.optim.Adam([own], lr=0.05)
+    first = value_loss(model, {layer: own}, ids, rows).item()
+    for _ in range(60):
+        opt.zero_grad()
+        value_loss(model, {layer: own}, ids, rows).backward()
+        opt.step()
+    assert value_loss(model, {layer: own}, ids, rows).item() < first * 0.75
+    with torch.no_grad():
+        scores = norm(own[0, 6, head * width:(head + 1) * width] @ columns.T) @ lm[sorted(set(words))].T
+    assert sorted(set(words))[int(scores.argmax())] == words[5]  # "Frank"
+
+
+def test_caption_phase_trains_the_copy_heads_value_on_invented_names(tmp_path):
+    """`covip train sft` with captions by index, invented fresh names and ``trainer.value_probe``: the copy
+    head's value loss is computed on the real model (four layers, as the mini recipe's chain needs) at every
+    step and logged, at the scale of a choice among the row's dialogue words (not among the 49k-token
+    vocabulary); that descending it teaches the head is the unit test above."""
+    from covip.sdk.models import build_tiny_vlm
+    from covip.training.sft import train_sft
+
+    config = SftConfig.from_dict({
+        "model": {"name_or_path": str(build_tiny_vlm("mini-qwen3-vl"))},
+        "data": {"synth": WORLD, "sample_types": ["caption"], "caption_style": "indexed",
+                 "fresh_identities": True, "invented_names": 0.5},
+        "trainer": {"max_steps": 4, "per_device_train_batch_size": 2, "pointer_loss": 1.0, "value_probe": 1.0,
+                    "learning_rate": 1e-3, "warmup_steps": 0},
+        "eval": {"enabled": False},
+        "run": {"output_dir": str(tmp_path / "run"), "use_cpu": True, "progress": False, "logging_steps": 1}})
+    result = train_sft(config)
+    logged = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    curve = [m["value_loss"] for m in logged if "value_loss" in m]
+    assert len(curve) == 4
+    assert all(2.0 < v < 7.5 for v in curve)  # ln(~100-1,000 words) of an untrained head; ln(49,156) = 10.8
