@@ -17,7 +17,7 @@ from covip.sdk.errors import InputError
 from covip.sdk.support import Overrides, parse_overrides
 
 __all__ = ["pack_path", "config_from_dict", "config_to_dict", "read_yaml", "resolve_recipe", "sections_help",
-           "apply_overrides", "GroupedConfigMixin"]
+           "apply_overrides", "dump_yaml", "GroupedConfigMixin"]
 
 
 def config_from_dict(cls: type, sections: Mapping[str, type], data: Any, *, what: str, unknown: str,
@@ -122,13 +122,41 @@ def apply_overrides(data: dict[str, Any], overrides: Any, *, what: str, open_gro
     return data
 
 
+def dump_yaml(data: Mapping[str, Any]) -> str:
+    """A config mapping as YAML text, keys in their order (what config files, run folders and hashes hold)."""
+    import yaml
+
+    return yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True)
+
 
 class GroupedConfigMixin:
-    """``with_overrides`` of the grouped training configs: the SDK configs' signature, with dotted keys
-    (``{"trainer.max_steps": 2}``, ``["trainer.max_steps=2"]``) reaching into the groups."""
+    """What the grouped training configs share: ``with_overrides`` (the SDK configs' signature, with dotted keys
+    such as ``{"trainer.max_steps": 2}`` reaching into the groups), YAML text, and the identity a finished run's
+    hash is taken of."""
 
     override_what: ClassVar[str] = "config key"  # how errors name a key ("SFT config key")
     open_groups: ClassVar[tuple[str, ...]] = ()  # groups whose keys another config checks (see apply_overrides)
+    neutral_when_off: ClassVar[Mapping[str, Any]] = {}
+    """Options added after runs were recorded, with the value at which training is exactly what it was before
+    them (same draws, same loss): :meth:`identity` leaves them out at that value. A new option joins only if
+    that holds."""
+
+    def to_yaml(self) -> str:
+        """The config as YAML text."""
+        return dump_yaml(self.to_dict())  # type: ignore[attr-defined]
+
+    def identity(self) -> dict[str, Any]:
+        """What a run's results depend on: ``to_dict()`` without the free-text ``description`` and without the
+        :attr:`neutral_when_off` options that are off. Finished-run hashes (``covip.training.sft.config_hash``,
+        ``covip repro mini``'s seed records) use it, so rewording a description or adding an option that is off
+        does not make a finished run look like another recipe."""
+        data = self.to_dict()  # type: ignore[attr-defined]
+        data.pop("description", None)
+        for dotted, off in self.neutral_when_off.items():
+            section, key = dotted.split(".")
+            if key in data.get(section, {}) and data[section][key] == off:
+                del data[section][key]
+        return data
 
     def with_overrides(self, overrides: Overrides = None, /, **values: Any) -> Any:
         """A copy with dotted-key overrides applied, as a mapping, ``"key=value"`` strings or keywords."""

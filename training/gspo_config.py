@@ -324,12 +324,6 @@ class GspoConfig(GroupedConfigMixin):
         """A plain nested dict (YAML/JSON-able) that :meth:`from_dict` turns back into an equal config."""
         return config_to_dict(self)
 
-    def to_yaml(self) -> str:
-        """The config as YAML text."""
-        import yaml
-
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
-
     # -- checks --------------------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise InputError naming the dotted key of the first bad value."""

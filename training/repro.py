@@ -76,12 +76,15 @@ def _sft_config(config: ReproConfig, work: Path, seed: int) -> Any:
     return load_sft_config(s.recipe, overrides, quick=s.sft_quick)
 
 
-def _shared_warmup(sft_config: Any, work: Path) -> Path | None:
-    """The vision warm-up once for every seed (the first seed's), reused while the recipe's warm-up is the same."""
+def _shared_warmup(config: ReproConfig, sft_config: Any, work: Path) -> Path | None:
+    """The vision warm-up once for every seed, trained with ``stages.warmup_seed`` (not the first seed of this
+    run: ``--seeds 1`` alone must start where ``--seeds 0,1,2`` starts seed 1), reused while the recipe's
+    warm-up is the same."""
     if not sft_config.vision_warmup.enabled:
         return None
     from covip.training.sft import warm_start_vision
 
+    sft_config = sft_config.with_overrides({"run.seed": config.stages.warmup_seed})
     target = work / "vision-warmup"
     key = json.dumps({"model": sft_config.model.name_or_path, "warmup": sft_config.to_dict()["vision_warmup"],
                       "seed": sft_config.run.seed}, sort_keys=True)
@@ -208,16 +211,14 @@ def _mean(values: list[Any]) -> float | None:
 def _seed_key(config: ReproConfig, sft_config: Any, work: Path, seed: int) -> str:
     """What a seed's figures depend on: the recipe's stages and evaluation, the mode, the seed, and the SFT phases'
     and GSPO's configs as they would run now (so an edited recipe file is not mistaken for the finished one;
-    their descriptions and options left off aside, :meth:`covip.training.sft_config.SftConfig.identity`)."""
+    their descriptions and options left off aside, :meth:`covip.training.config_io.GroupedConfigMixin.identity`)."""
     from covip.training.sft_config import load_phases
 
-    data = config.to_dict()
+    data = config.identity()
     stages = {k: v for k, v in data["stages"].items() if k != "seeds"}
     phases = [sft_config, *load_phases(sft_config)]
     final = Path(phases[-1].run.output_dir).expanduser().resolve() / "model"
-    gspo = _gspo_config(config, work, seed, final).to_dict() if config.stages.gspo else None
-    if gspo is not None:
-        gspo.pop("description", None)  # free text: rewording it changes no figure
+    gspo = _gspo_config(config, work, seed, final).identity() if config.stages.gspo else None
     key = {"stages": stages, "eval": data["eval"], "mode": config.mode, "seed": seed, "cache_dir": config.run.cache_dir,
            "use_cpu": config.run.use_cpu, "sft": [c.identity() for c in phases], "gspo": gspo}
     text = json.dumps(key, sort_keys=True, default=str)
@@ -336,7 +337,7 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
             seed_started = time.perf_counter()
             random_dir = _resolve_source(sft_config.model.name_or_path)[1] or Path(sft_config.model.name_or_path)
             if warm is None:
-                warm = _shared_warmup(sft_config, work) or False
+                warm = _shared_warmup(config, sft_config, work) or False
             if warm:  # every seed's SFT starts from the one warmed-up tower
                 sft_config = sft_config.with_overrides({"model.name_or_path": str(warm),
                                                         "vision_warmup.enabled": False})

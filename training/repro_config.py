@@ -14,6 +14,7 @@ measures is what a user trains.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -48,6 +49,10 @@ class ReproStagesSection:
         "GSPO groups at the top level."))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata=_h(
         "Training seeds (one SFT and one GSPO run each); the world and the evaluation samples stay fixed."))
+    warmup_seed: int = field(default=0, metadata=_h(
+        "Seed of the vision warm-up that every seed's SFT starts from (trained once per work folder). Fixed, "
+        "not the first of `seeds`, so a seed run on its own (--seeds 1) starts from the tower it would start "
+        "from in --seeds 0,1,2."))
     sft_quick: bool = field(default=False, metadata=_h("Apply the recipe's own SFT 'quick' overrides first."))
     sft_overrides: dict[str, Any] = field(default_factory=dict, metadata=_h(
         "Dotted SFT config overrides (e.g. trainer.max_time_s: 600); the world, output folder and seed are "
@@ -114,6 +119,7 @@ class ReproConfig(GroupedConfigMixin):
     """A whole reproduction recipe (see the module doc)."""
 
     override_what: ClassVar[str] = "repro config key"
+    neutral_when_off: ClassVar[Mapping[str, Any]] = {"stages.warmup_seed": 0}  # seed records kept their key
 
     stages: ReproStagesSection = field(default_factory=ReproStagesSection, metadata=_h("Training stages."))
     eval: ReproEvalSection = field(default_factory=ReproEvalSection, metadata=_h("Held-out evaluation."))
@@ -152,6 +158,7 @@ class ReproConfig(GroupedConfigMixin):
         _check(1 <= len(s.seeds) <= MAX_SEEDS, "stages.seeds", f"must hold 1 to {MAX_SEEDS} seeds, got {len(s.seeds)}")
         _check(len(set(s.seeds)) == len(s.seeds), "stages.seeds", f"must not repeat a seed, got {s.seeds}")
         _check(all(0 <= x < 2**31 for x in s.seeds), "stages.seeds", f"must be in 0..2**31-1, got {s.seeds}")
+        _check(0 <= s.warmup_seed < 2**31, "stages.warmup_seed", f"must be in 0..2**31-1, got {s.warmup_seed}")
         for key, value in (("eval.capeval_samples", e.capeval_samples),
                            ("eval.recognition_samples", e.recognition_samples),
                            ("eval.downstream_samples", e.downstream_samples)):

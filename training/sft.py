@@ -152,10 +152,10 @@ def config_hash(config: SftConfig) -> str:
     options left off aside): what ``finished_run`` compares."""
     import hashlib
 
-    import yaml
+    from covip.training.config_io import dump_yaml
 
     identity = config.with_overrides({"run.progress": True}).identity()
-    return hashlib.sha256(yaml.safe_dump(identity, sort_keys=False, allow_unicode=True).encode()).hexdigest()
+    return hashlib.sha256(dump_yaml(identity).encode()).hexdigest()
 
 
 def finished_run(config: SftConfig) -> SftResult | None:
@@ -376,6 +376,7 @@ def _use_pointer_supervision(config: SftConfig, model: Any, processor: Any, trai
     trainer.pointer_weight = float(weight)
     trainer.probe_weight = float(config.trainer.probe_loss)
     trainer.value_weight = float(config.trainer.value_probe)
+    trainer.value_scale = config.trainer.value_probe_scale
     trainer.data_collator = PointerCollator(trainer.data_collator, processor.tokenizer,
                                             model.config.image_token_id, config.trainer.answer_format_weight,
                                             name_weight=config.trainer.copy_name_weight)

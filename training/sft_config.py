@@ -19,6 +19,7 @@ accepts both. Unknown keys are errors naming the dotted key; values are converte
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -70,10 +71,11 @@ def _h(text: str) -> dict[str, str]:
     return {"help": text}
 
 
-NEUTRAL_WHEN_OFF: dict[str, Any] = {"data.invented_names": 0.0, "trainer.value_probe": 0.0}
-"""Options added after runs were recorded, with the value at which training is exactly what it was before them
-(same draws, same loss): :meth:`SftConfig.identity` leaves them out at that value. A new option joins this list
-only if that holds."""
+NEUTRAL_WHEN_OFF: dict[str, Any] = {"data.invented_names": 0.0, "trainer.value_probe": 0.0,
+                                    "trainer.value_probe_scale": "head"}
+"""The SFT options added after runs were recorded, at the value that trains exactly as before them
+(:attr:`covip.training.config_io.GroupedConfigMixin.neutral_when_off`)."""
+
 
 @dataclass
 class SftDataSection:
@@ -171,6 +173,10 @@ class SftTrainerSection:
         "(covip.training.sft_pointer.value_loss): the `recall` head's own output, read through the final norm "
         "and LM head among the row's dialogue words, names the token it attends to. The pointers teach where "
         "the head looks; this, what it carries (training/README.md measures why it is needed). 0 = off."))
+    value_probe_scale: str = field(default="head", metadata=_h(
+        "How value_probe reads the head's output: 'head' (normed by its own size, among the row's dialogue "
+        "words: what it carries) or 'stream' (scaled as the final norm scales it inside the whole residual "
+        "stream, over the whole vocabulary: how much it moves the model's own logits toward the token)."))
     answer_format_weight: float = field(default=1.0, metadata=_h(
         "With pointer_loss > 0: loss weight of a recognition answer's format tokens (`Answer: \\boxed{[`, `]}`, "
         "the end of turn) against 1 for its digits. Below 1 lets the one informative token lead while the "
@@ -253,6 +259,7 @@ class SftConfig(GroupedConfigMixin):
     """A whole SFT run: the six groups, the ``quick`` overrides, a name and a description."""
 
     override_what: ClassVar[str] = "SFT config key"
+    neutral_when_off: ClassVar[Mapping[str, Any]] = NEUTRAL_WHEN_OFF
     open_groups: ClassVar[tuple[str, ...]] = ("data.synth",)
 
     model: ModelSection = field(default_factory=lambda: ModelSection(name_or_path="mini-qwen3-vl",
@@ -287,25 +294,6 @@ class SftConfig(GroupedConfigMixin):
     def to_dict(self) -> dict[str, Any]:
         """A plain nested dict that :meth:`from_dict` turns back into an equal config."""
         return config_to_dict(self)
-
-    def identity(self) -> dict[str, Any]:
-        """What a run's results depend on: :meth:`to_dict` without the free-text ``description`` and without the
-        :data:`NEUTRAL_WHEN_OFF` options that are off. Finished-run hashes (``covip.training.sft.config_hash``,
-        ``covip repro mini``'s seed records) use it, so rewording a description or adding an option that is off
-        does not make a finished run look like another recipe."""
-        data = self.to_dict()
-        data.pop("description", None)
-        for dotted, off in NEUTRAL_WHEN_OFF.items():
-            section, key = dotted.split(".")
-            if key in data.get(section, {}) and data[section][key] == off:
-                del data[section][key]
-        return data
-
-    def to_yaml(self) -> str:
-        """The config as YAML text."""
-        import yaml
-
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
     def quick_variant(self) -> SftConfig:
         """This config with its ``quick`` overrides applied (the minutes-long run of the same recipe)."""
@@ -372,6 +360,8 @@ class SftConfig(GroupedConfigMixin):
         _check(0.0 <= t.value_probe <= 100.0, "trainer.value_probe", f"must be 0-100, got {t.value_probe}")
         _check(t.value_probe == 0 or t.pointer_loss > 0, "trainer.value_probe",
                "reads the recall pointers: needs trainer.pointer_loss > 0")
+        _check(t.value_probe_scale in ("head", "stream"), "trainer.value_probe_scale",
+               f"must be 'head' or 'stream', got {t.value_probe_scale!r}")
         _check(t.copy_name_weight is None or 0.0 <= t.copy_name_weight <= 1.0, "trainer.copy_name_weight",
                f"must be 0-1 or null, got {t.copy_name_weight}")
         _check(t.copy_name_weight is None or (t.pointer_loss > 0 and t.answer_format_weight < 1),

@@ -181,7 +181,8 @@ _VOWELS = ("a", "e", "i", "o", "u", "ae", "eo", "ou")
 
 def invented_name(rng: random.Random) -> str:
     """A pronounceable name of two or three syllables that no name list holds ("Kaeshi", "Temoru"): one of
-    ~9 million, so a model that has to say it can only copy it from the context."""
+    ~4.1 million (160 syllables, two or three of them), so a model that has to say it can only copy it from
+    the context."""
     return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(rng.choice((2, 3)))).capitalize()
 
 

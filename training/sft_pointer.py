@@ -58,7 +58,7 @@ named the concept from the model's prior over names.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 __all__ = ["HEADS", "KINDS", "SPANS_COLUMN", "WEIGHTS_KEY", "PointerCollator", "pointer_targets",
@@ -351,12 +351,15 @@ class AttentionTap:
     """Forward hooks that keep the attention weights of the supervised layers during a training forward
     (the text model must run eager attention, which returns them). With ``values``, also the input of the
     ``recall`` layer's output projection (every head's output, before they are mixed) in ``head_inputs``,
-    for :func:`value_loss`. Use as a context manager."""
+    and the residual stream the final norm reads in ``stream``, for :func:`value_loss`. Use as a context
+    manager."""
 
     def __init__(self, model: Any, *, values: bool = False) -> None:
         self.layers = _decoder_layers(model)
+        self.norm = _text_parts(model)[0]
         self.weights: dict[int, Any] = {}
         self.head_inputs: dict[int, Any] = {}
+        self.stream: Any = None
         self.values = values
         self._hooks: list[Any] = []
 
@@ -370,6 +373,10 @@ class AttentionTap:
             def keep(_m: Any, args: Any, layer: int = layer) -> None:
                 self.head_inputs[layer] = args[0]
             self._hooks.append(self.layers[layer].self_attn.o_proj.register_forward_pre_hook(keep))
+
+            def keep_stream(_m: Any, args: Any) -> None:
+                self.stream = args[0]
+            self._hooks.append(self.norm.register_forward_pre_hook(keep_stream))
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -394,6 +401,22 @@ def _text_parts(model: Any) -> tuple[Any, Any]:
         inner = model.get_base_model().model
         lm = inner.language_model
     return lm.norm, model.get_output_embeddings()
+
+
+def _head_rows(lm_head: Any, candidate_lists: Iterable[Sequence[int]]) -> Callable[[Sequence[int]], Any]:
+    """``rows(tokens)``: those tokens' LM head rows, from one read of every candidate of the batch
+    (``candidate_lists``). Reading the (vocabulary, hidden) head per term made the backward write a zero tensor
+    of the whole head per term."""
+    import torch
+
+    vocab = sorted({t for candidates in candidate_lists for t in candidates})
+    where = {t: i for i, t in enumerate(vocab)}
+    table = lm_head.weight[torch.as_tensor(vocab, device=lm_head.weight.device)]
+
+    def rows(tokens: Sequence[int]) -> Any:
+        return table[torch.as_tensor([where[t] for t in tokens], device=table.device)]
+
+    return rows
 
 
 def probe_loss(model: Any, hidden_states: Sequence[Any], input_ids: Any,
@@ -444,9 +467,7 @@ def probe_loss(model: Any, hidden_states: Sequence[Any], input_ids: Any,
                 specs.append((HEADS[kind][0], b, list(src), digits, wanted))
     if not specs:
         return None
-    vocab = sorted({t for spec in specs for t in spec[3]})  # every candidate token's LM head row, read once
-    where = {t: i for i, t in enumerate(vocab)}
-    rows_of = head.weight[torch.as_tensor(vocab, device=head.weight.device)]
+    rows_of = _head_rows(head, (spec[3] for spec in specs))
     terms = []
     for layer in sorted({spec[0] for spec in specs}):
         mine = [spec for spec in specs if spec[0] == layer]
@@ -454,8 +475,7 @@ def probe_loss(model: Any, hidden_states: Sequence[Any], input_ids: Any,
         cols = torch.as_tensor([p for spec in mine for p in spec[2]], device=input_ids.device)
         states = norm(hidden_states[layer + 1][rows, cols])
         for (_, _, _, candidates, wanted), h in zip(mine, states.split([len(spec[2]) for spec in mine])):
-            candidates_rows = rows_of[torch.as_tensor([where[t] for t in candidates], device=rows_of.device)]
-            logp = torch.log_softmax((h @ candidates_rows.T).float(), dim=-1)
+            logp = torch.log_softmax((h @ rows_of(candidates).T).float(), dim=-1)
             if isinstance(wanted, tuple):  # prev: position i should name its own wanted token
                 index = torch.as_tensor(wanted[1], device=logp.device)
                 terms.append(-logp.gather(1, index[:, None]).mean())
@@ -465,13 +485,21 @@ def probe_loss(model: Any, hidden_states: Sequence[Any], input_ids: Any,
 
 
 def value_loss(model: Any, head_inputs: Mapping[int, Any], input_ids: Any,
-               targets: Sequence[Sequence[Pointer]]) -> Any:
+               targets: Sequence[Sequence[Pointer]], *, stream: Any = None) -> Any:
     """Supervision of what the copy head carries (``trainer.value_probe``): at each ``recall`` source
     position, the recall head's own contribution to the residual stream (its slice of the output
     projection's input, through the projection), read through the final norm and LM head restricted to the
     row's dialogue words (the tokens the ``prev`` pointer covers), should name the token the pointer
     attends to. Mean ``-log`` probability over the copied tokens of the batch (None when it has none).
-    ``head_inputs``: :class:`AttentionTap` ``head_inputs`` (taken with ``values=True``)."""
+    ``head_inputs``: :class:`AttentionTap` ``head_inputs`` (taken with ``values=True``).
+
+    With ``stream`` (:class:`AttentionTap` ``stream``; ``trainer.value_probe_scale: stream``) the head's
+    contribution is scaled as the final norm scales it inside the whole residual stream (by the stream's RMS
+    there, held fixed), and read over the whole vocabulary: its direct effect on the model's own logits
+    (direct logit attribution) must name the token against every other, the prior's names included. The
+    head-scaled reading is blind to the contribution's size, and measured on the mini model the head's
+    direct effect was ~0.1 nats where the output's best wrong name led the right one by ~0.4
+    (training/README.md)."""
     import torch
 
     layer, head = HEADS["recall"]
@@ -499,13 +527,17 @@ def value_loss(model: Any, head_inputs: Mapping[int, Any], input_ids: Any,
     out = projection(own)
     if getattr(projection, "bias", None) is not None:
         out = out - projection.bias
+    if stream is not None:  # the head's share of the real logits, over the whole vocabulary
+        r = stream[rows, cols].detach().float()
+        scale = torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + getattr(norm, "variance_epsilon", 1e-6))
+        logits = lm_head(norm.weight * out * scale.to(out.dtype)).float()
+        wanted = torch.as_tensor([t for spec in specs for t in spec[2]], device=logits.device)
+        return torch.nn.functional.cross_entropy(logits, wanted)
     states = norm(out)
-    vocab = sorted({t for spec in specs for t in spec[3]})  # every candidate's LM head row, read once
-    where = {t: i for i, t in enumerate(vocab)}
-    table = lm_head.weight[torch.as_tensor(vocab, device=lm_head.weight.device)]
+    rows_of = _head_rows(lm_head, (spec[3] for spec in specs))
     terms = []
     for (_, _, wanted, candidates), h in zip(specs, states.split([len(spec[1]) for spec in specs])):
-        logp = torch.log_softmax((h @ table[[where[t] for t in candidates]].T).float(), dim=-1)
+        logp = torch.log_softmax((h @ rows_of(candidates).T).float(), dim=-1)
         index = torch.as_tensor([candidates.index(t) for t in wanted], device=logp.device)
         terms.append(-logp.gather(1, index[:, None]).squeeze(1))
     return torch.cat(terms).mean()

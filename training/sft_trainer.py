@@ -79,6 +79,8 @@ class CompletionOnlySFTTrainer(SFTTrainer):
     """Weight of :func:`covip.training.sft_pointer.probe_loss` (needs ``pointer_weight`` > 0; 0 = off)."""
     value_weight: float = 0.0
     """Weight of :func:`covip.training.sft_pointer.value_loss` (needs ``pointer_weight`` > 0; 0 = off)."""
+    value_scale: str = "head"
+    """How ``value_loss`` scales the head's output: ``head`` (its own RMS) or ``stream`` (the residual's)."""
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -93,8 +95,10 @@ class CompletionOnlySFTTrainer(SFTTrainer):
         self._hidden = None
         with AttentionTap(model, values=bool(self.value_weight)) as tap:
             out = self._answer_loss(model, inputs, return_outputs, num_items_in_batch)
-        value = value_loss(model, tap.head_inputs, input_ids, targets) if self.value_weight else None
+        stream = tap.stream if self.value_scale == "stream" else None
+        value = value_loss(model, tap.head_inputs, input_ids, targets, stream=stream) if self.value_weight else None
         tap.head_inputs.clear()
+        tap.stream = None
         by_kind: dict[str, list[float]] = {}
         aux = pointer_loss(tap.weights, targets, by_kind)
         tap.weights.clear()

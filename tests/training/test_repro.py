@@ -116,6 +116,7 @@ def test_the_bundled_recipe_and_its_quick_variant():
     ("stages.seeds", [0, 0], "must not repeat"),
     ("stages.seeds", list(range(17)), "1 to 16 seeds"),
     ("stages.seeds", [10**12], "0..2\\*\\*31"),
+    ("stages.warmup_seed", -1, "stages.warmup_seed"),
     ("eval.capeval_samples", 10**9, "eval.capeval_samples"),
     ("eval.downstream_tasks", ["lsd", "rm -rf"], "eval.downstream_tasks"),
     ("eval.bootstrap", 10**9, "eval.bootstrap"),
@@ -303,6 +304,25 @@ def test_the_cli_prints_the_recipe_and_refuses_bad_seeds(tmp_path):
     assert "- 3\n  - 4" in shown.output and str(tmp_path) in shown.output and "sft_quick: true" in shown.output
     bad = runner.invoke(cli, ["repro", "mini", "--seeds", "zero"])
     assert bad.exit_code == 2 and "--seeds takes comma-separated integers" in bad.output
+
+
+def test_a_seed_run_on_its_own_starts_from_the_same_vision_warm_up(tiny_repro):
+    """Seeds run one per session (`--seeds 1 --resume`) start from the tower `--seeds 0,1` gave every seed: the
+    warm-up is trained with stages.warmup_seed, not with the first seed of the run, so it is reused, not
+    retrained (a retrained one would overwrite the tower seed 0's finished run started from)."""
+    from covip.training.repro import _sft_config, _shared_warmup
+
+    tmp, result = tiny_repro
+    config = ReproConfig.from_dict(json.loads(result.json_path.read_text())["config"])
+    work = Path(config.run.work_dir)
+    warm = work / "vision-warmup" / "model.safetensors"
+    stamp = warm.stat().st_mtime_ns
+    alone = config.with_overrides({"stages.seeds": [1]})
+    assert _shared_warmup(alone, _sft_config(alone, work, 1), work) == work / "vision-warmup"
+    assert warm.stat().st_mtime_ns == stamp  # reused, not trained again with seed 1
+    assert json.loads((work / "vision-warmup.key.json").read_text())["seed"] == 0
+    assert config.identity()["stages"].get("warmup_seed") is None  # the default leaves seed records' keys as they were
+    assert config.with_overrides({"stages.warmup_seed": 3}).identity()["stages"]["warmup_seed"] == 3
 
 
 # Last in this file: it reruns the module's run in place (the tests above read that run's outputs first).

@@ -4,7 +4,9 @@ the loss trains the supervised heads toward them, and that a model or config it 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -120,6 +122,8 @@ def test_pointer_loss_is_refused_where_it_cannot_apply(tmp_path, world_dir, tiny
         SftConfig.from_dict({"trainer": {"value_probe": 1.0}})
     with pytest.raises(InputError, match="trainer.value_probe"):
         SftConfig.from_dict({"trainer": {"pointer_loss": 1.0, "value_probe": 1e9}})
+    with pytest.raises(InputError, match="trainer.value_probe_scale.*'head' or 'stream'"):
+        SftConfig.from_dict({"trainer": {"pointer_loss": 1.0, "value_probe": 1.0, "value_probe_scale": "../x"}})
 
 
 def test_fresh_names_are_drawn_like_the_worlds_names(world_dir):
@@ -529,15 +533,14 @@ def test_batched_pointer_and_probe_losses_equal_their_per_pointer_definition(tin
     assert torch.allclose(head_grad, weight.grad, atol=1e-6)
 
 
-def test_value_loss_reads_only_what_the_copy_head_carries_and_trains_it_to_name_the_copied_token(tiny_vlm_dir,
-                                                                                            monkeypatch):
-    """``trainer.value_probe``: the recall head's own output (not the other heads' and not the residual stream),
-    read through the final norm and LM head among the row's dialogue words, should name the token each recall
-    pointer attends to; the loss is that definition, and descending it makes the head name the copied token."""
+@pytest.fixture
+def copy_batch(tiny_vlm_dir, monkeypatch):
+    """The tiny model with its last layer's head 1 as the ``recall`` head, two rows of dialogue words that the
+    recall pointers copy from, and random head outputs ``x`` for the recall layer's output projection."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from covip.training.sft_pointer import HEADS, value_loss
+    from covip.training.sft_pointer import HEADS
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_vlm_dir)
     tok = AutoProcessor.from_pretrained(tiny_vlm_dir).tokenizer
@@ -550,14 +553,29 @@ def test_value_loss_reads_only_what_the_copy_head_carries_and_trains_it_to_name_
     # row 0: positions 6-7 copy "Frank park" (sources 3-4); row 1: position 5 copies "ball" (source 2)
     rows = [[("prev", [1, 2, 3, 4], [0, 1, 2, 3]), ("recall", [6, 7], [3, 4])],
             [("prev", [1, 2, 3], [0, 1, 2]), ("recall", [5], [2])]]
-    width = text.head_dim
     torch.manual_seed(0)
-    x = torch.randn(2, 10, text.num_attention_heads * width, requires_grad=True)
+    x = torch.randn(2, 10, text.num_attention_heads * text.head_dim, requires_grad=True)
+    projection = model.model.language_model.layers[layer].self_attn.o_proj
+    columns = projection.weight[:, head * text.head_dim:(head + 1) * text.head_dim]  # the head's own columns
+    return SimpleNamespace(model=model, text=text, layer=layer, head=head, width=text.head_dim, words=words,
+                           ids=ids, rows=rows, x=x, columns=columns, norm=model.model.language_model.norm,
+                           lm=model.get_output_embeddings().weight)
+
+
+def test_value_loss_reads_only_what_the_copy_head_carries_and_trains_it_to_name_the_copied_token(copy_batch):
+    """``trainer.value_probe``: the recall head's own output (not the other heads' and not the residual stream),
+    read through the final norm and LM head among the row's dialogue words, should name the token each recall
+    pointer attends to; the loss is that definition, and descending it makes the head name the copied token."""
+    import torch
+
+    from covip.training.sft_pointer import value_loss
+
+    c = copy_batch
+    model, text, layer, head, width, words, ids, rows, x = (c.model, c.text, c.layer, c.head, c.width, c.words,
+                                                             c.ids, c.rows, c.x)
+    columns, norm, lm = c.columns, c.norm, c.lm
     loss = value_loss(model, {layer: x}, ids, rows)
     # the definition, written out: the head's slice through its columns of the output projection
-    projection = model.model.language_model.layers[layer].self_attn.o_proj
-    columns = projection.weight[:, head * width:(head + 1) * width]
-    norm, lm = model.model.language_model.norm, model.get_output_embeddings().weight
     terms = []
     for b, row in enumerate(rows):
         (_, src, dst), = [p for p in row if p[0] == "recall"]
@@ -585,6 +603,60 @@ def test_value_loss_reads_only_what_the_copy_head_carries_and_trains_it_to_name_
     with torch.no_grad():
         scores = norm(own[0, 6, head * width:(head + 1) * width] @ columns.T) @ lm[sorted(set(words))].T
     assert sorted(set(words))[int(scores.argmax())] == words[5]  # "Frank"
+
+
+def test_value_loss_at_the_streams_scale_is_the_heads_direct_effect_on_the_logits_and_sees_its_size(copy_batch):
+    """``trainer.value_probe_scale: stream``: the recall head's contribution, scaled as the final norm scales it
+    inside the whole residual stream (the stream's RMS held fixed), through the LM head over the whole
+    vocabulary, should name the copied token. Unlike the head-scaled reading it sees the contribution's size
+    (a head that carries the right token too faintly to move the output is penalized), no gradient reaches the
+    stream, and descending it makes the head's direct effect pick the token out of the whole vocabulary."""
+    import torch
+
+    from covip.training.sft_pointer import value_loss
+
+    c = copy_batch
+    model, text, layer, head, width, words, ids, rows, x = (c.model, c.text, c.layer, c.head, c.width, c.words,
+                                                             c.ids, c.rows, c.x)
+    columns, norm, lm = c.columns, c.norm, c.lm
+    stream = (0.01 * torch.randn(2, 10, text.hidden_size)).requires_grad_()  # the random tiny model's scale
+    loss = value_loss(model, {layer: x}, ids, rows, stream=stream)
+    # the definition, written out
+    src, dst = [(0, 6), (0, 7), (1, 5)], [(0, 3), (0, 4), (1, 2)]
+    outs = torch.stack([x[b, q, head * width:(head + 1) * width] @ columns.T for b, q in src])
+    rms = torch.stack([stream[b, q].detach().pow(2).mean().add(norm.variance_epsilon).sqrt() for b, q in src])
+    logits = (norm.weight * outs / rms[:, None]) @ lm.T
+    expected = torch.nn.functional.cross_entropy(logits, torch.stack([ids[b, p] for b, p in dst]))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()
+    assert stream.grad is None  # the stream's scale is held fixed
+    grad = x.grad.view(2, 10, text.num_attention_heads, width)
+    assert grad[:, :, [h for h in range(text.num_attention_heads) if h != head]].abs().max() == 0
+
+    # the size counts: a faint copy of the same direction scores worse here, the same under the head's own scale
+    faint = x.detach().clone()
+    faint[..., head * width:(head + 1) * width] *= 0.1
+    assert value_loss(model, {layer: faint}, ids, rows).item() == pytest.approx(
+        value_loss(model, {layer: x.detach()}, ids, rows).item(), rel=1e-3)
+    full = value_loss(model, {layer: x.detach()}, ids, rows, stream=stream).item()
+    assert full < math.log(model.config.text_config.vocab_size) - 0.5  # better than uniform over the vocabulary
+    assert value_loss(model, {layer: faint}, ids, rows, stream=stream).item() > full + 0.5
+
+    own = x.detach().clone().requires_grad_()
+    opt = torch.optim.Adam([own], lr=0.1)
+    first = value_loss(model, {layer: own}, ids, rows, stream=stream).item()
+    for _ in range(150):
+        opt.zero_grad()
+        value_loss(model, {layer: own}, ids, rows, stream=stream).backward()
+        opt.step()
+    assert value_loss(model, {layer: own}, ids, rows, stream=stream).item() < first * 0.5
+
+    def rank_of_frank(heads: torch.Tensor) -> int:  # the copied token's rank in the head's direct effect
+        with torch.no_grad():
+            scores = (norm.weight * (heads[0, 6, head * width:(head + 1) * width] @ columns.T) / rms[0]) @ lm.T
+        return int((scores > scores[words[5]]).sum())
+
+    assert rank_of_frank(x) > 1000 and rank_of_frank(own) < 10  # near the top of 49,156 (a 16-wide head)
 
 
 def test_caption_phase_trains_the_copy_heads_value_on_invented_names(tmp_path):
