@@ -1,4 +1,5 @@
-"""Shared by the GSPO tests: a tiny synthetic world (built once per session) and the tiny CPU GSPO config."""
+"""Shared by the training tests: a tiny synthetic world and the tiny CPU GSPO config (the GSPO tests), and one
+quick build of the mini embedder (the embedder tests and the quick reproduction), each built once per session."""
 
 from __future__ import annotations
 
@@ -35,3 +36,16 @@ def synth_train(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gspo-data") / "synth"
     synthesize(SynthConfig(**SYNTH), out, progress=False)
     return out / "train.jsonl"
+
+
+@pytest.fixture(scope="session")
+def quick_embedder(tmp_path_factory):
+    """(cache folder, config, build): one quick build of the bundled ``mini-cpu`` embedder recipe (what
+    ``covip train embedder --quick`` does, about a minute) in a private cache, never the user's. The quick
+    reproduction is pointed at the same cache and reuses it, as a user's second run would."""
+    from covip.training.embedder_config import load_embedder_config
+    from covip.training.embedder_train import build_mini_embedder
+
+    cache = tmp_path_factory.mktemp("covip-cache")
+    config = load_embedder_config("mini-cpu", [f"run.cache_dir={cache}"], quick=True)
+    return cache, config, build_mini_embedder(config, progress=False)

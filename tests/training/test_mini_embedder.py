@@ -1,7 +1,8 @@
 """The synthetic world's photos (held-out looks, new poses, look-alike distractors) and the `mini` embedder.
 
 The embedder tests share one quick build (the recipe's ``--quick`` variant, about a minute on 2 CPU cores) in a
-private cache; nothing here touches the user's covip cache.
+private cache, with the quick reproduction (tests/training/conftest.py); nothing here touches the user's covip
+cache.
 """
 
 from __future__ import annotations
@@ -198,15 +199,10 @@ def test_recipe_errors_name_the_key(tmp_path: Path) -> None:
         load_embedder_config(tmp_path / "notes.yaml")
 
 
-@pytest.fixture(scope="module")
-def quick_build(tmp_path_factory):
-    """One quick build of the bundled recipe into a private cache (what `covip train embedder --quick` does)."""
-    from covip.training.embedder_config import load_embedder_config
-    from covip.training.embedder_train import build_mini_embedder
-
-    cache = tmp_path_factory.mktemp("covip-cache")
-    config = load_embedder_config("mini-cpu", [f"run.cache_dir={cache}"], quick=True)
-    return cache, config, build_mini_embedder(config, progress=False)
+@pytest.fixture
+def quick_build(quick_embedder):
+    """The session's quick build of the bundled recipe, in its private cache (tests/training/conftest.py)."""
+    return quick_embedder
 
 
 def test_quick_build_retrieves_heldout_concepts_far_better_than_the_random_embedder(quick_build) -> None:
@@ -276,6 +272,7 @@ def test_build_refuses_a_folder_that_is_not_a_build(tmp_path: Path) -> None:
 
 
 # -- the VLM's own vision tower, distilled from the embedder -----------------------------------------------
+# (the recipe's contrastive warm-up, without a teacher, is checked on the quick reproduction's run: test_repro_quick)
 def test_distilling_the_embedder_teaches_the_vlm_tower_to_retrieve_heldout_concepts(quick_build, monkeypatch,
                                                                                     tmp_path: Path) -> None:
     import transformers
@@ -304,29 +301,6 @@ def test_distilling_the_embedder_teaches_the_vlm_tower_to_retrieve_heldout_conce
     assert after["recall_at_5"] >= before["recall_at_5"] + 0.2 and sign_test_p(wins, losses) < 0.01, report
     # the tower changed and the language model did not (the warm-up trains the tower only)
     assert any(not torch_equal(v, model.model.visual.state_dict()[k]) for k, v in visual_before.items())
-    assert all(torch_equal(v, model.model.language_model.state_dict()[k]) for k, v in lm_before.items())
-
-
-def test_the_contrastive_warm_up_teaches_the_tower_without_a_teacher(tmp_path: Path) -> None:
-    import transformers
-
-    from covip.sdk.models import build_tiny_vlm
-    from covip.training.embedder_eval import sign_test_p
-    from covip.training.sft_distill import distill_vision
-
-    folder = build_tiny_vlm("mini-qwen3-vl")
-    model = transformers.AutoModelForImageTextToText.from_pretrained(folder)
-    processor = transformers.AutoProcessor.from_pretrained(folder)
-    lm_before = {k: v.clone() for k, v in model.model.language_model.state_dict().items()}
-    report = distill_vision(model, processor, None, output_dir=str(tmp_path / "c"), max_time_s=None,
-                            max_steps=150, learning_rate=2e-3, batch_size=64, image_size=64, seed=0,
-                            use_cpu=True, eval_concepts=30, queries_per_concept=2, progress=False)
-    assert report["objective"] == "contrastive" and report["teacher"] is None and report["teacher_retrieval"] is None
-    assert report["steps"] == 150 and report["photos"] == 150 * 64  # 32 (memory photo, scene) pairs per step
-    before, after = report["tower_retrieval_before"], report["tower_retrieval_after"]
-    wins = sum(a < 5 <= b for a, b in zip(after["ranks"], before["ranks"]))
-    losses = sum(b < 5 <= a for a, b in zip(after["ranks"], before["ranks"]))
-    assert after["recall_at_5"] >= before["recall_at_5"] + 0.2 and sign_test_p(wins, losses) < 0.01, report
     assert all(torch_equal(v, model.model.language_model.state_dict()[k]) for k, v in lm_before.items())
 
 

@@ -11,6 +11,7 @@ chance; and ``miniature.json`` has the fields the issue names.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -18,13 +19,15 @@ pytest.importorskip("trl")
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
+def quick_run(tmp_path_factory, quick_embedder):
     from covip.training.repro import run_repro
     from covip.training.repro_config import load_repro_config
 
     tmp = tmp_path_factory.mktemp("repro-quick")
-    # a private cache: the quick embedder must not replace a full one in the user's cache
-    config = load_repro_config("mini", [f"run.work_dir={tmp / 'work'}", f"run.cache_dir={tmp / 'cache'}"], quick=True)
+    # a private cache (the quick embedder must not replace a full one in the user's cache): the session's, which
+    # already holds the quick embedder the embedder tests built (tests/training/conftest.py)
+    cache = quick_embedder[0]
+    config = load_repro_config("mini", [f"run.work_dir={tmp / 'work'}", f"run.cache_dir={cache}"], quick=True)
     return tmp, run_repro(config, progress=False, results_dir=tmp / "results")
 
 
@@ -55,8 +58,38 @@ def test_quick_result_has_the_documented_fields(quick_run):
     assert set(data["cag_minus_direct"]) == {"lsd", "lar", "itr"}
     retrieval = data["retrieval"]
     assert 0 <= retrieval["recall_at_1"] <= retrieval["recall_at_5"] <= 1
-    assert (tmp / "cache" / "embedders").is_dir()  # built where the run was told, not in the user's cache
+    assert retrieval["reused_build"]  # the build in the cache it was told to use, not the user's cache
     assert data["laptop_path"]["gguf"]["parity_ok"] and data["laptop_path"]["onnx"]["parity_ok"]
     # llama.cpp sees the 64-px photos at the trained layout (the export's image-token limits): same answers
     assert data["laptop_path"]["llamacpp_recognition"]["agreement_with_transformers"] >= 0.85
     assert result.png_path.is_file()
+
+
+def test_the_contrastive_warm_up_taught_the_tower_and_left_the_language_model(quick_run):
+    """The recipe's vision warm-up (contrastive memory photo vs new-pose scene pairs, no teacher) makes the
+    tower retrieve held-out concepts it never saw, on the same queries before and after (a paired sign test),
+    and trains the tower only: every seed's SFT starts from it."""
+    from safetensors.torch import load_file
+
+    from covip.training.embedder_eval import sign_test_p
+
+    tmp, result = quick_run
+    report = json.loads((tmp / "work" / "vision-warmup-run" / "vision_warmup.json").read_text())
+    assert report["objective"] == "contrastive" and report["teacher"] is None and report["teacher_retrieval"] is None
+    assert report["steps"] > 0 and report["photos"] == report["steps"] * 64  # 32 (photo, scene) pairs a step
+    before, after = report["tower_retrieval_before"], report["tower_retrieval_after"]
+    wins = sum(a < 5 <= b for a, b in zip(after["ranks"], before["ranks"]))
+    losses = sum(b < 5 <= a for a, b in zip(after["ranks"], before["ranks"]))
+    assert after["recall_at_5"] >= before["recall_at_5"] + 0.2 and sign_test_p(wins, losses) < 0.01, report
+    warm = load_file(tmp / "work" / "vision-warmup" / "model.safetensors")
+    start = load_file(Path(json.loads(result.json_path.read_text())["runs"][0]["stages"]["random"]["model"])
+                      / "model.safetensors")
+    language = [k for k in start if ".language_model." in k]
+    assert language and all(torch_equal(warm[k], start[k]) for k in language)
+    assert any(not torch_equal(warm[k], start[k]) for k in start if ".visual." in k)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
