@@ -1,11 +1,11 @@
 """``covip repro mini --quick`` with the bundled recipes, end to end: the CI check that covip's training makes the
 mini model more personal.
 
-One run (about ten minutes on 2 CPU cores): the quick mini embedder, the distilled vision tower, SFT with
+One run (6-12 minutes on 2 CPU cores, by CPU): the quick mini embedder, the contrastive vision warm-up, SFT with
 pointer supervision, two GSPO steps, and the held-out evaluation of the random initialization, the SFT model
 and the SFT+GSPO model. Asserted: held-out recognition F1 after SFT above what chance gives (the permutation
 null and the best constant answer) by a margin luck cannot explain, while the random initialization stays at
-chance; and ``miniature.json`` has the fields the issue names.
+chance; that the warm-up taught the tower alone; and ``miniature.json`` has the fields the issue names.
 """
 
 from __future__ import annotations
