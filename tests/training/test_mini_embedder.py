@@ -199,14 +199,8 @@ def test_recipe_errors_name_the_key(tmp_path: Path) -> None:
         load_embedder_config(tmp_path / "notes.yaml")
 
 
-@pytest.fixture
-def quick_build(quick_embedder):
-    """The session's quick build of the bundled recipe, in its private cache (tests/training/conftest.py)."""
-    return quick_embedder
-
-
-def test_quick_build_retrieves_heldout_concepts_far_better_than_the_random_embedder(quick_build) -> None:
-    _, config, build = quick_build
+def test_quick_build_retrieves_heldout_concepts_far_better_than_the_random_embedder(quick_embedder) -> None:
+    _, config, build = quick_embedder
     ret = build.record["retrieval"]
     mini, tiny = ret["embedders"]["mini"], ret["embedders"]["tiny"]
     assert not build.reused and build.weights.is_file()
@@ -220,12 +214,12 @@ def test_quick_build_retrieves_heldout_concepts_far_better_than_the_random_embed
     assert build.record["train"]["steps"] == config.trainer.max_steps
 
 
-def test_sdk_loads_the_cached_build_and_a_second_build_reuses_it(quick_build, monkeypatch) -> None:
+def test_sdk_loads_the_cached_build_and_a_second_build_reuses_it(quick_embedder, monkeypatch) -> None:
     from covip.sdk.vision import make_embedder
     from covip.training.embedder_eval import evaluate_retrieval, retrieval_world
     from covip.training.embedder_train import build_mini_embedder
 
-    cache, config, build = quick_build
+    cache, config, build = quick_embedder
     monkeypatch.setenv("COVIP_CACHE", str(cache))
     before = build.weights.stat().st_mtime_ns
     again = build_mini_embedder(config, progress=False)
@@ -237,10 +231,10 @@ def test_sdk_loads_the_cached_build_and_a_second_build_reuses_it(quick_build, mo
     assert ret["ranks"] == build.record["retrieval"]["embedders"]["mini"]["ranks"]  # the same weights, same answers
 
 
-def test_cli_reports_the_cached_build_and_writes_the_results(quick_build, tmp_path: Path) -> None:
+def test_cli_reports_the_cached_build_and_writes_the_results(quick_embedder, tmp_path: Path) -> None:
     from covip.training.cli import register
 
-    cache, _, build = quick_build
+    cache, _, build = quick_embedder
     group = click.Group("covip")
     register(group)
     results = tmp_path / "results" / "mini_embedder.json"
@@ -273,7 +267,7 @@ def test_build_refuses_a_folder_that_is_not_a_build(tmp_path: Path) -> None:
 
 # -- the VLM's own vision tower, distilled from the embedder -----------------------------------------------
 # (the recipe's contrastive warm-up, without a teacher, is checked on the quick reproduction's run: test_repro_quick)
-def test_distilling_the_embedder_teaches_the_vlm_tower_to_retrieve_heldout_concepts(quick_build, monkeypatch,
+def test_distilling_the_embedder_teaches_the_vlm_tower_to_retrieve_heldout_concepts(quick_embedder, monkeypatch,
                                                                                     tmp_path: Path) -> None:
     import transformers
 
@@ -282,7 +276,7 @@ def test_distilling_the_embedder_teaches_the_vlm_tower_to_retrieve_heldout_conce
     from covip.training.embedder_eval import sign_test_p
     from covip.training.sft_distill import distill_vision
 
-    cache, _, _ = quick_build
+    cache, _, _ = quick_embedder
     monkeypatch.setenv("COVIP_CACHE", str(cache))
     folder = build_tiny_vlm("mini-qwen3-vl")
     model = transformers.AutoModelForImageTextToText.from_pretrained(folder)
