@@ -111,8 +111,8 @@ def train_sft(config: SftConfig | str | Path, *, callbacks: Sequence[Any] | None
               reuse_finished: bool = False) -> SftResult:
     """Run SFT as ``config`` says (an SftConfig, a bundled config name or a YAML path), then its ``then`` phases;
     see the module doc. ``reuse_finished``: a phase whose output folder already holds a finished run of exactly
-    this config (its ``result.json`` records the config's hash) is not trained again (``covip repro mini
-    --resume``)."""
+    this config (its ``result.json`` records the config's hash), and whose earlier phases were all reused too, is
+    not trained again (``covip repro mini --resume``)."""
     start = time.time()
     if not isinstance(config, SftConfig):
         config = load_sft_config(config)
@@ -124,18 +124,21 @@ def train_sft(config: SftConfig | str | Path, *, callbacks: Sequence[Any] | None
 
     phases = load_phases(config)  # every phase's config checked before the first trains
     done: list[SftResult] = []
+    trained = False
     for phase in [config, *phases]:
         if done:  # each phase continues from the previous checkpoint on the same world
             phase = phase.with_overrides({"model.name_or_path": str(done[-1].model_dir),
                                           "data.world": str(done[0].world_dir)})
             log.info("SFT phase %r from %s into %s", phase.name, done[-1].model_dir, phase.run.output_dir)
-        finished = finished_run(phase) if reuse_finished else None
+        # a phase after one that trained again starts from a new checkpoint at the same path: never reused
+        finished = finished_run(phase) if reuse_finished and not trained else None
         if finished is not None:
             log.info("SFT phase %r: reusing the finished run in %s", phase.name, finished.output_dir)
             done.append(finished)
             continue
         with torch_threads(torch, phase.run.torch_threads):
             done.append(_train(phase, callbacks, time.time() if done else start))
+        trained = True
     result = done[0]
     if not phases:
         return result
@@ -211,8 +214,9 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
     from covip.sdk.prompts import load_pack
 
     pack = load_pack(pack_path(d.prompt_pack, config.source)) if d.prompt_pack else None
-    dataset = build_sft_dataset(samples, world, seed=d.seed, describe="describe" in types,
-                                types=[t for t in types if t != "describe"], warmup_describe=d.warmup_describe,
+    dataset = build_sft_dataset(samples, world, seed=d.seed, order_seed=config.run.seed,
+                                describe="describe" in types, types=[t for t in types if t != "describe"],
+                                warmup_describe=d.warmup_describe,
                                 rationale=d.recognition_rationale, matching_warmup=d.matching_warmup,
                                 queries_per_row=d.queries_per_row, copy_share=d.copy_share, passes=d.passes,
                                 pack=pack, context_spans=config.trainer.pointer_loss > 0, identities=d.fresh_identities,

@@ -93,7 +93,8 @@ class SftDataSection:
         "verification (yes/no), describe (plain descriptions of the training samples' one-concept photos)."))
     max_samples: int | None = field(default=None, metadata=_h("Use at most this many training samples."))
     seed: int = field(default=0, metadata=_h(
-        "Seed of the query-header draws, target wordings, subsampling and the row order."))
+        "Seed of what the rows say: query-header draws, target wordings, fresh identities, warm-up rows, "
+        "subsampling (the order they are trained in follows run.seed)."))
     warmup_describe: int = field(default=0, metadata=_h(
         "Rows of plain photo descriptions trained first (a cheap warm-up that teaches the random vision tower "
         "to read looks before the long interleaved prompts; 0 = none). Needs 'describe' in sample_types."))
@@ -243,7 +244,9 @@ class SftRunSection(TrainRunSection):
 
     output_dir: str = field(default="runs/sft", metadata=_h(
         "Run folder: model/ (the SFT checkpoint with its processor), logs/metrics.jsonl, eval.json, result.json."))
-    seed: int = field(default=0, metadata=_h("Training seed (data order, dropout)."))
+    seed: int = field(default=0, metadata=_h(
+        "Training seed: the order the rows are trained in (same_type_batches' batch order too), dropout, new "
+        "weights. Two runs that differ only here train on the same rows in another order."))
     logging_steps: int = field(default=10, metadata=_h("Log metrics every this many optimizer steps."))
     save_total_limit: int | None = field(default=1, metadata=_h("Keep at most this many checkpoints."))
 

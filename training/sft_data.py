@@ -411,7 +411,8 @@ def matching_rows(samples: Sequence[Sample], world: World, n: int, rng: random.R
     return rows
 
 
-def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0, describe: bool = False,
+def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0, order_seed: int | None = None,
+                      describe: bool = False,
                       types: Sequence[str] | None = None, batch_size: int | None = None,
                       warmup_describe: int = 0, rationale: bool = True, matching_warmup: int = 0,
                       queries_per_row: int = 1, copy_share: float = 0.0, passes: int = 1,
@@ -420,6 +421,9 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
     """A ``datasets.Dataset`` of :func:`sft_row` rows (and, with ``describe``, :func:`describe_row` rows of the
     samples' one-concept photos), after :func:`check_training_concepts`; ``types`` limits the sample rows.
 
+    ``seed`` draws what the rows say (query headers, target wordings, fresh identities, warm-up rows);
+    ``order_seed`` (None: ``seed``) the order :func:`order_rows` gives them, the training seed's part (a
+    random sampler would shuffle by the training seed too).
     With ``batch_size`` the rows come in the order of :func:`order_rows` (for a sequential sampler), after
     ``warmup_describe`` description rows (the describe items cycled in a seeded order), then
     ``matching_warmup`` rows of :func:`matching_rows`. ``queries_per_row`` > 1 or ``copy_share`` > 0 makes
@@ -480,8 +484,9 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
         warmup += matching_rows(samples, world, matching_warmup, rng, rationale=rationale, pack=pack,
                                 queries_per_row=queries_per_row)
         rows = list(warmup)
+        order = seed if order_seed is None else order_seed
         for i, groups in enumerate(passes_rows):
-            rows += order_rows(groups, batch_size=batch_size, seed=seed if i == 0 else f"{seed}:{i}")
+            rows += order_rows(groups, batch_size=batch_size, seed=order if i == 0 else f"{order}:{i}")
     if conversational:
         rows = [as_messages_row(r) for r in rows]
     if context_spans:

@@ -623,6 +623,46 @@ def test_phases_continue_from_the_previous_checkpoint_on_the_same_world(tmp_path
     changed = train_sft(load_sft_config(first), callbacks=[Count()], reuse_finished=True)
     assert Count.runs == 1 and changed.global_step == 2  # only the changed phase trained
     assert json.loads((phase_dir / "result.json").read_text())["global_step"] == 2
+    # a phase after one that trained again trains again too: its start checkpoint changed at the same path
+    edited = yaml.safe_load(first.read_text())
+    edited["trainer"]["max_steps"] = 3
+    first.write_text(yaml.safe_dump(edited))
+    Count.runs = 0
+    both = train_sft(load_sft_config(first), callbacks=[Count()], reuse_finished=True)
+    assert Count.runs == 2 and [p["global_step"] for p in both.phases] == [3, 2]
+
+
+def test_the_training_seed_orders_the_rows_and_reproduces_a_run(tmp_path, world_dir, tiny_vlm_dir):
+    """run.seed is a training seed: the same rows in another order (so seeds of `covip repro mini` train
+    differently; before, a sequential sampler's order followed data.seed alone and seeds 1 and 2 were one run),
+    and the same seed gives the same run."""
+    from covip.training.sft import train_sft
+    from covip.training.sft_config import SftDataSection
+    from covip.training.sft_data import build_sft_dataset, load_sft_samples, load_world
+
+    world = load_world(world_dir)
+    samples = load_sft_samples(SftDataSection(), world_dir)
+
+    def rows(**kw):
+        return [json.dumps(r, sort_keys=True) for r in build_sft_dataset(
+            samples, world, types=["recognition"], batch_size=2, rationale=False, **kw).to_list()]
+
+    base, other = rows(), rows(order_seed=1)
+    assert rows(order_seed=0) == base and other != base and sorted(other) == sorted(base)
+
+    def losses(seed: int, name: str) -> list[float]:
+        config = SftConfig.from_dict({
+            "name": "seeded", "model": {"name_or_path": str(tiny_vlm_dir)},
+            "data": {"world": str(world_dir), "sample_types": ["recognition"], "recognition_rationale": False},
+            "trainer": {"max_steps": 3, "per_device_train_batch_size": 2}, "eval": {"enabled": False},
+            "run": {"output_dir": str(tmp_path / name), "use_cpu": True, "progress": False, "seed": seed,
+                    "logging_steps": 1}})
+        result = train_sft(config)
+        lines = result.metrics_path.read_text().splitlines()
+        return [row["loss"] for row in map(json.loads, lines) if "loss" in row]
+
+    zero = losses(0, "a")
+    assert len(zero) == 3 and losses(0, "b") == zero and losses(1, "c") != zero
 
 
 def test_bad_phases_are_refused_before_anything_trains(tmp_path, world_dir, tiny_vlm_dir):
