@@ -203,6 +203,21 @@ def _retrieval(config: ReproConfig) -> dict[str, Any] | None:
             "n_concepts": (r.get("world") or {}).get("n_concepts"), "reused_build": build.reused}
 
 
+def _warmup_report(warm: Path) -> dict[str, Any] | None:
+    """The shared vision warm-up's summary (``<warm>-run/vision_warmup.json``, written by
+    :func:`covip.training.sft.warm_start_vision`), or None when it is missing or unreadable."""
+    try:
+        report = json.loads((warm.parent / f"{warm.name}-run" / "vision_warmup.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict):
+        return None
+    recall = {k: (report.get(f"tower_retrieval_{k}") or {}).get("recall_at_5") for k in ("before", "after")}
+    return {"steps": report.get("steps"), "train_s": report.get("train_s"),
+            "stopped_by_time": bool(report.get("stopped_by_time")),
+            "recall_at_5_before": recall["before"], "recall_at_5_after": recall["after"]}
+
+
 def _mean(values: list[Any]) -> float | None:
     vals = [v for v in values if isinstance(v, (int, float))]
     return sum(vals) / len(vals) if len(vals) == len(values) and vals else None
@@ -355,6 +370,8 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
                 "curve": (first.get("evaluation") or {}).get("curve", []),
                 "phases": [{k: p[k] for k in ("name", "global_step", "train_s", "stopped_by_time")}
                            for p in sft.phases]}}
+            if warm:  # which tower the seed started from: steps, seconds, held-out recall (the recipe bounds steps)
+                run["sft"]["vision_warmup"] = _warmup_report(warm)
             if s.gspo:
                 g = train_gspo_stage(_gspo_config(config, work, seed, sft.model_dir))
                 models["gspo"] = g["merged_dir"]

@@ -77,6 +77,8 @@ def test_the_contrastive_warm_up_taught_the_tower_and_left_the_language_model(qu
     report = json.loads((tmp / "work" / "vision-warmup-run" / "vision_warmup.json").read_text())
     assert report["objective"] == "contrastive" and report["teacher"] is None and report["teacher_retrieval"] is None
     assert report["steps"] > 0 and report["photos"] == report["steps"] * 64  # 32 (photo, scene) pairs a step
+    recorded = json.loads(result.json_path.read_text())["runs"][0]["sft"]["vision_warmup"]  # the seed says which
+    assert recorded["steps"] == report["steps"] and recorded["stopped_by_time"] == report["stopped_by_time"]
     before, after = report["tower_retrieval_before"], report["tower_retrieval_after"]
     wins = sum(a < 5 <= b for a, b in zip(after["ranks"], before["ranks"]))
     losses = sum(b < 5 <= a for a, b in zip(after["ranks"], before["ranks"]))
