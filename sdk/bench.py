@@ -419,10 +419,13 @@ def _miniature(data: Mapping[str, Any]) -> list[str]:
     lap = data.get("laptop_path") or {}
     if lap:
         rec = lap.get("llamacpp_recognition") or {}
+        n, agree = rec.get("n"), rec.get("agreement_with_transformers")
+        # agreement is a share of the n samples; the sentence counts them
+        same = round(agree * n) if isinstance(agree, (int, float)) and isinstance(n, int) else "?"
         lines += ["", f"Laptop path (first seed's final model): GGUF parity {_met((lap.get('gguf') or {}).get('parity_ok'))}"
                       f", ONNX parity {_met((lap.get('onnx') or {}).get('parity_ok'))}; llama.cpp ({rec.get('quant')}) "
-                      f"held-out recognition F1 {_num(rec.get('f1'))} on {rec.get('n')} samples, same answer as "
-                      f"transformers on {_num(rec.get('agreement_with_transformers'))} of them."]
+                      f"held-out recognition F1 {_num(rec.get('f1'))} on {n} samples, same answer as "
+                      f"transformers on {same} of them."]
     targets = data.get("targets") or {}
     if targets:
         lines += ["", "Targets (full mode): " + "; ".join(f"{k} {_met(t.get('met'))}" for k, t in targets.items())]

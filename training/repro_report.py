@@ -108,8 +108,8 @@ def plot_repro(data: Mapping[str, Any], path: Path) -> None:
 
 
 def time_capped(data: dict[str, Any]) -> list[str]:
-    """A line for every SFT phase that a time cap stopped: its model is not the recipe's (fewer steps than the
-    recipe trains, so the figures depend on the machine's speed)."""
+    """A line for every SFT phase, and every seed's vision warm-up, that a time cap stopped: its model is not the
+    recipe's (fewer steps than the recipe trains, so the figures depend on the machine's speed)."""
     out = []
     for run in data.get("runs") or []:
         sft = run.get("sft") or {}
@@ -119,4 +119,9 @@ def time_capped(data: dict[str, Any]) -> list[str]:
                 out.append(f"seed {run.get('seed')}: SFT phase {phase.get('name')} stopped by its time cap at step "
                            f"{phase.get('global_step')}, short of the recipe's steps (a slower or loaded machine); "
                            "its figures are not the recipe's: raise trainer.max_time_s and run the seed again")
+        warm = sft.get("vision_warmup") or {}
+        if warm.get("stopped_by_time"):
+            out.append(f"seed {run.get('seed')}: the vision warm-up stopped by its time cap at step {warm.get('steps')}, "
+                       "short of the recipe's steps (a slower or loaded machine); its figures are not the recipe's: "
+                       "raise vision_warmup.max_time_s and run the seed again")
     return out

@@ -290,6 +290,9 @@ def test_the_result_renders_into_results_md_and_a_png(tiny_repro):
     text = render_results_md(result.json_path.parent, tmp / "RESULTS.md")
     assert "## miniature" in text and "| SFT+GSPO |" in text and "SFT+GSPO - SFT, Acc+" in text
     assert "Targets (full mode)" in text and "Laptop path" in text and "(cannot tabulate" not in text
+    rec = json.loads(result.json_path.read_text())["laptop_path"]["llamacpp_recognition"]
+    # the agreement is a share; the sentence counts the samples that agree
+    assert f"same answer as transformers on {round(rec['agreement_with_transformers'] * rec['n'])} of them" in text
 
 
 def test_the_cli_prints_the_recipe_and_refuses_bad_seeds(tmp_path):
@@ -409,8 +412,9 @@ def _write(path: Path, data: dict) -> Path:
     return path
 
 
-def test_a_phase_stopped_by_its_time_cap_is_called_out():
-    """A time cap that binds trains fewer steps than the recipe: the printed summary says which seed and phase."""
+def test_a_phase_or_warm_up_stopped_by_its_time_cap_is_called_out():
+    """A time cap that binds trains fewer steps than the recipe: the printed summary says which seed and phase (or
+    warm-up)."""
     from covip.training.repro_cli import summary_text
     from covip.training.repro_report import time_capped
 
@@ -425,3 +429,10 @@ def test_a_phase_stopped_by_its_time_cap_is_called_out():
     assert "WARNING: seed 0: SFT phase mini-cpu-captions" in summary_text(data)
     data["runs"] = [{"seed": 0, "sft": {"steps": 1000, "stopped_by_time": False, "phases": phases[:1]}}]
     assert time_capped(data) == [] and "WARNING" not in summary_text(data)
+    # the shared vision warm-up is bounded by steps too; a cap that binds it is called out the same way
+    data["runs"][0]["sft"]["vision_warmup"] = {"steps": 470, "train_s": 300.0, "stopped_by_time": True}
+    assert time_capped(data) == ["seed 0: the vision warm-up stopped by its time cap at step 470, short of the "
+                                 "recipe's steps (a slower or loaded machine); its figures are not the recipe's: "
+                                 "raise vision_warmup.max_time_s and run the seed again"]
+    data["runs"][0]["sft"]["vision_warmup"]["stopped_by_time"] = False
+    assert time_capped(data) == []
