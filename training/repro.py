@@ -370,7 +370,7 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
                 "curve": (first.get("evaluation") or {}).get("curve", []),
                 "phases": [{k: p[k] for k in ("name", "global_step", "train_s", "stopped_by_time")}
                            for p in sft.phases]}}
-            if warm:  # which tower the seed started from: steps, seconds, held-out recall (time-bounded: by machine)
+            if warm:  # which tower the seed started from: steps, seconds, whether its time cap bound it, recall
                 run["sft"]["vision_warmup"] = _warmup_report(warm)
             if s.gspo:
                 g = train_gspo_stage(_gspo_config(config, work, seed, sft.model_dir))

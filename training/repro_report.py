@@ -114,14 +114,12 @@ def time_capped(data: dict[str, Any]) -> list[str]:
     for run in data.get("runs") or []:
         sft = run.get("sft") or {}
         one = {"name": "(single)", "global_step": sft.get("steps"), "stopped_by_time": sft.get("stopped_by_time")}
-        for phase in sft.get("phases") or [one]:
-            if phase.get("stopped_by_time"):
-                out.append(f"seed {run.get('seed')}: SFT phase {phase.get('name')} stopped by its time cap at step "
-                           f"{phase.get('global_step')}, short of the recipe's steps (a slower or loaded machine); "
-                           "its figures are not the recipe's: raise trainer.max_time_s and run the seed again")
+        capped = [(f"SFT phase {p.get('name')}", p.get("global_step"), "trainer.max_time_s")
+                  for p in sft.get("phases") or [one] if p.get("stopped_by_time")]
         warm = sft.get("vision_warmup") or {}
         if warm.get("stopped_by_time"):
-            out.append(f"seed {run.get('seed')}: the vision warm-up stopped by its time cap at step {warm.get('steps')}, "
-                       "short of the recipe's steps (a slower or loaded machine); its figures are not the recipe's: "
-                       "raise vision_warmup.max_time_s and run the seed again")
+            capped.append(("the vision warm-up", warm.get("steps"), "vision_warmup.max_time_s"))
+        out += [f"seed {run.get('seed')}: {what} stopped by its time cap at step {step}, short of the recipe's steps "
+                f"(a slower or loaded machine); its figures are not the recipe's: raise {cap} and run the seed again"
+                for what, step, cap in capped]
     return out
