@@ -320,6 +320,7 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
     warm: Path | bool | None = None
     archive = out_dir / f"{config.run.result_name}-seeds"  # each finished seed's record (SEED_FILE's content)
     reused_s = 0.0  # the recorded time of the seeds reused from earlier runs
+    warm_reused_s = 0.0  # the recorded time of a vision warm-up an earlier run trained (see below)
     with torch_threads(torch, config.run.torch_threads), bar:
         retrieval = _retrieval(config)
         if e.embedder:
@@ -352,7 +353,14 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
             seed_started = time.perf_counter()
             random_dir = _resolve_source(sft_config.model.name_or_path)[1] or Path(sft_config.model.name_or_path)
             if warm is None:
+                key_file = work / "vision-warmup.key.json"  # rewritten when the warm-up trains
+                before = key_file.stat().st_mtime_ns if key_file.is_file() else None
                 warm = _shared_warmup(config, sft_config, work) or False
+                warm_reused = before is not None and key_file.is_file() and key_file.stat().st_mtime_ns == before
+                # a warm-up trained by an earlier run counts once, in this run's first trained seed, unless a
+                # reused seed record already holds it
+                warm_reused_s = float((_warmup_report(warm) or {}).get("train_s") or 0.0) \
+                    if warm and warm_reused and not reused_s else 0.0
             if warm:  # every seed's SFT starts from the one warmed-up tower
                 sft_config = sft_config.with_overrides({"model.name_or_path": str(warm),
                                                         "vision_warmup.enabled": False})
@@ -368,8 +376,14 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
                 "train_s": round(sum(p["train_s"] for p in sft.phases), 2) if sft.phases else sft.train_s,
                 "stopped_by_time": any(p["stopped_by_time"] for p in sft.phases or [first]),
                 "curve": (first.get("evaluation") or {}).get("curve", []),
-                "phases": [{k: p[k] for k in ("name", "global_step", "train_s", "stopped_by_time")}
-                           for p in sft.phases]}}
+                "phases": [{**{k: p[k] for k in ("name", "global_step", "train_s", "stopped_by_time")},
+                            "reused": bool(p.get("reused"))} for p in sft.phases]}}
+            # phases reused from an earlier run (--resume after a recipe change past SFT) count with the time they
+            # took then, so a seed's wall time is what the whole seed costs
+            reused_sft_s = sum(float(p.get("runtime_s") or 0.0) for p in sft.phases or [sft.to_dict()]
+                               if p.get("reused"))
+            if reused_sft_s:
+                run["sft"]["reused_s"] = round(reused_sft_s, 1)
             if warm:  # which tower the seed started from: steps, seconds, whether its time cap bound it, recall
                 run["sft"]["vision_warmup"] = _warmup_report(warm)
             if s.gspo:
@@ -402,7 +416,9 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
                 run["downstream"] = {"model": final, **_downstream(Path(models[final]), root, seed_dir / "eval" /
                                                                    "downstream", config, pack, seed)}
                 bar.update(1)
-            run["wall_s"] = round(time.perf_counter() - seed_started, 1)
+            run["wall_s"] = round(time.perf_counter() - seed_started + reused_sft_s + warm_reused_s, 1)
+            reused_s += reused_sft_s + warm_reused_s  # the run's wall time counts them too
+            warm_reused_s = 0.0
             for warning in time_capped({"runs": [run]}):
                 log.warning(warning)
             runs.append(run)

@@ -75,6 +75,9 @@ class SftResult:
     """With ``then`` phases: every phase's summary, first to last (this result is the last phase's)."""
     config_sha256: str = ""
     """:func:`config_hash` of the config this run trained with."""
+    reused: bool = False
+    """True when ``train_sft(reuse_finished=True)`` took this finished run instead of training it again (its
+    ``train_s``/``runtime_s`` are the earlier run's)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (paths as strings)."""
@@ -134,6 +137,7 @@ def train_sft(config: SftConfig | str | Path, *, callbacks: Sequence[Any] | None
         finished = finished_run(phase) if reuse_finished and not trained else None
         if finished is not None:
             log.info("SFT phase %r: reusing the finished run in %s", phase.name, finished.output_dir)
+            finished.reused = True
             done.append(finished)
             continue
         with torch_threads(torch, phase.run.torch_threads):

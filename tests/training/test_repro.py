@@ -347,6 +347,13 @@ def test_resume_reuses_finished_seeds_and_sft_phases_of_the_same_recipe(tiny_rep
     changed = config.with_overrides({"stages.seeds": [0], "eval.capeval_samples": 2, "eval.laptop_path": False})
     redone = run_repro(changed, progress=False, results_dir=tmp / "changed", resume=True)
     assert redone.data["runs"][0]["stages"]["sft"]["capeval_samples"] == 2
+    # the reused SFT is marked and its recorded time counts in the seed's wall time (what the seed costs)
+    first_sft = before["runs"][0]["sft"]
+    redone_sft = redone.data["runs"][0]["sft"]
+    assert all(p["reused"] for p in redone_sft["phases"])  # (a recipe with `then:` phases lists each)
+    assert redone_sft["reused_s"] >= first_sft["train_s"] > 0
+    assert redone.data["runs"][0]["wall_s"] > redone_sft["reused_s"]
+    assert redone.data["wall_s"] >= redone.data["runs"][0]["wall_s"]  # and in the run's
     assert (work / "seed-0" / "sft" / "result.json").stat().st_mtime_ns == stamps[work / "seed-0" / "sft" / "result.json"]
     assert (work / "seed-0" / "gspo" / "result.json").stat().st_mtime_ns != stamps[work / "seed-0" / "gspo" / "result.json"]
 
