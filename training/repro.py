@@ -76,10 +76,10 @@ def _sft_config(config: ReproConfig, work: Path, seed: int) -> Any:
     return load_sft_config(s.recipe, overrides, quick=s.sft_quick)
 
 
-def _shared_warmup(config: ReproConfig, sft_config: Any, work: Path) -> Path | None:
+def _shared_warmup(config: ReproConfig, sft_config: Any, work: Path) -> tuple[Path, bool] | None:
     """The vision warm-up once for every seed, trained with ``stages.warmup_seed`` (not the first seed of this
     run: ``--seeds 1`` alone must start where ``--seeds 0,1,2`` starts seed 1), reused while the recipe's
-    warm-up is the same."""
+    warm-up is the same: (its folder, whether an earlier run trained it), or None when the recipe has none."""
     if not sft_config.vision_warmup.enabled:
         return None
     from covip.training.sft import warm_start_vision
@@ -91,12 +91,12 @@ def _shared_warmup(config: ReproConfig, sft_config: Any, work: Path) -> Path | N
     key_file = work / "vision-warmup.key.json"
     if target.is_dir() and key_file.is_file() and key_file.read_text(encoding="utf-8") == key:
         log.info("reusing the vision warm-up in %s", target)
-        return target
+        return target, True
     warm_start_vision(sft_config, target)
     from covip.training.data.schema import atomic_write_text
 
     atomic_write_text(key_file, key)
-    return target
+    return target, False
 
 
 def _gspo_config(config: ReproConfig, work: Path, seed: int, sft_model: Path) -> Any:
@@ -353,10 +353,7 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
             seed_started = time.perf_counter()
             random_dir = _resolve_source(sft_config.model.name_or_path)[1] or Path(sft_config.model.name_or_path)
             if warm is None:
-                key_file = work / "vision-warmup.key.json"  # rewritten when the warm-up trains
-                before = key_file.stat().st_mtime_ns if key_file.is_file() else None
-                warm = _shared_warmup(config, sft_config, work) or False
-                warm_reused = before is not None and key_file.is_file() and key_file.stat().st_mtime_ns == before
+                warm, warm_reused = _shared_warmup(config, sft_config, work) or (False, False)
                 # a warm-up trained by an earlier run counts once, in this run's first trained seed, unless a
                 # reused seed record already holds it
                 warm_reused_s = float((_warmup_report(warm) or {}).get("train_s") or 0.0) \

@@ -321,7 +321,7 @@ def test_a_seed_run_on_its_own_starts_from_the_same_vision_warm_up(tiny_repro):
     warm = work / "vision-warmup" / "model.safetensors"
     stamp = warm.stat().st_mtime_ns
     alone = config.with_overrides({"stages.seeds": [1]})
-    assert _shared_warmup(alone, _sft_config(alone, work, 1), work) == work / "vision-warmup"
+    assert _shared_warmup(alone, _sft_config(alone, work, 1), work) == (work / "vision-warmup", True)
     assert warm.stat().st_mtime_ns == stamp  # reused, not trained again with seed 1
     assert json.loads((work / "vision-warmup.key.json").read_text())["seed"] == 0
     assert config.identity()["stages"].get("warmup_seed") is None  # the default leaves seed records' keys as they were
