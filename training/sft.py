@@ -225,6 +225,7 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
                                 queries_per_row=d.queries_per_row, copy_share=d.copy_share, passes=d.passes,
                                 pack=pack, context_spans=config.trainer.pointer_loss > 0, identities=d.fresh_identities,
                                 caption_style=d.caption_style, invented_names=d.invented_names,
+                                answer_tasks=d.answer_tasks, answer_rows=d.answer_rows,
                                 batch_size=config.trainer.per_device_train_batch_size if d.same_type_batches else None)
     counts: dict[str, int] = {}
     for s in samples:
@@ -235,6 +236,8 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
         counts["describe_warmup"] = d.warmup_describe
     if d.matching_warmup:
         counts["matching_warmup"] = d.matching_warmup
+    if d.answer_tasks:
+        counts["answer"] = sum(d.passes * d.answer_rows for s in samples if s.sample_type == "caption" and len(s.present or ()) == 1)
     log.info("SFT on %d samples %s from %s", len(samples), counts, root)
     e = config.eval
     heldout = load_heldout_samples(root, e.sample_types, e.max_samples, world) if e.enabled else {}

@@ -60,6 +60,9 @@ SFT_SAMPLE_TYPES = ("caption", "recognition", "verification", "describe")
 training concept, with the SDK's describe prompt: cheap, dense practice at reading looks)."""
 
 
+ANSWER_TASKS = ("lsd", "lar")
+"""The downstream tasks ``data.answer_tasks`` can train (ITR's planted instruction has no training rows)."""
+
 MAX_PHASES = 8
 """At most this many phases after a config (``then``), counted over nested ones too."""
 
@@ -72,7 +75,8 @@ def _h(text: str) -> dict[str, str]:
 
 
 NEUTRAL_WHEN_OFF: dict[str, Any] = {"data.invented_names": 0.0, "trainer.value_probe": 0.0,
-                                    "trainer.value_probe_scale": "head"}
+                                    "trainer.value_probe_scale": "head", "data.answer_tasks": [],
+                                    "data.answer_rows": 1}
 """The SFT options added after runs were recorded, at the value that trains exactly as before them
 (:attr:`covip.training.config_io.GroupedConfigMixin.neutral_when_off`)."""
 
@@ -133,6 +137,15 @@ class SftDataSection:
         "Caption targets: 'prose' (a personalized caption naming the present concepts with their looks and "
         "facts) or 'indexed' (the recognition box of the present dialogues, then what the user said in them, "
         "verbatim: the miniature recipe's captions, which reuse the recognition chain; training/README.md)."))
+    answer_tasks: list[str] = field(default_factory=list, metadata=_h(
+        "Downstream tasks ('lsd', 'lar') whose questions the caption samples also train: each one-concept caption "
+        "sample adds one row asking a drawn task's question in a drawn layout of the paper protocol, after the "
+        "gold caption (CAG's answer pass) or straight after the photos (direct), answered with the concept's "
+        "place (LSD, boxed) or action (LAR); with fresh_identities the row's names and facts are the caption "
+        "row's. [] = none (training/README.md, 'Answering after the caption')."))
+    answer_rows: int = field(default=1, metadata=_h(
+        "With answer_tasks: answer rows per one-concept caption sample (each draws its task; the first is CAG "
+        "or direct by a draw, the next ones alternate, so 2 gives one of each)."))
     same_type_batches: bool = field(default=True, metadata=_h(
         "Fill every batch with one sample type (rows in a seeded order, batches shuffled): a short description "
         "row is never padded to a long caption prompt."))
@@ -326,6 +339,12 @@ class SftConfig(GroupedConfigMixin):
                "makes up fresh names: needs data.fresh_identities: true")
         _check(d.caption_style in ("prose", "indexed"), "data.caption_style",
                f"must be 'prose' or 'indexed', got {d.caption_style!r}")
+        bad = [x for x in d.answer_tasks if x not in ANSWER_TASKS]
+        _check(not bad and len(set(d.answer_tasks)) == len(d.answer_tasks), "data.answer_tasks",
+               f"must be distinct tasks of {list(ANSWER_TASKS)}, got {d.answer_tasks}")
+        _check(1 <= d.answer_rows <= 8, "data.answer_rows", f"must be 1-8, got {d.answer_rows}")
+        _check(not d.answer_tasks or "caption" in d.sample_types, "data.answer_tasks",
+               "adds rows to the caption samples: needs 'caption' in data.sample_types")
         _check(0.0 <= d.copy_share <= 1.0, "data.copy_share", f"must be between 0 and 1, got {d.copy_share}")
         _check(d.prompt_pack is None or bool(str(d.prompt_pack).strip()), "data.prompt_pack",
                "must be a pack file or null")

@@ -54,6 +54,7 @@ __all__ = [
     "check_training_concepts",
     "target_for",
     "sft_row",
+    "answer_row",
     "describe_items",
     "describe_row",
     "matching_rows",
@@ -267,6 +268,44 @@ def sft_row(sample: Sample, world: World, rng: random.Random, *, rationale: bool
             "images": [str(p) for p in images]}
 
 
+def answer_row(sample: Sample, world: World, rng: random.Random, *, task: str, cag: bool,
+               pack: prompts.PromptPack | None = None, concepts: Mapping[str, Concept] | None = None,
+               caption_style: str = "prose") -> dict[str, Any]:
+    """A row asking a one-concept caption sample's downstream question (``task`` 'lsd' or 'lar') in the paper
+    protocol's layout, answered with the present concept's place (LSD, as ``//boxed{place}``, the paper's
+    question and scorer) or action (LAR).
+
+    ``cag``: CAG's answer pass (:func:`covip.sdk.prompts.paper_answer_messages`, the gold caption as the
+    assistant's first turn); else the direct answer (:func:`covip.sdk.prompts.paper_direct_messages`). The
+    system turns are the evaluation's (CoViP, "Downstream diagnostic tasks"; oyt9306/CoViP downstream/).
+    """
+    from covip.training.eval.downstream import paper_system
+
+    present = sorted(int(i) for i in sample.present or ())
+    if sample.sample_type != "caption" or len(present) != 1:
+        raise DataError(f"sample {sample.id!r}: answer rows need a caption sample with one present concept",
+                        sample_id=sample.id, field="present")
+    pack = pack or prompts.DEFAULT_PACK
+    known = {**world.concepts, **(concepts or {})}
+    facts = known[_known_concept_ids(sample, world)[present[0]]].facts
+    images = list(sample.images)
+    context = [prompts.ContextEntry(dialogue=d, image=img) for d, img in zip(sample.dialogues, images[:-1])]
+    question = pack.paper_questions[task]
+    mode = "cag" if cag else "no_cag"
+    if cag:
+        caption = target_for(sample, world, rng, rationale=False, concepts=concepts, caption_style=caption_style,
+                             numbering=pack.dialogue_numbering)
+        messages = prompts.paper_answer_messages(context, images[-1], caption, question,
+                                                 system=paper_system(task, mode), pack=pack)
+    else:
+        messages = prompts.paper_direct_messages(context, images[-1], question, system=paper_system(task, mode),
+                                                 pack=pack)
+    prompt, shown = placeholder_messages(messages)
+    # the place in the box the paper's LSD question asks for and the authors' scorer reads ("//boxed{place}")
+    answer = f"//boxed{{{facts.place}}}" if task == "lsd" else f"You were {facts.action}."
+    return {"prompt": prompt, "completion": [_assistant(answer)], "images": [str(p) for p in shown]}
+
+
 def describe_items(samples: Sequence[Sample], world: World) -> list[tuple[str, Look]]:
     """(image path, look) of every distinct photo of exactly one concept in ``samples``, in first-seen order."""
     out: dict[str, Look] = {}
@@ -417,7 +456,8 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
                       warmup_describe: int = 0, rationale: bool = True, matching_warmup: int = 0,
                       queries_per_row: int = 1, copy_share: float = 0.0, passes: int = 1,
                       pack: prompts.PromptPack | None = None, context_spans: bool = False,
-                      identities: bool = False, caption_style: str = "prose", invented_names: float = 0.0) -> Any:
+                      identities: bool = False, caption_style: str = "prose", invented_names: float = 0.0,
+                      answer_tasks: Sequence[str] = (), answer_rows: int = 1) -> Any:
     """A ``datasets.Dataset`` of :func:`sft_row` rows (and, with ``describe``, :func:`describe_row` rows of the
     samples' one-concept photos), after :func:`check_training_concepts`; ``types`` limits the sample rows.
 
@@ -435,7 +475,9 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
     (a caption-by-index row's context names), which pointer supervision reads. ``identities``
     gives every caption row :func:`fresh_identities` (new names and facts per row and pass; ``invented_names``
     the share of them made up, :func:`fresh_names`). ``caption_style``
-    as in :func:`target_for`.
+    as in :func:`target_for`. ``answer_tasks``: every one-concept caption sample also gives ``answer_rows``
+    :func:`answer_row` rows (group ``answer``), each of a drawn task among these; the first is CAG or direct
+    by a draw, the next ones alternate.
     """
     import datasets
 
@@ -466,6 +508,16 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
                     indexed = s.sample_type == "caption" and caption_style == "indexed"
                     row[NAMES_COLUMN] = list(s.concept_names) if indexed else []
                 groups.setdefault(s.sample_type, []).append(row)
+                if answer_tasks and s.sample_type == "caption" and len(s.present or ()) == 1:
+                    first = None
+                    for k in range(answer_rows):
+                        task = rng.choice(list(answer_tasks))
+                        first = rng.random() < 0.5 if first is None else first
+                        extra = answer_row(s, world, rng, task=task, cag=first if k % 2 == 0 else not first,
+                                           pack=pack, concepts=renamed, caption_style=caption_style)
+                        if context_spans:
+                            extra[SPANS_COLUMN], extra[NAMES_COLUMN] = [], []
+                        groups.setdefault("answer", []).append(extra)
         if describe:
             groups["describe"] = [describe_row(path, look, pack) for path, look in items]
         if not any(groups.values()):

@@ -168,8 +168,10 @@ def test_a_reworded_description_or_an_option_left_off_keeps_a_finished_runs_hash
     reworded = SftConfig.from_dict({"description": "another wording", "trainer": {"pointer_loss": 1.0}})
     assert config_hash(base) == config_hash(reworded)
     assert "value_probe" in base.to_dict()["trainer"] and "value_probe" not in base.identity()["trainer"]
-    assert {"data.invented_names", "trainer.value_probe"} <= set(NEUTRAL_WHEN_OFF)
-    for key, on in (("trainer.value_probe", 1.0), ("data.invented_names", 0.5), ("trainer.max_steps", 7)):
+    assert {"data.invented_names", "trainer.value_probe", "data.answer_tasks", "data.answer_rows"} <= set(NEUTRAL_WHEN_OFF)
+    assert not {"answer_tasks", "answer_rows"} & set(base.identity()["data"])
+    for key, on in (("trainer.value_probe", 1.0), ("data.invented_names", 0.5), ("trainer.max_steps", 7),
+                    ("data.answer_tasks", ["lsd"])):
         extra = {"data.fresh_identities": True} if key == "data.invented_names" else {}
         changed = base.with_overrides({key: on, **extra})
         assert config_hash(changed) != config_hash(base.with_overrides(extra)), key  # a setting that trains otherwise

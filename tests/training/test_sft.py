@@ -53,16 +53,18 @@ def test_mini_recipe_loads_for_both_stages_and_quick_applies_its_overrides():
     assert quick.run.output_dir != full.run.output_dir and quick.data.world != full.data.world
     from covip.training.sft_config import load_phases
 
-    # phase 2, captions by index, then phase 3, names, continue on the same world into <output_dir>/<its name>;
-    # not in a quick run
-    captions, names = load_phases(full)
-    assert names.run.output_dir == str(Path(full.run.output_dir) / names.name) and names.data.world == full.data.world
+    # phase 2, captions by index, then phase 3, names, then phase 4, answers, continue on the same world into
+    # <output_dir>/<its name>; not in a quick run
+    captions, names, answers = load_phases(full)
+    for later in (names, answers):
+        assert later.run.output_dir == str(Path(full.run.output_dir) / later.name)
+        assert later.data.world == full.data.world
     assert captions.data.caption_style == "indexed" and "caption" in captions.data.sample_types
     assert captions.data.world == full.data.world and captions.run.seed == full.run.seed
     assert captions.run.output_dir == str(Path(full.run.output_dir) / captions.name) and captions.then == []
     assert quick.then == [] and load_phases(quick) == []
     gspo = load_config("mini-cpu")  # the same file is the GSPO stage's config: it starts from the last phase
-    assert gspo.model.name_or_path == str(Path(names.run.output_dir) / "model")
+    assert gspo.model.name_or_path == str(Path(answers.run.output_dir) / "model")
     assert gspo.data.train == str(Path(full.data.world) / "train.jsonl")
     assert gspo.sft and gspo.gspo.importance_sampling_level == "sequence"
     from covip.training.config_io import pack_path
@@ -138,6 +140,33 @@ def test_the_names_phase_is_the_caption_phase_but_for_its_own_keys():
               for key, value in values.items() if captions[group][key] != value}
     assert differ == {"model.name_or_path", "trainer.learning_rate", "trainer.warmup_steps", "trainer.max_steps",
                       "trainer.max_time_s", "trainer.copy_name_weight", "run.output_dir"}
+
+
+def test_the_answers_phase_is_the_names_phase_with_answer_rows():
+    import covip.training
+
+    phases = Path(covip.training.__file__).parent / "configs" / "sft"
+    names = load_sft_config(phases / "mini-cpu-names.yaml").to_dict()
+    answers = load_sft_config(phases / "mini-cpu-answers.yaml").to_dict()
+    differ = {f"{group}.{key}" for group, values in answers.items() if isinstance(values, dict)
+              for key, value in values.items() if names[group][key] != value}
+    assert differ == {"model.name_or_path", "data.answer_tasks", "data.answer_rows", "trainer.max_steps",
+                      "trainer.max_time_s", "run.output_dir"}
+    assert answers["data"]["answer_tasks"] == ["lsd", "lar"]
+
+
+@pytest.mark.parametrize("tasks, needle", [
+    (["itr"], "must be distinct tasks of"), (["lsd", "lsd"], "must be distinct tasks of"),
+    (["../../etc/passwd"], "must be distinct tasks of"),
+])
+def test_bad_answer_tasks_name_the_key(tasks, needle):
+    with pytest.raises(InputError, match=rf"'data\.answer_tasks'.*{needle}"):
+        load_sft_config("mini-cpu", [f"data.answer_tasks={json.dumps(tasks)}"])
+    with pytest.raises(InputError, match=r"'data\.answer_tasks'.*needs 'caption'"):
+        load_sft_config("mini-cpu", ['data.answer_tasks=["lsd"]', 'data.sample_types=["recognition"]'])
+    for rows in (0, 10**9):
+        with pytest.raises(InputError, match=r"'data\.answer_rows'.*must be 1-8"):
+            load_sft_config("mini-cpu", [f"data.answer_rows={rows}"])
 
 
 @pytest.mark.parametrize("extends, needle", [
@@ -408,6 +437,76 @@ def test_training_chat_template_renders_the_same_text_and_refuses_unknown_templa
         training_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
     with pytest.raises(InputError, match="queries_per_row"):
         training_chat_template(None)
+
+
+def test_answer_rows_are_the_evaluations_paper_layouts_and_earn_full_marks(world_dir):
+    """An answer row's prompt is exactly what the downstream evaluation sends (CAG's answer pass after the gold
+    caption, or the direct answer) and its answer scores full marks with the evaluation's own scorers."""
+    from types import SimpleNamespace
+
+    from covip.sdk import prompts
+    from covip.training.data.downstream import DownstreamSample
+    from covip.training.eval.downstream import answer_sample, lar_lexical_correct
+    from covip.training.eval.protocols import paper_lsd_score
+    from covip.training.gspo_data import placeholder_messages
+    from covip.training.sft_config import SftDataSection
+    from covip.training.sft_data import (
+        answer_row,
+        build_sft_dataset,
+        load_sft_samples,
+        load_world,
+        target_for,
+    )
+
+    class Recorder:  # records the chats the evaluation sends; the caption pass answers with the gold caption
+        def __init__(self, caption: str) -> None:
+            self.caption, self.sent = caption, []
+
+        def generate(self, messages, config):
+            self.sent.append(messages)
+            return SimpleNamespace(text=self.caption, completion_tokens=1, cached_tokens=0)
+
+    def as_rows(messages):  # the dataset's Arrow struct of a chat
+        return [{"role": m["role"], "content": [{"type": p["type"], "text": p["text"]} for p in m["content"]]}
+                for m in placeholder_messages(messages)[0]]
+
+    world = load_world(world_dir)
+    singles = [s for s in load_sft_samples(SftDataSection(), world_dir)
+               if s.sample_type == "caption" and len(s.present) == 1]
+    assert singles
+    modes = set()
+    for i, sample in enumerate(singles[:4]):
+        concept = world.concepts[sample.meta["concept_ids"][sample.present[0]]]
+        for task in ("lsd", "lar"):
+            for cag in (True, False):
+                row = answer_row(sample, world, random.Random(i), task=task, cag=cag)
+                caption = target_for(sample, world, random.Random(i), rationale=False)
+                ds = DownstreamSample(sample.id, task, tuple(sample.images[:-1]), tuple(sample.dialogues),
+                                      sample.images[-1], prompts.DOWNSTREAM_QUESTIONS[task], (concept.facts.place,))
+                engine = Recorder(caption)
+                answer_sample(engine, ds, "cag" if cag else "no_cag", caption_config=None, answer_config=None,
+                              protocol="paper")
+                assert as_rows(engine.sent[-1]) == row["prompt"]
+                assert row["images"] == [str(p) for p in sample.images]
+                answer = row["completion"][0]["content"][0]["text"]
+                if task == "lsd":
+                    assert paper_lsd_score(answer, [concept.facts.place]) == (1.0, True)  # the paper's scorer
+                else:
+                    assert lar_lexical_correct(answer, [concept.facts.action])
+                modes.add((task, cag))
+    assert len(modes) == 4
+    with pytest.raises(DataError, match="one present concept"):
+        answer_row(next(s for s in load_sft_samples(SftDataSection(), world_dir) if s.sample_type == "recognition"),
+                   world, random.Random(0), task="lsd", cag=True)
+    plain = build_sft_dataset(singles, world, seed=0, types=["caption"])
+    with_answers = build_sft_dataset(singles, world, seed=0, types=["caption"], answer_tasks=["lsd", "lar"])
+    assert len(with_answers) == 2 * len(plain)  # one answer row per one-concept caption sample
+    texts = [r["completion"][0]["content"][0]["text"] for r in with_answers]
+    assert sum(t.startswith("//boxed{") or t.startswith("You were ") for t in texts) == len(singles)
+    two = build_sft_dataset(singles, world, seed=0, types=["caption"], answer_tasks=["lar"], answer_rows=2)
+    answers = [r for r in two if r["completion"][0]["content"][0]["text"].startswith("You were ")]
+    with_caption = [any(m["role"] == "assistant" for m in r["prompt"]) for r in answers]
+    assert len(answers) == 2 * len(singles) and sum(with_caption) == len(singles)  # one CAG, one direct each
 
 
 def test_missing_world_and_foreign_samples_fail_clearly(tmp_path, world_dir):

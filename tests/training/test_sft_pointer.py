@@ -323,12 +323,16 @@ def test_the_mini_recipe_uses_the_pointer_chain_and_names_its_pack():
     from covip.training.sft_config import load_phases
 
     phases = load_phases(config)
-    assert [p.name for p in phases] == ["mini-cpu-captions", "mini-cpu-names"]
+    assert [p.name for p in phases] == ["mini-cpu-captions", "mini-cpu-names", "mini-cpu-answers"]
     names = load_sft_config(Path(config.source).parent / "sft" / "mini-cpu-names.yaml")
     assert names.model.name_or_path == f"{phases[0].run.output_dir}/model"
     assert names.trainer.copy_name_weight == 1.0 and names.trainer.learning_rate < captions.trainer.learning_rate
     assert names.data.caption_style == "indexed" and names.data.fresh_identities
     assert pack_path(names.data.prompt_pack, names.source).resolve() == pack.resolve()
+    # then the answers phase: the names phase's checkpoint and data, with the downstream questions' answer rows
+    answers = load_sft_config(Path(config.source).parent / "sft" / "mini-cpu-answers.yaml")
+    assert answers.model.name_or_path == f"{phases[1].run.output_dir}/model" == phases[2].model.name_or_path
+    assert answers.data.answer_tasks == ["lsd", "lar"] and not names.data.answer_tasks
     assert load_config("mini-cpu").model.name_or_path == f"{phases[-1].run.output_dir}/model"  # GSPO starts there
 
 

@@ -80,7 +80,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["MODES", "METRICS", "tokens", "token_set_f1", "lsd_score", "itr_score", "lar_lexical_correct",
            "lar_judge_messages", "paper_lar_judge_messages", "parse_verdict", "DownstreamResult", "run_downstream",
-           "answer_sample", "question_for", "read_answers"]
+           "answer_sample", "question_for", "paper_system", "read_answers"]
 
 MODES = ("cag", "no_cag", "given")
 MODE_LABELS = {"cag": "with CAG", "no_cag": "without CAG", "given": "given answers"}
@@ -175,7 +175,7 @@ def question_for(sample: DownstreamSample, protocol: str, pack: prompts.PromptPa
     return sample.question
 
 
-def _paper_system(task: str, mode: str) -> str:
+def paper_system(task: str, mode: str) -> str:
     """The system turn of the paper's answer pass (see the module doc)."""
     if mode == "cag":
         return "personalization" if task == "itr" else "caption"
@@ -197,13 +197,13 @@ def answer_sample(engine: Any, sample: DownstreamSample, mode: str, *, caption_c
         info["caption_tokens"] = cap.completion_tokens
         if protocol == "paper":
             messages = prompts.paper_answer_messages(entries, sample.query_image, caption, question,
-                                                     system=_paper_system(sample.task, mode), pack=pack)
+                                                     system=paper_system(sample.task, mode), pack=pack)
         else:
             messages = prompts.answer_messages(entries, sample.query_image, caption, question, pack=pack)
     elif mode == "no_cag":
         if protocol == "paper":
             messages = prompts.paper_direct_messages(entries, sample.query_image, question,
-                                                     system=_paper_system(sample.task, mode), pack=pack)
+                                                     system=paper_system(sample.task, mode), pack=pack)
         else:
             messages = prompts.direct_messages(entries, sample.query_image, question, pack=pack)
     else:
