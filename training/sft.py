@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from covip.sdk.errors import CovipError
 from covip.sdk.support import require
 from covip.training.config_io import pack_path
 from covip.training.data.schema import write_json
@@ -165,15 +166,33 @@ def config_hash(config: SftConfig) -> str:
     return hashlib.sha256(dump_yaml(identity).encode()).hexdigest()
 
 
+def _same_but_later_phases(config: SftConfig, out: Path, data: dict[str, Any]) -> bool:
+    """Whether the finished run in ``out`` trained exactly as ``config`` would, its ``then`` (the phases after it,
+    which do not change what it trains) aside: its config as trained (``config.yaml``) has the recorded hash and
+    differs from ``config`` at most there. A recipe that gains a phase keeps the phases it had."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
+        trained = SftConfig.from_dict(raw, source=config.source)
+        if config_hash(trained) != data.get("config_sha256"):
+            return False
+        return config_hash(trained.with_overrides({"then": []})) == config_hash(config.with_overrides({"then": []}))
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError, CovipError):
+        return False
+
+
 def finished_run(config: SftConfig) -> SftResult | None:
     """The result of a finished run of exactly ``config`` in its output folder (``result.json`` with the config's
-    hash, the checkpoint in place), else None."""
+    hash, or :func:`_same_but_later_phases`; the checkpoint in place), else None."""
     out = Path(config.run.output_dir).expanduser().resolve()
     try:
         data = json.loads((out / "result.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or data.get("config_sha256") != config_hash(config):
+    if not isinstance(data, dict):
+        return None
+    if data.get("config_sha256") != config_hash(config) and not _same_but_later_phases(config, out, data):
         return None
     known = {f.name for f in fields(SftResult)}
     kwargs = {k: v for k, v in data.items() if k in known and k != "phases"}

@@ -729,6 +729,20 @@ def test_phases_continue_from_the_previous_checkpoint_on_the_same_world(tmp_path
     Count.runs = 0
     both = train_sft(load_sft_config(first), callbacks=[Count()], reuse_finished=True)
     assert Count.runs == 2 and [p["global_step"] for p in both.phases] == [3, 2]
+    # a recipe that gains a phase keeps the phases it had (what comes after a phase is not what it trained)
+    _phase_file(tmp_path, "answers")
+    edited["then"] = ["captions.yaml", "answers.yaml"]
+    first.write_text(yaml.safe_dump(edited))
+    Count.runs = 0
+    grown = train_sft(load_sft_config(first), callbacks=[Count()], reuse_finished=True)
+    assert Count.runs == 1 and [p["name"] for p in grown.phases] == ["recognition", "captions", "answers"]
+    assert [bool(p.get("reused")) for p in grown.phases] == [True, True, False]
+    # ... but only while its config as trained is the recorded one
+    ran = tmp_path / "run" / "config.yaml"
+    ran.write_text(ran.read_text().replace("max_steps: 3", "max_steps: 4"))
+    Count.runs = 0
+    train_sft(load_sft_config(first), callbacks=[Count()], reuse_finished=True)
+    assert Count.runs == 3
 
 
 def test_the_training_seed_orders_the_rows_and_reproduces_a_run(tmp_path, world_dir, tiny_vlm_dir):
