@@ -384,6 +384,8 @@ def run_repro(config: ReproConfig | str = "mini", *, quick: bool = False, progre
             if warm:  # which tower the seed started from: steps, seconds, whether its time cap bound it, recall
                 run["sft"]["vision_warmup"] = _warmup_report(warm)
             if s.gspo:
+                for old in (seed_dir / "gspo").glob("checkpoint-*"):  # an earlier run's, among this run's own
+                    shutil.rmtree(old)
                 g = train_gspo_stage(_gspo_config(config, work, seed, sft.model_dir))
                 models["gspo"] = g["merged_dir"]
                 run["gspo"] = {k: v for k, v in g.items() if k != "merged_dir"}
