@@ -139,10 +139,10 @@ class SftDataSection:
         "verbatim: the miniature recipe's captions, which reuse the recognition chain; training/README.md)."))
     answer_tasks: list[str] = field(default_factory=list, metadata=_h(
         "Downstream tasks ('lsd', 'lar') whose questions the caption samples also train: each one-concept caption "
-        "sample adds one row asking a drawn task's question in a drawn layout of the paper protocol, after the "
-        "gold caption (CAG's answer pass) or straight after the photos (direct), answered with the concept's "
-        "place (LSD, boxed) or action (LAR); with fresh_identities the row's names and facts are the caption "
-        "row's. [] = none (training/README.md, 'Answering after the caption')."))
+        "sample adds data.answer_rows rows, each asking a drawn task's question in a layout of the paper "
+        "protocol, after the gold caption (CAG's answer pass) or straight after the photos (direct), answered "
+        "with the concept's place (LSD, boxed) or action (LAR); with fresh_identities the row's names and facts "
+        "are the caption row's. [] = none (training/README.md, 'Answering after the caption')."))
     answer_rows: int = field(default=1, metadata=_h(
         "With answer_tasks: answer rows per one-concept caption sample (each draws its task; the first is CAG "
         "or direct by a draw, the next ones alternate, so 2 gives one of each)."))

@@ -10,6 +10,9 @@ One row per training sample:
   ending in ``\\boxed{[...]}``, or yes/no);
 * ``images``: the sample's image files in prompt order (context images, query image last).
 
+With ``data.answer_tasks``, every one-concept caption sample also gives rows of its downstream question (LSD,
+LAR) asked after the gold caption and directly, in the evaluation's layouts (:func:`answer_row`).
+
 With ``describe`` among the types, every distinct photo of exactly one concept in those samples (memory
 photos, one-concept query scenes) also becomes a row: :func:`covip.sdk.prompts.describe_messages` and the
 plain description of the concept's look, cheap and dense practice at reading looks.
