@@ -130,26 +130,24 @@ def test_a_config_extends_a_file_beside_it_group_by_group(tmp_path):
     assert child.then == []
 
 
-def test_the_names_phase_is_the_caption_phase_but_for_its_own_keys():
+def _phase_keys_that_differ(base: str, phase: str) -> tuple[set[str], dict]:
+    """(the dotted keys whose values differ between two bundled SFT phase files, the second one's values)."""
     import covip.training
 
     phases = Path(covip.training.__file__).parent / "configs" / "sft"
-    captions = load_sft_config(phases / "mini-cpu-captions.yaml").to_dict()
-    names = load_sft_config(phases / "mini-cpu-names.yaml").to_dict()
-    differ = {f"{group}.{key}" for group, values in names.items() if isinstance(values, dict)
-              for key, value in values.items() if captions[group][key] != value}
+    a, b = (load_sft_config(phases / name).to_dict() for name in (base, phase))
+    return {f"{group}.{key}" for group, values in b.items() if isinstance(values, dict)
+            for key, value in values.items() if a[group][key] != value}, b
+
+
+def test_the_names_phase_is_the_caption_phase_but_for_its_own_keys():
+    differ, _ = _phase_keys_that_differ("mini-cpu-captions.yaml", "mini-cpu-names.yaml")
     assert differ == {"model.name_or_path", "trainer.learning_rate", "trainer.warmup_steps", "trainer.max_steps",
                       "trainer.max_time_s", "trainer.copy_name_weight", "run.output_dir"}
 
 
 def test_the_answers_phase_is_the_names_phase_with_answer_rows():
-    import covip.training
-
-    phases = Path(covip.training.__file__).parent / "configs" / "sft"
-    names = load_sft_config(phases / "mini-cpu-names.yaml").to_dict()
-    answers = load_sft_config(phases / "mini-cpu-answers.yaml").to_dict()
-    differ = {f"{group}.{key}" for group, values in answers.items() if isinstance(values, dict)
-              for key, value in values.items() if names[group][key] != value}
+    differ, answers = _phase_keys_that_differ("mini-cpu-names.yaml", "mini-cpu-answers.yaml")
     assert differ == {"model.name_or_path", "data.answer_tasks", "data.answer_rows", "trainer.max_steps",
                       "trainer.max_time_s", "run.output_dir"}
     assert answers["data"]["answer_tasks"] == ["lsd", "lar"]
