@@ -169,7 +169,8 @@ def config_hash(config: SftConfig) -> str:
 def _same_but_later_phases(config: SftConfig, out: Path, data: dict[str, Any]) -> bool:
     """Whether the finished run in ``out`` trained exactly as ``config`` would, its ``then`` (the phases after it,
     which do not change what it trains) aside: its config as trained (``config.yaml``) has the recorded hash and
-    differs from ``config`` at most there. A recipe that gains a phase keeps the phases it had."""
+    differs from ``config`` at most there. A recipe that gains a phase keeps the phases it had. (Dropping ``then``
+    from :func:`config_hash` itself would have been simpler, but would orphan every phase recorded so far.)"""
     import yaml
 
     try:
@@ -219,6 +220,7 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
         load_heldout_samples,
         load_sft_samples,
         load_world,
+        takes_answer_rows,
     )
     from covip.training.sft_eval import evaluate_heldout
 
@@ -256,7 +258,7 @@ def _train(config: SftConfig, callbacks: Sequence[Any] | None, start: float) -> 
     if d.matching_warmup:
         counts["matching_warmup"] = d.matching_warmup
     if d.answer_tasks:
-        counts["answer"] = sum(d.passes * d.answer_rows for s in samples if s.sample_type == "caption" and len(s.present or ()) == 1)
+        counts["answer"] = d.passes * d.answer_rows * sum(map(takes_answer_rows, samples))
     log.info("SFT on %d samples %s from %s", len(samples), counts, root)
     e = config.eval
     heldout = load_heldout_samples(root, e.sample_types, e.max_samples, world) if e.enabled else {}

@@ -57,6 +57,7 @@ __all__ = [
     "check_training_concepts",
     "target_for",
     "sft_row",
+    "takes_answer_rows",
     "answer_row",
     "describe_items",
     "describe_row",
@@ -271,6 +272,12 @@ def sft_row(sample: Sample, world: World, rng: random.Random, *, rationale: bool
             "images": [str(p) for p in images]}
 
 
+def takes_answer_rows(sample: Sample) -> bool:
+    """Whether ``data.answer_tasks`` gives ``sample`` answer rows: a caption sample with one present concept
+    (the downstream questions ask about the one concept in the new photo)."""
+    return sample.sample_type == "caption" and len(sample.present or ()) == 1
+
+
 def answer_row(sample: Sample, world: World, rng: random.Random, *, task: str, cag: bool,
                pack: prompts.PromptPack | None = None, concepts: Mapping[str, Concept] | None = None,
                caption_style: str = "prose") -> dict[str, Any]:
@@ -284,13 +291,12 @@ def answer_row(sample: Sample, world: World, rng: random.Random, *, task: str, c
     """
     from covip.training.eval.downstream import paper_system
 
-    present = sorted(int(i) for i in sample.present or ())
-    if sample.sample_type != "caption" or len(present) != 1:
+    if not takes_answer_rows(sample):
         raise DataError(f"sample {sample.id!r}: answer rows need a caption sample with one present concept",
                         sample_id=sample.id, field="present")
     pack = pack or prompts.DEFAULT_PACK
     known = {**world.concepts, **(concepts or {})}
-    facts = known[_known_concept_ids(sample, world)[present[0]]].facts
+    facts = known[_known_concept_ids(sample, world)[int(sample.present[0])]].facts
     images = list(sample.images)
     context = [prompts.ContextEntry(dialogue=d, image=img) for d, img in zip(sample.dialogues, images[:-1])]
     question = pack.paper_questions[task]
@@ -511,7 +517,7 @@ def build_sft_dataset(samples: Sequence[Sample], world: World, *, seed: int = 0,
                     indexed = s.sample_type == "caption" and caption_style == "indexed"
                     row[NAMES_COLUMN] = list(s.concept_names) if indexed else []
                 groups.setdefault(s.sample_type, []).append(row)
-                if answer_tasks and s.sample_type == "caption" and len(s.present or ()) == 1:
+                if answer_tasks and takes_answer_rows(s):
                     first = None
                     for k in range(answer_rows):
                         task = rng.choice(list(answer_tasks))
