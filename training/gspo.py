@@ -522,10 +522,11 @@ def _train(config: GspoConfig, train_dataset: Any, reward_funcs: Sequence[Callab
 
     n_samples = len(train_dataset) if train_dataset is not None else 0
     if train_dataset is None:
-        from covip.training.gspo_data import build_dataset, load_training_samples
+        from covip.training.gspo_data import build_dataset, load_training_samples, training_world
 
         with args.main_process_first(desc="covip training data"):
             samples = load_training_samples(config.data, out, progress=config.run.progress and main)
+        world = training_world(config.data, out)
         from covip.sdk.prompts import load_pack
         from covip.training.config_io import pack_path
 
@@ -533,7 +534,7 @@ def _train(config: GspoConfig, train_dataset: Any, reward_funcs: Sequence[Callab
         train_dataset = build_dataset(samples, seed=config.data.seed,
                                       verification_question=config.data.verification_question,
                                       default_name=config.data.verification_default_name,
-                                      pack=pack)
+                                      pack=pack, world=world, invented_names=config.data.invented_names)
         n_samples = len(samples)
     log.info("GSPO on %d prompts x %d completions", n_samples, config.gspo.num_generations)
 

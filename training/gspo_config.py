@@ -27,9 +27,10 @@ from __future__ import annotations
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
 from covip.sdk.errors import InputError
 from covip.sdk.support import parse_overrides
@@ -126,6 +127,14 @@ class DataSection:
         "A prompt pack file (TOML/JSON, covip.sdk.prompts.load_pack) that words the training prompts, e.g. to "
         "continue from a checkpoint trained on another wording; a relative path that is not a file here is "
         "looked up beside the config file (the bundled recipes' packs); None = covip's."))
+    fresh_identities: bool = field(default=False, metadata=_h(
+        "Each caption prompt gives its context concepts fresh names and facts (drawn per prompt from the world's "
+        "lists; dialogues rewritten and the r_caps questions asked anew about them), as SFT's "
+        "data.fresh_identities: the reward then pays for reading the context, never for remembering what the "
+        "training concepts are called. Needs the synthetic world's concepts.json beside data.train."))
+    invented_names: float = field(default=0.0, metadata=_h(
+        "With fresh_identities: the probability that a fresh name (or each half of a compound one) is made up "
+        "from syllables instead of drawn from the world's name list (as SFT's data.invented_names). 0 = off."))
 
 
 @dataclass
@@ -310,6 +319,7 @@ class GspoConfig(GroupedConfigMixin):
         "A recipe file's supervised warm-start stage, read by `covip train sft` (see covip.training.sft_config); "
         "GSPO does not use it."))
     source: str | None = field(default=None, metadata=_h("The file it was loaded from (set by load_config)."))
+    neutral_when_off: ClassVar[Mapping[str, Any]] = {"data.fresh_identities": False, "data.invented_names": 0.0}
 
     def __post_init__(self) -> None:
         self.validate()
@@ -335,6 +345,9 @@ class GspoConfig(GroupedConfigMixin):
                f"must be a non-empty subset of {list(SAMPLE_TYPES)}, got {d.sample_types}")
         _check(d.max_samples is None or d.max_samples > 0, "data.max_samples", "must be > 0 or null")
         _check("{name}" in d.verification_question, "data.verification_question", "must contain '{name}'")
+        _check(0.0 <= d.invented_names <= 1.0, "data.invented_names", f"must be 0-1, got {d.invented_names}")
+        _check(d.invented_names == 0 or d.fresh_identities, "data.invented_names",
+               "makes up fresh names: needs data.fresh_identities: true")
         _check(lo.r > 0 and lo.alpha > 0, "lora.r", f"rank and alpha must be > 0, got r={lo.r}, alpha={lo.alpha}")
         _check(0.0 <= lo.dropout < 1.0, "lora.dropout", f"must be in [0, 1), got {lo.dropout}")
         _check(bool(lo.vision_module_names), "lora.vision_module_names", "must name at least one module")

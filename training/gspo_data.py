@@ -22,12 +22,15 @@ import logging
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from covip.sdk import prompts
 from covip.sdk.errors import DataError, InputError
 from covip.training.data.schema import MCQA, Sample, read_jsonl
 from covip.training.gspo_config import DataSection
+
+if TYPE_CHECKING:
+    from covip.training.sft_data import World
 
 __all__ = [
     "DATASET_COLUMNS",
@@ -36,6 +39,7 @@ __all__ = [
     "sample_row",
     "build_dataset",
     "train_path",
+    "training_world",
     "load_training_samples",
 ]
 
@@ -141,17 +145,28 @@ def _features() -> Any:
 
 def build_dataset(samples: Sequence[Sample], *, seed: int = 0,
                   verification_question: str = "Is {name} also in the second image?",
-                  default_name: str = "the object", pack: prompts.PromptPack | None = None) -> Any:
+                  default_name: str = "the object", pack: prompts.PromptPack | None = None,
+                  world: World | None = None, invented_names: float = 0.0) -> Any:
     """A ``datasets.Dataset`` of :func:`sample_row` rows; ``seed`` fixes the caption query-header draws.
 
-    Image paths must be absolute or relative to the working directory (see :func:`load_training_samples`,
-    which resolves them under the data's image root).
+    ``world`` (the synthetic world the samples come from): every caption sample gets fresh identities and
+    questions (:func:`covip.training.sft_data.fresh_caption_sample`, drawn with ``seed`` from their own rng, so
+    the header draws stay those without it; ``invented_names`` as there). Image paths must be absolute or
+    relative to the working directory (see :func:`load_training_samples`, which resolves them under the data's
+    image root).
     """
     import datasets
 
     if not samples:
         raise InputError("no training samples: the dataset is empty")
     rng = random.Random(f"covip-gspo-headers:{seed}")
+    if world is not None:
+        from covip.training.sft_data import check_training_concepts, fresh_caption_sample
+
+        check_training_concepts(samples, world)
+        fresh_rng = random.Random(f"covip-gspo-identities:{seed}")
+        samples = [fresh_caption_sample(s, world, fresh_rng, invented=invented_names)[0]
+                   if s.sample_type == "caption" else s for s in samples]
     rows = [sample_row(s, rng=rng, verification_question=verification_question, default_name=default_name,
                        pack=pack) for s in samples]
     return datasets.Dataset.from_list(rows, features=_features())
@@ -165,6 +180,21 @@ def train_path(data: DataSection, output_dir: str | Path) -> Path:
         raise InputError("config key 'data.train' is null: give a Sample JSONL path (covip data synth writes one) "
                          "or set data.synthesize_if_missing: true")
     return Path(output_dir).expanduser() / "synth" / "train.jsonl"
+
+
+def training_world(data: DataSection, output_dir: str | Path) -> World | None:
+    """The synthetic world behind the training samples when ``data.fresh_identities`` asks for it (its
+    ``concepts.json`` beside the training JSONL), else None."""
+    if not data.fresh_identities:
+        return None
+    from covip.training.sft_data import CONCEPTS_FILE, load_world
+
+    root = train_path(data, output_dir).parent
+    if not (root / CONCEPTS_FILE).is_file():
+        raise InputError(f"data.fresh_identities needs the synthetic world's {CONCEPTS_FILE} beside data.train "
+                         f"({root / CONCEPTS_FILE} is missing): train on a `covip data synth` folder's train.jsonl, "
+                         "or set data.fresh_identities: false")
+    return load_world(root)
 
 
 def load_training_samples(data: DataSection, output_dir: str | Path, *, progress: bool | None = None) -> list[Sample]:

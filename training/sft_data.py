@@ -43,7 +43,7 @@ from covip.training.data.targets import (
     recognition_target,
     verification_target,
 )
-from covip.training.data.world import FACT_LISTS, NAMES, Concept, Facts, Look, dialogue_for
+from covip.training.data.world import FACT_LISTS, NAMES, Concept, Facts, Look, dialogue_for, questions_for
 from covip.training.gspo_data import placeholder_messages, sample_messages
 from covip.training.sft_config import SftDataSection
 from covip.training.sft_pointer import NAMES_COLUMN, SPANS_COLUMN
@@ -55,6 +55,8 @@ __all__ = [
     "world_dir",
     "ensure_world",
     "check_training_concepts",
+    "fresh_identities",
+    "fresh_caption_sample",
     "target_for",
     "sft_row",
     "takes_answer_rows",
@@ -232,6 +234,24 @@ def fresh_identities(sample: Sample, world: World, rng: random.Random, *,
         renamed[cid] = dataclasses.replace(c, name=name, facts=facts, dialogue=dialogue_for(name, c.noun, facts, rng))
     fresh = dataclasses.replace(sample, dialogues=[renamed[c].dialogue for c in ids], concept_names=names)
     return fresh, renamed
+
+
+def fresh_caption_sample(sample: Sample, world: World, rng: random.Random, *,
+                         invented: float = 0.0) -> tuple[Sample, dict[str, Concept]]:
+    """A caption sample with :func:`fresh_identities` and its MCQAs asked anew about the renamed concepts (as
+    the synthetic generator asks them, :func:`covip.training.data.synth.caption_questions`), so the r_caps judge
+    checks a caption against what this prompt's context says; and the renamed concepts by id. GSPO's
+    ``data.fresh_identities``."""
+    from covip.training.data.synth import caption_questions
+
+    if sample.sample_type != "caption":
+        raise DataError(f"sample {sample.id!r}: fresh questions need a caption sample, not a {sample.sample_type}",
+                        sample_id=sample.id, field="sample_type")
+    fresh, renamed = fresh_identities(sample, world, rng, invented=invented)
+    context = [dataclasses.replace(c, questions=questions_for(c.name, c.facts, c.dialogue, rng))
+               for c in (renamed[cid] for cid in _known_concept_ids(sample, world))]
+    pos, neg = caption_questions(context, sorted(int(i) for i in sample.present or ()), rng)
+    return dataclasses.replace(fresh, pos_qas=pos, neg_qas=neg), renamed
 
 
 def target_for(sample: Sample, world: World, rng: random.Random, *, rationale: bool = True,

@@ -460,6 +460,65 @@ def test_dataset_columns_feed_the_covip_reward(tmp_path, synth_train):
             assert score == 1.0, (row["sample_type"], rec)
 
 
+def test_fresh_identities_ask_the_reward_about_what_the_prompt_says(tmp_path, synth_train):
+    """data.fresh_identities: every caption prompt names its concepts anew and states new facts, and the r_caps
+    questions ask about those; a caption of the world's own names and facts no longer earns the reward."""
+    from covip.training.data import read_jsonl
+    from covip.training.gspo_data import build_dataset, training_world
+    from covip.training.judges import LexicalJudge
+    from covip.training.judges.lexical import question_subjects
+    from covip.training.rewards import CoViPReward
+
+    config = _config(tmp_path, data={"train": str(synth_train), "fresh_identities": True})
+    world = training_world(config.data, tmp_path)
+    samples = read_jsonl(synth_train, image_root=synth_train.parent)
+    plain = build_dataset(samples, seed=1).to_list()
+    fresh = build_dataset(samples, seed=1, world=world).to_list()
+    again = build_dataset(samples, seed=1, world=world).to_list()
+    assert [r["prompt"] for r in fresh] == [r["prompt"] for r in again]  # seeded
+    reward = CoViPReward(LexicalJudge(), max_completion_tokens=64)
+
+    def perfect(row):  # the present concepts named with the facts their questions ask about
+        names = sorted({n for q in row["pos_qas"] for n in question_subjects(q["question"])})
+        return f"Here you are with {' and '.join(names)}: " + "; ".join(
+            q["options"][q["answer"]] for q in row["pos_qas"]) + "."
+
+    captions = 0
+    for sample, old, new in zip(samples, plain, fresh):
+        if sample.sample_type != "caption":
+            assert new == old  # recognition and verification prompts are untouched
+            continue
+        captions += 1
+        text = "".join(p["text"] or "" for m in new["prompt"] for p in m["content"])
+        asked = {n for q in new["pos_qas"] + new["neg_qas"] for n in question_subjects(q["question"])}
+        assert asked and all(n in text for n in asked)  # the questions name the prompt's concepts
+        for q in new["pos_qas"]:  # each true answer is what the prompt's dialogue states
+            truth = q["options"][q["answer"]]
+            assert truth in text or truth[:1].upper() + truth[1:] in text
+        assert all(q["answer"] == "D" for q in new["neg_qas"]) and len(new["pos_qas"]) == len(old["pos_qas"])
+        assert len(new["neg_qas"]) == len(old["neg_qas"])
+        ids = sample.meta["concept_ids"]
+        assert not {world.concepts[c].name for c in ids} & asked  # the world's names are gone
+        columns = {k: [r[k] for r in (new, new)] for k in new if k != "prompt"}
+        good, stale = reward(prompts=None, completions=[[{"role": "assistant", "content": t}]
+                                                        for t in (perfect(new), perfect(old))],
+                             completion_ids=[[0] * 20] * 2, **columns)
+        assert good > stale  # remembering the training world's names and facts no longer pays
+    assert captions >= 2
+
+    (synth_train.parent / "elsewhere").mkdir(exist_ok=True)
+    lone = synth_train.parent / "elsewhere" / "train.jsonl"
+    lone.write_text(synth_train.read_text())
+    with pytest.raises(InputError, match="fresh_identities needs the synthetic world's concepts.json"):
+        training_world(config.with_overrides({"data.train": str(lone)}).data, tmp_path)
+    assert training_world(config.with_overrides({"data.fresh_identities": False}).data, tmp_path) is None
+    with pytest.raises(InputError, match="data.invented_names.*fresh_identities"):
+        config.with_overrides({"data.fresh_identities": False, "data.invented_names": 0.5})
+    off = config.with_overrides({"data.fresh_identities": False})
+    assert "fresh_identities" not in off.identity()["data"] and "invented_names" not in off.identity()["data"]
+    assert config.identity()["data"]["fresh_identities"] is True  # on: another recipe
+
+
 def test_a_run_where_every_completion_was_penalized_says_why(tmp_path):
     from covip.training.cli import all_penalized_note
 

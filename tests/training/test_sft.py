@@ -67,6 +67,7 @@ def test_mini_recipe_loads_for_both_stages_and_quick_applies_its_overrides():
     assert gspo.model.name_or_path == str(Path(answers.run.output_dir) / "model")
     assert gspo.data.train == str(Path(full.data.world) / "train.jsonl")
     assert gspo.sft and gspo.gspo.importance_sampling_level == "sequence"
+    assert gspo.data.fresh_identities  # GSPO's prompts name their concepts anew, as the caption phases' rows
     from covip.training.config_io import pack_path
 
     # both stages word their prompts alike: the pack is found beside the recipe, whatever the working folder

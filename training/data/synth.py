@@ -98,8 +98,8 @@ from covip.training.judges.base import normalize_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SynthConfig", "SynthReport", "synthesize", "concept_similarity", "SIMILARITIES", "OUTPUT_FILES",
-           "DOWNSTREAM_FILES"]
+__all__ = ["SynthConfig", "SynthReport", "synthesize", "concept_similarity", "caption_questions", "SIMILARITIES",
+           "OUTPUT_FILES", "DOWNSTREAM_FILES"]
 
 SIMILARITIES = ("clip", "attributes")
 OUTPUT_FILES = {
@@ -287,13 +287,7 @@ class _Builder:
                       concept_names=[self.concepts[c].name for c in context], split=self.split, meta=meta)
         if stype == "recognition":
             return Sample(sample_type="recognition", answer=positions, **common)
-        pos, neg = [], []
-        for j, c in enumerate(context):
-            others = [p for p in present if p != c]
-            stated = _Stated(v for p in others for v in vars(self.concepts[p].facts).values())
-            for q in self.concepts[c].questions:
-                qa = _unambiguous(q, j, stated, self.concepts[c], self.rng, negative=j not in positions)
-                (neg if j not in positions else pos).append(qa.as_negative() if j not in positions else qa)
+        pos, neg = caption_questions([self.concepts[c] for c in context], positions, self.rng)
         return Sample(sample_type="caption", present=positions, pos_qas=pos, neg_qas=neg, **common)
 
     def verification(self, index: int) -> Sample:
@@ -331,6 +325,22 @@ class _Builder:
                                  tuple(planted if task == "itr" else dialogues), query, DEFAULT_QUESTIONS[task],
                                  (answers[task],), meta, concept.facts.action if task == "lar" else None)
                 for task in TASKS]
+
+
+def caption_questions(context: Sequence[Concept], positions: Sequence[int],
+                      rng: random.Random) -> tuple[list[MCQA], list[MCQA]]:
+    """The MCQAs of a caption sample whose context shows ``context`` (in order) and whose new photo shows the
+    concepts at ``positions``: each context concept's questions for its position, made answerable by a faithful
+    caption (:func:`_unambiguous`); the present concepts' as ``pos_qas``, the others' (answer D) as ``neg_qas``.
+    The r_caps questions of CoViP's caption samples (the authors' data: 3 per concept)."""
+    pos: list[MCQA] = []
+    neg: list[MCQA] = []
+    for j, concept in enumerate(context):
+        stated = _Stated(v for i in positions if i != j for v in vars(context[i].facts).values())
+        for q in concept.questions:
+            qa = _unambiguous(q, j, stated, concept, rng, negative=j not in positions)
+            (neg if j not in positions else pos).append(qa.as_negative() if j not in positions else qa)
+    return pos, neg
 
 
 class _Stated:
