@@ -60,7 +60,7 @@ SFT_SAMPLE_TYPES = ("caption", "recognition", "verification", "describe")
 training concept, with the SDK's describe prompt: cheap, dense practice at reading looks)."""
 
 
-ANSWER_TASKS = ("lsd", "lar")
+ANSWER_TASKS = ("lsd", "lar", "who")
 """The downstream tasks ``data.answer_tasks`` can train (ITR's planted instruction has no training rows)."""
 
 MAX_PHASES = 8
@@ -141,8 +141,9 @@ class SftDataSection:
         "Downstream tasks ('lsd', 'lar') whose questions the caption samples also train: each one-concept caption "
         "sample adds data.answer_rows rows, each asking a drawn task's question in a layout of the paper "
         "protocol, after the gold caption (CAG's answer pass) or straight after the photos (direct), answered "
-        "with the concept's place (LSD, boxed) or action (LAR); with fresh_identities the row's names and facts "
-        "are the caption row's. [] = none (training/README.md, 'Answering after the caption')."))
+        "with the concept's place (LSD, boxed) or action (LAR); 'who': an app's \"Who is this?\" in the layouts "
+        "covip's assistant sends, answered with the box and the name. With fresh_identities the row's names and "
+        "facts are the caption row's. [] = none (training/README.md, 'Answering after the caption')."))
     answer_rows: int = field(default=1, metadata=_h(
         "With answer_tasks: answer rows per one-concept caption sample (each draws its task; the first is CAG "
         "or direct by a draw, the next ones alternate, so 2 gives one of each)."))

@@ -42,6 +42,7 @@ from covip.training.data.targets import (
     indexed_caption_target,
     recognition_target,
     verification_target,
+    who_target,
 )
 from covip.training.data.world import FACT_LISTS, NAMES, Concept, Facts, Look, dialogue_for, questions_for
 from covip.training.gspo_data import placeholder_messages, sample_messages
@@ -292,6 +293,11 @@ def sft_row(sample: Sample, world: World, rng: random.Random, *, rationale: bool
             "images": [str(p) for p in images]}
 
 
+WHO_QUESTIONS = ("Who is this?", "Who's in this photo?", "Do you know who this is?", "Which of mine is this?",
+                 "Who is in the new photo?")
+"""How answer rows of the 'who' task ask for the name (one drawn per row)."""
+
+
 def takes_answer_rows(sample: Sample) -> bool:
     """Whether ``data.answer_tasks`` gives ``sample`` answer rows: a caption sample with one present concept
     (the downstream questions ask about the one concept in the new photo)."""
@@ -303,10 +309,12 @@ def answer_row(sample: Sample, world: World, rng: random.Random, *, task: str, c
                caption_style: str = "prose") -> dict[str, Any]:
     """A row asking a one-concept caption sample's downstream question (``task`` 'lsd' or 'lar') in the paper
     protocol's layout, answered with the present concept's place (LSD, as ``//boxed{place}``, the paper's
-    question and scorer) or action (LAR).
+    question and scorer) or action (LAR); or (``task`` 'who') one of :data:`WHO_QUESTIONS` in the layouts
+    covip's assistant sends, answered with the concept's name (:func:`covip.training.data.targets.who_target`).
 
     ``cag``: CAG's answer pass (:func:`covip.sdk.prompts.paper_answer_messages`, the gold caption as the
-    assistant's first turn); else the direct answer (:func:`covip.sdk.prompts.paper_direct_messages`). The
+    assistant's first turn; 'who': :func:`covip.sdk.prompts.answer_messages`); else the direct answer
+    (:func:`covip.sdk.prompts.paper_direct_messages`; 'who': :func:`covip.sdk.prompts.direct_messages`). The
     system turns are the evaluation's (CoViP, "Downstream diagnostic tasks"; oyt9306/CoViP downstream/).
     """
     from covip.training.eval.downstream import paper_system
@@ -319,6 +327,8 @@ def answer_row(sample: Sample, world: World, rng: random.Random, *, task: str, c
     facts = known[_known_concept_ids(sample, world)[int(sample.present[0])]].facts
     images = list(sample.images)
     context = [prompts.ContextEntry(dialogue=d, image=img) for d, img in zip(sample.dialogues, images[:-1])]
+    if task == "who":
+        return _who_row(sample, world, rng, cag=cag, pack=pack, concepts=concepts, caption_style=caption_style)
     question = pack.paper_questions[task]
     mode = "cag" if cag else "no_cag"
     if cag:
@@ -332,6 +342,27 @@ def answer_row(sample: Sample, world: World, rng: random.Random, *, task: str, c
     prompt, shown = placeholder_messages(messages)
     # the place in the box the paper's LSD question asks for and the authors' scorer reads ("//boxed{place}")
     answer = f"//boxed{{{facts.place}}}" if task == "lsd" else f"You were {facts.action}."
+    return {"prompt": prompt, "completion": [_assistant(answer)], "images": [str(p) for p in shown]}
+
+
+def _who_row(sample: Sample, world: World, rng: random.Random, *, cag: bool, pack: prompts.PromptPack,
+             concepts: Mapping[str, Concept] | None, caption_style: str) -> dict[str, Any]:
+    """:func:`answer_row` of the 'who' task: an app's question, in the layouts :class:`covip.sdk.Assistant` sends
+    (the default 'prefix' answer pass after CAG's caption, or the direct turn)."""
+    j = int(sample.present[0])
+    images = list(sample.images)
+    context = [prompts.ContextEntry(dialogue=d, image=img) for d, img in zip(sample.dialogues, images[:-1])]
+    question = rng.choice(WHO_QUESTIONS)
+    name = {**world.concepts, **(concepts or {})}[_known_concept_ids(sample, world)[j]].name
+    if cag:
+        caption = target_for(sample, world, rng, rationale=False, concepts=concepts, caption_style=caption_style,
+                             numbering=pack.dialogue_numbering)
+        messages = prompts.answer_messages(context, images[-1], caption, question, pack=pack)
+        answer = who_target(name)
+    else:
+        messages = prompts.direct_messages(context, images[-1], question, pack=pack)
+        answer = who_target(name, j, numbering=pack.dialogue_numbering)
+    prompt, shown = placeholder_messages(messages)
     return {"prompt": prompt, "completion": [_assistant(answer)], "images": [str(p) for p in shown]}
 
 

@@ -21,6 +21,8 @@ import yaml
 from covip.sdk.errors import DataError, InputError
 from covip.training.sft_config import SftConfig, load_sft_config
 
+REPO = Path(__file__).resolve().parents[2]
+
 pytest.importorskip("trl")
 
 WORLD = {"n_concepts": 24, "test_fraction": 0.25, "n_train": 30, "n_test": 12, "context_size": 3, "max_present": 2,
@@ -506,6 +508,59 @@ def test_answer_rows_are_the_evaluations_paper_layouts_and_earn_full_marks(world
     answers = [r for r in two if r["completion"][0]["content"][0]["text"].startswith("You were ")]
     with_caption = [any(m["role"] == "assistant" for m in r["prompt"]) for r in answers]
     assert len(answers) == 2 * len(singles) and sum(with_caption) == len(singles)  # one CAG, one direct each
+
+
+def test_who_rows_ask_as_the_assistant_does_and_answer_with_what_the_demo_reads(world_dir):
+    """answer_tasks 'who': "Who is this?" in the layouts covip's assistant sends (after CAG's caption, or
+    directly), answered with the box of the concept's dialogue (direct) and its name, which the demo scores."""
+    from types import SimpleNamespace
+
+    from covip.sdk import prompts
+    from covip.sdk.demo_mini import named_concept, spells_name
+    from covip.training.gspo_data import placeholder_messages
+    from covip.training.sft_config import SftDataSection
+    from covip.training.sft_data import (
+        WHO_QUESTIONS,
+        answer_row,
+        build_sft_dataset,
+        load_sft_samples,
+        load_world,
+    )
+
+    pack = prompts.load_pack(REPO / "training" / "configs" / "packs" / "mini-short.toml")
+    world = load_world(world_dir)
+    singles = [s for s in load_sft_samples(SftDataSection(), world_dir)
+               if s.sample_type == "caption" and len(s.present) == 1]
+    asked = set()
+    for i, sample in enumerate(singles[:6]):
+        name = sample.concept_names[sample.present[0]]
+        items = [SimpleNamespace(concepts=[n]) for n in sample.concept_names]
+        context = [prompts.ContextEntry(dialogue=d, image=img) for d, img in zip(sample.dialogues, sample.images[:-1])]
+        for cag in (True, False):
+            row = answer_row(sample, world, random.Random(i), task="who", cag=cag, pack=pack)
+            question = row["prompt"][-1]["content"][-1]["text"]
+            assert question in WHO_QUESTIONS
+            asked.add(question)
+            if cag:
+                caption = row["prompt"][-2]["content"][0]["text"]
+                sent = prompts.answer_messages(context, sample.images[-1], caption, question, pack=pack)
+            else:
+                sent = prompts.direct_messages(context, sample.images[-1], question, pack=pack)
+            assert placeholder_messages(sent)[0] == row["prompt"]  # what CagPipeline sends for either mode
+            answer = row["completion"][0]["content"][0]["text"]
+            assert spells_name(answer, name) and ("\\boxed{" in answer) != cag  # direct: the box first
+            read = named_concept(caption + "\n" + answer if cag else answer, items, sample.concept_names,
+                                 numbering=pack.dialogue_numbering)
+            assert read == name, (cag, answer)
+    assert len(asked) > 1
+    renamed = build_sft_dataset(singles, world, seed=0, types=["caption"], answer_tasks=["who"], identities=True,
+                                pack=pack)
+    who = [r for r in renamed if "That's " in r["completion"][0]["content"][0]["text"]]
+    assert len(who) == len(singles)
+    for row in who:  # with fresh identities the answer names the concept as this row's dialogues do
+        name = row["completion"][0]["content"][0]["text"].rsplit("That's ", 1)[1].rstrip(".")
+        prompt = "".join(p.get("text") or "" for m in row["prompt"] for p in m["content"])
+        assert f"{name}!" in prompt or f"{name}." in prompt or f"{name} " in prompt
 
 
 def test_missing_world_and_foreign_samples_fail_clearly(tmp_path, world_dir):

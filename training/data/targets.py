@@ -26,7 +26,7 @@ from covip.sdk.errors import InputError
 from covip.training.data.world import KIND_NOUNS, Concept, Look
 
 __all__ = ["look_phrase", "recognition_target", "verification_target", "describe_target", "caption_target",
-           "indexed_caption_target"]
+           "indexed_caption_target", "who_target"]
 
 _PATTERN_WORDS = {"stripes": "{c} stripes", "spots": "{c} spots", "patch": "{a} {c} patch"}
 _ACCESSORY_WORDS = {
@@ -143,3 +143,11 @@ def indexed_caption_target(dialogues: Sequence[str], present: Sequence[int], *, 
             raise InputError(f"dialogue {i} has no 'User: ' line to caption from")
         said.append(" ".join(lines))
     return _boxed([i + numbering for i in present]) + " " + " ".join(said)
+
+
+def who_target(name: str, index: int | None = None, *, numbering: int = 0) -> str:
+    """The answer to "who is this?" about a photo of one remembered concept: "That's <name>.", after the
+    recognition box of its dialogue (``index``, numbered from ``numbering``) when the reply is the first turn
+    about the photo (answering directly); after a caption, which boxed it already, the name alone."""
+    said = f"That's {name}."
+    return said if index is None else f"{_boxed([int(index) + numbering])} {said}"
