@@ -323,45 +323,23 @@ def answer_row(sample: Sample, world: World, rng: random.Random, *, task: str, c
         raise DataError(f"sample {sample.id!r}: answer rows need a caption sample with one present concept",
                         sample_id=sample.id, field="present")
     pack = pack or prompts.DEFAULT_PACK
-    known = {**world.concepts, **(concepts or {})}
-    facts = known[_known_concept_ids(sample, world)[int(sample.present[0])]].facts
-    images = list(sample.images)
-    context = [prompts.ContextEntry(dialogue=d, image=img) for d, img in zip(sample.dialogues, images[:-1])]
-    if task == "who":
-        return _who_row(sample, world, rng, cag=cag, pack=pack, concepts=concepts, caption_style=caption_style)
-    question = pack.paper_questions[task]
-    mode = "cag" if cag else "no_cag"
-    if cag:
-        caption = target_for(sample, world, rng, rationale=False, concepts=concepts, caption_style=caption_style,
-                             numbering=pack.dialogue_numbering)
-        messages = prompts.paper_answer_messages(context, images[-1], caption, question,
-                                                 system=paper_system(task, mode), pack=pack)
-    else:
-        messages = prompts.paper_direct_messages(context, images[-1], question, system=paper_system(task, mode),
-                                                 pack=pack)
-    prompt, shown = placeholder_messages(messages)
-    # the place in the box the paper's LSD question asks for and the authors' scorer reads ("//boxed{place}")
-    answer = f"//boxed{{{facts.place}}}" if task == "lsd" else f"You were {facts.action}."
-    return {"prompt": prompt, "completion": [_assistant(answer)], "images": [str(p) for p in shown]}
-
-
-def _who_row(sample: Sample, world: World, rng: random.Random, *, cag: bool, pack: prompts.PromptPack,
-             concepts: Mapping[str, Concept] | None, caption_style: str) -> dict[str, Any]:
-    """:func:`answer_row` of the 'who' task: an app's question, in the layouts :class:`covip.sdk.Assistant` sends
-    (the default 'prefix' answer pass after CAG's caption, or the direct turn)."""
     j = int(sample.present[0])
+    concept = {**world.concepts, **(concepts or {})}[_known_concept_ids(sample, world)[j]]
     images = list(sample.images)
     context = [prompts.ContextEntry(dialogue=d, image=img) for d, img in zip(sample.dialogues, images[:-1])]
-    question = rng.choice(WHO_QUESTIONS)
-    name = {**world.concepts, **(concepts or {})}[_known_concept_ids(sample, world)[j]].name
-    if cag:
-        caption = target_for(sample, world, rng, rationale=False, concepts=concepts, caption_style=caption_style,
-                             numbering=pack.dialogue_numbering)
-        messages = prompts.answer_messages(context, images[-1], caption, question, pack=pack)
-        answer = who_target(name)
+    caption = target_for(sample, world, rng, rationale=False, concepts=concepts, caption_style=caption_style,
+                         numbering=pack.dialogue_numbering) if cag else None
+    if task == "who":  # an app's question, in the layouts covip.sdk.Assistant sends ('prefix' answer pass, direct)
+        question = rng.choice(WHO_QUESTIONS)
+        messages = (prompts.answer_messages(context, images[-1], caption, question, pack=pack) if cag
+                    else prompts.direct_messages(context, images[-1], question, pack=pack))
+        answer = who_target(concept.name, None if cag else j, numbering=pack.dialogue_numbering)
     else:
-        messages = prompts.direct_messages(context, images[-1], question, pack=pack)
-        answer = who_target(name, j, numbering=pack.dialogue_numbering)
+        question, system = pack.paper_questions[task], paper_system(task, "cag" if cag else "no_cag")
+        messages = (prompts.paper_answer_messages(context, images[-1], caption, question, system=system, pack=pack)
+                    if cag else prompts.paper_direct_messages(context, images[-1], question, system=system, pack=pack))
+        # the place in the box the paper's LSD question asks for and the authors' scorer reads ("//boxed{place}")
+        answer = f"//boxed{{{concept.facts.place}}}" if task == "lsd" else f"You were {concept.facts.action}."
     prompt, shown = placeholder_messages(messages)
     return {"prompt": prompt, "completion": [_assistant(answer)], "images": [str(p) for p in shown]}
 
