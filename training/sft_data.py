@@ -11,7 +11,8 @@ One row per training sample:
 * ``images``: the sample's image files in prompt order (context images, query image last).
 
 With ``data.answer_tasks``, every one-concept caption sample also gives rows of its downstream question (LSD,
-LAR) asked after the gold caption and directly, in the evaluation's layouts (:func:`answer_row`).
+LAR, or ``who``: "Who is this?" answered with the box and the name) asked after the gold caption and directly,
+in the evaluation's and the assistant's layouts (:func:`answer_row`).
 
 With ``describe`` among the types, every distinct photo of exactly one concept in those samples (memory
 photos, one-concept query scenes) also becomes a row: :func:`covip.sdk.prompts.describe_messages` and the
