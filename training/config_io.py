@@ -180,9 +180,16 @@ class GroupedConfigMixin:
 
 def pack_path(value: str, source: str | None) -> Path:
     """A file a config names (``data.prompt_pack``, an SFT phase under ``then``): an existing path, else relative
-    to the config file's folder (the bundled recipes name their packs under ``configs/packs``)."""
+    to the config file's folder (the bundled recipes name their packs under ``configs/packs``), else relative to
+    the bundled configs' folders: a run's saved ``config.yaml`` keeps the bundled recipe's relative names (they
+    are part of its recorded hash), so ``covip train gspo --config runs/x/config.yaml`` still finds them."""
     path = Path(value).expanduser()
-    if path.is_file() or path.is_absolute() or source is None:
+    if path.is_file() or path.is_absolute():
         return path
-    beside = Path(source).parent / path
-    return beside if beside.is_file() else path
+    bundled = Path(__file__).resolve().parent / "configs"
+    folders = ([Path(source).parent] if source is not None else []) + [bundled, *sorted(
+        p for p in bundled.iterdir() if p.is_dir())]
+    for folder in folders:
+        if (folder / path).is_file():
+            return folder / path
+    return path

@@ -284,6 +284,27 @@ def test_bundled_configs_load_by_name_and_path():
         load_config("no-such-config")
 
 
+def test_a_runs_saved_config_runs_again_from_its_folder(tmp_path):
+    """`covip train gspo --config runs/x/config.yaml` reruns a run: the saved config keeps the bundled recipe's
+    relative pack name (part of the recorded hash), which still finds the bundled pack from the run folder."""
+    from covip.sdk.prompts import load_pack
+    from covip.training.config_io import pack_path
+
+    bundled = load_config("mini-cpu")
+    saved = tmp_path / "run" / "config.yaml"
+    saved.parent.mkdir()
+    saved.write_text(bundled.to_yaml(), encoding="utf-8")
+    again = load_config(str(saved))
+    assert again.data.prompt_pack == bundled.data.prompt_pack == "packs/mini-short.toml"
+    found = pack_path(again.data.prompt_pack, again.source)
+    assert found.resolve() == pack_path(bundled.data.prompt_pack, bundled.source).resolve()
+    assert load_pack(found) == load_pack(pack_path(bundled.data.prompt_pack, bundled.source))
+    # a pack that exists nowhere stays unresolved, so loading it says which file is missing
+    assert not pack_path("packs/no-such-pack.toml", again.source).exists()
+    with pytest.raises(InputError, match="no-such-pack"):
+        load_pack(pack_path("packs/no-such-pack.toml", again.source))
+
+
 def test_paper_config_has_the_paper_numbers():
     c = load_config("qwen3vl-8b-paper")
     assert c.model.name_or_path == "Qwen/Qwen3-VL-8B-Instruct"
