@@ -138,7 +138,7 @@ class SftDataSection:
         "facts) or 'indexed' (the recognition box of the present dialogues, then what the user said in them, "
         "verbatim: the miniature recipe's captions, which reuse the recognition chain; training/README.md)."))
     answer_tasks: list[str] = field(default_factory=list, metadata=_h(
-        "Downstream tasks ('lsd', 'lar') whose questions the caption samples also train: each one-concept caption "
+        "Downstream tasks ('lsd', 'lar', 'who') whose questions the caption samples also train: each one-concept caption "
         "sample adds data.answer_rows rows, each asking a drawn task's question in a layout of the paper "
         "protocol, after the gold caption (CAG's answer pass) or straight after the photos (direct), answered "
         "with the concept's place (LSD, boxed) or action (LAR); 'who': an app's \"Who is this?\" in the layouts "
